@@ -1,0 +1,8 @@
+from feast import Entity, ValueType
+
+account = Entity(
+    name="account",
+    join_keys=["account_id"],
+    value_type=ValueType.INT64,
+    description="A card account; requests name it as entity.account_id.",
+)

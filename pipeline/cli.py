@@ -1,0 +1,129 @@
+"""The `pipeline` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.errors import PipelineError
+from pipeline.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming inference pipeline.")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the contract.")
+models_app = typer.Typer(no_args_is_help=True, help="Train and export models for Triton.")
+features_app = typer.Typer(no_args_is_help=True, help="Feast feature data.")
+stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Triton, worker, gateway.")
+app.add_typer(topics_app, name="topics")
+app.add_typer(models_app, name="models")
+app.add_typer(features_app, name="features")
+app.add_typer(stack_app, name="stack")
+
+
+def _configure_logging() -> None:
+    from pipeline import log
+
+    log.configure(get_settings())
+
+
+@topics_app.command("apply")
+def topics_apply() -> None:
+    """Create the contract's topics (idempotent: a second run changes nothing)."""
+    from pipeline import topics
+
+    report = topics.apply(get_settings())
+    for name in report.created:
+        typer.echo(f"created   {name}")
+    for name in report.grown:
+        typer.echo(f"grown     {name}")
+    for name in report.unchanged:
+        typer.echo(f"unchanged {name}")
+
+
+@models_app.command("train")
+def models_train(
+    force: Annotated[bool, typer.Option(help="Retrain even when a model is already exported.")] = True,
+    repository: Annotated[Path | None, typer.Option(help="Triton model repository.")] = None,
+) -> None:
+    """Train the fraud scorer on synthetic data and export it to the Triton model repository."""
+    import torch
+
+    from pipeline.models import train
+
+    repo = repository or get_settings().triton.model_repository
+    if not force and train.is_trained(repo):
+        typer.echo(f"model already exported in {repo}/fraud_scorer/1 (use --force to retrain)")
+        return
+    torch.set_num_threads(2)
+    report = train.train(repo, accounts=get_settings().feast.accounts)
+    typer.echo(
+        f"fraud_scorer: holdout ROC-AUC {report.holdout_auc:.4f}, fraud rate {report.fraud_rate:.3f}, "
+        f"precision {report.precision_at_threshold:.3f} / recall {report.recall_at_threshold:.3f} "
+        f"at threshold {report.threshold}, {report.train_rows} training rows, {report.seconds:.1f} s"
+    )
+
+
+@features_app.command("apply")
+def features_apply(force: Annotated[bool, typer.Option(help="Regenerate and reload.")] = False) -> None:
+    """Generate account aggregates, `feast apply`, and materialise them into the online store."""
+    from pipeline import feature_data
+
+    settings = get_settings()
+    done = feature_data.apply(settings.feast.repo_path, settings.feast.accounts, force=force)
+    typer.echo("features: applied and materialised" if done else "features: online store already loaded")
+
+
+@app.command()
+def worker() -> None:
+    """Run a scoring worker (Faust app) until stopped."""
+    from pipeline import worker as worker_module
+
+    _configure_logging()
+    worker_module.run(get_settings())
+
+
+@app.command()
+def gateway() -> None:
+    """Run the HTTP bridge until stopped."""
+    from pipeline.gateway import app as gateway_app
+
+    _configure_logging()
+    gateway_app.run(get_settings())
+
+
+@app.command()
+def demo(
+    events: Annotated[int, typer.Option(help="Requests in the demo stream.")] = 20_000,
+    keep_running: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
+) -> None:
+    """Start the whole stack, publish a demo stream, print a summary and stop."""
+    from pipeline import demo as demo_module
+
+    _configure_logging()
+    demo_module.run(get_settings(), events=events, keep_running=keep_running)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka, Triton, topics, features, a worker and the gateway, and leave them running."""
+    from pipeline import stack
+
+    _configure_logging()
+    stack.LocalStack.from_settings(get_settings()).up()
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop what `stack up` started."""
+    from pipeline import stack
+
+    stack.LocalStack.from_settings(get_settings()).down()
+
+
+def main() -> None:
+    try:
+        app()
+    except PipelineError as e:
+        typer.echo(f"error: {e.code}: {e.message}", err=True)
+        raise SystemExit(1) from e

@@ -1,0 +1,150 @@
+"""The public message contract: request parsing and validation, result and dead-letter records.
+
+Pure functions only; see ../shared/CONTRACT.md (and README's "Contract" section) for the shapes.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from pipeline.errors import InvalidJson, InvalidRequest, PipelineError
+
+ERROR_CODES = ("invalid_json", "invalid_request", "unknown_model", "missing_features", "inference_failed")
+
+# Header names (values are UTF-8).
+CORRELATION_ID = "correlation-id"
+REPLY_TO = "reply-to"
+DEADLINE = "deadline"
+REPLY_KIND = "reply-kind"  # "result" or "dead_letter", on messages sent to a reply address
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    event_id: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+    model: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+    entity: dict[StrictStr, StrictInt | StrictStr] = Field(min_length=1)
+    features: dict[StrictStr, StrictFloat]
+    event_time: datetime | None = None
+
+
+class InferenceRequest(_Request):
+    """A request as it travels on the requests topic."""
+
+    event_id: StrictStr = Field(min_length=1, max_length=128)
+
+
+class PredictBody(_Request):
+    """A request as the HTTP bridge takes it: `event_id` is generated when absent."""
+
+
+@dataclass(frozen=True)
+class Source:
+    topic: str
+    partition: int
+    offset: int
+
+
+def parse_request(raw: bytes | None) -> InferenceRequest:
+    """Parse one message value; raises InvalidJson / InvalidRequest carrying the event_id when readable."""
+    if raw is None:
+        raise InvalidJson("empty message value")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidJson(f"not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InvalidJson("not a JSON object")
+    try:
+        return InferenceRequest.model_validate(data)
+    except ValidationError as e:
+        event_id = data.get("event_id")
+        raise InvalidRequest(
+            describe_validation_error(e), event_id=event_id if isinstance(event_id, str) and event_id else None
+        ) from e
+
+
+_UNION_TAGS = frozenset({"int", "str"})
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """`features.amount: not a number` — the first problem, named by its field path."""
+    return describe_error(dict(error.errors()[0]))
+
+
+def describe_error(first: dict[str, Any]) -> str:
+    loc = [str(part) for part in first["loc"] if part != "body"]
+    union_branch = len(loc) > 2 and loc[0] == "entity" and loc[-1] in _UNION_TAGS
+    path = ".".join(loc[:-1] if union_branch else loc)
+    kind = "entity_value" if union_branch else first["type"]
+    message = {
+        "missing": "required",
+        "float_type": "not a number",
+        "int_type": "not an integer",
+        "finite_number": "not a finite number",
+        "entity_value": "must be an integer or a string",
+    }.get(kind, first["msg"].lower())
+    return f"{path}: {message}" if path else message
+
+
+def request_key(request: _Request) -> bytes:
+    """The requests topic key: the entity key as UTF-8 (all requests of an entity share a partition)."""
+    if len(request.entity) == 1:
+        return str(next(iter(request.entity.values()))).encode()
+    return "|".join(f"{k}={request.entity[k]}" for k in sorted(request.entity)).encode()
+
+
+def utc_timestamp(when: datetime | None = None) -> str:
+    when = when or datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def result_record(
+    *, event_id: str, model: str, model_version: str, score: float, threshold: float, latency_ms: float
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "model": model,
+        "model_version": model_version,
+        "score": round(float(score), 6),
+        "label": "fraud" if score >= threshold else "legit",
+        "scored_at": utc_timestamp(),
+        "latency_ms": round(latency_ms, 3),
+    }
+
+
+def dead_letter_record(
+    error: PipelineError, raw: bytes | None, source: Source, *, attempts: int | None = None
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "event_id": error.event_id,
+        "error": {"code": error.code, "message": error.message},
+        "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
+        "payload": payload_text(raw),
+    }
+    if attempts is not None:
+        record["attempts"] = attempts
+    return record
+
+
+def payload_text(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii")
+
+
+def parse_reply_to(value: str) -> tuple[str, int | None] | None:
+    """`topic` or `topic:partition` (topic names cannot contain ':'); None when malformed."""
+    topic, _, partition = value.partition(":")
+    if not topic or (partition and not partition.isdigit()):
+        return None
+    return topic, int(partition) if partition else None

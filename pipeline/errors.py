@@ -1,0 +1,48 @@
+"""One error tree. Each class carries the contract's error `code` and whether a retry can help."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    code: str = "internal_error"
+    retriable: bool = False
+
+    def __init__(self, message: str, *, event_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.event_id = event_id
+
+
+class InvalidJson(PipelineError):
+    code = "invalid_json"
+
+
+class InvalidRequest(PipelineError):
+    code = "invalid_request"
+
+
+class UnknownModel(PipelineError):
+    code = "unknown_model"
+
+
+class MissingFeatures(PipelineError):
+    code = "missing_features"
+
+
+class InferenceFailed(PipelineError):
+    code = "inference_failed"
+
+
+class InferenceUnavailable(InferenceFailed):
+    """Triton could not be reached or was not ready: worth a retry."""
+
+    retriable = True
+
+
+class FeatureStoreUnavailable(PipelineError):
+    code = "missing_features"
+    retriable = True
+
+
+class ConfigurationError(PipelineError):
+    code = "configuration_error"

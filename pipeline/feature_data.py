@@ -1,0 +1,45 @@
+"""`pipeline features apply`: write the account aggregates, register them with Feast, load the online store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pipeline import synthetic
+
+PARQUET = Path("data") / "account_stats.parquet"
+ONLINE_MARKER = Path("data") / ".materialized"
+
+
+def write_account_stats(repo_path: Path, accounts: int) -> Path:
+    frame = synthetic.accounts(accounts)
+    now = datetime.now(UTC).replace(microsecond=0)
+    frame["event_timestamp"] = now - timedelta(hours=1)
+    frame["created"] = now
+    path = repo_path / PARQUET
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def apply(repo_path: Path, accounts: int, force: bool = False) -> bool:
+    """Generate, `feast apply` and materialise; returns False when the online store was already loaded."""
+    marker = repo_path / ONLINE_MARKER
+    if marker.exists() and not force:
+        return False
+    write_account_stats(repo_path, accounts)
+    # `feast apply` imports the repo's definition files; run it as Feast's own CLI does.
+    subprocess.run(
+        [sys.executable, "-m", "feast.cli.cli", "--chdir", str(repo_path), "apply"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo_path))
+    end = datetime.now(UTC) + timedelta(minutes=1)
+    store.materialize(start_date=end - timedelta(days=3650), end_date=end)
+    marker.write_text(end.isoformat() + "\n")
+    return True

@@ -1,0 +1,1 @@
+"""The synchronous HTTP bridge: a request in, the pipeline's result for it out."""

@@ -1,0 +1,22 @@
+"""Prometheus metrics for every stage. Worker and gateway each expose their own registry on /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS = Counter("pipeline_events_total", "Requests consumed, by outcome", ["outcome"])
+DEAD_LETTERS = Counter("pipeline_dead_letters_total", "Dead letters written, by error code", ["code"])
+RETRIES = Counter("pipeline_retries_total", "Retries of a transient failure, by stage", ["stage"])
+STAGE_SECONDS = Histogram("pipeline_stage_seconds", "Time per batch in each stage", ["stage"], buckets=_LATENCY_BUCKETS)
+EVENT_LATENCY = Histogram(
+    "pipeline_event_latency_seconds", "From consume of a request to produce of its result", buckets=_LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram(
+    "pipeline_batch_size", "Requests per processed batch", buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+)
+
+GATEWAY_REQUESTS = Counter("gateway_requests_total", "HTTP bridge responses, by route and status", ["route", "status"])
+GATEWAY_LATENCY = Histogram("gateway_request_seconds", "HTTP bridge latency", ["route"], buckets=_LATENCY_BUCKETS)
+GATEWAY_IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests waiting for their result")

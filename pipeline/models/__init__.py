@@ -1,0 +1,1 @@
+"""Model definitions, training and the Triton model repository."""

@@ -1,0 +1,227 @@
+"""One batch of consumed requests in, the messages to publish out: validate, dedup, features, score.
+
+No Kafka here: the worker hands batches in and delivery publishes what comes out, so this
+runs the same under Faust, a test, or a bench.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import structlog
+
+from pipeline import metrics, scoring
+from pipeline.contract import (
+    CORRELATION_ID,
+    REPLY_KIND,
+    REPLY_TO,
+    InferenceRequest,
+    Source,
+    dead_letter_record,
+    parse_reply_to,
+    parse_request,
+    result_record,
+)
+from pipeline.dedup import DedupStore
+from pipeline.errors import InferenceFailed, MissingFeatures, PipelineError
+from pipeline.features import FeatureLookup
+from pipeline.inference import TritonScorer
+from pipeline.models.spec import ModelSpec
+from pipeline.retry import Backoff, RetriesExhausted, retrying
+from pipeline.settings import TopicSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    value: bytes | None
+    key: bytes | None
+    headers: Mapping[str, bytes]
+    source: Source
+    received: float  # time.monotonic() at consume
+
+
+@dataclass(frozen=True)
+class Outbound:
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class Outcome:
+    messages: list[Outbound] = field(default_factory=list)
+    remembered: list[tuple[str, int, bytes]] = field(default_factory=list)  # event_id, partition, result
+    scored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+
+@dataclass
+class _Pending:
+    request: InferenceRequest
+    inbound: Inbound
+    repeats: list[Inbound] = field(default_factory=list)  # same event_id later in this batch
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        topics: TopicSettings,
+        default_model: str,
+        scorer: TritonScorer,
+        features: FeatureLookup,
+        dedup: DedupStore,
+        backoff: Backoff,
+    ) -> None:
+        self._topics = topics
+        self._default_model = default_model
+        self._scorer = scorer
+        self._features = features
+        self._dedup = dedup
+        self._backoff = backoff
+
+    async def process(self, batch: Sequence[Inbound]) -> Outcome:
+        outcome = Outcome()
+        with metrics.STAGE_SECONDS.labels("validate_dedup").time():
+            pending = self._admit(batch, outcome)
+        by_model: dict[str, list[_Pending]] = defaultdict(list)
+        for item in pending.values():
+            by_model[item.request.model or self._default_model].append(item)
+        for model, items in by_model.items():
+            await self._score_model(model, items, outcome)
+        metrics.BATCH_SIZE.observe(len(batch))
+        return outcome
+
+    def _admit(self, batch: Sequence[Inbound], outcome: Outcome) -> dict[str, _Pending]:
+        """Parse each message; dead-letter bad ones, answer repeats from the dedup state."""
+        pending: dict[str, _Pending] = {}
+        for inbound in batch:
+            try:
+                request = parse_request(inbound.value)
+            except PipelineError as e:
+                self._dead_letter(e, inbound, outcome)
+                continue
+            if (first := pending.get(request.event_id)) is not None:
+                first.repeats.append(inbound)
+            elif (stored := self._dedup.get(request.event_id)) is not None:
+                self._duplicate(inbound, stored, outcome)
+            else:
+                pending[request.event_id] = _Pending(request, inbound)
+        return pending
+
+    async def _score_model(self, model: str, items: list[_Pending], outcome: Outcome) -> None:
+        try:
+            (spec, version, scored), attempts = await retrying(
+                lambda: self._score(model, items), self._backoff, self._on_retry
+            )
+        except RetriesExhausted as e:
+            error = InferenceFailed(e.last.message)
+            for item in items:
+                error.event_id = item.request.event_id
+                self._dead_letter(error, item.inbound, outcome, attempts=e.attempts)
+            return
+        except PipelineError as e:  # the model itself is unknown: every request of it
+            for item in items:
+                e.event_id = item.request.event_id
+                self._dead_letter(e, item.inbound, outcome)
+            return
+        for item, result in scored:
+            if isinstance(result, PipelineError):
+                self._dead_letter(result, item.inbound, outcome)
+            else:
+                self._emit_result(item, spec, version, result, outcome)
+
+    async def _score(
+        self, model: str, items: list[_Pending]
+    ) -> tuple[ModelSpec, str, list[tuple[_Pending, float | PipelineError]]]:
+        """Features for the batch in one call, scores in one call. Retriable errors propagate."""
+        spec = await self._scorer.spec(model)
+        checked: list[tuple[_Pending, int]] = []
+        results: list[tuple[_Pending, float | PipelineError]] = []
+        for item in items:
+            try:
+                scoring.check_features(item.request, spec)
+                checked.append((item, scoring.entity_id(item.request, spec)))
+            except PipelineError as e:
+                results.append((item, e))
+        with metrics.STAGE_SECONDS.labels("features").time():
+            rows = await self._features.fetch(spec, [entity for _, entity in checked])
+        found = []
+        for item, entity in checked:
+            if (row := rows.get(entity)) is None:
+                message = f"no features for {spec.entity_key}={entity} in the feature store"
+                results.append((item, MissingFeatures(message, event_id=item.request.event_id)))
+            else:
+                found.append((item, row))
+        version = ""
+        if found:
+            matrix = scoring.feature_matrix(spec, [item.request for item, _ in found], [row for _, row in found])
+            with metrics.STAGE_SECONDS.labels("inference").time():
+                scores, version = await self._scorer.score(spec, matrix)
+            results += [(item, float(score)) for (item, _), score in zip(found, scores, strict=True)]
+        return spec, version, results
+
+    def _emit_result(self, item: _Pending, spec: ModelSpec, version: str, score: float, outcome: Outcome) -> None:
+        latency = time.monotonic() - item.inbound.received
+        record = result_record(
+            event_id=item.request.event_id,
+            model=spec.name,
+            model_version=version,
+            score=score,
+            threshold=spec.threshold,
+            latency_ms=latency * 1000,
+        )
+        value = orjson.dumps(record)
+        key = item.request.event_id.encode()
+        outcome.messages.append(Outbound(self._topics.results, key, value))
+        outcome.remembered.append((item.request.event_id, item.inbound.source.partition, value))
+        self._reply(item.inbound, key, value, "result", outcome)
+        for repeat in item.repeats:
+            self._duplicate(repeat, value, outcome)
+        outcome.scored += 1
+        metrics.EVENTS.labels("scored").inc()
+        metrics.EVENT_LATENCY.observe(latency)
+
+    def _duplicate(self, inbound: Inbound, stored: bytes, outcome: Outcome) -> None:
+        """A repeat of a scored event: no second result; an HTTP retry gets the original back."""
+        self._reply(inbound, inbound.key, stored, "result", outcome)
+        outcome.duplicates += 1
+        metrics.EVENTS.labels("duplicate").inc()
+
+    def _dead_letter(
+        self, error: PipelineError, inbound: Inbound, outcome: Outcome, attempts: int | None = None
+    ) -> None:
+        value = orjson.dumps(dead_letter_record(error, inbound.value, inbound.source, attempts=attempts))
+        key = error.event_id.encode() if error.event_id else None
+        outcome.messages.append(Outbound(self._topics.dlq, key, value))
+        self._reply(inbound, key, value, "dead_letter", outcome)
+        outcome.dead_letters += 1
+        metrics.EVENTS.labels("dead_letter").inc()
+        metrics.DEAD_LETTERS.labels(error.code).inc()
+        log.info("dead_letter", code=error.code, event_id=error.event_id, reason=error.message)
+
+    def _reply(self, inbound: Inbound, key: bytes | None, value: bytes, kind: str, outcome: Outcome) -> None:
+        reply_to = inbound.headers.get(REPLY_TO)
+        if not reply_to:
+            return
+        address = parse_reply_to(reply_to.decode(errors="replace"))
+        if address is None:
+            log.warning("bad_reply_to", reply_to=reply_to.decode(errors="replace"))
+            return
+        topic, partition = address
+        headers = [(REPLY_KIND, kind.encode())]
+        if correlation := inbound.headers.get(CORRELATION_ID):
+            headers.append((CORRELATION_ID, correlation))
+        outcome.messages.append(Outbound(topic, key, value, partition, tuple(headers)))
+
+    def _on_retry(self, error: PipelineError, attempt: int, delay: float) -> None:
+        metrics.RETRIES.labels(type(error).__name__).inc()
+        log.warning("transient_failure", error=error.message, attempt=attempt, retry_in_s=delay)

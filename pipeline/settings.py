@@ -1,0 +1,89 @@
+"""One frozen settings object per process, read from `PIPELINE_*` environment variables.
+
+Nested blocks use `__`: `PIPELINE_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092`,
+`PIPELINE_WORKER__BATCH_SIZE=512`. Nothing else in the package reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Block):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "pipeline"
+    # Extra client options (librdkafka / aiokafka names) merged over the safe defaults.
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class TopicSettings(_Block):
+    requests: str = "inference.requests"
+    results: str = "inference.results"
+    dlq: str = "inference.dlq"
+    replies: str = "inference.replies"
+    alerts: str = "fraud.alerts"
+    definitions: Path = PROJECT_ROOT / "topics" / "topics.yaml"
+
+
+class WorkerSettings(_Block):
+    app_id: str = "pipeline-worker"
+    batch_size: int = Field(default=256, ge=1, le=4096)
+    batch_timeout_ms: int = Field(default=20, ge=1)
+    metrics_port: int = 9100
+    metrics_host: str = "127.0.0.1"
+    data_dir: Path = PROJECT_ROOT / ".run" / "worker"
+    dedup_table: str = "dedup"
+    # Transient failures (Triton, feature store) are retried with capped exponential backoff
+    # for up to retry_budget_s; then the requests go to the DLQ as inference_failed.
+    retry_initial_ms: int = 100
+    retry_max_ms: int = 5_000
+    retry_budget_s: float = 60.0
+
+
+class TritonSettings(_Block):
+    grpc_url: str = "127.0.0.1:8001"
+    http_url: str = "127.0.0.1:8000"
+    timeout_s: float = 10.0
+    model_repository: Path = PROJECT_ROOT / "triton_models"
+
+
+class FeastSettings(_Block):
+    repo_path: Path = PROJECT_ROOT / "feature_repo"
+    accounts: int = 10_000
+
+
+class GatewaySettings(_Block):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    timeout_s: float = 10.0
+    reply_partition: int = 0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", frozen=True)
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    worker: WorkerSettings = WorkerSettings()
+    triton: TritonSettings = TritonSettings()
+    feast: FeastSettings = FeastSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    default_model: str = "fraud_scorer"
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,79 @@
+"""`pipeline topics apply`: create the contract's topics from topics/topics.yaml, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from pipeline.errors import ConfigurationError
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    created: list[str]
+    grown: list[str]
+    unchanged: list[str]
+
+
+def load_specs(settings: Settings, path: Path | None = None) -> list[TopicSpec]:
+    raw = yaml.safe_load((path or settings.topics.definitions).read_text())
+    names = settings.topics.model_dump()
+    specs = []
+    for role, spec in raw.items():
+        if role not in names:
+            raise ConfigurationError(f"topics.yaml: unknown topic role {role!r}")
+        config = {k: str(v) for k, v in (spec.get("config") or {}).items()}
+        specs.append(TopicSpec(names[role], int(spec["partitions"]), config))
+    return specs
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra})
+
+
+def apply(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0) -> ApplyReport:
+    specs = specs if specs is not None else load_specs(settings)
+    admin = admin_client(settings)
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [s for s in specs if s.name not in existing]
+    grow = [s for s in specs if s.name in existing and len(existing[s.name].partitions) < s.partitions]
+    if missing:
+        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config) for s in missing]
+        _wait(admin.create_topics(new, operation_timeout=timeout_s), ignore="TOPIC_ALREADY_EXISTS")
+    if grow:
+        _wait(admin.create_partitions([NewPartitions(s.name, s.partitions) for s in grow]))
+    changed = {s.name for s in missing + grow}
+    return ApplyReport(
+        created=[s.name for s in missing],
+        grown=[s.name for s in grow],
+        unchanged=[s.name for s in specs if s.name not in changed],
+    )
+
+
+def partition_count(settings: Settings, topic: str, timeout_s: float = 30.0) -> int:
+    metadata = admin_client(settings).list_topics(topic=topic, timeout=timeout_s).topics.get(topic)
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise ConfigurationError(f"topic {topic!r} does not exist: run `pipeline topics apply`")
+    return len(metadata.partitions)
+
+
+def _wait(futures: dict, ignore: str | None = None) -> None:
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as e:
+            if ignore and e.args[0].name() == ignore:
+                continue
+            raise ConfigurationError(f"topic {name}: {e.args[0].str()}") from e
