@@ -119,7 +119,7 @@ class BatchProcessor:
 
     async def _score_model(self, model: str, items: list[_Pending], outcome: Outcome) -> None:
         try:
-            (spec, version, scored), attempts = await retrying(
+            (spec, version, scored), _ = await retrying(
                 lambda: self._score(model, items), self._backoff, self._on_retry
             )
         except RetriesExhausted as e:

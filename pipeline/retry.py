@@ -41,9 +41,7 @@ async def retrying(
 ) -> tuple[T, int]:
     """Run `operation` until it succeeds or a non-retriable error; returns (value, attempts)."""
     deadline = time.monotonic() + backoff.budget_s
-    attempts = 0
-    for delay in backoff.delays():
-        attempts += 1
+    for attempts, delay in enumerate(backoff.delays(), start=1):
         try:
             return await operation(), attempts
         except PipelineError as e:

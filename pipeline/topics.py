@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def apply(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: f
         _wait(admin.create_topics(new, operation_timeout=timeout_s), ignore="TOPIC_ALREADY_EXISTS")
     if grow:
         _wait(admin.create_partitions([NewPartitions(s.name, s.partitions) for s in grow]))
+    if missing or grow:
+        _await_leaders(admin, [s.name for s in missing + grow], timeout_s)
     changed = {s.name for s in missing + grow}
     return ApplyReport(
         created=[s.name for s in missing],
@@ -67,6 +70,22 @@ def partition_count(settings: Settings, topic: str, timeout_s: float = 30.0) -> 
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise ConfigurationError(f"topic {topic!r} does not exist: run `pipeline topics apply`")
     return len(metadata.partitions)
+
+
+def _await_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """New partitions are usable once each has a leader; clients that come right after need that."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=timeout_s).topics
+        if all(
+            name in metadata
+            and metadata[name].partitions
+            and all(p.leader >= 0 for p in metadata[name].partitions.values())
+            for name in names
+        ):
+            return
+        time.sleep(0.1)
+    raise ConfigurationError(f"topics {names} have no leader after {timeout_s:g} s")
 
 
 def _wait(futures: dict, ignore: str | None = None) -> None:

@@ -26,23 +26,24 @@ write_config() {
     "$here/server.properties.in" > "$data/server.properties"
 }
 
-java_cmd() {
-  java "-Xmx${KAFKA_HEAP:-512m}" "-Xms${KAFKA_HEAP:-512m}" -XX:+UseG1GC \
-    "-Dlog4j.configuration=file:$here/log4j.properties" "-Dkafka.logs.dir=$data" \
-    -cp "$libs/*" "$@"
-}
+jvm_args=("-Xmx${KAFKA_HEAP:-512m}" "-Xms${KAFKA_HEAP:-512m}" -XX:+UseG1GC
+  "-Dlog4j.configuration=file:$here/log4j.properties" "-Dkafka.logs.dir=$data" -cp "$libs/*")
 
 start() {
   fetch
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "kafka: already running (pid $(cat "$pidfile"))" >&2; return 0
   fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "kafka: already running (a broker answers on 127.0.0.1:$port; not started here)" >&2; return 0
+  fi
   write_config
   local cluster_id
-  cluster_id="$(cat "$data/cluster.id" 2>/dev/null || java_cmd kafka.tools.StorageTool random-uuid | tail -n 1)"
+  cluster_id="$(cat "$data/cluster.id" 2>/dev/null || java "${jvm_args[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)"
   echo "$cluster_id" > "$data/cluster.id"
-  java_cmd kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" --ignore-formatted >/dev/null
-  java_cmd kafka.Kafka "$data/server.properties" > "$data/broker.out" 2>&1 &
+  java "${jvm_args[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" --ignore-formatted >/dev/null
+  # Started directly (not through a function) so $! is the broker's own pid.
+  java "${jvm_args[@]}" kafka.Kafka "$data/server.properties" > "$data/broker.out" 2>&1 &
   echo $! > "$pidfile"
   local deadline=$(( $(date +%s) + ${KAFKA_START_TIMEOUT:-90} ))
   until grep -q "Kafka Server started" "$data/broker.out" 2>/dev/null; do

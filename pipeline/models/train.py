@@ -48,7 +48,9 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def train(repository: Path, rows: int = 80_000, epochs: int = 12, seed: int = 0, accounts: int = 10_000) -> TrainingReport:
+def train(
+    repository: Path, rows: int = 80_000, epochs: int = 12, seed: int = 0, accounts: int = 10_000
+) -> TrainingReport:
     started = time.perf_counter()
     torch.manual_seed(seed)
     spec = load_spec_file(repository / "fraud_scorer" / "config.pbtxt")

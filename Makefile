@@ -1,0 +1,53 @@
+# Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+MODEL_ENV := .venv-triton
+PIP_FLAGS ?= -q
+
+.PHONY: setup demo test up down lint clean
+
+setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $@
+
+# Triton's Python backend needs numpy<2 in the model's environment; the app needs numpy 2 (Feast).
+# The model env holds numpy<2 and borrows torch from the app env through a .pth placed after
+# its own site-packages, so there is one torch on disk and numpy<2 wins in the model env.
+$(MODEL_ENV)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(MODEL_ENV)
+	$(MODEL_ENV)/bin/pip install $(PIP_FLAGS) 'numpy==1.26.4'
+	$(VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > $$($(MODEL_ENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz_app_site_packages.pth
+	$(MODEL_ENV)/bin/python -c "import numpy, torch; assert numpy.__version__ < '2', numpy.__version__"
+	touch $@
+
+deploy/kafka/.libs/.complete: deploy/kafka/pom.xml
+	rm -f $@
+	bash deploy/kafka/kafka.sh fetch
+
+.triton/.installed:
+	PYTHON=$(VENV)/bin/python bash deploy/triton/triton.sh install
+	touch $@
+
+demo: setup
+	$(VENV)/bin/pipeline demo $(DEMO_ARGS)
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+up: setup
+	$(VENV)/bin/pipeline stack up
+
+down:
+	$(VENV)/bin/pipeline stack down
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean: down
+	rm -rf .run feature_repo/data triton_models/*/[0-9]*/model.pt triton_models/*/[0-9]*/metrics.json

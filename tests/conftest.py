@@ -1,0 +1,113 @@
+"""Session fixtures: one real Kafka broker and one real Triton server for the whole test session,
+started by the project's own scripts on test ports, plus the model and Feast data they need.
+
+Integration tests get factories: fresh settings with unique topic names and a unique worker app id
+(`pipeline_settings`), and real worker / gateway processes (`start_worker`, `start_gateway`).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline import topics
+from pipeline.settings import Settings
+from pipeline.stack import LocalStack, Ports
+
+TEST_PORTS = Ports(kafka=19092, triton_http=18000, triton_grpc=18001, gateway=18080, worker_metrics=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    local = LocalStack(tmp_path_factory.mktemp("stack"), TEST_PORTS)
+    local.prepare(local.settings())
+    local.start_kafka()
+    try:
+        local.start_triton()
+        yield local
+    finally:
+        local.stop_triton()
+        local.stop_kafka()
+
+
+def make_settings(stack: LocalStack, **worker: object) -> Settings:
+    """Settings for one test: unique topics and worker app id, topics created on the broker."""
+    uid = uuid.uuid4().hex[:10]
+    base = stack.settings()
+    settings = base.model_copy(
+        update={
+            "topics": base.topics.model_copy(
+                update={name: f"t{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts")}
+            ),
+            "worker": base.worker.model_copy(update={"app_id": f"worker-{uid}", **worker}),
+            "gateway": base.gateway.model_copy(update={"port": free_port()}),
+        }
+    )
+    topics.apply(settings)
+    return settings
+
+
+class Processes:
+    """Worker and gateway processes started for tests; all stopped at the fixture's end."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def worker(self, settings: Settings) -> subprocess.Popen[bytes]:
+        process = self.stack.start_worker(settings, f"worker-{uuid.uuid4().hex[:8]}")
+        self.started.append(process)
+        return process
+
+    def gateway(self, settings: Settings) -> subprocess.Popen[bytes]:
+        process = self.stack.start_gateway(settings, f"gateway-{uuid.uuid4().hex[:8]}")
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+def pipeline_settings(stack: LocalStack) -> Callable[..., Settings]:
+    return lambda **worker: make_settings(stack, **worker)
+
+
+@pytest.fixture
+def processes(stack: LocalStack) -> Iterator[Processes]:
+    started = Processes(stack)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def start_worker(processes: Processes) -> Callable[[Settings], subprocess.Popen[bytes]]:
+    return processes.worker
+
+
+@pytest.fixture
+def start_gateway(processes: Processes) -> Callable[[Settings], subprocess.Popen[bytes]]:
+    return processes.gateway
+
+
+@pytest.fixture(scope="session")
+def model_path(stack: LocalStack) -> Path:
+    return stack.settings().triton.model_repository / "fraud_scorer" / "1" / "model.pt"

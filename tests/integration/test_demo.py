@@ -1,0 +1,36 @@
+"""`make demo`'s job runs to completion (on the session's stack), so it cannot rot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.stack import settings_env
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_to_completion_and_scores_every_distinct_event(stack):
+    settings = stack.settings()
+    settings = settings.model_copy(
+        update={
+            "gateway": settings.gateway.model_copy(update={"port": free_port()}),
+            "worker": settings.worker.model_copy(update={"app_id": "demo-worker"}),
+        }
+    )
+    env = {**os.environ, **settings_env(settings)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "demo", "--events", "3000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "scored (distinct results)    2,820 of 2,820" in result.stdout
+    assert "(0 repeated results)" in result.stdout
+    assert "→ 200 {" in result.stdout

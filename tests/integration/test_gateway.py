@@ -1,0 +1,100 @@
+"""The HTTP bridge on the real stack: same result as a Kafka producer gets, idempotent retries, 4xx."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from pipeline import probe, traffic
+from tests.conftest import Processes, make_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bridge(stack):
+    """One worker and one gateway for the module's tests (each test uses its own event ids)."""
+    settings = make_settings(stack)
+    processes = Processes(stack)
+    try:
+        processes.worker(settings)
+        processes.gateway(settings)
+        with httpx.Client(base_url=f"http://127.0.0.1:{settings.gateway.port}", timeout=30) as client:
+            yield settings, client
+    finally:
+        processes.stop_all()
+
+
+def test_predict_returns_what_a_kafka_producer_gets(bridge):
+    settings, client = bridge
+    request = traffic.valid_requests(1, prefix="via-kafka-", seed=21)[0]
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    probe.publish(settings, [traffic.message_for(request)])
+    from_kafka = probe.collect(settings, start, lambda c: c.distinct_results >= 1, timeout_s=60).results
+    kafka_result = from_kafka[request["event_id"]][0]
+
+    response = client.post("/v1/predict", json=dict(request, event_id="via-http-1"))
+
+    assert response.status_code == 200
+    http_result = response.json()
+    assert http_result["event_id"] == "via-http-1"
+    for field in ("model", "model_version", "score", "label"):
+        assert http_result[field] == kafka_result[field]
+
+
+def test_a_repeated_event_id_gets_the_original_result_back(bridge):
+    settings, client = bridge
+    request = traffic.valid_requests(1, prefix="retry-", seed=22)[0]
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+
+    first = client.post("/v1/predict", json=request)
+    again = client.post("/v1/predict", json=request)
+
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json(), "same score, model_version and scored_at"
+    results = probe.collect(settings, start, lambda c: c.distinct_results >= 1, timeout_s=30, settle_s=2).results
+    assert len(results[request["event_id"]]) == 1, "a retry is not a second result on the results topic"
+
+
+def test_predict_without_event_id_generates_one(bridge):
+    _, client = bridge
+    request = traffic.valid_requests(1, prefix="x-", seed=23)[0]
+    request.pop("event_id")
+    response = client.post("/v1/predict", json=request)
+    assert response.status_code == 200
+    assert response.json()["event_id"].startswith("http-")
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        ({"features": {"amount": 1.0}}, "invalid_request", "entity"),
+        ({"entity": {"account_id": 1}, "features": {"amount": "x"}}, "invalid_request", "features.amount"),
+        ({"event_id": "", "entity": {"account_id": 1}, "features": {}}, "invalid_request", "event_id"),
+        ({"entity": {"account_id": 1}, "features": {"amount": 1.0}}, "invalid_request", "features.merchant_category"),
+        ({"entity": {"account_id": 1}, "features": {"amount": 1.0}, "model": "nope"}, "unknown_model", "nope"),
+    ],
+)
+def test_invalid_bodies_get_422_naming_the_problem(bridge, body, code, field):
+    _, client = bridge
+    response = client.post("/v1/predict", json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert field in error["message"]
+
+
+def test_a_body_that_is_not_json_gets_422(bridge):
+    _, client = bridge
+    response = client.post("/v1/predict", content=b"{nope", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_json"
+
+
+def test_health_and_readiness(bridge):
+    _, client = bridge
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    metrics = client.get("/metrics").text
+    assert "gateway_requests_total" in metrics

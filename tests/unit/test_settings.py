@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.settings import Settings
+from pipeline.stack import LocalStack, Ports, settings_env
+from pipeline.topics import load_specs
+
+
+def test_nested_settings_come_from_prefixed_env(monkeypatch):
+    monkeypatch.setenv("PIPELINE_KAFKA__BOOTSTRAP_SERVERS", "10.0.0.1:9092")
+    monkeypatch.setenv("PIPELINE_WORKER__BATCH_SIZE", "512")
+    monkeypatch.setenv("PIPELINE_TOPICS__REQUESTS", "custom.requests")
+    settings = Settings()
+    assert settings.kafka.bootstrap_servers == "10.0.0.1:9092"
+    assert settings.worker.batch_size == 512
+    assert settings.topics.requests == "custom.requests"
+
+
+def test_settings_survive_the_trip_through_a_child_process_env(monkeypatch, tmp_path: Path):
+    settings = LocalStack(tmp_path, Ports(kafka=19999)).settings()
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == settings
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:19999"
+
+
+def test_topic_specs_take_their_names_from_settings(monkeypatch):
+    monkeypatch.setenv("PIPELINE_TOPICS__DLQ", "my.dlq")
+    specs = {spec.name: spec for spec in load_specs(Settings())}
+    assert specs["inference.requests"].partitions == 12
+    assert "my.dlq" in specs
