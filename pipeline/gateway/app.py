@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -76,6 +77,9 @@ class Bridge:
         except TimeoutError:
             message = f"no result within {timeout_s:g} s; it can still be read from the results topic"
             return JSONResponse(error_body("timeout", message, event_id=event_id), status_code=504)
+        except KafkaError as e:
+            message = f"could not publish the request: {e}"
+            return JSONResponse(error_body("unavailable", message, event_id=event_id), status_code=503)
         finally:
             self.replies.forget(correlation_id)
             metrics.GATEWAY_IN_FLIGHT.dec()

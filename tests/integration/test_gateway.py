@@ -98,3 +98,17 @@ def test_health_and_readiness(bridge):
     assert ready.status_code == 200 and ready.json()["ready"] is True
     metrics = client.get("/metrics").text
     assert "gateway_requests_total" in metrics
+
+
+def test_no_result_within_the_timeout_is_a_504_naming_the_event(stack, pipeline_settings, start_gateway):
+    settings = pipeline_settings()  # no worker consumes these topics
+    settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"timeout_s": 1.0})})
+    start_gateway(settings)
+    request = traffic.valid_requests(1, prefix="late-", seed=24)[0]
+
+    response = httpx.post(f"http://127.0.0.1:{settings.gateway.port}/v1/predict", json=request, timeout=30)
+
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "timeout"
+    assert error["event_id"] == request["event_id"]
