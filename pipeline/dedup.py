@@ -1,43 +1,80 @@
-"""Idempotency state: the result of every scored `event_id`, in a changelog-backed Faust table.
+"""Idempotency state: the result of every scored `event_id`, per input partition, with expiry.
 
 A repeat of a scored `event_id` gets no second result; a repeat with a reply address gets the
-stored result back. The table is co-partitioned with the requests topic: an entry lives in the
-changelog partition of the request that produced it, so after a rebalance it moves with that
-partition (requests of one entity, and so repeats of one event, share a partition by key).
+stored result back. State is sharded like the requests topic: the entry for an event lives with
+the partition its request came from (requests of one entity, and so repeats of one event, share a
+partition by key), is written to the same partition of a compacted changelog topic inside the
+transaction that publishes the result, and moves with that partition on a rebalance.
+
+Entries expire after a window (`PIPELINE_WORKER__DEDUP_WINDOW_S`, default 24 h): the state and
+the changelog stay bounded on an endless stream. Pure: no I/O here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, Protocol
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 
-class DedupStore(Protocol):
-    def get(self, event_id: str) -> bytes | None: ...
-
-    async def remember(self, event_id: str, partition: int, result: bytes) -> Awaitable[Any]:
-        """Record locally now; returns the changelog write to await before offsets are committed."""
-        ...
+@dataclass(frozen=True)
+class Entry:
+    result: bytes
+    stored_at: float  # epoch seconds
 
 
-class TableDedupStore:
-    """DedupStore on a Faust table (raw keys and values). The changelog write names its partition
-    explicitly, as batches mix partitions and Faust's implicit "current event" would not."""
-
-    def __init__(self, table: Any) -> None:
-        self._table = table
+class DedupState:
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        # Insertion-ordered per partition, so the oldest entries are expired first.
+        self._partitions: dict[int, OrderedDict[str, Entry]] = {}
+        self._where: dict[str, int] = {}
 
     def get(self, event_id: str) -> bytes | None:
-        value: bytes | None = self._table.data.get(event_id.encode())
-        return value
+        partition = self._where.get(event_id)
+        if partition is None:
+            return None
+        return self._partitions[partition][event_id].result
 
-    async def remember(self, event_id: str, partition: int, result: bytes) -> Awaitable[Any]:
-        key = event_id.encode()
-        self._table.data[key] = result
-        sent: Awaitable[Any] = await self._table.changelog_topic.send(
-            key=key, value=result, partition=partition, key_serializer="raw", value_serializer="raw", force=True
-        )
-        return sent
+    def put(self, partition: int, event_id: str, result: bytes, stored_at: float) -> None:
+        entries = self._partitions.setdefault(partition, OrderedDict())
+        entries.pop(event_id, None)
+        entries[event_id] = Entry(result, stored_at)
+        self._where[event_id] = partition
+
+    def load(self, partition: int, records: Iterable[tuple[str, bytes | None, float]], now: float) -> None:
+        """Rebuild a partition from its changelog: (event_id, result or None for a tombstone, time)."""
+        self.drop(partition)
+        self._partitions[partition] = OrderedDict()
+        for event_id, result, stored_at in records:
+            if result is None:
+                self._remove(partition, event_id)
+            else:
+                self.put(partition, event_id, result, stored_at)
+        self.expire(now, partitions=[partition])
+
+    def drop(self, partition: int) -> None:
+        for event_id in self._partitions.pop(partition, {}):
+            self._where.pop(event_id, None)
+
+    def expire(self, now: float, partitions: Iterable[int] | None = None) -> dict[int, list[str]]:
+        """Forget entries older than the window; returns what was forgotten (for changelog tombstones)."""
+        cutoff = now - self.window_s
+        expired: dict[int, list[str]] = {}
+        for partition in list(partitions if partitions is not None else self._partitions):
+            entries = self._partitions.get(partition)
+            while entries and next(iter(entries.values())).stored_at < cutoff:
+                event_id, _ = entries.popitem(last=False)
+                self._where.pop(event_id, None)
+                expired.setdefault(partition, []).append(event_id)
+        return expired
+
+    def partitions(self) -> list[int]:
+        return sorted(self._partitions)
 
     def __len__(self) -> int:
-        return len(self._table.data)
+        return len(self._where)
+
+    def _remove(self, partition: int, event_id: str) -> None:
+        if self._partitions.get(partition, {}).pop(event_id, None) is not None:
+            self._where.pop(event_id, None)

@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 import structlog
@@ -26,7 +27,6 @@ from pipeline.contract import (
     parse_request,
     result_record,
 )
-from pipeline.dedup import DedupStore
 from pipeline.errors import InferenceFailed, MissingFeatures, PipelineError
 from pipeline.features import FeatureLookup
 from pipeline.inference import TritonScorer
@@ -35,6 +35,10 @@ from pipeline.retry import Backoff, RetriesExhausted, retrying
 from pipeline.settings import TopicSettings
 
 log = structlog.get_logger(__name__)
+
+
+class DedupLookup(Protocol):
+    def get(self, event_id: str) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Inbound:
 
 @dataclass(frozen=True)
 class Outbound:
+    source_partition: int  # the input partition whose transaction carries this message
     topic: str
     key: bytes | None
     value: bytes
@@ -78,7 +83,7 @@ class BatchProcessor:
         default_model: str,
         scorer: TritonScorer,
         features: FeatureLookup,
-        dedup: DedupStore,
+        dedup: DedupLookup,
         backoff: Backoff,
     ) -> None:
         self._topics = topics
@@ -181,7 +186,7 @@ class BatchProcessor:
         )
         value = orjson.dumps(record)
         key = item.request.event_id.encode()
-        outcome.messages.append(Outbound(self._topics.results, key, value))
+        outcome.messages.append(Outbound(item.inbound.source.partition, self._topics.results, key, value))
         outcome.remembered.append((item.request.event_id, item.inbound.source.partition, value))
         self._reply(item.inbound, key, value, "result", outcome)
         for repeat in item.repeats:
@@ -201,7 +206,7 @@ class BatchProcessor:
     ) -> None:
         value = orjson.dumps(dead_letter_record(error, inbound.value, inbound.source, attempts=attempts))
         key = error.event_id.encode() if error.event_id else None
-        outcome.messages.append(Outbound(self._topics.dlq, key, value))
+        outcome.messages.append(Outbound(inbound.source.partition, self._topics.dlq, key, value))
         self._reply(inbound, key, value, "dead_letter", outcome)
         outcome.dead_letters += 1
         metrics.EVENTS.labels("dead_letter").inc()
@@ -220,7 +225,7 @@ class BatchProcessor:
         headers = [(REPLY_KIND, kind.encode())]
         if correlation := inbound.headers.get(CORRELATION_ID):
             headers.append((CORRELATION_ID, correlation))
-        outcome.messages.append(Outbound(topic, key, value, partition, tuple(headers)))
+        outcome.messages.append(Outbound(inbound.source.partition, topic, key, value, partition, tuple(headers)))
 
     def _on_retry(self, error: PipelineError, attempt: int, delay: float) -> None:
         metrics.RETRIES.labels(type(error).__name__).inc()

@@ -44,6 +44,9 @@ class WorkerSettings(_Block):
     metrics_host: str = "127.0.0.1"
     data_dir: Path = PROJECT_ROOT / ".run" / "worker"
     dedup_table: str = "dedup"
+    # Repeats of an event_id within this window get no second result; older entries expire.
+    dedup_window_s: float = 24 * 3600.0
+    session_timeout_ms: int = 10_000
     # Transient failures (Triton, feature store) are retried with capped exponential backoff
     # for up to retry_budget_s; then the requests go to the DLQ as inference_failed.
     retry_initial_ms: int = 100

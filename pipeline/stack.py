@@ -139,7 +139,7 @@ class LocalStack:
 
     def start_worker(self, settings: Settings, name: str = "worker") -> subprocess.Popen[bytes]:
         process = self.spawn(name, settings, "worker")
-        self.wait_for_log(name, "Worker ready", process)
+        self.wait_for_log(name, "worker_ready", process)
         return process
 
     def start_gateway(

@@ -1,74 +1,177 @@
-"""`pipeline worker`: the Faust app. Wiring only: consume a micro-batch → BatchProcessor → Delivery."""
+"""`pipeline worker`: consume micro-batches from the requests topic, score them, deliver them.
+
+Wiring only: the consumer group and its rebalances live here, scoring in `processor`, delivery
+semantics in `delivery`, idempotency state in `dedup`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
-from typing import Any
+from collections import defaultdict
 
-import faust
 import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from prometheus_client import start_http_server
 
-from pipeline import topics
+from pipeline import changelog, metrics, topics
 from pipeline.contract import Source
-from pipeline.dedup import TableDedupStore
-from pipeline.delivery import Delivery
+from pipeline.dedup import DedupState
+from pipeline.delivery import Fenced, PartitionCommit, TransactionalDelivery
 from pipeline.features import FeatureLookup
 from pipeline.inference import TritonScorer
-from pipeline.processor import BatchProcessor, Inbound
+from pipeline.processor import BatchProcessor, Inbound, Outcome
 from pipeline.retry import Backoff
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+Records = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
-def create_app(settings: Settings) -> faust.App:
-    # The dedup table must be co-partitioned with the requests topic: read its real partition count.
-    partitions = topics.partition_count(settings, settings.topics.requests)
-    worker = settings.worker
-    app = faust.App(
-        worker.app_id,
-        broker=[f"kafka://{server}" for server in settings.kafka.bootstrap_servers.split(",")],
-        store="memory://",
-        datadir=str(worker.data_dir),
-        web_enabled=False,
-        topic_partitions=partitions,
-        topic_replication_factor=1,
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    requests = app.topic(settings.topics.requests, key_serializer="raw", value_serializer="raw")
-    table = app.Table(worker.dedup_table, partitions=partitions, key_type=bytes, value_type=bytes)
-    dedup = TableDedupStore(table)
-    backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
 
-    @app.agent(requests)
-    async def score(stream: faust.StreamT[Any]) -> None:
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = DedupState(settings.worker.dedup_window_s)
+        self.delivery = TransactionalDelivery(settings, changelog.changelog_topic(settings))
+        # Held while a batch is processed and committed; a revocation waits for it.
+        self._lock = asyncio.Lock()
+        self._expired: dict[int, list[str]] = defaultdict(list)
+        self._last_expiry = time.time()
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings, worker = self.settings, self.settings.worker
+        partitions = topics.partition_count(settings, settings.topics.requests)
+        topics.apply(settings, [changelog.changelog_spec(settings, partitions)])
         scorer = TritonScorer(settings.triton)
         features = FeatureLookup(settings.feast.repo_path)
-        processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, dedup, backoff)
-        delivery = Delivery(app.producer, dedup)
-        async for events in stream.take_events(worker.batch_size, within=worker.batch_timeout_ms / 1000):
-            outcome = await processor.process([_inbound(event) for event in events])
-            await delivery.deliver(outcome)
-            log.debug("batch", size=len(events), scored=outcome.scored, duplicates=outcome.duplicates)
+        backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
+        processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, self.state, backoff)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_id=f"{settings.kafka.client_id}-worker",
+            group_id=worker.app_id,
+            enable_auto_commit=False,  # offsets are committed inside each partition's transaction
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_interval_ms=int((worker.retry_budget_s + 120) * 1000),
+            session_timeout_ms=worker.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, worker.session_timeout_ms // 3),
+        )
+        consumer.subscribe([settings.topics.requests], listener=_Rebalance(self))
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                records = await consumer.getmany(timeout_ms=worker.batch_timeout_ms, max_records=worker.batch_size)
+                async with self._lock:
+                    owned = {tp: rs for tp, rs in records.items() if tp.partition in self.delivery.partitions}
+                    if owned:
+                        outcome = await processor.process([_inbound(r) for rs in owned.values() for r in rs])
+                        await self._deliver(consumer, owned, outcome)
+                    self._expire()
+        finally:
+            async with self._lock:
+                for partition in sorted(self.delivery.partitions):
+                    await self._release(partition)
+            await consumer.stop()
+            features.close()
+            await scorer.close()
 
-    return app
+    async def _deliver(self, consumer: AIOKafkaConsumer, records: Records, outcome: Outcome) -> None:
+        by_partition: dict[int, list] = defaultdict(list)
+        for message in outcome.messages:
+            by_partition[message.source_partition].append(message)
+        entries: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+        for event_id, partition, result in outcome.remembered:
+            entries[partition].append((event_id, result))
+        commits = [
+            PartitionCommit(
+                partition=tp.partition,
+                messages=by_partition[tp.partition],
+                changelog=[(e.encode(), r) for e, r in entries[tp.partition]]
+                + [(e.encode(), None) for e in self._expired.pop(tp.partition, [])],
+                next_offset=batch[-1].offset + 1,
+            )
+            for tp, batch in records.items()
+        ]
+        topic = self.settings.topics.requests
+        with metrics.STAGE_SECONDS.labels("produce").time():
+            results = await asyncio.gather(*(self.delivery.commit(topic, c) for c in commits), return_exceptions=True)
+        now = time.time()
+        for (tp, batch), commit, result in zip(records.items(), commits, results, strict=True):
+            if result is None:
+                for event_id, value in entries[tp.partition]:
+                    self.state.put(tp.partition, event_id, value, now)
+                continue
+            # Aborted: process these records again, from the first one, with the state as it was.
+            consumer.seek(tp, batch[0].offset)
+            if isinstance(result, Fenced):
+                log.warning("partition_fenced", partition=tp.partition)
+                await self._release(tp.partition)
+            else:
+                log.warning("transaction_aborted", partition=tp.partition, error=repr(result))
+            if commit.changelog:
+                self._expired[tp.partition] += [k.decode() for k, v in commit.changelog if v is None]
+        metrics.DEDUP_ENTRIES.set(len(self.state))
+        if any(r is not None for r in results):
+            await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
+
+    def _expire(self) -> None:
+        now = time.time()
+        if now - self._last_expiry < min(60.0, self.state.window_s / 10):
+            return
+        self._last_expiry = now
+        for partition, event_ids in self.state.expire(now).items():
+            self._expired[partition] += event_ids  # tombstoned with the partition's next commit
+
+    async def acquire(self, partitions: list[int]) -> None:
+        # Producers first: starting them fences the previous owners and aborts their open
+        # transactions, so the changelog read next is final.
+        await asyncio.gather(*(self.delivery.open(p) for p in partitions))
+        loaded = await asyncio.gather(*(changelog.read_partition(self.settings, p) for p in partitions))
+        now = time.time()
+        for partition, records in zip(partitions, loaded, strict=True):
+            self.state.load(partition, records, now)
+        metrics.REBALANCES.labels("assigned").inc(len(partitions))
+        metrics.DEDUP_ENTRIES.set(len(self.state))
+        log.info("partitions_assigned", partitions=partitions, dedup_entries=len(self.state))
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("worker_ready", app_id=self.settings.worker.app_id)
+
+    async def revoke(self, partitions: list[int]) -> None:
+        async with self._lock:
+            for partition in partitions:
+                await self._release(partition)
+        metrics.REBALANCES.labels("revoked").inc(len(partitions))
+        log.info("partitions_revoked", partitions=partitions)
+
+    async def _release(self, partition: int) -> None:
+        await self.delivery.close(partition)
+        self.state.drop(partition)
+        self._expired.pop(partition, None)
 
 
-def _inbound(event: Any) -> Inbound:
-    message = event.message
-    raw_headers = message.headers or []
-    items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-    headers = {k: (v.encode() if isinstance(v, str) else v) for k, v in items if v is not None}
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._worker.revoke(sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._worker.acquire(sorted(tp.partition for tp in assigned))
+
+
+def _inbound(record: ConsumerRecord[bytes, bytes]) -> Inbound:
     return Inbound(
-        value=message.value,
-        key=message.key,
-        headers=headers,
-        source=Source(message.topic, message.partition, message.offset),
+        value=record.value,
+        key=record.key,
+        headers={k: v for k, v in record.headers if v is not None},
+        source=Source(record.topic, record.partition, record.offset),
         received=time.monotonic(),
     )
 
@@ -77,5 +180,13 @@ def run(settings: Settings) -> None:
     settings.worker.data_dir.mkdir(parents=True, exist_ok=True)
     server, _ = start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     log.info("worker_starting", app_id=settings.worker.app_id, metrics_port=server.server_port)
-    app = create_app(settings)
-    faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await Worker(settings).run(stop)
+        log.info("worker_stopped")
+
+    asyncio.run(main())

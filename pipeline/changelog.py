@@ -1,0 +1,49 @@
+"""The dedup changelog: a compacted topic, partitioned like the requests topic, read back on assignment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.errors import ConfigurationError
+from pipeline.settings import Settings
+from pipeline.topics import TopicSpec
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.worker.app_id}-{settings.worker.dedup_table}-changelog"
+
+
+def changelog_spec(settings: Settings, partitions: int) -> TopicSpec:
+    return TopicSpec(changelog_topic(settings), partitions, {"cleanup.policy": "compact"})
+
+
+async def read_partition(
+    settings: Settings, partition: int, timeout_s: float = 120.0
+) -> list[tuple[str, bytes | None, float]]:
+    """Every committed record of one changelog partition: (event_id, result or None, epoch seconds)."""
+    tp = TopicPartition(changelog_topic(settings), partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=f"{settings.kafka.client_id}-changelog-{partition}",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]  # last stable offset under read_committed
+        records: list[tuple[str, bytes | None, float]] = []
+        deadline = time.monotonic() + timeout_s
+        while await consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"changelog {tp.topic}[{partition}] not read within {timeout_s:g} s")
+            for batch in (await consumer.getmany(tp, timeout_ms=200, max_records=10_000)).values():
+                records += [(r.key.decode(), r.value, r.timestamp / 1000) for r in batch if r.key is not None]
+            await asyncio.sleep(0)
+        return records
+    finally:
+        await consumer.stop()
