@@ -12,8 +12,10 @@ from pipeline.errors import InferenceFailed, InferenceUnavailable, UnknownModel
 from pipeline.models.spec import ModelSpec, spec_from_config
 from pipeline.settings import TritonSettings
 
-# Statuses after which the same call may succeed: the server is down, starting or overloaded.
-_TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}
+# An infer call that failed with anything but a malformed request may succeed later: the server
+# may be down, starting, overloaded, or (re)loading the model ("has no available versions").
+# Retries are bounded by the worker's budget, after which requests are dead-lettered.
+_PERMANENT = {"StatusCode.INVALID_ARGUMENT", "StatusCode.UNIMPLEMENTED"}
 _UNKNOWN_MODEL_TTL_S = 5.0
 
 
@@ -32,10 +34,12 @@ class TritonScorer:
             raise UnknownModel(f"model {model!r} is not served")
         try:
             ready = await self._client.is_model_ready(model)
+            if not ready and not await self._client.is_server_ready():
+                raise InferenceUnavailable(f"Triton is not ready to say whether it serves {model!r}")
             config = await self._client.get_model_config(model, as_json=True) if ready else None
         except InferenceServerException as e:
             if str(e.status()) == "StatusCode.NOT_FOUND":
-                ready = False
+                ready, config = False, None
             else:
                 raise _wrap(e, f"model config of {model!r}") from e
         if not ready or config is None:
@@ -81,6 +85,6 @@ class TritonScorer:
 
 def _wrap(error: InferenceServerException, what: str) -> InferenceFailed:
     message = f"{what}: {error.message()}"
-    if str(error.status()) in _TRANSIENT:
-        return InferenceUnavailable(message)
-    return InferenceFailed(message)
+    if str(error.status()) in _PERMANENT:
+        return InferenceFailed(message)
+    return InferenceUnavailable(message)

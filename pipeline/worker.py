@@ -40,6 +40,8 @@ class Worker:
         self._lock = asyncio.Lock()
         self._expired: dict[int, list[str]] = defaultdict(list)
         self._last_expiry = time.time()
+        # Partitions whose producer is open and whose dedup state is loaded: only these are processed.
+        self._owned: set[int] = set()
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -67,7 +69,7 @@ class Worker:
             while not stop.is_set():
                 records = await consumer.getmany(timeout_ms=worker.batch_timeout_ms, max_records=worker.batch_size)
                 async with self._lock:
-                    owned = {tp: rs for tp, rs in records.items() if tp.partition in self.delivery.partitions}
+                    owned = self._take_owned(consumer, records)
                     if owned:
                         outcome = await processor.process([_inbound(r) for rs in owned.values() for r in rs])
                         await self._deliver(consumer, owned, outcome)
@@ -79,6 +81,18 @@ class Worker:
             await consumer.stop()
             features.close()
             await scorer.close()
+
+    def _take_owned(self, consumer: AIOKafkaConsumer, records: Records) -> Records:
+        """Records of partitions this worker is ready for; others are handed back to the fetcher
+        (their position rewound), as the consumer may fetch while an assignment is still loading."""
+        owned: Records = {}
+        assignment = consumer.assignment()
+        for tp, batch in records.items():
+            if tp.partition in self._owned:
+                owned[tp] = batch
+            elif tp in assignment:
+                consumer.seek(tp, batch[0].offset)
+        return owned
 
     async def _deliver(self, consumer: AIOKafkaConsumer, records: Records, outcome: Outcome) -> None:
         by_partition: dict[int, list] = defaultdict(list)
@@ -135,6 +149,7 @@ class Worker:
         now = time.time()
         for partition, records in zip(partitions, loaded, strict=True):
             self.state.load(partition, records, now)
+        self._owned.update(partitions)
         metrics.REBALANCES.labels("assigned").inc(len(partitions))
         metrics.DEDUP_ENTRIES.set(len(self.state))
         log.info("partitions_assigned", partitions=partitions, dedup_entries=len(self.state))
@@ -150,6 +165,7 @@ class Worker:
         log.info("partitions_revoked", partitions=partitions)
 
     async def _release(self, partition: int) -> None:
+        self._owned.discard(partition)
         await self.delivery.close(partition)
         self.state.drop(partition)
         self._expired.pop(partition, None)
