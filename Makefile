@@ -4,9 +4,9 @@ VENV := .venv
 MODEL_ENV := .venv-triton
 PIP_FLAGS ?= -q
 
-.PHONY: setup demo test up down lint clean
+.PHONY: setup demo test up down lint clean redis-server
 
-setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed
+setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed redis-server
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ deploy/kafka/.libs/.complete: deploy/kafka/pom.xml
 .triton/.installed:
 	PYTHON=$(VENV)/bin/python bash deploy/triton/triton.sh install
 	touch $@
+
+# Redis backs the Feast online store's production option (and its outage test); Debian's package.
+redis-server:
+	bash deploy/redis/redis.sh install
 
 demo: setup
 	$(VENV)/bin/pipeline demo $(DEMO_ARGS)

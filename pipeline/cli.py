@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from pipeline.contract import ERROR_CODES
 from pipeline.errors import PipelineError
 from pipeline.settings import get_settings
 
@@ -14,11 +16,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming in
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the contract.")
 models_app = typer.Typer(no_args_is_help=True, help="Train and export models for Triton.")
 features_app = typer.Typer(no_args_is_help=True, help="Feast feature data.")
+dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Triton, worker, gateway.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
 app.add_typer(stack_app, name="stack")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _configure_logging() -> None:
@@ -74,6 +78,28 @@ def features_apply(force: Annotated[bool, typer.Option(help="Regenerate and relo
     typer.echo("features: applied and materialised" if done else "features: online store already loaded")
 
 
+@dlq_app.command("redrive")
+def dlq_redrive(
+    code: Annotated[list[str] | None, typer.Option(help="Only dead letters with this error code (repeatable).")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Only dead letters written at or after this time.")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Only dead letters written before this time.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be re-published; publish nothing.")] = False,
+) -> None:
+    """Re-publish dead letters to the requests topic (events scored since are not scored twice)."""
+    from pipeline import redrive
+
+    unknown = set(code or ()) - set(ERROR_CODES)
+    if unknown:
+        raise typer.BadParameter(f"unknown code(s) {sorted(unknown)}; codes are {', '.join(ERROR_CODES)}")
+    selection = redrive.Selection(frozenset(code or ()), _aware(since), _aware(until))
+    count = redrive.redrive(get_settings(), selection, dry_run=dry_run)
+    typer.echo(f"{'would re-publish' if dry_run else 're-published'} {count} dead letter(s)")
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
 @app.command()
 def worker() -> None:
     """Run a scoring worker (Faust app) until stopped."""
@@ -122,8 +148,13 @@ def stack_down() -> None:
 
 
 def main() -> None:
+    from confluent_kafka import KafkaException
+
     try:
         app()
     except PipelineError as e:
         typer.echo(f"error: {e.code}: {e.message}", err=True)
+        raise SystemExit(1) from e
+    except KafkaException as e:
+        typer.echo(f"error: kafka at {get_settings().kafka.bootstrap_servers}: {e.args[0].str()}", err=True)
         raise SystemExit(1) from e

@@ -120,7 +120,12 @@ def result_record(
 
 
 def dead_letter_record(
-    error: PipelineError, raw: bytes | None, source: Source, *, attempts: int | None = None
+    error: PipelineError,
+    raw: bytes | None,
+    source: Source,
+    *,
+    attempts: int | None = None,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "event_id": error.event_id,
@@ -128,9 +133,31 @@ def dead_letter_record(
         "source": {"topic": source.topic, "partition": source.partition, "offset": source.offset},
         "payload": payload_text(raw),
     }
+    if raw is not None and not _is_utf8(raw):
+        record["payload_encoding"] = "base64"
+    if key is not None:
+        record["key"] = payload_text(key)  # what a redrive republishes the payload with
     if attempts is not None:
         record["attempts"] = attempts
     return record
+
+
+def payload_bytes(record: dict[str, Any]) -> bytes | None:
+    """The original value of a dead letter (inverse of `payload_text`)."""
+    payload = record.get("payload")
+    if payload is None:
+        return None
+    if record.get("payload_encoding") == "base64":
+        return base64.b64decode(payload)
+    return str(payload).encode()
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def payload_text(raw: bytes | None) -> str | None:

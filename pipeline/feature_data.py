@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline import synthetic
+from pipeline.errors import ConfigurationError
 
 PARQUET = Path("data") / "account_stats.parquet"
 ONLINE_MARKER = Path("data") / ".materialized"
@@ -22,6 +23,20 @@ def write_account_stats(repo_path: Path, accounts: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
     return path
+
+
+def use_redis(source_repo: Path, target: Path, connection: str) -> Path:
+    """A copy of the repo whose online store is Redis (the production option); returns its path."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in [*source_repo.glob("*.py"), source_repo / ".feastignore"]:
+        (target / item.name).write_bytes(item.read_bytes())
+    config = (source_repo / "feature_store.yaml").read_text()
+    online = "online_store:\n  type: sqlite\n  path: data/online_store.db\n"
+    if online not in config:
+        raise ConfigurationError("feature_store.yaml: online_store is not the default SQLite block")
+    redis = f'online_store:\n  type: redis\n  connection_string: "{connection}"\n'
+    (target / "feature_store.yaml").write_text(config.replace(online, redis))
+    return target
 
 
 def apply(repo_path: Path, accounts: int, force: bool = False) -> bool:

@@ -204,7 +204,9 @@ class BatchProcessor:
     def _dead_letter(
         self, error: PipelineError, inbound: Inbound, outcome: Outcome, attempts: int | None = None
     ) -> None:
-        value = orjson.dumps(dead_letter_record(error, inbound.value, inbound.source, attempts=attempts))
+        value = orjson.dumps(
+            dead_letter_record(error, inbound.value, inbound.source, attempts=attempts, key=inbound.key)
+        )
         key = error.event_id.encode() if error.event_id else None
         outcome.messages.append(Outbound(inbound.source.partition, self._topics.dlq, key, value))
         self._reply(inbound, key, value, "dead_letter", outcome)

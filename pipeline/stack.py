@@ -26,6 +26,7 @@ log = structlog.get_logger(__name__)
 
 KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka" / "kafka.sh"
 TRITON_SCRIPT = PROJECT_ROOT / "deploy" / "triton" / "triton.sh"
+REDIS_SCRIPT = PROJECT_ROOT / "deploy" / "redis" / "redis.sh"
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,15 @@ class LocalStack:
 
     def stop_triton(self) -> None:
         self._service(TRITON_SCRIPT, "stop", self._triton_env())
+
+    def start_redis(self, port: int) -> bool:
+        return self._service(REDIS_SCRIPT, "start", self._redis_env(port))
+
+    def stop_redis(self, port: int) -> None:
+        self._service(REDIS_SCRIPT, "stop", self._redis_env(port))
+
+    def _redis_env(self, port: int) -> dict[str, str]:
+        return {"REDIS_PORT": str(port), "REDIS_DIR": str(self.run_dir / f"redis-{port}")}
 
     def _kafka_env(self) -> dict[str, str]:
         return {

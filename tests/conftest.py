@@ -111,3 +111,21 @@ def start_gateway(processes: Processes) -> Callable[[Settings], subprocess.Popen
 @pytest.fixture(scope="session")
 def model_path(stack: LocalStack) -> Path:
     return stack.settings().triton.model_repository / "fraud_scorer" / "1" / "model.pt"
+
+
+REDIS_PORT = 16379
+
+
+@pytest.fixture(scope="session")
+def redis_feature_repo(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A copy of the Feast repo whose online store is a real Redis (the production option), loaded."""
+    from pipeline import feature_data
+
+    stack.start_redis(REDIS_PORT)
+    try:
+        source = stack.settings().feast.repo_path
+        repo = feature_data.use_redis(source, tmp_path_factory.mktemp("feature_repo_redis"), f"127.0.0.1:{REDIS_PORT}")
+        feature_data.apply(repo, stack.settings().feast.accounts)
+        yield repo
+    finally:
+        stack.stop_redis(REDIS_PORT)

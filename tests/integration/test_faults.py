@@ -124,3 +124,27 @@ def test_requests_whose_retries_run_out_are_dead_lettered_with_their_attempts(pi
     assert collected.distinct_results == 0
     assert {d["event_id"] for d in collected.dead_letters} == {r["event_id"] for r in requests}
     assert all(d["error"]["code"] == "inference_failed" and d["attempts"] >= 3 for d in collected.dead_letters)
+
+
+def test_feature_store_down_for_ten_seconds_is_retried_not_dead_lettered(
+    stack, redis_feature_repo, pipeline_settings, start_worker
+):
+    from tests.conftest import REDIS_PORT
+
+    settings = pipeline_settings()
+    settings = settings.model_copy(
+        update={"feast": settings.feast.model_copy(update={"repo_path": redis_feature_repo})}
+    )
+    mix = _stream("feast-")
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    start_worker(settings)
+    probe.publish(settings, mix.messages)
+    _wait_for_results(settings, start, len(mix.requests) // 4)
+
+    stack.stop_redis(REDIS_PORT)
+    time.sleep(10)
+    stack.start_redis(REDIS_PORT)  # append-only file: the features come back with it
+
+    collected = probe.collect(settings, start, _complete(mix), timeout_s=300, settle_s=3)
+    assert_exactly_once(mix, collected)
+    assert "inference_failed" not in collected.dead_letter_codes()
