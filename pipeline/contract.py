@@ -8,14 +8,21 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from pipeline.errors import InvalidJson, InvalidRequest, PipelineError
 
-ERROR_CODES = ("invalid_json", "invalid_request", "unknown_model", "missing_features", "inference_failed")
+ERROR_CODES = (
+    "invalid_json",
+    "invalid_request",
+    "unknown_model",
+    "missing_features",
+    "inference_failed",
+    "deadline_exceeded",  # additive: a request whose `deadline` header had passed
+)
 
 # Header names (values are UTF-8).
 CORRELATION_ID = "correlation-id"
@@ -24,12 +31,16 @@ DEADLINE = "deadline"
 REPLY_KIND = "reply-kind"  # "result" or "dead_letter", on messages sent to a reply address
 
 
+# Entity ids are 64-bit integers or strings (Kafka keys, Feast INT64 entities).
+EntityInt = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     event_id: StrictStr | None = Field(default=None, min_length=1, max_length=128)
     model: StrictStr | None = Field(default=None, min_length=1, max_length=128)
-    entity: dict[StrictStr, StrictInt | StrictStr] = Field(min_length=1)
+    entity: dict[StrictStr, EntityInt | StrictStr] = Field(min_length=1)
     features: dict[StrictStr, StrictFloat]
     event_time: datetime | None = None
 
@@ -70,7 +81,7 @@ def parse_request(raw: bytes | None) -> InferenceRequest:
         ) from e
 
 
-_UNION_TAGS = frozenset({"int", "str"})
+_UNION_TAGS = frozenset({"int", "str", "constrained-int"})
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -88,7 +99,7 @@ def describe_error(first: dict[str, Any]) -> str:
         "float_type": "not a number",
         "int_type": "not an integer",
         "finite_number": "not a finite number",
-        "entity_value": "must be an integer or a string",
+        "entity_value": "must be a 64-bit integer or a string",
     }.get(kind, first["msg"].lower())
     return f"{path}: {message}" if path else message
 
@@ -167,6 +178,17 @@ def payload_text(raw: bytes | None) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(raw).decode("ascii")
+
+
+def deadline_passed(headers: dict[str, bytes] | Any, now_ms: int) -> bool:
+    """True when a `deadline` header (epoch ms) is present, readable and in the past."""
+    raw = headers.get(DEADLINE)
+    if not raw:
+        return False
+    try:
+        return int(raw) < now_ms
+    except ValueError:
+        return False
 
 
 def parse_reply_to(value: str) -> tuple[str, int | None] | None:

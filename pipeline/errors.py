@@ -29,6 +29,12 @@ class MissingFeatures(PipelineError):
     code = "missing_features"
 
 
+class DeadlineExceeded(PipelineError):
+    """The caller's deadline (header `deadline`) passed before the work began: skipped, not scored."""
+
+    code = "deadline_exceeded"
+
+
 class InferenceFailed(PipelineError):
     code = "inference_failed"
 

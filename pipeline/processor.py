@@ -23,11 +23,12 @@ from pipeline.contract import (
     InferenceRequest,
     Source,
     dead_letter_record,
+    deadline_passed,
     parse_reply_to,
     parse_request,
     result_record,
 )
-from pipeline.errors import InferenceFailed, MissingFeatures, PipelineError
+from pipeline.errors import DeadlineExceeded, InferenceFailed, MissingFeatures, PipelineError
 from pipeline.features import FeatureLookup
 from pipeline.inference import TritonScorer
 from pipeline.models.spec import ModelSpec
@@ -108,6 +109,7 @@ class BatchProcessor:
     def _admit(self, batch: Sequence[Inbound], outcome: Outcome) -> dict[str, _Pending]:
         """Parse each message; dead-letter bad ones, answer repeats from the dedup state."""
         pending: dict[str, _Pending] = {}
+        now_ms = int(time.time() * 1000)
         for inbound in batch:
             try:
                 request = parse_request(inbound.value)
@@ -118,6 +120,9 @@ class BatchProcessor:
                 first.repeats.append(inbound)
             elif (stored := self._dedup.get(request.event_id)) is not None:
                 self._duplicate(inbound, stored, outcome)
+            elif deadline_passed(inbound.headers, now_ms):
+                expired = DeadlineExceeded("the caller's deadline passed before scoring", event_id=request.event_id)
+                self._dead_letter(expired, inbound, outcome)
             else:
                 pending[request.event_id] = _Pending(request, inbound)
         return pending

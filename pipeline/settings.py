@@ -70,7 +70,14 @@ class GatewaySettings(_Block):
     host: str = "127.0.0.1"
     port: int = 8080
     timeout_s: float = 10.0
+    # Each bridge instance reads only this partition of the replies topic: give every instance its own.
     reply_partition: int = 0
+    # API keys (JSON list). Empty: the bridge is open, and says so at start-up.
+    api_keys: list[str] = Field(default_factory=list, repr=False)
+    rate_limit_per_s: float = 0.0  # per API key; 0 = no rate limit
+    rate_limit_burst: float = 100.0
+    max_in_flight: int = 2_000
+    max_body_bytes: int = 1_048_576
 
 
 class Settings(BaseSettings):

@@ -48,7 +48,7 @@ def test_unreadable_values_are_invalid_json(raw):
         ({"features": {"amount": "12"}}, "features.amount: not a number"),
         ({"features": {"amount": True}}, "features.amount: not a number"),
         ({"entity": {}}, "entity: "),
-        ({"entity": {"account_id": 1.5}}, "entity.account_id: must be an integer or a string"),
+        ({"entity": {"account_id": 1.5}}, "entity.account_id: must be a 64-bit integer or a string"),
         ({"model": 7}, "model: "),
     ],
 )

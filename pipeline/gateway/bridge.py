@@ -1,0 +1,117 @@
+"""The Kafka side of the HTTP bridge: publish a request with a reply address, await its answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from pipeline import metrics
+from pipeline.contract import CORRELATION_ID, DEADLINE, REPLY_TO, PredictBody, request_key
+from pipeline.gateway.replies import Reply, ReplyRouter
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Answer:
+    event_id: str
+    status: int  # 200 result, 422 dead letter, 503 not published, 504 no answer in time
+    body: bytes
+
+
+class Bridge:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.replies = ReplyRouter(settings)
+        self.started = False
+
+    async def start(self) -> None:
+        # Kafka clients bind to the running loop, so they are made here, not in __init__.
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            client_id=f"{self.settings.kafka.client_id}-gateway",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+        )
+        await self.replies.start()
+        await self.producer.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        await self.replies.stop()
+        await self.producer.stop()
+
+    async def submit(self, bodies: list[PredictBody], timeout_s: float) -> list[Answer]:
+        """Publish every request, then wait (one deadline for all) for each one's answer, in order."""
+        deadline_ms = int((time.time() + timeout_s) * 1000)
+        pending = [self._publish(body, deadline_ms) for body in bodies]
+        sent = await asyncio.gather(*pending, return_exceptions=True)
+        metrics.GATEWAY_IN_FLIGHT.inc(len(bodies))
+        try:
+            futures = [s[2] for s in sent if not isinstance(s, BaseException)]
+            if futures:
+                await asyncio.wait(futures, timeout=timeout_s)
+            return [self._answer(s, timeout_s) for s in sent]
+        finally:
+            for s in sent:
+                if not isinstance(s, BaseException):
+                    self.replies.forget(s[1])
+            metrics.GATEWAY_IN_FLIGHT.dec(len(bodies))
+
+    async def _publish(self, body: PredictBody, deadline_ms: int) -> tuple[str, str, asyncio.Future[Reply]]:
+        event_id = body.event_id or f"http-{uuid.uuid4().hex}"
+        correlation_id = uuid.uuid4().hex
+        future = self.replies.expect(correlation_id)
+        payload = body.model_dump(mode="json", exclude_none=True) | {"event_id": event_id}
+        try:
+            await self.producer.send_and_wait(
+                self.settings.topics.requests,
+                orjson.dumps(payload),
+                key=request_key(body),
+                headers=[
+                    (CORRELATION_ID, correlation_id.encode()),
+                    (REPLY_TO, self.replies.address.encode()),
+                    (DEADLINE, str(deadline_ms).encode()),
+                ],
+            )
+        except KafkaError as e:
+            self.replies.forget(correlation_id)
+            raise NotPublished(event_id, str(e)) from e
+        return event_id, correlation_id, future
+
+    @staticmethod
+    def _answer(sent: tuple[str, str, asyncio.Future[Reply]] | BaseException, timeout_s: float) -> Answer:
+        if isinstance(sent, NotPublished):
+            return Answer(sent.event_id, 503, _error("unavailable", f"could not publish: {sent}", sent.event_id))
+        if isinstance(sent, BaseException):
+            raise sent
+        event_id, _, future = sent
+        if not future.done():
+            future.cancel()
+            message = (
+                f"no answer within {timeout_s:g} s; once processed, its outcome is on the results "
+                "or dead-letter topic under this event_id (work past its deadline is dead-lettered)"
+            )
+            return Answer(event_id, 504, _error("timeout", message, event_id))
+        reply = future.result()
+        if reply.kind == "dead_letter":
+            letter = orjson.loads(reply.value)
+            return Answer(event_id, 422, orjson.dumps({"error": letter["error"], "event_id": event_id}))
+        return Answer(event_id, 200, reply.value)
+
+
+class NotPublished(Exception):
+    def __init__(self, event_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.event_id = event_id
+
+
+def _error(code: str, message: str, event_id: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message, "event_id": event_id}})

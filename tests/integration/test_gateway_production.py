@@ -1,0 +1,172 @@
+"""The HTTP bridge under production concerns: several instances, worker loss, deadlines, auth, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+
+import httpx
+import pytest
+
+from pipeline import probe, traffic
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _gateway_settings(settings, **gateway):
+    return settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"port": free_port(), **gateway})})
+
+
+async def _burst(ports, requests, concurrency=300, on_progress=None):
+    """POST every request, spread over the gateways, with `concurrency` in flight."""
+    clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=120) for p in ports]
+    gate = asyncio.Semaphore(concurrency)
+    done = 0
+
+    async def one(i, request):
+        nonlocal done
+        async with gate:
+            response = await clients[i % len(clients)].post("/v1/predict", json=request)
+        done += 1
+        if on_progress is not None:
+            await on_progress(done)
+        return response
+
+    try:
+        return await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_three_gateways_two_workers_every_caller_gets_its_own_result(pipeline_settings, processes):
+    settings = pipeline_settings()
+    processes.worker(settings)
+    processes.worker(settings)
+    gateways = [_gateway_settings(settings, reply_partition=p) for p in range(3)]
+    for gateway in gateways:
+        processes.gateway(gateway)
+    requests = traffic.valid_requests(3000, prefix="multi-", seed=31)
+
+    responses = await _burst([g.gateway.port for g in gateways], requests)
+
+    assert [r.status_code for r in responses] == [200] * len(requests)
+    assert [r.json()["event_id"] for r in responses] == [r["event_id"] for r in requests]
+
+
+async def test_a_worker_killed_during_a_burst_fails_no_request(pipeline_settings, processes):
+    settings = pipeline_settings(session_timeout_ms=6000)
+    settings = _gateway_settings(settings, timeout_s=60.0)
+    victim = processes.worker(settings)
+    processes.worker(settings)
+    processes.gateway(settings)
+    requests = traffic.valid_requests(2000, prefix="rebalance-", seed=32)
+
+    async def kill_at_a_quarter(done):
+        if done == len(requests) // 4 and victim.poll() is None:
+            victim.send_signal(signal.SIGKILL)
+
+    responses = await _burst([settings.gateway.port], requests, on_progress=kill_at_a_quarter)
+
+    assert victim.poll() is not None, "the worker was killed mid-burst"
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == len(requests), f"non-200: {sorted(set(statuses) - {200})}"
+    assert {r.json()["event_id"] for r in responses} == {r["event_id"] for r in requests}
+
+
+def _in_flight(port):
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return float(re.search(r"^gateway_in_flight_requests (\S+)$", text, re.MULTILINE).group(1))
+
+
+async def test_expired_requests_are_504_then_skipped_by_workers_and_nothing_leaks(pipeline_settings, processes):
+    settings = _gateway_settings(pipeline_settings(), timeout_s=1.0)
+    processes.gateway(settings)  # no worker yet: every request times out
+    requests = traffic.valid_requests(200, prefix="expired-", seed=33)
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+
+    responses = await _burst([settings.gateway.port], requests, concurrency=200)
+
+    assert {r.status_code for r in responses} == {504}
+    assert all(r.json()["error"]["event_id"] == q["event_id"] for r, q in zip(responses, requests, strict=True))
+    assert _in_flight(settings.gateway.port) == 0, "the pending map is back to empty"
+
+    processes.worker(settings)  # arrives after every deadline: the work is skipped, not scored
+    collected = probe.collect(settings, start, lambda c: len(c.dead_letters) >= 200, timeout_s=120, settle_s=2)
+    assert collected.distinct_results == 0
+    assert collected.dead_letter_codes() == {"deadline_exceeded": 200}
+    assert _in_flight(settings.gateway.port) == 0, "late answers are dropped"
+
+
+@pytest.fixture(scope="module")
+def guarded(stack):
+    """One worker and a gateway with API keys, a rate limit and a small body limit."""
+    from tests.conftest import Processes, make_settings
+
+    settings = make_settings(stack)
+    settings = _gateway_settings(
+        settings, api_keys=["key-one", "key-two"], rate_limit_per_s=5.0, rate_limit_burst=20.0, max_body_bytes=4096
+    )
+    started = Processes(stack)
+    try:
+        started.worker(settings)
+        started.gateway(settings)
+        yield settings
+    finally:
+        started.stop_all()
+
+
+def _url(settings, path="/v1/predict"):
+    return f"http://127.0.0.1:{settings.gateway.port}{path}"
+
+
+def test_without_a_valid_key_the_answer_is_401(guarded):
+    request = traffic.valid_requests(1, prefix="auth-", seed=34)[0]
+    assert httpx.post(_url(guarded), json=request).status_code == 401
+    wrong = httpx.post(_url(guarded), json=request, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+    assert httpx.post(_url(guarded), json={"bad": 1}).status_code == 401, "auth before validation"
+    ok = httpx.post(_url(guarded), json=request, headers={"X-API-Key": "key-two"}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_a_body_over_the_limit_is_413(guarded):
+    request = traffic.valid_requests(1, prefix="big-", seed=35)[0]
+    request["padding"] = "x" * 10_000
+    response = httpx.post(_url(guarded), json=request, headers={"X-API-Key": "key-one"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected(guarded):
+    requests = traffic.valid_requests(40, prefix="rate-", seed=36)
+    statuses = [
+        httpx.post(_url(guarded), json=r, headers={"Authorization": "Bearer key-one"}, timeout=30).status_code
+        for r in requests
+    ]
+    assert 429 in statuses and 200 in statuses
+    limited = httpx.post(_url(guarded), json=requests[0], headers={"Authorization": "Bearer key-one"})
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    other = httpx.post(_url(guarded), json=requests[0], headers={"X-API-Key": "key-two"}, timeout=30)
+    assert other.status_code == 200
+
+
+def test_the_batch_endpoint_answers_each_request_in_order(guarded):
+    requests = traffic.valid_requests(5, prefix="batch-", seed=37)
+    requests[2] = {**requests[2], "model": "no_such_model"}
+    response = httpx.post(
+        _url(guarded, "/v1/predict:batch"), json={"requests": requests}, headers={"X-API-Key": "key-two"}, timeout=30
+    )
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["event_id"] for r in results] == [r["event_id"] for r in requests]
+    assert [r["status"] for r in results] == [200, 200, 422, 200, 200]
+    assert results[2]["body"]["error"]["code"] == "unknown_model"
+    assert results[0]["body"]["score"] >= 0
+
+
+def test_the_openapi_document_is_served(guarded):
+    document = httpx.get(_url(guarded, "/openapi.json")).json()
+    assert "/v1/predict" in document["paths"] and "/v1/predict:batch" in document["paths"]
