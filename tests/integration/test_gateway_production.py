@@ -170,3 +170,20 @@ def test_the_batch_endpoint_answers_each_request_in_order(guarded):
 def test_the_openapi_document_is_served(guarded):
     document = httpx.get(_url(guarded, "/openapi.json")).json()
     assert "/v1/predict" in document["paths"] and "/v1/predict:batch" in document["paths"]
+
+
+async def test_overload_is_shed_with_429_not_5xx(pipeline_settings, processes):
+    settings = _gateway_settings(pipeline_settings(), max_in_flight=50, timeout_s=60.0)
+    processes.worker(settings)
+    processes.gateway(settings)
+    requests = traffic.valid_requests(900, prefix="overload-", seed=38)
+
+    responses = await _burst([settings.gateway.port], requests, concurrency=300)  # 6x the bound
+
+    statuses = [r.status_code for r in responses]
+    assert not [s for s in statuses if s >= 500], "no 5xx under overload"
+    assert statuses.count(429) > 0 and statuses.count(200) > 0
+    assert set(statuses) == {200, 429}
+    shed = next(r for r in responses if r.status_code == 429)
+    assert shed.headers["Retry-After"] == "1" and shed.json()["error"]["code"] == "overloaded"
+    assert _in_flight(settings.gateway.port) == 0
