@@ -70,9 +70,7 @@ class LocalStack:
                     update={"grpc_url": f"127.0.0.1:{p.triton_grpc}", "http_url": f"127.0.0.1:{p.triton_http}"}
                 ),
                 "gateway": base.gateway.model_copy(update={"port": p.gateway}),
-                "worker": base.worker.model_copy(
-                    update={"metrics_port": p.worker_metrics, "data_dir": self.run_dir / "worker"}
-                ),
+                "worker": base.worker.model_copy(update={"metrics_port": p.worker_metrics}),
             }
         )
 

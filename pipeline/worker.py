@@ -193,7 +193,6 @@ def _inbound(record: ConsumerRecord[bytes, bytes]) -> Inbound:
 
 
 def run(settings: Settings) -> None:
-    settings.worker.data_dir.mkdir(parents=True, exist_ok=True)
     server, _ = start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     log.info("worker_starting", app_id=settings.worker.app_id, metrics_port=server.server_port)
 

@@ -7,6 +7,8 @@
 #      KAFKA_HEAP (512m), KAFKA_START_TIMEOUT (90 s).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 libs="$here/.libs"
 port="${KAFKA_PORT:-9092}"
 cport="${KAFKA_CONTROLLER_PORT:-9093}"
@@ -57,15 +59,7 @@ start() {
 }
 
 stop() {
-  [ -f "$pidfile" ] || { echo "kafka: not running" >&2; return 0; }
-  local pid; pid="$(cat "$pidfile")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
-  echo "kafka: stopped" >&2
+  stop_process kafka "$pidfile"
 }
 
 case "${1:-}" in

@@ -5,6 +5,8 @@
 #   redis.sh stop      stop it (the data survives in REDIS_DIR for the next start)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 port="${REDIS_PORT:-6379}"
 dir="${REDIS_DIR:-$here/.data}"
 pidfile="$dir/redis.pid"
@@ -32,12 +34,7 @@ start() {
 }
 
 stop() {
-  [ -f "$pidfile" ] || { echo "redis: not running" >&2; return 0; }
-  local pid; pid="$(cat "$pidfile")"
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  rm -f "$pidfile"
-  echo "redis: stopped" >&2
+  stop_process redis "$pidfile"
 }
 
 case "${1:-}" in

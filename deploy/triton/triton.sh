@@ -9,6 +9,8 @@
 #      TRITON_MODEL_REPOSITORY (triton_models), TRITON_START_TIMEOUT (120 s), PYTRITON_VERSION (0.7.0).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 root="$(cd "$here/../.." && pwd)"
 dist="$root/.triton"
 server="$dist/pytriton/pytriton/tritonserver"
@@ -68,15 +70,7 @@ start() {
 }
 
 stop() {
-  [ -f "$pidfile" ] || { echo "triton: not running" >&2; return 0; }
-  local pid; pid="$(cat "$pidfile")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
-  echo "triton: stopped" >&2
+  stop_process triton "$pidfile"
 }
 
 case "${1:-}" in

@@ -77,37 +77,30 @@ def test_one_of_two_workers_killed_mid_stream_the_other_carries_on(pipeline_sett
     assert_exactly_once(mix, collected)
 
 
-def test_triton_down_for_ten_seconds_is_retried_not_dead_lettered(stack, pipeline_settings, start_worker):
-    settings = pipeline_settings()
-    mix = _stream("triton-")
-    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+def _outage_mid_stream(settings, start_worker, prefix: str, stop, start, down_s: float) -> Collected:
+    """Stream the mix, take a service away once a quarter is scored, bring it back, collect."""
+    mix = _stream(prefix)
+    begin = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     start_worker(settings)
     probe.publish(settings, mix.messages)
-    _wait_for_results(settings, start, len(mix.requests) // 4)
-
-    stack.stop_triton()
-    time.sleep(10)
-    stack.start_triton()
-
-    collected = probe.collect(settings, start, _complete(mix), timeout_s=300, settle_s=3)
+    _wait_for_results(settings, begin, len(mix.requests) // 4)
+    stop()
+    time.sleep(down_s)
+    start()
+    collected = probe.collect(settings, begin, _complete(mix), timeout_s=300, settle_s=3)
     assert_exactly_once(mix, collected)
+    return collected
+
+
+def test_triton_down_for_ten_seconds_is_retried_not_dead_lettered(stack, pipeline_settings, start_worker):
+    settings = pipeline_settings()
+    collected = _outage_mid_stream(settings, start_worker, "triton-", stack.stop_triton, stack.start_triton, 10)
     assert "inference_failed" not in collected.dead_letter_codes()
 
 
 def test_the_broker_restarted_mid_stream_loses_and_doubles_nothing(stack, pipeline_settings, start_worker):
     settings = pipeline_settings()
-    mix = _stream("broker-")
-    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
-    start_worker(settings)
-    probe.publish(settings, mix.messages)
-    _wait_for_results(settings, start, len(mix.requests) // 4)
-
-    stack.stop_kafka()
-    time.sleep(3)
-    stack.start_kafka()
-
-    collected = probe.collect(settings, start, _complete(mix), timeout_s=300, settle_s=3)
-    assert_exactly_once(mix, collected)
+    _outage_mid_stream(settings, start_worker, "broker-", stack.stop_kafka, stack.start_kafka, 3)
 
 
 def test_requests_whose_retries_run_out_are_dead_lettered_with_their_attempts(pipeline_settings, start_worker):
@@ -135,16 +128,13 @@ def test_feature_store_down_for_ten_seconds_is_retried_not_dead_lettered(
     settings = settings.model_copy(
         update={"feast": settings.feast.model_copy(update={"repo_path": redis_feature_repo})}
     )
-    mix = _stream("feast-")
-    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
-    start_worker(settings)
-    probe.publish(settings, mix.messages)
-    _wait_for_results(settings, start, len(mix.requests) // 4)
-
-    stack.stop_redis(REDIS_PORT)
-    time.sleep(10)
-    stack.start_redis(REDIS_PORT)  # append-only file: the features come back with it
-
-    collected = probe.collect(settings, start, _complete(mix), timeout_s=300, settle_s=3)
-    assert_exactly_once(mix, collected)
+    # Redis keeps an append-only file: the features come back with it.
+    collected = _outage_mid_stream(
+        settings,
+        start_worker,
+        "feast-",
+        lambda: stack.stop_redis(REDIS_PORT),
+        lambda: stack.start_redis(REDIS_PORT),
+        10,
+    )
     assert "inference_failed" not in collected.dead_letter_codes()
