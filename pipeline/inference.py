@@ -73,12 +73,6 @@ class TritonScorer:
             version = result.get_response().model_version
         return np.concatenate(scores), version
 
-    async def ready(self) -> bool:
-        try:
-            return bool(await self._client.is_server_ready())
-        except InferenceServerException:
-            return False
-
     async def close(self) -> None:
         await self._client.close()
 

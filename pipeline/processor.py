@@ -65,9 +65,6 @@ class Outbound:
 class Outcome:
     messages: list[Outbound] = field(default_factory=list)
     remembered: list[tuple[str, int, bytes]] = field(default_factory=list)  # event_id, partition, result
-    scored: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
 
 
 @dataclass
@@ -133,15 +130,13 @@ class BatchProcessor:
                 lambda: self._score(model, items), self._backoff, self._on_retry
             )
         except RetriesExhausted as e:
-            error = InferenceFailed(e.last.message)
             for item in items:
-                error.event_id = item.request.event_id
+                error = InferenceFailed(e.last.message, event_id=item.request.event_id)
                 self._dead_letter(error, item.inbound, outcome, attempts=e.attempts)
             return
         except PipelineError as e:  # the model itself is unknown: every request of it
             for item in items:
-                e.event_id = item.request.event_id
-                self._dead_letter(e, item.inbound, outcome)
+                self._dead_letter(type(e)(e.message, event_id=item.request.event_id), item.inbound, outcome)
             return
         for item, result in scored:
             if isinstance(result, PipelineError):
@@ -196,14 +191,12 @@ class BatchProcessor:
         self._reply(item.inbound, key, value, "result", outcome)
         for repeat in item.repeats:
             self._duplicate(repeat, value, outcome)
-        outcome.scored += 1
         metrics.EVENTS.labels("scored").inc()
         metrics.EVENT_LATENCY.observe(latency)
 
     def _duplicate(self, inbound: Inbound, stored: bytes, outcome: Outcome) -> None:
         """A repeat of a scored event: no second result; an HTTP retry gets the original back."""
         self._reply(inbound, inbound.key, stored, "result", outcome)
-        outcome.duplicates += 1
         metrics.EVENTS.labels("duplicate").inc()
 
     def _dead_letter(
@@ -215,7 +208,6 @@ class BatchProcessor:
         key = error.event_id.encode() if error.event_id else None
         outcome.messages.append(Outbound(inbound.source.partition, self._topics.dlq, key, value))
         self._reply(inbound, key, value, "dead_letter", outcome)
-        outcome.dead_letters += 1
         metrics.EVENTS.labels("dead_letter").inc()
         metrics.DEAD_LETTERS.labels(error.code).inc()
         log.info("dead_letter", code=error.code, event_id=error.event_id, reason=error.message)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,18 @@ class Processes:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@contextmanager
+def running_pipeline(stack: LocalStack, settings: Settings) -> Iterator[Settings]:
+    """A worker and a gateway on `settings`, for a module's tests; stopped afterwards."""
+    started = Processes(stack)
+    try:
+        started.worker(settings)
+        started.gateway(settings)
+        yield settings
+    finally:
+        started.stop_all()
 
 
 @pytest.fixture

@@ -38,10 +38,6 @@ class ReplyRouter:
     def address(self) -> str:
         return f"{self._partition.topic}:{self._partition.partition}"
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka.bootstrap_servers,

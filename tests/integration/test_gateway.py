@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from pipeline import probe, traffic
-from tests.conftest import Processes, make_settings
+from tests.conftest import make_settings, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -14,15 +14,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def bridge(stack):
     """One worker and one gateway for the module's tests (each test uses its own event ids)."""
-    settings = make_settings(stack)
-    processes = Processes(stack)
-    try:
-        processes.worker(settings)
-        processes.gateway(settings)
-        with httpx.Client(base_url=f"http://127.0.0.1:{settings.gateway.port}", timeout=30) as client:
-            yield settings, client
-    finally:
-        processes.stop_all()
+    with (
+        running_pipeline(stack, make_settings(stack)) as settings,
+        httpx.Client(base_url=f"http://127.0.0.1:{settings.gateway.port}", timeout=30) as client,
+    ):
+        yield settings, client
 
 
 def test_predict_returns_what_a_kafka_producer_gets(bridge):

@@ -6,21 +6,15 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import Processes, make_settings
+from tests.conftest import make_settings, running_pipeline
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def bridge_url(stack):
-    pipeline = make_settings(stack)
-    started = Processes(stack)
-    try:
-        started.worker(pipeline)
-        started.gateway(pipeline)
-        yield f"http://127.0.0.1:{pipeline.gateway.port}"
-    finally:
-        started.stop_all()
+    with running_pipeline(stack, make_settings(stack)) as settings:
+        yield f"http://127.0.0.1:{settings.gateway.port}"
 
 
 def test_no_input_makes_the_bridge_fail(bridge_url):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from pipeline import probe, traffic
-from tests.conftest import free_port
+from tests.conftest import free_port, make_settings, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -103,19 +103,15 @@ async def test_expired_requests_are_504_then_skipped_by_workers_and_nothing_leak
 @pytest.fixture(scope="module")
 def guarded(stack):
     """One worker and a gateway with API keys, a rate limit and a small body limit."""
-    from tests.conftest import Processes, make_settings
-
-    settings = make_settings(stack)
     settings = _gateway_settings(
-        settings, api_keys=["key-one", "key-two"], rate_limit_per_s=5.0, rate_limit_burst=20.0, max_body_bytes=4096
+        make_settings(stack),
+        api_keys=["key-one", "key-two"],
+        rate_limit_per_s=5.0,
+        rate_limit_burst=20.0,
+        max_body_bytes=4096,
     )
-    started = Processes(stack)
-    try:
-        started.worker(settings)
-        started.gateway(settings)
+    with running_pipeline(stack, settings):
         yield settings
-    finally:
-        started.stop_all()
 
 
 def _url(settings, path="/v1/predict"):
