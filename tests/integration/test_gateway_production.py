@@ -106,7 +106,7 @@ def guarded(stack):
     settings = _gateway_settings(
         make_settings(stack),
         api_keys=["key-one", "key-two"],
-        rate_limit_per_s=5.0,
+        rate_limit_per_s=0.5,
         rate_limit_burst=20.0,
         max_body_bytes=4096,
     )
@@ -138,13 +138,13 @@ def test_a_body_over_the_limit_is_413(guarded):
 
 def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected(guarded):
     requests = traffic.valid_requests(40, prefix="rate-", seed=36)
-    statuses = [
-        httpx.post(_url(guarded), json=r, headers={"Authorization": "Bearer key-one"}, timeout=30).status_code
-        for r in requests
+    responses = [
+        httpx.post(_url(guarded), json=r, headers={"Authorization": "Bearer key-one"}, timeout=30) for r in requests
     ]
+    statuses = [r.status_code for r in responses]
     assert 429 in statuses and 200 in statuses
-    limited = httpx.post(_url(guarded), json=requests[0], headers={"Authorization": "Bearer key-one"})
-    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    limited = next(r for r in responses if r.status_code == 429)
+    assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["Retry-After"]) >= 1
     other = httpx.post(_url(guarded), json=requests[0], headers={"X-API-Key": "key-two"}, timeout=30)
     assert other.status_code == 200
 
@@ -169,12 +169,12 @@ def test_the_openapi_document_is_served(guarded):
 
 
 async def test_overload_is_shed_with_429_not_5xx(pipeline_settings, processes):
-    settings = _gateway_settings(pipeline_settings(), max_in_flight=50, timeout_s=60.0)
+    settings = _gateway_settings(pipeline_settings(), max_in_flight=20, timeout_s=60.0)
     processes.worker(settings)
     processes.gateway(settings)
     requests = traffic.valid_requests(900, prefix="overload-", seed=38)
 
-    responses = await _burst([settings.gateway.port], requests, concurrency=300)  # 6x the bound
+    responses = await _burst([settings.gateway.port], requests, concurrency=300)  # far past the bound
 
     statuses = [r.status_code for r in responses]
     assert not [s for s in statuses if s >= 500], "no 5xx under overload"
