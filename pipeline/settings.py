@@ -69,8 +69,12 @@ class GatewaySettings(_Block):
     host: str = "127.0.0.1"
     port: int = 8080
     timeout_s: float = 10.0
-    # Each bridge instance reads only this partition of the replies topic: give every instance its own.
-    reply_partition: int = 0
+    # Bridge instances claim one replies partition each through this consumer group (max instances =
+    # replies partitions); a crashed instance's partition is free again after the session timeout.
+    # Empty: "<replies topic>.gateways".
+    reply_group: str = ""
+    reply_session_timeout_ms: int = 10_000
+    reply_claim_timeout_s: float = 30.0
     # API keys (JSON list). Empty: the bridge is open, and says so at start-up.
     api_keys: list[str] = Field(default_factory=list, repr=False)
     rate_limit_per_s: float = 0.0  # per API key; 0 = no rate limit

@@ -67,6 +67,9 @@ class Bridge:
 
     async def _publish(self, body: PredictBody, deadline_ms: int) -> tuple[str, str, asyncio.Future[Reply]]:
         event_id = body.event_id or f"http-{uuid.uuid4().hex}"
+        address = self.replies.address
+        if not self.replies.ready or address is None:
+            raise NotPublished(event_id, "this bridge has no reply partition yet (see /readyz)")
         correlation_id = uuid.uuid4().hex
         future = self.replies.expect(correlation_id)
         payload = body.model_dump(mode="json", exclude_none=True) | {"event_id": event_id}
@@ -77,7 +80,7 @@ class Bridge:
                 key=request_key(body),
                 headers=[
                     (CORRELATION_ID, correlation_id.encode()),
-                    (REPLY_TO, self.replies.address.encode()),
+                    (REPLY_TO, address.encode()),
                     (DEADLINE, str(deadline_ms).encode()),
                 ],
             )

@@ -1,7 +1,9 @@
 """Reply correlation: a future per correlation id, resolved by this instance's reply consumer.
 
-Each bridge instance owns one partition of the replies topic (its reply address) and reads only
-that partition, from its end, so it sees only answers to its own requests.
+Each bridge instance claims one partition of the replies topic (its reply address) through the
+gateway consumer group (see `reply_assignor`) and reads only that partition, from the moment it
+claimed it, so it sees only answers to its own requests. The claim survives rebalances caused by
+other instances joining or leaving; reading resumes where it stopped, so no reply is skipped.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import contextlib
 from dataclasses import dataclass
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from pipeline import metrics
 from pipeline.contract import CORRELATION_ID, REPLY_KIND
+from pipeline.gateway.reply_assignor import ReplyPartitionAssignor
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -29,28 +33,38 @@ class Reply:
 class ReplyRouter:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._partition = TopicPartition(settings.topics.replies, settings.gateway.reply_partition)
+        self._partition: TopicPartition | None = None
+        self._next_offset: int | None = None  # where reading resumes if the claim survives a rebalance
+        self._claimed = asyncio.Event()
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._task: asyncio.Task[None] | None = None
         self.ready = False
 
     @property
-    def address(self) -> str:
-        return f"{self._partition.topic}:{self._partition.partition}"
+    def address(self) -> str | None:
+        return None if self._partition is None else f"{self._partition.topic}:{self._partition.partition}"
 
     async def start(self) -> None:
+        gateway = self._settings.gateway
+        topic = self._settings.topics.replies
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.kafka.bootstrap_servers,
             client_id=f"{self._settings.kafka.client_id}-gateway-replies",
+            group_id=gateway.reply_group or f"{topic}.gateways",
             enable_auto_commit=False,
             isolation_level="read_committed",
+            partition_assignment_strategy=(ReplyPartitionAssignor(topic),),
+            session_timeout_ms=gateway.reply_session_timeout_ms,
+            heartbeat_interval_ms=max(100, gateway.reply_session_timeout_ms // 10),
         )
+        metrics.GATEWAY_PENDING.set_function(lambda: len(self._pending))
         await self._consumer.start()
-        self._consumer.assign([self._partition])
-        await self._consumer.seek_to_end(self._partition)
-        await self._consumer.position(self._partition)  # positioned: replies from now on are seen
+        self._consumer.subscribe([topic], listener=_Claim(self))
         self._task = asyncio.create_task(self._run(), name="reply-router")
-        self.ready = True
+        try:  # the group assigns on the first poll; wait for it so start-up logs a real address
+            await asyncio.wait_for(self._claimed.wait(), timeout=gateway.reply_claim_timeout_s)
+        except TimeoutError:
+            log.error("reply_partition_unclaimed", reason="no answer from the gateway group in time")
 
     async def stop(self) -> None:
         self.ready = False
@@ -58,10 +72,29 @@ class ReplyRouter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._consumer.stop()
+        await self._consumer.stop()  # leaves the group at once, so the partition is free for another instance
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()
+
+    async def claimed(self, assigned: set[TopicPartition]) -> None:
+        home = sorted(tp for tp in assigned if tp.topic == self._settings.topics.replies)
+        if not home:
+            self.ready = False
+            log.error("reply_partition_unclaimed", reason="every replies partition is owned by another gateway")
+        elif home[0] == self._partition and self._next_offset is not None:
+            self._consumer.seek(home[0], self._next_offset)
+            self.ready = True
+        else:
+            if self._partition is not None:
+                # Requests still waiting on the old address will time out (504) rather than hang.
+                log.warning("reply_partition_moved", old=self.address, pending=len(self._pending))
+            await self._consumer.seek_to_end(home[0])
+            self._next_offset = await self._consumer.position(home[0])
+            self._partition = home[0]
+            self.ready = True
+            log.info("reply_partition_claimed", reply_address=self.address)
+        self._claimed.set()
 
     def expect(self, correlation_id: str) -> asyncio.Future[Reply]:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -79,9 +112,11 @@ class ReplyRouter:
                 log.warning("reply_consumer_error", error=str(e))
                 await asyncio.sleep(0.5)
                 continue
-            for records in batches.values():
+            for tp, records in batches.items():
                 for record in records:
                     self._resolve(dict(record.headers or ()), record.value)
+                if records and tp == self._partition:
+                    self._next_offset = records[-1].offset + 1
 
     def _resolve(self, headers: dict[str, bytes], value: bytes | None) -> None:
         correlation = headers.get(CORRELATION_ID)
@@ -91,3 +126,14 @@ class ReplyRouter:
         future = self._pending.pop(correlation.decode(), None)
         if future is not None and not future.done():
             future.set_result(Reply(headers.get(REPLY_KIND, b"result").decode(), value))
+
+
+class _Claim(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, router: ReplyRouter) -> None:
+        self.router = router
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass  # keep the address: the sticky assignor gives the same partition back
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.router.claimed(assigned)

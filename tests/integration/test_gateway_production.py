@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
+import uuid
 
 import httpx
 import pytest
 
-from pipeline import probe, traffic
+from pipeline import probe, topics, traffic
+from pipeline.topics import TopicSpec
 from tests.conftest import free_port, make_settings, running_pipeline
 
 pytestmark = pytest.mark.integration
@@ -45,7 +48,7 @@ async def test_three_gateways_two_workers_every_caller_gets_its_own_result(pipel
     settings = pipeline_settings()
     processes.worker(settings)
     processes.worker(settings)
-    gateways = [_gateway_settings(settings, reply_partition=p) for p in range(3)]
+    gateways = [_gateway_settings(settings) for _ in range(3)]
     for gateway in gateways:
         processes.gateway(gateway)
     requests = traffic.valid_requests(3000, prefix="multi-", seed=31)
@@ -76,9 +79,72 @@ async def test_a_worker_killed_during_a_burst_fails_no_request(pipeline_settings
     assert {r.json()["event_id"] for r in responses} == {r["event_id"] for r in requests}
 
 
-def _in_flight(port):
+def _gauge(port, name):
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    return float(re.search(r"^gateway_in_flight_requests (\S+)$", text, re.MULTILINE).group(1))
+    return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))
+
+
+def _in_flight(port):
+    return _gauge(port, "gateway_in_flight_requests") + _gauge(port, "gateway_pending_replies")
+
+
+def _reply_address(port):
+    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()["reply_address"]
+
+
+async def test_gateways_claim_their_own_reply_partition_and_keep_it_while_another_joins(pipeline_settings, processes):
+    settings = _gateway_settings(pipeline_settings(), reply_group=f"claims-{uuid.uuid4().hex[:8]}")
+    processes.worker(settings)
+    first = [_gateway_settings(settings) for _ in range(2)]
+    for gateway in first:
+        processes.gateway(gateway)
+    addresses = [_reply_address(g.gateway.port) for g in first]
+    assert len(set(addresses)) == 2 and all(a.startswith(f"{settings.topics.replies}:") for a in addresses)
+    late = _gateway_settings(settings)
+    requests = traffic.valid_requests(2000, prefix="claims-", seed=34)
+
+    async def join_at_a_quarter(done):
+        if done == len(requests) // 4:  # the group rebalances while requests are waiting for replies
+            await asyncio.to_thread(processes.gateway, late)
+
+    responses = await _burst([g.gateway.port for g in first], requests, on_progress=join_at_a_quarter)
+
+    assert [r.status_code for r in responses] == [200] * len(requests)
+    assert [_reply_address(g.gateway.port) for g in first] == addresses, "claims survive the rebalance"
+    assert _reply_address(late.gateway.port) not in addresses
+
+
+def test_a_gateway_with_no_free_reply_partition_is_not_ready_and_refuses_with_503(pipeline_settings, processes, stack):
+    settings = pipeline_settings()
+    replies = f"replies-two-{uuid.uuid4().hex[:8]}"
+    topics.apply(settings, [TopicSpec(replies, partitions=2)])
+    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"replies": replies})})
+    settings = _gateway_settings(settings, reply_group=f"full-{uuid.uuid4().hex[:8]}", reply_claim_timeout_s=5.0)
+    for _ in range(2):
+        processes.gateway(_gateway_settings(settings))
+    third = _gateway_settings(settings)
+    process = stack.spawn("gateway-third", third, "gateway")
+    processes.started.append(process)
+    _until_listening(third.gateway.port)
+
+    ready = httpx.get(f"http://127.0.0.1:{third.gateway.port}/readyz", timeout=10)
+    refused = httpx.post(
+        f"http://127.0.0.1:{third.gateway.port}/v1/predict", json=traffic.valid_requests(1, prefix="full-")[0]
+    )
+
+    assert ready.status_code == 503 and ready.json()["reply_address"] is None
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+
+
+def _until_listening(port, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing listening on {port}")
 
 
 async def test_expired_requests_are_504_then_skipped_by_workers_and_nothing_leaks(pipeline_settings, processes):
