@@ -83,6 +83,9 @@ class TransactionalDelivery:
             enable_idempotence=True,
             acks="all",
             linger_ms=2,
+            # A transaction begun right after the previous commit meets CONCURRENT_TRANSACTIONS until
+            # the broker has written the markers (KAFKA-5477): retry that within ms, not aiokafka's 100.
+            retry_backoff_ms=self._settings.worker.transaction_retry_backoff_ms,
         )
         try:
             await producer.start()

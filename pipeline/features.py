@@ -1,9 +1,17 @@
-"""Batch feature lookup from the Feast online store: one call per batch, unique entities only."""
+"""Batch feature lookup from the Feast online store: one read per batch, unique entities only.
+
+`FeatureStore.get_online_features` spends ~30 µs of Python per entity building and converting
+protos, more than the store read itself. The worker instead calls the online store's own
+`online_read` (through Feast's provider, so Feast's key serialisation, table layout and registry
+are used unchanged, for SQLite and Redis alike) and turns the values straight into float rows.
+A test keeps the result identical to `get_online_features`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +29,11 @@ EntityId = int | str
 class FeatureLookup:
     def __init__(self, repo_path: Path) -> None:
         from feast import FeatureStore  # heavy import, kept out of module import time
+        from feast.infra.provider import get_provider
 
         self._store = FeatureStore(repo_path=str(repo_path))
+        self._provider = get_provider(self._store.config)
+        self._views: dict[str, Any] = {}
         # Feast's SQLite connection belongs to the thread that opened it: use one thread, always.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
 
@@ -33,25 +44,57 @@ class FeatureLookup:
             return {}
         loop = asyncio.get_running_loop()
         try:
-            response = await loop.run_in_executor(self._thread, self._read, spec, unique)
+            return await loop.run_in_executor(self._thread, self._read, spec, unique)
         except (sqlite3.Error, RedisError, OSError) as e:
             raise FeatureStoreUnavailable(f"feature store read failed: {e}") from e
-        return rows_by_entity(spec, unique, response)
 
-    def _read(self, spec: ModelSpec, unique: list[EntityId]) -> dict[str, list[Any]]:
-        online = self._store.get_online_features(
-            features=list(spec.store_features), entity_rows={spec.entity_key: unique}
-        )
-        return online.to_dict()
+    def _read(self, spec: ModelSpec, unique: list[EntityId]) -> dict[EntityId, np.ndarray | None]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        keys = [EntityKey(join_keys=[spec.entity_key], entity_values=[_entity_value(Value, e)]) for e in unique]
+        matrix = np.full((len(unique), len(spec.store_features)), np.nan, dtype=np.float32)
+        for view_name, columns in _by_view(spec).items():
+            names = [name for name, _ in columns]
+            stored = self._provider.online_read(
+                config=self._store.config, table=self._view(view_name), entity_keys=keys, requested_features=names
+            )
+            for row, (_, values) in enumerate(stored):
+                if values is None:
+                    continue
+                for name, column in columns:
+                    if (value := values.get(name)) is not None and (kind := value.WhichOneof("val")) is not None:
+                        matrix[row, column] = getattr(value, kind)
+        missing = np.isnan(matrix).any(axis=1)
+        return {entity: None if missing[i] else matrix[i] for i, entity in enumerate(unique)}
+
+    def _view(self, name: str) -> Any:
+        if name not in self._views:
+            self._views[name] = self._store.get_feature_view(name)
+        return self._views[name]
 
     def close(self) -> None:
         self._thread.shutdown(wait=False)
 
 
+def _by_view(spec: ModelSpec) -> dict[str, list[tuple[str, int]]]:
+    """`view:feature` refs → feature names and their column in the spec's order, per view."""
+    views: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for column, ref in enumerate(spec.store_features):
+        view, name = ref.split(":", 1)
+        views[view].append((name, column))
+    return views
+
+
+def _entity_value(value_type: Any, entity: EntityId) -> Any:
+    return value_type(string_val=entity) if isinstance(entity, str) else value_type(int64_val=entity)
+
+
 def rows_by_entity(
     spec: ModelSpec, unique: list[EntityId], response: dict[str, list[Any]]
 ) -> dict[EntityId, np.ndarray | None]:
-    """Pure: Feast's column-wise response → one float32 row per entity, None when any value is missing."""
+    """Pure: Feast's column-wise `get_online_features` response → one float32 row per entity, None
+    when any value is missing (the reference the direct read is tested against)."""
     columns = [response[name] for name in spec.store_feature_names]
     rows: dict[EntityId, np.ndarray | None] = {}
     for i, entity in enumerate(unique):

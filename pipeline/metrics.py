@@ -16,6 +16,11 @@ STAGE_SECONDS = Histogram("pipeline_stage_seconds", "Time per batch in each stag
 EVENT_LATENCY = Histogram(
     "pipeline_event_latency_seconds", "From consume of a request to produce of its result", buckets=_LATENCY_BUCKETS
 )
+QUEUE_WAIT = Histogram(
+    "pipeline_queue_wait_seconds",
+    "From a request's append to its topic to its consume by a worker",
+    buckets=(*_LATENCY_BUCKETS, 30.0, 60.0),
+)
 BATCH_SIZE = Histogram(
     "pipeline_batch_size", "Requests per processed batch", buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 )

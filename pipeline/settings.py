@@ -51,6 +51,7 @@ class WorkerSettings(_Block):
     retry_initial_ms: int = 100
     retry_max_ms: int = 5_000
     retry_budget_s: float = 60.0
+    transaction_retry_backoff_ms: int = 10
 
 
 class TritonSettings(_Block):

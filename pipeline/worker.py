@@ -2,6 +2,12 @@
 
 Wiring only: the consumer group and its rebalances live here, scoring in `processor`, delivery
 semantics in `delivery`, idempotency state in `dedup`.
+
+Commits are pipelined per partition: once a batch is scored, each input partition's transaction
+commits in its own task while the loop goes on scoring records of the other partitions. A partition
+is paused from the moment its records are scored until its transaction has committed (or aborted
+and rewound) and its dedup entries are applied, so the next records of that partition always see
+the state their predecessors left: a repeat is never scored twice.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ class Worker:
         self.settings = settings
         self.state = DedupState(settings.worker.dedup_window_s)
         self.delivery = TransactionalDelivery(settings, changelog.changelog_topic(settings))
-        # Held while a batch is processed and committed; a revocation waits for it.
+        # Held while a batch is processed; a revocation waits for it, then for the partitions' commits.
         self._lock = asyncio.Lock()
+        self._committing: dict[int, asyncio.Task[None]] = {}
         self._expired: dict[int, list[str]] = defaultdict(list)
         self._last_expiry = time.time()
         # Partitions whose producer is open and whose dedup state is loaded: only these are processed.
@@ -71,11 +78,13 @@ class Worker:
                 async with self._lock:
                     owned = self._take_owned(consumer, records)
                     if owned:
-                        outcome = await processor.process([_inbound(r) for rs in owned.values() for r in rs])
-                        await self._deliver(consumer, owned, outcome)
+                        now_ms = int(time.time() * 1000)
+                        outcome = await processor.process([_inbound(r, now_ms) for rs in owned.values() for r in rs])
+                        self._deliver(consumer, owned, outcome)
                     self._expire()
         finally:
             async with self._lock:
+                await self._settle(list(self._committing))
                 for partition in sorted(self.delivery.partitions):
                     await self._release(partition)
             await consumer.stop()
@@ -88,50 +97,70 @@ class Worker:
         owned: Records = {}
         assignment = consumer.assignment()
         for tp, batch in records.items():
-            if tp.partition in self._owned:
+            if tp.partition in self._owned and tp.partition not in self._committing:
                 owned[tp] = batch
             elif tp in assignment:
                 consumer.seek(tp, batch[0].offset)
         return owned
 
-    async def _deliver(self, consumer: AIOKafkaConsumer, records: Records, outcome: Outcome) -> None:
+    def _deliver(self, consumer: AIOKafkaConsumer, records: Records, outcome: Outcome) -> None:
+        """Start each partition's transaction in its own task; the partition waits, paused, for it."""
         by_partition: dict[int, list] = defaultdict(list)
         for message in outcome.messages:
             by_partition[message.source_partition].append(message)
         entries: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
         for event_id, partition, result in outcome.remembered:
             entries[partition].append((event_id, result))
-        commits = [
-            PartitionCommit(
+        for tp, batch in records.items():
+            commit = PartitionCommit(
                 partition=tp.partition,
                 messages=by_partition[tp.partition],
                 changelog=[(e.encode(), r) for e, r in entries[tp.partition]]
                 + [(e.encode(), None) for e in self._expired.pop(tp.partition, [])],
                 next_offset=batch[-1].offset + 1,
             )
-            for tp, batch in records.items()
-        ]
-        topic = self.settings.topics.requests
-        with metrics.STAGE_SECONDS.labels("produce").time():
-            results = await asyncio.gather(*(self.delivery.commit(topic, c) for c in commits), return_exceptions=True)
-        now = time.time()
-        for (tp, batch), commit, result in zip(records.items(), commits, results, strict=True):
-            if result is None:
-                for event_id, value in entries[tp.partition]:
-                    self.state.put(tp.partition, event_id, value, now)
-                continue
+            consumer.pause(tp)
+            self._committing[tp.partition] = asyncio.create_task(
+                self._commit(consumer, tp, batch[0].offset, commit, entries[tp.partition]),
+                name=f"commit-{tp.partition}",
+            )
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        first_offset: int,
+        commit: PartitionCommit,
+        entries: list[tuple[str, bytes]],
+    ) -> None:
+        try:
+            with metrics.STAGE_SECONDS.labels("produce").time():
+                await self.delivery.commit(self.settings.topics.requests, commit)
+        except Exception as e:  # noqa: BLE001 -- whatever failed, nothing committed: nothing may be skipped
             # Aborted: process these records again, from the first one, with the state as it was.
-            consumer.seek(tp, batch[0].offset)
-            if isinstance(result, Fenced):
+            consumer.seek(tp, first_offset)
+            self._expired[tp.partition] += [k.decode() for k, v in commit.changelog if v is None]
+            if isinstance(e, Fenced):
                 log.warning("partition_fenced", partition=tp.partition)
                 await self._release(tp.partition)
             else:
-                log.warning("transaction_aborted", partition=tp.partition, error=repr(result))
-            if commit.changelog:
-                self._expired[tp.partition] += [k.decode() for k, v in commit.changelog if v is None]
-        metrics.DEDUP_ENTRIES.set(len(self.state))
-        if any(r is not None for r in results):
-            await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
+                log.warning("transaction_aborted", partition=tp.partition, error=repr(e))
+                await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
+        else:
+            now = time.time()
+            for event_id, value in entries:
+                self.state.put(tp.partition, event_id, value, now)
+            metrics.DEDUP_ENTRIES.set(len(self.state))
+        finally:
+            self._committing.pop(tp.partition, None)
+            if tp in consumer.assignment():
+                consumer.resume(tp)
+
+    async def _settle(self, partitions: list[int]) -> None:
+        """Wait for these partitions' commits in flight to finish (commit or abort)."""
+        tasks = [task for p in partitions if (task := self._committing.get(p)) is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _expire(self) -> None:
         now = time.time()
@@ -159,6 +188,7 @@ class Worker:
 
     async def revoke(self, partitions: list[int]) -> None:
         async with self._lock:
+            await self._settle(partitions)
             for partition in partitions:
                 await self._release(partition)
         metrics.REBALANCES.labels("revoked").inc(len(partitions))
@@ -182,7 +212,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker.acquire(sorted(tp.partition for tp in assigned))
 
 
-def _inbound(record: ConsumerRecord[bytes, bytes]) -> Inbound:
+def _inbound(record: ConsumerRecord[bytes, bytes], now_ms: int) -> Inbound:
+    metrics.QUEUE_WAIT.observe(max(0, now_ms - record.timestamp) / 1000)
     return Inbound(
         value=record.value,
         key=record.key,

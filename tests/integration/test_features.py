@@ -1,0 +1,44 @@
+"""The worker's direct online-store read returns exactly what Feast's get_online_features returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.features import FeatureLookup, rows_by_entity
+from pipeline.models.spec import load_spec_file
+
+pytestmark = pytest.mark.integration
+
+UNKNOWN = 10_000_000
+
+
+@pytest.fixture(scope="module")
+def spec(stack):
+    repository = stack.settings().triton.model_repository
+    return load_spec_file(repository / "fraud_scorer" / "config.pbtxt")
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_direct_read_equals_get_online_features(store, spec, stack, request):
+    repo = stack.settings().feast.repo_path if store == "sqlite" else request.getfixturevalue("redis_feature_repo")
+    lookup = FeatureLookup(repo)
+    entities = [*range(1, 300, 7), UNKNOWN, 5]
+    try:
+        rows = await lookup.fetch(spec, entities)
+        unique = list(dict.fromkeys(entities))
+        reference = rows_by_entity(
+            spec,
+            unique,
+            lookup._store.get_online_features(
+                features=list(spec.store_features), entity_rows={spec.entity_key: unique}
+            ).to_dict(),
+        )
+    finally:
+        lookup.close()
+
+    assert rows[UNKNOWN] is None and reference[UNKNOWN] is None
+    for entity in unique:
+        if entity != UNKNOWN:
+            np.testing.assert_array_equal(rows[entity], reference[entity])
+    assert len([r for r in rows.values() if r is not None]) == len(unique) - 1
