@@ -102,7 +102,7 @@ def _aware(when: datetime | None) -> datetime | None:
 
 @app.command()
 def worker() -> None:
-    """Run a scoring worker (Faust app) until stopped."""
+    """Run a scoring worker until stopped."""
     from pipeline import worker as worker_module
 
     _configure_logging()
@@ -128,6 +128,54 @@ def demo(
 
     _configure_logging()
     demo_module.run(get_settings(), events=events, keep_running=keep_running)
+
+
+@app.command()
+def bench(
+    events: Annotated[int, typer.Option(help="Requests per throughput run.")] = 100_000,
+    repetitions: Annotated[int, typer.Option(help="Runs of each throughput scenario (medians reported).")] = 3,
+    naive_events: Annotated[int, typer.Option(help="Requests per run of the (slow) naive peer.")] = 2_000,
+    warmup: Annotated[int, typer.Option(help="Warm-up requests before each timed run.")] = 2_000,
+    http_seconds: Annotated[float, typer.Option(help="Seconds of each HTTP load level.")] = 10.0,
+    http_rates: Annotated[str, typer.Option(help="Open-loop arrival rates, req/s, comma-separated.")] = "100,500,1000",
+    only: Annotated[str, typer.Option(help="Scenario groups to run: throughput,http")] = "throughput,http",
+    soak: Annotated[float, typer.Option(help="Also run a worker this many seconds at a steady rate; RSS sampled.")] = 0,
+    soak_rate: Annotated[float, typer.Option(help="Requests per second during the soak.")] = 1000.0,
+    out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
+) -> None:
+    """Benchmark the pipeline beside its peers and the machine's limit, in one run; table, JSON, PNG."""
+    from pipeline.bench import report, runner
+
+    _configure_logging()
+    rates = tuple(float(r) for r in http_rates.split(",") if r.strip())
+    groups = {g.strip() for g in only.split(",") if g.strip()}
+    if unknown := groups - {"throughput", "http"}:
+        raise typer.BadParameter(f"unknown scenario group(s): {', '.join(sorted(unknown))}", param_hint="--only")
+    options = runner.Options(
+        events=events,
+        repetitions=repetitions,
+        naive_events=naive_events,
+        warmup=warmup,
+        http_seconds=http_seconds,
+        http_rates=rates,
+        soak_s=soak,
+        soak_rate=soak_rate,
+        out_dir=out,
+    )
+    figures = runner.run(get_settings(), options, groups)
+    report.write_json(figures, out / "bench.json")
+    report.chart(figures, out / "bench.png")
+    typer.echo(report.table(figures))
+    typer.echo(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
+
+
+@app.command("bench-peer", hidden=True)
+def bench_peer(kind: str) -> None:
+    """One of the bench's peer consumers (passthrough, naive, monolith); started by `pipeline bench`."""
+    from pipeline.bench import peers
+
+    _configure_logging()
+    peers.run(get_settings(), kind)
 
 
 @stack_app.command("up")

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import typer
 
-from pipeline import probe, topics, traffic
+from pipeline import probe, traffic
 from pipeline.settings import Settings
 from pipeline.stack import LocalStack
 
@@ -19,24 +19,24 @@ def run(base: Settings, events: int, keep_running: bool) -> None:
     stack = LocalStack.from_settings(base)
     settings = stack.settings(base)
     stack.prepare(settings)
-    started: list[str] = []
-    try:
-        if stack.start_kafka():
-            started.append("kafka")
-        if stack.start_triton():
-            started.append("triton")
-        topics.apply(settings)
-        for name, start in (("worker", stack.start_worker), ("gateway", stack.start_gateway)):
-            if not stack.is_running(name):
-                start(settings)
-                started.append(name)
+    if keep_running:
+        stack.up()
         _stream(settings, events)
         _http_call(settings)
-    finally:
-        if keep_running:
-            typer.echo(f"\nstack left running (logs in {stack.run_dir}); stop it with `make down`")
-        else:
-            _stop(stack, started)
+        typer.echo(f"\nstack left running (logs in {stack.run_dir}); stop it with `make down`")
+        return
+    with stack.services(settings):
+        started = []
+        try:
+            for name, start in (("worker", stack.start_worker), ("gateway", stack.start_gateway)):
+                if not stack.is_running(name):
+                    start(settings)
+                    started.append(name)
+            _stream(settings, events)
+            _http_call(settings)
+        finally:
+            for name in reversed(started):
+                stack.stop_process(name)
 
 
 def _stream(settings: Settings, events: int) -> None:
@@ -77,16 +77,6 @@ def _http_call(settings: Settings) -> None:
     url = f"http://127.0.0.1:{settings.gateway.port}/v1/predict"
     response = httpx.post(url, json=request, timeout=30)
     typer.echo(f"\nPOST {url}\n  {orjson.dumps(request).decode()}\n→ {response.status_code} {response.text}")
-
-
-def _stop(stack: LocalStack, started: list[str]) -> None:
-    for name in reversed(started):
-        if name in ("worker", "gateway"):
-            stack.stop_process(name)
-        elif name == "triton":
-            stack.stop_triton()
-        elif name == "kafka":
-            stack.stop_kafka()
 
 
 def _pct(values: list[int], q: float) -> float:

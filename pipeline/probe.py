@@ -39,7 +39,7 @@ class Collected:
 
 def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
     """Current end of every partition: read from here to see only what comes next."""
-    consumer = Consumer(_consumer_config(settings))
+    consumer = Consumer(consumer_config(settings))
     try:
         offsets = {}
         for topic in topics:
@@ -102,7 +102,7 @@ def collect(
     settle_s: float = 1.0,
 ) -> Collected:
     """Read results and dead letters from `start` until `done` holds (then `settle_s` more), or timeout."""
-    consumer = Consumer(_consumer_config(settings))
+    consumer = Consumer(consumer_config(settings))
     consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in start.items()])
     collected = Collected()
     deadline = time.monotonic() + timeout_s
@@ -130,7 +130,7 @@ def _record(settings: Settings, collected: Collected, message: Any) -> None:
     collected.result_times_ms.setdefault(event_id, message.timestamp()[1])
 
 
-def _consumer_config(settings: Settings) -> dict[str, Any]:
+def consumer_config(settings: Settings) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.kafka.bootstrap_servers,
         "group.id": "pipeline-probe",  # never commits; assign() takes explicit offsets

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -199,6 +202,24 @@ class LocalStack:
         if feature_data.apply(settings.feast.repo_path, settings.feast.accounts):
             log.info("features_materialised", accounts=settings.feast.accounts)
 
+    @contextmanager
+    def services(self, settings: Settings) -> Iterator[None]:
+        """Kafka and Triton running (started when not already) and the topics applied; stops on exit
+        what it started."""
+        from pipeline import topics
+
+        started_kafka = self.start_kafka()
+        started_triton = False
+        try:
+            started_triton = self.start_triton()
+            topics.apply(settings)
+            yield
+        finally:
+            if started_triton:
+                self.stop_triton()
+            if started_kafka:
+                self.stop_kafka()
+
     def up(self) -> None:
         from pipeline import topics
 
@@ -234,6 +255,12 @@ class LocalStack:
         except ProcessLookupError:
             return False
         return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -7,7 +7,6 @@ Integration tests get factories: fresh settings with unique topic names and a un
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,15 +17,9 @@ import pytest
 
 from pipeline import topics
 from pipeline.settings import Settings
-from pipeline.stack import LocalStack, Ports
+from pipeline.stack import LocalStack, Ports, free_port
 
 TEST_PORTS = Ports(kafka=19092, triton_http=18000, triton_grpc=18001, gateway=18080, worker_metrics=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,100 @@
+"""Load for the throughput scenarios: a backlog of valid requests in, a count of committed outputs back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline import probe, topics, traffic
+from pipeline.settings import Settings
+
+
+def requests(count: int, prefix: str, seed: int = 5) -> list[traffic.Message]:
+    return [traffic.message_for(r) for r in traffic.valid_requests(count, prefix=prefix, seed=seed)]
+
+
+@dataclass
+class Run:
+    produced_at: float  # epoch s of the first request produced
+    done_at: float  # epoch s when the last output was visible to a read_committed consumer
+    count: int
+
+    @property
+    def events_per_s(self) -> float:
+        return self.count / max(1e-6, self.done_at - self.produced_at)
+
+
+class OutputCounter:
+    """Counts committed messages on a topic from its current end, in a thread, until `expected`."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        start = probe.end_offsets(settings, [topic])
+        self._consumer = Consumer(probe.consumer_config(settings))
+        self._consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in start.items()])
+        self._lock = threading.Lock()
+        self._count = 0
+        self._reached = threading.Event()
+        self._expected = 0
+        self.reached_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="output-counter", daemon=True)
+        self._thread.start()
+
+    def expect(self, total: int) -> None:
+        with self._lock:
+            self._expected = total
+            self._reached.clear()
+            self._check()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._reached.wait(timeout_s)
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            messages = self._consumer.consume(num_messages=10_000, timeout=0.05)
+            seen = sum(1 for m in messages if m.error() is None)
+            if seen:
+                with self._lock:
+                    self._count += seen
+                    self._check()
+
+    def _check(self) -> None:
+        if self._expected and self._count >= self._expected and not self._reached.is_set():
+            self.reached_at = time.time()
+            self._reached.set()
+
+
+def drive(settings: Settings, counter: OutputCounter, messages: list[traffic.Message], timeout_s: float) -> Run:
+    """Publish `messages` as fast as the producer goes; time until all their outputs are committed."""
+    counter.expect(counter.count + len(messages))
+    began = time.time()
+    probe.publish(settings, messages)
+    if not counter.wait(timeout_s):
+        raise TimeoutError(f"{counter.count} outputs after {timeout_s:g} s; expected {len(messages)} more")
+    return Run(began, counter.reached_at, len(messages))
+
+
+def fresh_topics(settings: Settings, label: str) -> Settings:
+    """Settings with this run's own topics (created) and consumer group."""
+    uid = f"bench-{label}-{time.time_ns() % 10**10}"
+    names = {name: f"{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts")}
+    fresh = settings.model_copy(
+        update={
+            "topics": settings.topics.model_copy(update=names),
+            "worker": settings.worker.model_copy(update={"app_id": uid}),
+        }
+    )
+    topics.apply(fresh)
+    return fresh

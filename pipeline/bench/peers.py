@@ -1,0 +1,163 @@
+"""What a user might run instead of the pipeline, each as one consumer process: the bench's peers.
+
+- `passthrough`: copies requests to the results topic, no work: the ceiling of a Python loop here.
+- `naive`: per event, one Feast read for one entity and one Triton call for one row, then produce.
+- `monolith`: TorchScript model and feature table in memory, batches scored in-process.
+
+Each reads the settings' requests topic in its own consumer group and writes the results topic,
+non-transactionally (at-least-once): they pay none of the pipeline's delivery guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import orjson
+import pandas as pd
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+
+from pipeline import scoring
+from pipeline.contract import parse_request, result_record
+from pipeline.errors import PipelineError
+from pipeline.feature_data import PARQUET
+from pipeline.models.spec import ModelSpec, load_spec_file
+from pipeline.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Record = ConsumerRecord[bytes, bytes]
+Handler = Callable[[list[Record], AIOKafkaProducer], Awaitable[None]]
+PEERS = ("passthrough", "naive", "monolith")
+
+
+def run(settings: Settings, kind: str) -> None:
+    asyncio.run(_main(settings, kind))
+
+
+async def _main(settings: Settings, kind: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    handler, close = await _handler(settings, kind)
+    consumer = AIOKafkaConsumer(
+        settings.topics.requests,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=settings.worker.app_id,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    log.info("peer_ready", kind=kind)
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=20, max_records=settings.worker.batch_size)
+            records = [r for rs in batches.values() for r in rs]
+            if records:
+                await handler(records, producer)
+                await producer.flush()
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await close()
+
+
+async def _handler(settings: Settings, kind: str) -> tuple[Handler, Callable[[], Awaitable[None]]]:
+    results = settings.topics.results
+    spec = load_spec_file(settings.triton.model_repository / settings.default_model / "config.pbtxt")
+
+    async def nothing() -> None:
+        return None
+
+    if kind == "passthrough":
+
+        async def copy(records: list[Record], producer: AIOKafkaProducer) -> None:
+            for record in records:
+                await producer.send(results, record.value, key=record.key)
+
+        return copy, nothing
+
+    if kind == "monolith":
+        import torch
+
+        torch.set_num_threads(1)
+        model_path = settings.triton.model_repository / settings.default_model / "1" / "model.pt"
+        model = torch.jit.load(str(model_path)).eval()
+        table = FeatureTable.load(settings, spec)
+
+        async def score_batch(records: list[Record], producer: AIOKafkaProducer) -> None:
+            requests = []
+            for record in records:
+                try:
+                    requests.append(parse_request(record.value))
+                except PipelineError:
+                    continue  # the peers are benchmarked on valid traffic only
+            rows = [table.row(scoring.entity_id(r, spec)) for r in requests]
+            matrix = scoring.feature_matrix(spec, requests, rows)
+            with torch.inference_mode():
+                scores = model(torch.from_numpy(matrix)).reshape(-1).numpy()
+            for request, score in zip(requests, scores, strict=True):
+                await producer.send(
+                    results, _result(spec, request.event_id, float(score)), key=request.event_id.encode()
+                )
+
+        return score_batch, nothing
+
+    if kind == "naive":
+        import tritonclient.grpc.aio as grpcclient
+        from feast import FeatureStore
+
+        store = FeatureStore(repo_path=str(settings.feast.repo_path))
+        client = grpcclient.InferenceServerClient(settings.triton.grpc_url)
+
+        async def one_by_one(records: list[Record], producer: AIOKafkaProducer) -> None:
+            for record in records:
+                request = parse_request(record.value)
+                entity = scoring.entity_id(request, spec)
+                online = store.get_online_features(
+                    features=list(spec.store_features), entity_rows=[{spec.entity_key: entity}]
+                ).to_dict()
+                row = np.asarray([online[name][0] for name in spec.store_feature_names], dtype=np.float32)
+                matrix = scoring.feature_matrix(spec, [request], [row])
+                infer_input = grpcclient.InferInput(spec.input_name, list(matrix.shape), "FP32")
+                infer_input.set_data_from_numpy(matrix)
+                response = await client.infer(spec.name, [infer_input])
+                score = float(response.as_numpy(spec.output_name).reshape(-1)[0])
+                value = _result(spec, request.event_id, score)
+                await producer.send_and_wait(results, value, key=request.event_id.encode())
+
+        return one_by_one, client.close
+
+    raise ValueError(f"unknown peer {kind!r}; one of {', '.join(PEERS)}")
+
+
+class FeatureTable:
+    """The online features as an in-memory array, read from the Feast repo's source data."""
+
+    def __init__(self, ids: np.ndarray, values: np.ndarray) -> None:
+        self._index = {int(i): n for n, i in enumerate(ids)}
+        self._values = values
+
+    @classmethod
+    def load(cls, settings: Settings, spec: ModelSpec) -> FeatureTable:
+        frame = pd.read_parquet(settings.feast.repo_path / PARQUET)
+        values = frame[list(spec.store_feature_names)].to_numpy(dtype=np.float32)
+        return cls(frame[spec.entity_key].to_numpy(), values)
+
+    def row(self, entity: int) -> np.ndarray:
+        return self._values[self._index[entity]]
+
+
+def _result(spec: ModelSpec, event_id: str, score: float) -> bytes:
+    record = result_record(
+        event_id=event_id, model=spec.name, model_version="1", score=score, threshold=spec.threshold, latency_ms=0.0
+    )
+    return orjson.dumps(record)

@@ -1,0 +1,122 @@
+"""The bench's outputs: a table on the terminal, the JSON file, a PNG chart."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+        f"{report['machine']['memory_mib']:,} MiB, GPU {report['machine']['gpu']}",
+        "",
+    ]
+    summary = report["summary"]
+    runs = report.get("throughput_runs", {})
+    if runs:
+        lines.append(f"{'throughput scenario':<22}{'median ev/s':>14}{'runs (ev/s)':>34}{'peak RSS MiB':>16}")
+        for name, figures in runs.items():
+            each = ", ".join(f"{r['events_per_s']:,.0f}" for r in figures)
+            rss = max((v for r in figures for v in r["peak_rss_mib"].values()), default=float("nan"))
+            lines.append(f"{name:<22}{summary['events_per_s_median'][name]:>14,.0f}{each:>34}{rss:>16,.0f}")
+        lines.append("")
+        for name, value in summary["ratios"].items():
+            lines.append(f"ratio {name:<20}{value:>10.2f}")
+        stages = _pipeline_stages(runs)
+        if stages:
+            lines.append("")
+            lines.append("pipeline stages (1 worker, last run): mean ms per batch; per event for event:*")
+            lines += [f"  {name:<26}{figures['mean_ms']:>10.2f}" for name, figures in stages.items()]
+    if "http" in report:
+        h = report["http"]
+        lines += [
+            "",
+            f"{'HTTP POST /v1/predict':<24}{'ok/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'errors':>8}",
+        ]
+        rows = [(f"closed, {h['closed_loop']['offered']:g} users", h["closed_loop"])]
+        rows += [(f"open, {f['offered']:g} req/s", f) for f in h["open_loop"]]
+        rows.append((f"overload, {h['overload']['offered']:g} req/s", h["overload"]))
+        for label, f in rows:
+            lines.append(
+                f"{label:<24}{f['achieved_per_s']:>8,.0f}{f['p50']:>8.1f}{f['p90']:>8.1f}{f['p99']:>8.1f}"
+                f"{f['p99.9']:>8.1f}{f['errors']:>8}"
+            )
+        d = h["direct_triton_one_row"]
+        lines.append(
+            f"{'direct Triton, 1 row':<24}{'':>8}{d['p50']:>8.1f}{d['p90']:>8.1f}{d['p99']:>8.1f}{d['p99.9']:>8.1f}"
+        )
+        lines.append(f"overload statuses: {h['overload']['statuses']}")
+    if "soak" in report:
+        s = report["soak"]
+        lines += [
+            "",
+            f"soak {s['seconds']:g} s at {s['rate_per_s']:g} ev/s: worker RSS {s['rss_mib_baseline']} → "
+            f"{s['rss_mib_final']} MiB ({s['growth']:+.1%}), flat within 10%: {s['flat_within_10pct']}",
+        ]
+    lines.append("")
+    for name, t in summary["targets"].items():
+        lines.append(
+            f"target {name:<20} {'met ' if t['met'] else 'MISSED'}  measured {t['measured']:g}, target {t['target']:g}"
+        )
+    return "\n".join(lines)
+
+
+def _pipeline_stages(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    figures = runs.get("pipeline-1w") or next((v for k, v in runs.items() if k.startswith("pipeline")), [])
+    return figures[-1]["stages"] if figures else {}
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(_finite(report), option=orjson.OPT_INDENT_2))
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    """Throughput bars (median, with each run's points) and HTTP latency percentiles against load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    runs = report.get("throughput_runs", {})
+    names = list(runs)
+    medians = [report["summary"]["events_per_s_median"][n] for n in names]
+    left.bar(names, medians, color=["#888" if not n.startswith("pipeline") else "#2a7" for n in names])
+    for i, name in enumerate(names):
+        left.scatter([i] * len(runs[name]), [r["events_per_s"] for r in runs[name]], color="black", s=10, zorder=3)
+    left.set_ylabel("events/s (median of runs)")
+    left.set_title("Throughput, same machine, same run")
+    left.tick_params(axis="x", rotation=20)
+    if "http" in report:
+        points = sorted(report["http"]["open_loop"] + [report["http"]["overload"]], key=lambda f: f["offered"])
+        rates = [f["offered"] for f in points]
+        for q in ("p50", "p90", "p99", "p99.9"):
+            right.plot(rates, [f[q] for f in points], marker="o", label=q)
+        right.axhline(
+            report["http"]["direct_triton_one_row"]["p50"], color="grey", linestyle=":", label="direct Triton p50"
+        )
+        right.set_xlabel("offered load (req/s, open loop)")
+        right.set_ylabel("latency of accepted requests (ms)")
+        right.set_yscale("log")
+        right.set_title("POST /v1/predict latency vs load")
+        right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: a figure that could not be measured is null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,318 @@
+"""`pipeline bench`: every scenario in one invocation on the local stack, interleaved, with warm-up and
+repetitions; medians, ratios and targets in a table, a JSON file and a PNG chart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+import structlog
+
+from pipeline import traffic
+from pipeline.bench import http, load
+from pipeline.bench.memory import RssSampler, status_mib
+from pipeline.bench.stats import median, ratio, stage_summary, stage_totals
+from pipeline.models.spec import load_spec_file
+from pipeline.settings import Settings
+from pipeline.stack import LocalStack, free_port
+
+log = structlog.get_logger(__name__)
+
+PIPELINE = "pipeline"
+THROUGHPUT_ORDER = ("passthrough", "pipeline-1w", "pipeline-2w", "monolith", "naive")
+TARGETS = {
+    "pipeline/limit": 0.5,
+    "pipeline/naive": 10.0,
+    "pipeline/monolith": 1.0,
+    "http@500 p50 ms": 10.0,
+    "http@500 p99 ms": 50.0,
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    events: int = 100_000
+    naive_events: int = 2_000  # the naive peer runs ~100x slower: fewer events, same rate measure
+    warmup: int = 2_000
+    repetitions: int = 3
+    workers: tuple[int, ...] = (1, 2)
+    http_rates: tuple[float, ...] = (100.0, 500.0, 1000.0)
+    http_seconds: float = 10.0
+    closed_concurrency: int = 16
+    overload_factor: float = 3.0
+    triton_calls: int = 500
+    soak_s: float = 0.0
+    soak_rate: float = 1000.0
+    soak_dedup_window_s: float = 60.0
+    out_dir: Path = Path("bench-results")
+
+
+@dataclass
+class Bench:
+    stack: LocalStack
+    settings: Settings
+    options: Options
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    # -- throughput -------------------------------------------------------------------------------
+    def throughput(self) -> None:
+        o = self.options
+        messages = load.requests(o.events + o.warmup, prefix=f"bench-{uuid.uuid4().hex[:6]}-")
+        warm, timed = messages[: o.warmup], messages[o.warmup :]
+        scenarios = ["passthrough", *(f"pipeline-{n}w" for n in o.workers), "monolith", "naive"]
+        for rep in range(o.repetitions):
+            for scenario in scenarios:
+                events = timed[: o.naive_events] if scenario == "naive" else timed
+                warmup = warm[: max(1, o.warmup // 20)] if scenario == "naive" else warm
+                figures = self._throughput_run(scenario, warmup, events)
+                figures["repetition"] = rep
+                self.runs.setdefault(scenario, []).append(figures)
+                log.info("bench_run", scenario=scenario, repetition=rep, events_per_s=figures["events_per_s"])
+
+    def _throughput_run(
+        self, scenario: str, warmup: list[traffic.Message], events: list[traffic.Message]
+    ) -> dict[str, Any]:
+        settings = load.fresh_topics(self.settings, scenario)
+        counter = load.OutputCounter(settings, settings.topics.results)
+        processes: dict[str, subprocess.Popen[bytes]] = {}
+        metrics_ports: list[int] = []
+        try:
+            count = int(scenario.split("-")[1][:-1]) if scenario.startswith(PIPELINE) else 1
+            for i in range(count):
+                port = free_port()
+                own = settings.model_copy(update={"worker": settings.worker.model_copy(update={"metrics_port": port})})
+                name = f"bench-{scenario}-{i}"
+                if scenario.startswith(PIPELINE):
+                    processes[name] = self.stack.start_worker(own, name)
+                    metrics_ports.append(port)
+                else:
+                    processes[name] = self.stack.spawn(name, own, "bench-peer", scenario)
+                    self.stack.wait_for_log(name, "peer_ready", processes[name])
+            load.drive(settings, counter, warmup, timeout_s=300)
+            before = stage_totals([_scrape(p) for p in metrics_ports])
+            sampler = RssSampler({name: p.pid for name, p in processes.items()}, interval_s=0.5)
+            run = load.drive(settings, counter, events, timeout_s=120 + len(events) / 100)
+            peaks = sampler.stop()
+            after = stage_totals([_scrape(p) for p in metrics_ports])
+        finally:
+            counter.close()
+            _stop(processes)
+        return {
+            "events": run.count,
+            "seconds": round(run.done_at - run.produced_at, 3),
+            "events_per_s": round(run.events_per_s, 1),
+            "peak_rss_mib": peaks,
+            "stages": stage_summary(after, before) if metrics_ports else {},
+        }
+
+    # -- HTTP bridge ------------------------------------------------------------------------------
+    def http(self) -> dict[str, Any]:
+        o = self.options
+        settings = load.fresh_topics(self.settings, "http")
+        settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"port": free_port()})})
+        processes = {
+            "worker": self.stack.start_worker(settings, "bench-http-worker"),
+            "gateway": self.stack.start_gateway(settings, "bench-http-gateway"),
+        }
+        spec = load_spec_file(settings.triton.model_repository / settings.default_model / "config.pbtxt")
+        total = int(sum(o.http_rates) * o.http_seconds * (1 + o.overload_factor) + 50_000)
+        bodies = http.Bodies(f"bench-http-{uuid.uuid4().hex[:6]}-", min(total, 200_000))
+        sampler = RssSampler({name: p.pid for name, p in processes.items()}, interval_s=0.5)
+        try:
+            asyncio.run(http.closed_loop(settings, bodies, 4, min(3.0, o.http_seconds)))  # warm-up
+            closed = asyncio.run(http.closed_loop(settings, bodies, o.closed_concurrency, o.http_seconds)).figures()
+            opened = [asyncio.run(http.open_loop(settings, bodies, r, o.http_seconds)).figures() for r in o.http_rates]
+            capacity = max(1.0, closed["achieved_per_s"])
+            overload = asyncio.run(
+                http.open_loop(settings, bodies, round(capacity * o.overload_factor), o.http_seconds)
+            ).figures()
+            direct = asyncio.run(http.direct_triton(settings, spec, o.triton_calls))
+        finally:
+            peaks = sampler.stop()
+            _stop(processes)
+        return {
+            "closed_loop": closed,
+            "open_loop": opened,
+            "overload": overload | {"factor_of_capacity": o.overload_factor},
+            "direct_triton_one_row": direct,
+            "peak_rss_mib": peaks,
+        }
+
+    # -- soak ---------------------------------------------------------------------------------------
+    def soak(self) -> dict[str, Any]:
+        o = self.options
+        settings = load.fresh_topics(self.settings, "soak")
+        worker = settings.worker.model_copy(
+            update={"metrics_port": free_port(), "dedup_window_s": o.soak_dedup_window_s}
+        )
+        settings = settings.model_copy(update={"worker": worker})
+        process = self.stack.start_worker(settings, "bench-soak-worker")
+        sampler = RssSampler({"worker": process.pid}, interval_s=5.0)
+        stop = threading.Event()
+        producer = threading.Thread(target=_steady_load, args=(settings, o.soak_rate, stop), daemon=True)
+        producer.start()
+        try:
+            time.sleep(o.soak_s)
+        finally:
+            stop.set()
+            producer.join(30)
+            sampler.stop()
+            _stop({"worker": process})
+        samples = sampler.samples["worker"]
+        window = max(1, len(samples) // 10)
+        # Skip the first tenth (warm-up, the dedup window filling), compare the next tenth with the last.
+        baseline, final = median(samples[window : 2 * window]), median(samples[-window:])
+        growth = ratio(final - baseline, baseline)
+        return {
+            "seconds": o.soak_s,
+            "rate_per_s": o.soak_rate,
+            "dedup_window_s": o.soak_dedup_window_s,
+            "rss_mib_samples": [round(s, 1) for s in samples],
+            "rss_mib_baseline": round(baseline, 1),
+            "rss_mib_final": round(final, 1),
+            "growth": growth,
+            "flat_within_10pct": abs(growth) <= 0.10,
+        }
+
+    # -- the whole report -----------------------------------------------------------------------
+    def services_rss(self) -> dict[str, float]:
+        peaks = {}
+        for name, pid_file in (("kafka", "kafka/kafka.pid"), ("tritonserver", "triton/triton.pid")):
+            path = self.stack.run_dir / pid_file
+            if path.exists() and (peak := status_mib(int(path.read_text().strip()), "VmHWM")) is not None:
+                peaks[name] = round(peak, 1)
+        return peaks
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], http_figures: dict[str, Any] | None) -> dict[str, Any]:
+    """Medians per scenario, the ratios the issue names, and each target met or not."""
+    medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
+    best = max((v for k, v in medians.items() if k.startswith(PIPELINE)), default=float("nan"))
+    ratios = {
+        "pipeline/limit": ratio(best, medians.get("passthrough", 0.0)),
+        "pipeline/naive": ratio(best, medians.get("naive", 0.0)),
+        "pipeline/monolith": ratio(best, medians.get("monolith", 0.0)),
+    }
+    measured: dict[str, float] = dict(ratios)
+    if http_figures:
+        at_500 = next((f for f in http_figures["open_loop"] if f["offered"] == 500), None)
+        if at_500 is not None:
+            measured["http@500 p50 ms"] = at_500["p50"]
+            measured["http@500 p99 ms"] = at_500["p99"]
+            measured["http@500 errors"] = at_500["errors"]
+    targets = {}
+    for name, target in TARGETS.items():
+        if name in measured:
+            value = measured[name]
+            met = value >= target if "/" in name else value <= target
+            targets[name] = {"target": target, "measured": value, "met": bool(met)}
+    if "http@500 errors" in measured:
+        targets["http@500 errors"] = {
+            "target": 0,
+            "measured": measured["http@500 errors"],
+            "met": not measured["http@500 errors"],
+        }
+    return {"events_per_s_median": medians, "best_pipeline_events_per_s": best, "ratios": ratios, "targets": targets}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        (
+            int(line.split()[1]) // 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_mib": memory,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "gpu": "none" if not Path("/dev/nvidia0").exists() else "nvidia",
+        "note": "Kafka, Triton, the workers, the peers and the load generator all share this machine",
+    }
+
+
+def run(base: Settings, options: Options, scenarios: set[str]) -> dict[str, Any]:
+    stack = LocalStack.from_settings(base)
+    settings = stack.settings(base)
+    stack.prepare(settings)
+    started_at = time.time()
+    with stack.services(settings):
+        bench = Bench(stack, settings, options)
+        report: dict[str, Any] = {"machine": machine(), "options": _jsonable(asdict(options))}
+        if "throughput" in scenarios:
+            bench.throughput()
+            report["throughput_runs"] = bench.runs
+        http_figures = bench.http() if "http" in scenarios else None
+        if http_figures:
+            report["http"] = http_figures
+        if options.soak_s > 0:
+            report["soak"] = bench.soak()
+        report["services_peak_rss_mib"] = bench.services_rss()
+    report["summary"] = summarise(bench.runs, http_figures)
+    report["seconds"] = round(time.time() - started_at, 1)
+    return report
+
+
+def _scrape(port: int) -> str:
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.terminate()
+    for process in processes.values():
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _steady_load(settings: Settings, rate: float, stop: threading.Event) -> None:
+    """Valid, distinct requests at `rate` per second, in 100 ms slices, until `stop`."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 5})
+    prefix = f"soak-{uuid.uuid4().hex[:6]}-"
+    pool = traffic.valid_requests(10_000, prefix="pool-")
+    sent = 0
+    began = time.monotonic()
+    while not stop.is_set():
+        due = int((time.monotonic() - began) * rate)
+        for i in range(sent, due):
+            message = traffic.message_for(pool[i % len(pool)] | {"event_id": f"{prefix}{i:09d}"})
+            producer.produce(settings.topics.requests, message.value, key=message.key)
+        sent = max(sent, due)
+        producer.poll(0)
+        stop.wait(0.1)
+    producer.flush(30)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

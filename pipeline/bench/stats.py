@@ -1,0 +1,64 @@
+"""Pure figures for the bench: percentiles, medians, ratios, and the worker's per-stage summary."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+PERCENTILES = (50, 90, 99, 99.9)
+
+
+def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
+    if not latencies_s:
+        return {f"p{q:g}": float("nan") for q in PERCENTILES}
+    values = np.asarray(latencies_s) * 1000
+    return {f"p{q:g}": round(float(np.percentile(values, q)), 3) for q in PERCENTILES}
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 3) if denominator else float("nan")
+
+
+_PER_EVENT = {
+    "pipeline_queue_wait_seconds": "event:queue_wait",
+    "pipeline_event_latency_seconds": "event:consume_to_produce",
+}
+Totals = dict[str, tuple[float, float]]  # key → (sum of seconds, count)
+
+
+def stage_totals(metrics_texts: Sequence[str]) -> Totals:
+    """Per-stage time sums and batch counts (and queue wait, consume → produce per event), summed over
+    the workers' /metrics pages."""
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, float] = defaultdict(float)
+    for text in metrics_texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in _PER_EVENT and family.name != "pipeline_stage_seconds":
+                continue
+            for sample in family.samples:
+                key = _PER_EVENT.get(family.name) or sample.labels.get("stage", "")
+                if sample.name.endswith("_sum"):
+                    sums[key] += sample.value
+                elif sample.name.endswith("_count"):
+                    counts[key] += sample.value
+    return {key: (sums[key], counts[key]) for key in sums}
+
+
+def stage_summary(after: Totals, before: Totals | None = None) -> dict[str, dict[str, float]]:
+    """Mean ms per batch of each stage (per event for `event:` keys) between two scrapes."""
+    before = before or {}
+    summary = {}
+    for key in sorted(after):
+        total = after[key][0] - before.get(key, (0.0, 0.0))[0]
+        count = after[key][1] - before.get(key, (0.0, 0.0))[1]
+        if count > 0:
+            summary[key] = {"mean_ms": round(total / count * 1000, 3), "count": int(count)}
+    return summary
