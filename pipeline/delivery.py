@@ -25,6 +25,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import aiokafka.producer.sender
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -54,6 +55,11 @@ class TransactionalDelivery:
         self._changelog = changelog_topic
         self._group = settings.worker.app_id
         self._producers: dict[int, AIOKafkaProducer] = {}
+        # A transaction begun right after the previous commit of the same producer meets
+        # CONCURRENT_TRANSACTIONS until the broker has written the commit markers (KAFKA-5477), a few
+        # ms. aiokafka then waits a fixed 20 ms (a module constant) or retry_backoff_ms (100 ms):
+        # on a busy partition that wait, not the work, would set the latency. Retry within ms instead.
+        aiokafka.producer.sender.BACKOFF_OVERRIDE = settings.worker.transaction_retry_backoff_ms / 1000
 
     @property
     def partitions(self) -> set[int]:
@@ -83,8 +89,6 @@ class TransactionalDelivery:
             enable_idempotence=True,
             acks="all",
             linger_ms=2,
-            # A transaction begun right after the previous commit meets CONCURRENT_TRANSACTIONS until
-            # the broker has written the markers (KAFKA-5477): retry that within ms, not aiokafka's 100.
             retry_backoff_ms=self._settings.worker.transaction_retry_backoff_ms,
         )
         try:

@@ -4,13 +4,15 @@
 protos, more than the store read itself. The worker instead calls the online store's own
 `online_read` (through Feast's provider, so Feast's key serialisation, table layout and registry
 are used unchanged, for SQLite and Redis alike) and turns the values straight into float rows.
-A test keeps the result identical to `get_online_features`.
+A test keeps the result identical to `get_online_features`. Rows are reused for
+`PIPELINE_FEAST__CACHE_TTL_S` seconds (see `feature_cache`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,19 +23,21 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from pipeline.errors import FeatureStoreUnavailable
+from pipeline.feature_cache import TtlCache
 from pipeline.models.spec import ModelSpec
 
 EntityId = int | str
 
 
 class FeatureLookup:
-    def __init__(self, repo_path: Path) -> None:
+    def __init__(self, repo_path: Path, cache_ttl_s: float = 0.0) -> None:
         from feast import FeatureStore  # heavy import, kept out of module import time
         from feast.infra.provider import get_provider
 
         self._store = FeatureStore(repo_path=str(repo_path))
         self._provider = get_provider(self._store.config)
         self._views: dict[str, Any] = {}
+        self._cache = TtlCache(cache_ttl_s)
         # Feast's SQLite connection belongs to the thread that opened it: use one thread, always.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
 
@@ -42,11 +46,18 @@ class FeatureLookup:
         unique = list(dict.fromkeys(entity_ids))
         if not unique:
             return {}
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._thread, self._read, spec, unique)
-        except (sqlite3.Error, RedisError, OSError) as e:
-            raise FeatureStoreUnavailable(f"feature store read failed: {e}") from e
+        now = time.monotonic()
+        cached, missing = self._cache.get_many(((spec.store_features, e) for e in unique), now)
+        rows: dict[EntityId, np.ndarray | None] = {key[1]: row for key, row in cached.items()}  # type: ignore[index]
+        if missing:
+            loop = asyncio.get_running_loop()
+            try:
+                read = await loop.run_in_executor(self._thread, self._read, spec, [key[1] for key in missing])  # type: ignore[index]
+            except (sqlite3.Error, RedisError, OSError) as e:
+                raise FeatureStoreUnavailable(f"feature store read failed: {e}") from e
+            self._cache.put_many({(spec.store_features, e): row for e, row in read.items()}, now)
+            rows.update(read)
+        return rows
 
     def _read(self, spec: ModelSpec, unique: list[EntityId]) -> dict[EntityId, np.ndarray | None]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey

@@ -7,7 +7,7 @@ runs the same under Faust, a test, or a bench.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -65,6 +65,7 @@ class Outbound:
 class Outcome:
     messages: list[Outbound] = field(default_factory=list)
     remembered: list[tuple[str, int, bytes]] = field(default_factory=list)  # event_id, partition, result
+    events: Counter[str] = field(default_factory=Counter)  # by outcome, added to the metric once per batch
 
 
 @dataclass
@@ -103,6 +104,8 @@ class BatchProcessor:
         for model, items in by_model.items():
             await self._score_model(model, items, outcome)
         metrics.BATCH_SIZE.observe(len(batch))
+        for kind, count in outcome.events.items():
+            metrics.EVENTS.labels(kind).inc(count)
         return outcome
 
     def _validate(self, batch: Sequence[Inbound], outcome: Outcome) -> list[tuple[InferenceRequest, Inbound]]:
@@ -198,13 +201,13 @@ class BatchProcessor:
         self._reply(item.inbound, key, value, "result", outcome)
         for repeat in item.repeats:
             self._duplicate(repeat, value, outcome)
-        metrics.EVENTS.labels("scored").inc()
+        outcome.events["scored"] += 1
         metrics.EVENT_LATENCY.observe(latency)
 
     def _duplicate(self, inbound: Inbound, stored: bytes, outcome: Outcome) -> None:
         """A repeat of a scored event: no second result; an HTTP retry gets the original back."""
         self._reply(inbound, inbound.key, stored, "result", outcome)
-        metrics.EVENTS.labels("duplicate").inc()
+        outcome.events["duplicate"] += 1
 
     def _dead_letter(
         self, error: PipelineError, inbound: Inbound, outcome: Outcome, attempts: int | None = None
@@ -215,7 +218,7 @@ class BatchProcessor:
         key = error.event_id.encode() if error.event_id else None
         outcome.messages.append(Outbound(inbound.source.partition, self._topics.dlq, key, value))
         self._reply(inbound, key, value, "dead_letter", outcome)
-        metrics.EVENTS.labels("dead_letter").inc()
+        outcome.events["dead_letter"] += 1
         metrics.DEAD_LETTERS.labels(error.code).inc()
         log.info("dead_letter", code=error.code, event_id=error.event_id, reason=error.message)
 

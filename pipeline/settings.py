@@ -51,7 +51,7 @@ class WorkerSettings(_Block):
     retry_initial_ms: int = 100
     retry_max_ms: int = 5_000
     retry_budget_s: float = 60.0
-    transaction_retry_backoff_ms: int = 10
+    transaction_retry_backoff_ms: int = 5
 
 
 class TritonSettings(_Block):
@@ -64,6 +64,9 @@ class TritonSettings(_Block):
 class FeastSettings(_Block):
     repo_path: Path = PROJECT_ROOT / "feature_repo"
     accounts: int = 10_000
+    # Feature rows are reused this long per entity (0: every batch reads the store). The online
+    # store only changes on materialisation, so a few seconds are invisible to the model.
+    cache_ttl_s: float = Field(default=5.0, ge=0)
 
 
 class GatewaySettings(_Block):

@@ -56,7 +56,7 @@ class Worker:
         partitions = topics.partition_count(settings, settings.topics.requests)
         topics.apply(settings, [changelog.changelog_spec(settings, partitions)])
         scorer = TritonScorer(settings.triton)
-        features = FeatureLookup(settings.feast.repo_path)
+        features = FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
         processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, self.state, backoff)
         consumer = AIOKafkaConsumer(
@@ -74,7 +74,9 @@ class Worker:
         await consumer.start()
         try:
             while not stop.is_set():
-                records = await consumer.getmany(timeout_ms=worker.batch_timeout_ms, max_records=worker.batch_size)
+                # A partition resumed after its commit does not wake a waiting getmany: poll briefly then.
+                wait_ms = 1 if self._committing else worker.batch_timeout_ms
+                records = await consumer.getmany(timeout_ms=wait_ms, max_records=worker.batch_size)
                 async with self._lock:
                     owned = self._take_owned(consumer, records)
                     if owned:

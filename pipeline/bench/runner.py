@@ -156,7 +156,7 @@ class Bench:
         )
         settings = settings.model_copy(update={"worker": worker})
         process = self.stack.start_worker(settings, "bench-soak-worker")
-        sampler = RssSampler({"worker": process.pid}, interval_s=5.0)
+        sampler = RssSampler({"worker": process.pid}, interval_s=min(5.0, o.soak_s / 30))
         stop = threading.Event()
         producer = threading.Thread(target=_steady_load, args=(settings, o.soak_rate, stop), daemon=True)
         producer.start()
@@ -252,8 +252,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(base: Settings, options: Options, scenarios: set[str]) -> dict[str, Any]:
-    stack = LocalStack.from_settings(base)
+def run(base: Settings, options: Options, scenarios: set[str], stack: LocalStack | None = None) -> dict[str, Any]:
+    stack = stack or LocalStack.from_settings(base)
     settings = stack.settings(base)
     stack.prepare(settings)
     started_at = time.time()

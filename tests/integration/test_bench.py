@@ -1,0 +1,68 @@
+"""`pipeline bench` end to end on a tiny load: every figure is produced (no timing is asserted)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from pipeline.bench import report, runner
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
+    options = runner.Options(
+        events=400,
+        naive_events=20,
+        warmup=40,
+        repetitions=1,
+        http_rates=(20.0, 40.0),
+        http_seconds=1.0,
+        closed_concurrency=2,
+        triton_calls=20,
+        soak_s=6.0,
+        soak_rate=50.0,
+        out_dir=tmp_path,
+    )
+
+    figures = runner.run(stack.settings(), options, {"throughput", "http"}, stack=stack)
+    report.write_json(figures, tmp_path / "bench.json")
+    report.chart(figures, tmp_path / "bench.png")
+    table = report.table(figures)
+
+    written = orjson.loads((tmp_path / "bench.json").read_bytes())
+    assert written["machine"]["cores"] >= 1
+    runs = written["throughput_runs"]
+    assert set(runs) == set(runner.THROUGHPUT_ORDER)
+    for name, each in runs.items():
+        assert each[0]["events"] == (20 if name == "naive" else 400)
+        assert each[0]["events_per_s"] > 0
+        assert each[0]["peak_rss_mib"], f"{name}: peak RSS of its processes"
+    stages = runs["pipeline-1w"][0]["stages"]
+    assert {"validate", "dedup", "features", "inference", "produce", "event:queue_wait"} <= set(stages)
+    summary = written["summary"]
+    assert all(math.isfinite(v) and v > 0 for v in summary["ratios"].values())
+    assert set(summary["targets"]) >= {"pipeline/limit", "pipeline/naive", "pipeline/monolith"}
+    http = written["http"]
+    assert [f["offered"] for f in http["open_loop"]] == [20.0, 40.0]
+    for level in [http["closed_loop"], *http["open_loop"], http["overload"]]:
+        assert level["requests"] > 0 and level["server_errors_5xx"] == 0
+        assert level["p50"] is not None and level["p99.9"] >= level["p50"]
+    assert http["direct_triton_one_row"]["calls"] == 20
+    assert written["soak"]["rss_mib_samples"] and written["soak"]["rss_mib_baseline"] > 0
+    assert written["services_peak_rss_mib"]
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+    assert "pipeline/limit" in table and "direct Triton" in table
+
+
+def test_an_unknown_scenario_group_is_a_one_line_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "--only", "nonsense"], capture_output=True, text=True
+    )
+
+    assert result.returncode != 0
+    assert "unknown scenario group(s): nonsense" in result.stderr
