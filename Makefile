@@ -4,7 +4,7 @@ VENV := .venv
 MODEL_ENV := .venv-triton
 PIP_FLAGS ?= -q
 
-.PHONY: setup demo test up down lint clean redis-server
+.PHONY: setup demo test bench up down lint clean redis-server
 
 setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed redis-server
 
@@ -42,6 +42,10 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Every benchmark scenario in one run: table, bench-results/bench.json and bench.png (see README).
+bench: setup
+	$(VENV)/bin/pipeline bench $(BENCH_ARGS)
 
 up: setup
 	$(VENV)/bin/pipeline stack up

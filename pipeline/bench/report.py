@@ -39,6 +39,7 @@ def table(report: dict[str, Any]) -> str:
         ]
         rows = [(f"closed, {h['closed_loop']['offered']:g} users", h["closed_loop"])]
         rows += [(f"open, {f['offered']:g} req/s", f) for f in h["open_loop"]]
+        rows.append((f"capacity, {h['capacity']['offered']:g} users", h["capacity"]))
         rows.append((f"overload, {h['overload']['offered']:g} req/s", h["overload"]))
         for label, f in rows:
             lines.append(

@@ -48,6 +48,7 @@ class Options:
     http_rates: tuple[float, ...] = (100.0, 500.0, 1000.0)
     http_seconds: float = 10.0
     closed_concurrency: int = 16
+    capacity_concurrency: int = 256  # closed loop wide enough to saturate the bridge: its capacity
     overload_factor: float = 3.0
     triton_calls: int = 500
     soak_s: float = 0.0
@@ -131,7 +132,10 @@ class Bench:
             asyncio.run(http.closed_loop(settings, bodies, 4, min(3.0, o.http_seconds)))  # warm-up
             closed = asyncio.run(http.closed_loop(settings, bodies, o.closed_concurrency, o.http_seconds)).figures()
             opened = [asyncio.run(http.open_loop(settings, bodies, r, o.http_seconds)).figures() for r in o.http_rates]
-            capacity = max(1.0, closed["achieved_per_s"])
+            saturated = asyncio.run(
+                http.closed_loop(settings, bodies, o.capacity_concurrency, o.http_seconds)
+            ).figures()
+            capacity = max(1.0, saturated["achieved_per_s"])
             overload = asyncio.run(
                 http.open_loop(settings, bodies, round(capacity * o.overload_factor), o.http_seconds)
             ).figures()
@@ -142,6 +146,7 @@ class Bench:
         return {
             "closed_loop": closed,
             "open_loop": opened,
+            "capacity": saturated,
             "overload": overload | {"factor_of_capacity": o.overload_factor},
             "direct_triton_one_row": direct,
             "peak_rss_mib": peaks,

@@ -23,6 +23,7 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         http_rates=(20.0, 40.0),
         http_seconds=1.0,
         closed_concurrency=2,
+        capacity_concurrency=4,
         triton_calls=20,
         soak_s=6.0,
         soak_rate=50.0,
@@ -49,7 +50,7 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     assert set(summary["targets"]) >= {"pipeline/limit", "pipeline/naive", "pipeline/monolith"}
     http = written["http"]
     assert [f["offered"] for f in http["open_loop"]] == [20.0, 40.0]
-    for level in [http["closed_loop"], *http["open_loop"], http["overload"]]:
+    for level in [http["closed_loop"], *http["open_loop"], http["capacity"], http["overload"]]:
         assert level["requests"] > 0 and level["server_errors_5xx"] == 0
         assert level["p50"] is not None and level["p99.9"] >= level["p50"]
     assert http["direct_triton_one_row"]["calls"] == 20
