@@ -62,11 +62,18 @@ class Connections:
     lines of HTTP/1.1 the bridge needs itself (uvicorn always answers with a Content-Length).
     """
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, timeout_s: float, max_connections: int = 1024) -> None:
         self._host, self._port, self._timeout_s = host, port, timeout_s
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        # Like any client's pool, a bounded one: past it, a request waits for a connection (and
+        # that wait counts in its latency), rather than opening sockets until the OS refuses.
+        self._slots = asyncio.Semaphore(max_connections)
 
     async def post(self, path: str, body: bytes) -> int:
+        async with self._slots:
+            return await self._post(path, body)
+
+    async def _post(self, path: str, body: bytes) -> int:
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
@@ -109,8 +116,8 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, int]:
     return status, length
 
 
-def _connections(settings: Settings) -> Connections:
-    return Connections("127.0.0.1", settings.gateway.port, settings.gateway.timeout_s + 5)
+def _connections(settings: Settings, max_connections: int = 1024) -> Connections:
+    return Connections("127.0.0.1", settings.gateway.port, settings.gateway.timeout_s + 5, max_connections)
 
 
 async def _post(connections: Connections, body: bytes, result: LoadResult, since: float) -> None:

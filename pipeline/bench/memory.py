@@ -33,6 +33,10 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
 
+    def track(self, name: str, pid: int) -> None:
+        self.samples[name] = []
+        self.pids = {**self.pids, name: pid}  # replaced, not mutated: the sampling thread reads it
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
             for name, pid in self.pids.items():

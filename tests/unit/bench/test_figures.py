@@ -1,0 +1,66 @@
+import math
+
+from pipeline.bench.memory import parse_status
+from pipeline.bench.runner import summarise
+from pipeline.bench.stats import percentiles_ms, stage_summary, stage_totals
+
+METRICS = """
+# TYPE pipeline_stage_seconds histogram
+pipeline_stage_seconds_bucket{stage="features",le="+Inf"} 4.0
+pipeline_stage_seconds_count{stage="features"} 4.0
+pipeline_stage_seconds_sum{stage="features"} 0.04
+# TYPE pipeline_queue_wait_seconds histogram
+pipeline_queue_wait_seconds_bucket{le="+Inf"} 100.0
+pipeline_queue_wait_seconds_count 100.0
+pipeline_queue_wait_seconds_sum 2.0
+"""
+
+
+def test_percentiles_are_in_ms_and_nan_without_samples():
+    figures = percentiles_ms([0.001 * i for i in range(1, 1001)])
+    assert figures["p50"] == 500.5 and figures["p99"] == 990.01
+    assert all(math.isnan(v) for v in percentiles_ms([]).values())
+
+
+def test_stage_summary_is_the_mean_between_two_scrapes_summed_over_workers():
+    before = stage_totals([METRICS])
+    after = stage_totals([METRICS, METRICS.replace("0.04", "0.12").replace(" 4.0", " 8.0")])
+
+    summary = stage_summary(after, before)
+
+    assert summary["features"] == {"mean_ms": 15.0, "count": 8}  # (0.04 + 0.12) / (4 + 8), less the first
+    assert summary["event:queue_wait"] == {"mean_ms": 20.0, "count": 100}
+
+
+def test_summary_takes_the_best_pipeline_median_and_judges_each_target():
+    runs = {
+        "passthrough": [{"events_per_s": v} for v in (20_000, 24_000, 22_000)],
+        "pipeline-1w": [{"events_per_s": 6_000}],
+        "pipeline-2w": [{"events_per_s": v} for v in (11_000, 12_000, 13_000)],
+        "monolith": [{"events_per_s": 20_000}],
+        "naive": [{"events_per_s": 100}],
+    }
+    http = {"open_loop": [{"offered": 500, "p50": 8.0, "p99": 60.0, "errors": 0}]}
+
+    summary = summarise(runs, http)
+
+    assert summary["best_pipeline_events_per_s"] == 12_000
+    assert summary["ratios"] == {"pipeline/limit": 0.545, "pipeline/naive": 120.0, "pipeline/monolith": 0.6}
+    met = {name: t["met"] for name, t in summary["targets"].items()}
+    assert met == {
+        "pipeline/limit": True,
+        "pipeline/naive": True,
+        "pipeline/monolith": False,
+        "http@500 p50 ms": True,
+        "http@500 p99 ms": False,
+        "http@500 errors": True,
+    }
+
+
+def test_unmeasured_figures_judge_no_target():
+    assert summarise({}, None)["targets"] == {}
+
+
+def test_proc_status_lines_are_read_in_mib():
+    assert parse_status("Name:\tpython\nVmHWM:\t  204800 kB\n", "VmHWM") == 200.0
+    assert parse_status("Name:\tpython\n", "VmHWM") is None
