@@ -160,7 +160,6 @@ def bench(
         http_rates=rates,
         soak_s=soak,
         soak_rate=soak_rate,
-        out_dir=out,
     )
     figures = runner.run(get_settings(), options, groups)
     report.write_json(figures, out / "bench.json")

@@ -31,8 +31,12 @@ EntityId = int | str
 
 class FeatureLookup:
     def __init__(self, repo_path: Path, cache_ttl_s: float = 0.0) -> None:
-        from feast import FeatureStore  # heavy import, kept out of module import time
+        from feast import FeatureStore  # heavy imports, kept out of module import time
         from feast.infra.provider import get_provider
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        self._entity_key, self._value = EntityKey, Value
 
         self._store = FeatureStore(repo_path=str(repo_path))
         self._provider = get_provider(self._store.config)
@@ -60,10 +64,9 @@ class FeatureLookup:
         return rows
 
     def _read(self, spec: ModelSpec, unique: list[EntityId]) -> dict[EntityId, np.ndarray | None]:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        keys = [EntityKey(join_keys=[spec.entity_key], entity_values=[_entity_value(Value, e)]) for e in unique]
+        keys = [
+            self._entity_key(join_keys=[spec.entity_key], entity_values=[_entity_value(self._value, e)]) for e in unique
+        ]
         matrix = np.full((len(unique), len(spec.store_features)), np.nan, dtype=np.float32)
         for view_name, columns in _by_view(spec).items():
             names = [name for name, _ in columns]

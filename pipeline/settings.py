@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    def updated(self, **blocks: dict[str, Any]) -> Settings:
+        """A copy with some fields of nested blocks replaced: `updated(worker={"app_id": "w2"})`."""
+        return self.model_copy(
+            update={name: getattr(self, name).model_copy(update=fields) for name, fields in blocks.items()}
+        )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

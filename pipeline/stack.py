@@ -55,6 +55,7 @@ class LocalStack:
     def __init__(self, run_dir: Path, ports: Ports) -> None:
         self.run_dir = run_dir
         self.ports = ports
+        self._children: dict[str, subprocess.Popen[bytes]] = {}  # spawned by this process, by run name
         run_dir.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -66,15 +67,11 @@ class LocalStack:
         """`base` (default: from the environment) with this stack's addresses."""
         base = base or Settings()
         p = self.ports
-        return base.model_copy(
-            update={
-                "kafka": base.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{p.kafka}"}),
-                "triton": base.triton.model_copy(
-                    update={"grpc_url": f"127.0.0.1:{p.triton_grpc}", "http_url": f"127.0.0.1:{p.triton_http}"}
-                ),
-                "gateway": base.gateway.model_copy(update={"port": p.gateway}),
-                "worker": base.worker.model_copy(update={"metrics_port": p.worker_metrics}),
-            }
+        return base.updated(
+            kafka={"bootstrap_servers": f"127.0.0.1:{p.kafka}"},
+            triton={"grpc_url": f"127.0.0.1:{p.triton_grpc}", "http_url": f"127.0.0.1:{p.triton_http}"},
+            gateway={"port": p.gateway},
+            worker={"metrics_port": p.worker_metrics},
         )
 
     # -- real services ---------------------------------------------------------------------------
@@ -135,6 +132,7 @@ class LocalStack:
                 start_new_session=True,
             )
         (self.run_dir / f"{name}.pid").write_text(str(process.pid))
+        self._children[name] = process
         return process
 
     def wait_for_log(self, name: str, text: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
@@ -173,6 +171,16 @@ class LocalStack:
 
     def stop_process(self, name: str, timeout_s: float = 30) -> None:
         pid_file = self.run_dir / f"{name}.pid"
+        if (child := self._children.pop(name, None)) is not None:
+            # Our own child must be reaped: until then it lingers as a zombie that `kill -0` still finds.
+            child.terminate()
+            try:
+                child.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            pid_file.unlink(missing_ok=True)
+            return
         if not pid_file.exists():
             return
         pid = int(pid_file.read_text())

@@ -39,14 +39,10 @@ def make_settings(stack: LocalStack, **worker: object) -> Settings:
     """Settings for one test: unique topics and worker app id, topics created on the broker."""
     uid = uuid.uuid4().hex[:10]
     base = stack.settings()
-    settings = base.model_copy(
-        update={
-            "topics": base.topics.model_copy(
-                update={name: f"t{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts")}
-            ),
-            "worker": base.worker.model_copy(update={"app_id": f"worker-{uid}", **worker}),
-            "gateway": base.gateway.model_copy(update={"port": free_port()}),
-        }
+    settings = base.updated(
+        topics={name: f"t{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts")},
+        worker={"app_id": f"worker-{uid}", **worker},
+        gateway={"port": free_port()},
     )
     topics.apply(settings)
     return settings

@@ -90,11 +90,6 @@ def fresh_topics(settings: Settings, label: str) -> Settings:
     """Settings with this run's own topics (created) and consumer group."""
     uid = f"bench-{label}-{time.time_ns() % 10**10}"
     names = {name: f"{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts")}
-    fresh = settings.model_copy(
-        update={
-            "topics": settings.topics.model_copy(update=names),
-            "worker": settings.worker.model_copy(update={"app_id": uid}),
-        }
-    )
+    fresh = settings.updated(topics=names, worker={"app_id": uid})
     topics.apply(fresh)
     return fresh

@@ -29,7 +29,6 @@ from pipeline.stack import LocalStack, free_port
 log = structlog.get_logger(__name__)
 
 PIPELINE = "pipeline"
-THROUGHPUT_ORDER = ("passthrough", "pipeline-1w", "pipeline-2w", "monolith", "naive")
 TARGETS = {
     "pipeline/limit": 0.5,
     "pipeline/naive": 10.0,
@@ -58,7 +57,6 @@ class Options:
     soak_s: float = 0.0
     soak_rate: float = 1000.0
     soak_dedup_window_s: float = 60.0
-    out_dir: Path = Path("bench-results")
 
 
 @dataclass
@@ -73,28 +71,26 @@ class Bench:
         o = self.options
         messages = load.requests(o.events + o.warmup, prefix=f"bench-{uuid.uuid4().hex[:6]}-")
         warm, timed = messages[: o.warmup], messages[o.warmup :]
-        scenarios = ["passthrough", *(f"pipeline-{n}w" for n in o.workers), "monolith", "naive"]
         for rep in range(o.repetitions):
-            for scenario in scenarios:
+            for scenario, processes in throughput_scenarios(o):
                 events = timed[: o.naive_events] if scenario == "naive" else timed
                 warmup = warm[: max(1, o.warmup // 20)] if scenario == "naive" else warm
-                figures = self._throughput_run(scenario, warmup, events)
+                figures = self._throughput_run(scenario, processes, warmup, events)
                 figures["repetition"] = rep
                 self.runs.setdefault(scenario, []).append(figures)
                 log.info("bench_run", scenario=scenario, repetition=rep, events_per_s=figures["events_per_s"])
 
     def _throughput_run(
-        self, scenario: str, warmup: list[traffic.Message], events: list[traffic.Message]
+        self, scenario: str, count: int, warmup: list[traffic.Message], events: list[traffic.Message]
     ) -> dict[str, Any]:
         settings = load.fresh_topics(self.settings, scenario)
         counter = load.OutputCounter(settings, settings.topics.results)
         processes: dict[str, subprocess.Popen[bytes]] = {}
         metrics_ports: list[int] = []
         try:
-            count = int(scenario.split("-")[1][:-1]) if scenario.startswith(PIPELINE) else 1
             for i in range(count):
                 port = free_port()
-                own = settings.model_copy(update={"worker": settings.worker.model_copy(update={"metrics_port": port})})
+                own = settings.updated(worker={"metrics_port": port})
                 name = f"bench-{scenario}-{i}"
                 if scenario.startswith(PIPELINE):
                     processes[name] = self.stack.start_worker(own, name)
@@ -110,7 +106,7 @@ class Bench:
             after = stage_totals([_scrape(p) for p in metrics_ports])
         finally:
             counter.close()
-            _stop(processes)
+            self._stop(processes)
         return {
             "events": run.count,
             "seconds": round(run.done_at - run.produced_at, 3),
@@ -123,10 +119,10 @@ class Bench:
     def http(self) -> dict[str, Any]:
         o = self.options
         settings = load.fresh_topics(self.settings, "http")
-        settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"port": free_port()})})
+        settings = settings.updated(gateway={"port": free_port()})
         processes = {
-            "worker": self.stack.start_worker(settings, "bench-http-worker"),
-            "gateway": self.stack.start_gateway(settings, "bench-http-gateway"),
+            "bench-http-worker": self.stack.start_worker(settings, "bench-http-worker"),
+            "bench-http-gateway": self.stack.start_gateway(settings, "bench-http-gateway"),
         }
         spec = load_spec_file(settings.triton.model_repository / settings.default_model / "config.pbtxt")
         total = int(sum(o.http_rates) * o.http_seconds * (1 + o.overload_factor) + 50_000)
@@ -140,22 +136,17 @@ class Bench:
                 http.closed_loop(settings, bodies, o.capacity_concurrency, o.http_seconds)
             ).figures()
             capacity = max(1.0, saturated["achieved_per_s"])
-            shedding = settings.model_copy(
-                update={
-                    "gateway": settings.gateway.model_copy(
-                        update={"port": free_port(), "max_in_flight": o.overload_max_in_flight}
-                    )
-                }
-            )
-            processes["gateway-overload"] = self.stack.start_gateway(shedding, "bench-http-gateway-overload")
-            sampler.track("gateway-overload", processes["gateway-overload"].pid)
+            shedding = settings.updated(gateway={"port": free_port(), "max_in_flight": o.overload_max_in_flight})
+            name = "bench-http-gateway-overload"
+            processes[name] = self.stack.start_gateway(shedding, name)
+            sampler.track(name, processes[name].pid)
             overload = asyncio.run(
                 http.open_loop(shedding, bodies, round(capacity * o.overload_factor), o.http_seconds)
             ).figures()
             direct = asyncio.run(http.direct_triton(settings, spec, o.triton_calls))
         finally:
             peaks = sampler.stop()
-            _stop(processes)
+            self._stop(processes)
         return {
             "closed_loop": closed,
             "open_loop": opened,
@@ -170,10 +161,7 @@ class Bench:
     def soak(self) -> dict[str, Any]:
         o = self.options
         settings = load.fresh_topics(self.settings, "soak")
-        worker = settings.worker.model_copy(
-            update={"metrics_port": free_port(), "dedup_window_s": o.soak_dedup_window_s}
-        )
-        settings = settings.model_copy(update={"worker": worker})
+        settings = settings.updated(worker={"metrics_port": free_port(), "dedup_window_s": o.soak_dedup_window_s})
         process = self.stack.start_worker(settings, "bench-soak-worker")
         sampler = RssSampler({"worker": process.pid}, interval_s=min(5.0, o.soak_s / 30))
         stop = threading.Event()
@@ -185,7 +173,7 @@ class Bench:
             stop.set()
             producer.join(30)
             sampler.stop()
-            _stop({"worker": process})
+            self._stop({"bench-soak-worker": process})
         samples = sampler.samples["worker"]
         window = max(1, len(samples) // 10)
         # Skip the first tenth (warm-up, the dedup window filling), compare the next tenth with the last.
@@ -202,6 +190,10 @@ class Bench:
             "flat_within_10pct": abs(growth) <= 0.10,
         }
 
+    def _stop(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+        for name in processes:
+            self.stack.stop_process(name)
+
     # -- the whole report -----------------------------------------------------------------------
     def services_rss(self) -> dict[str, float]:
         peaks = {}
@@ -210,6 +202,12 @@ class Bench:
             if path.exists() and (peak := status_mib(int(path.read_text().strip()), "VmHWM")) is not None:
                 peaks[name] = round(peak, 1)
         return peaks
+
+
+def throughput_scenarios(options: Options) -> list[tuple[str, int]]:
+    """Each throughput scenario, in run order, with how many consumer processes it runs."""
+    pipelines = [(f"{PIPELINE}-{n}w", n) for n in options.workers]
+    return [("passthrough", 1), *pipelines, ("monolith", 1), ("naive", 1)]
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], http_figures: dict[str, Any] | None) -> dict[str, Any]:
@@ -278,7 +276,7 @@ def run(base: Settings, options: Options, scenarios: set[str], stack: LocalStack
     started_at = time.time()
     with stack.services(settings):
         bench = Bench(stack, settings, options)
-        report: dict[str, Any] = {"machine": machine(), "options": _jsonable(asdict(options))}
+        report: dict[str, Any] = {"machine": machine(), "options": asdict(options)}
         if "throughput" in scenarios:
             bench.throughput()
             report["throughput_runs"] = bench.runs
@@ -296,17 +294,6 @@ def run(base: Settings, options: Options, scenarios: set[str], stack: LocalStack
 def _scrape(port: int) -> str:
     with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return response.read().decode()
-
-
-def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    for process in processes.values():
-        if process.poll() is None:
-            process.terminate()
-    for process in processes.values():
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _steady_load(settings: Settings, rate: float, stop: threading.Event) -> None:
@@ -327,11 +314,3 @@ def _steady_load(settings: Settings, rate: float, stop: threading.Event) -> None
         producer.poll(0)
         stop.wait(0.1)
     producer.flush(30)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value

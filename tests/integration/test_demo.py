@@ -16,12 +16,7 @@ pytestmark = pytest.mark.integration
 
 def test_demo_runs_to_completion_and_scores_every_distinct_event(stack):
     settings = stack.settings()
-    settings = settings.model_copy(
-        update={
-            "gateway": settings.gateway.model_copy(update={"port": free_port()}),
-            "worker": settings.worker.model_copy(update={"app_id": "demo-worker"}),
-        }
-    )
+    settings = settings.updated(gateway={"port": free_port()}, worker={"app_id": "demo-worker"})
     env = {**os.environ, **settings_env(settings)}
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "demo", "--events", "3000"],

@@ -125,9 +125,7 @@ def test_feature_store_down_for_ten_seconds_is_retried_not_dead_lettered(
     from tests.conftest import REDIS_PORT
 
     settings = pipeline_settings()
-    settings = settings.model_copy(
-        update={"feast": settings.feast.model_copy(update={"repo_path": redis_feature_repo})}
-    )
+    settings = settings.updated(feast={"repo_path": redis_feature_repo})
     # Redis keeps an append-only file: the features come back with it.
     collected = _outage_mid_stream(
         settings,

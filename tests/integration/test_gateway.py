@@ -98,7 +98,7 @@ def test_health_and_readiness(bridge):
 
 def test_no_result_within_the_timeout_is_a_504_naming_the_event(stack, pipeline_settings, start_gateway):
     settings = pipeline_settings()  # no worker consumes these topics
-    settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"timeout_s": 1.0})})
+    settings = settings.updated(gateway={"timeout_s": 1.0})
     start_gateway(settings)
     request = traffic.valid_requests(1, prefix="late-", seed=24)[0]
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def _gateway_settings(settings, **gateway):
-    return settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"port": free_port(), **gateway})})
+    return settings.updated(gateway={"port": free_port(), **gateway})
 
 
 async def _burst(ports, requests, concurrency=300, on_progress=None):
@@ -118,7 +118,7 @@ def test_a_gateway_with_no_free_reply_partition_is_not_ready_and_refuses_with_50
     settings = pipeline_settings()
     replies = f"replies-two-{uuid.uuid4().hex[:8]}"
     topics.apply(settings, [TopicSpec(replies, partitions=2)])
-    settings = settings.model_copy(update={"topics": settings.topics.model_copy(update={"replies": replies})})
+    settings = settings.updated(topics={"replies": replies})
     settings = _gateway_settings(settings, reply_group=f"full-{uuid.uuid4().hex[:8]}", reply_claim_timeout_s=5.0)
     for _ in range(2):
         processes.gateway(_gateway_settings(settings))
