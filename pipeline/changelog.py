@@ -20,10 +20,29 @@ def changelog_spec(settings: Settings, partitions: int) -> TopicSpec:
     return TopicSpec(changelog_topic(settings), partitions, {"cleanup.policy": "compact"})
 
 
+async def high_watermarks(settings: Settings, partitions: list[int]) -> dict[int, int]:
+    """The end of each changelog partition including records of transactions still open."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=f"{settings.kafka.client_id}-changelog",
+        enable_auto_commit=False,
+        isolation_level="read_uncommitted",
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(changelog_topic(settings), p) for p in partitions]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
 async def read_partition(
-    settings: Settings, partition: int, timeout_s: float = 120.0
+    settings: Settings, partition: int, until: int, timeout_s: float = 120.0
 ) -> list[tuple[str, bytes | None, float]]:
-    """Every committed record of one changelog partition: (event_id, result or None, epoch seconds)."""
+    """Every committed record of one changelog partition before `until`: (event_id, result or None,
+    epoch seconds). Reading to a high watermark rather than to the last stable offset waits out any
+    transaction open there (a crashed worker's, aborted by the broker after its timeout), so entries
+    committed behind it are not missed."""
     tp = TopicPartition(changelog_topic(settings), partition)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -35,10 +54,9 @@ async def read_partition(
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]  # last stable offset under read_committed
         records: list[tuple[str, bytes | None, float]] = []
         deadline = time.monotonic() + timeout_s
-        while await consumer.position(tp) < end:
+        while await consumer.position(tp) < until:
             if time.monotonic() > deadline:
                 raise ConfigurationError(f"changelog {tp.topic}[{partition}] not read within {timeout_s:g} s")
             for batch in (await consumer.getmany(tp, timeout_ms=200, max_records=10_000)).values():

@@ -1,34 +1,39 @@
-"""Delivery semantics, in one place: effectively-once, with one Kafka transaction per input partition.
+"""Delivery semantics, in one place: effectively-once, one Kafka transaction per scored batch (KIP-447).
 
-Each input partition p of the requests topic has its own transactional producer
-(`transactional.id = "<app_id>-<p>"`). For every batch, and for each partition p it holds records
-of (partitions in parallel):
+A worker process has one transactional producer (`transactional.id = "<app_id>-<instance_id>"`).
+For every scored batch, whatever input partitions it spans:
 
-1. Begin a transaction on p's producer.
-2. Send p's results, replies and dead letters, and p's dedup entries (to partition p of the
-   changelog; tombstones for expired entries too).
-3. Add the offset after p's last record to the transaction (the consumer group's commit).
+1. Begin a transaction.
+2. Send the batch's results, replies and dead letters, and its dedup entries (each to the changelog
+   partition numbered like the input partition it came from; tombstones for expired entries too).
+3. Add the offset after each input partition's last record to the transaction, with the consumer's
+   group metadata (generation and member id).
 4. Commit. A `read_committed` reader sees all of it or none of it.
-5. Only then apply the dedup entries to the in-memory state.
 
-If a step fails, the transaction is aborted, the worker rewinds p to the batch's first offset and
-processes those records again with unchanged state, so nothing is lost and nothing is doubled.
-When p moves to another worker, the new owner's producer starts with the same transactional id:
-Kafka aborts the old owner's open transaction and fences it, so a stalled ("zombie") worker can
-never commit results for a partition it no longer owns. A repeat of an already-scored event_id
-is answered from the dedup state (no second result; the stored one goes to its reply address).
+The group metadata is what fences a zombie: a worker that lost its partitions in a rebalance it
+missed (a long stall) still holds an old generation, the group coordinator refuses its offsets, and
+its whole transaction is aborted. So fencing no longer needs a producer per input partition, and the
+client work (fetch, produce, transactions) runs in librdkafka's C threads rather than in Python.
+
+If a step fails, the transaction is aborted (or, when the producer itself is unusable, a new one with
+the same transactional id is initialised, which aborts whatever was open) and the caller rewinds: it
+reprocesses from its last committed offsets with its dedup state reloaded from the changelog, so
+nothing is lost and nothing is doubled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-import aiokafka.producer.sender
 import structlog
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline import metrics
 from pipeline.processor import Outbound
@@ -36,98 +41,200 @@ from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
-class PartitionCommit:
-    partition: int
+class BatchCommit:
     messages: list[Outbound]
-    changelog: list[tuple[bytes, bytes | None]]  # (event_id, result) or (event_id, None) tombstone
-    next_offset: int
+    changelog: list[tuple[int, bytes, bytes | None]]  # (partition, event_id, result) or a None tombstone
+    offsets: dict[int, int]  # input partition -> offset after its last record in the batch
+    group_metadata: Any  # the consumer's, taken when the batch was consumed
 
 
-class Fenced(Exception):
-    """Another worker owns this partition now."""
+class Aborted(Exception):
+    """The batch's transaction did not commit; nothing of it is visible to read_committed readers."""
 
 
 class TransactionalDelivery:
-    def __init__(self, settings: Settings, changelog_topic: str) -> None:
+    def __init__(self, settings: Settings, requests_topic: str, changelog_topic: str) -> None:
         self._settings = settings
+        self._requests = requests_topic
         self._changelog = changelog_topic
-        self._group = settings.worker.app_id
-        self._producers: dict[int, AIOKafkaProducer] = {}
-        # A transaction begun right after the previous commit of the same producer meets
-        # CONCURRENT_TRANSACTIONS until the broker has written the commit markers (KAFKA-5477), a few
-        # ms. aiokafka then waits a fixed 20 ms (a module constant) or retry_backoff_ms (100 ms):
-        # on a busy partition that wait, not the work, would set the latency. Retry within ms instead.
-        aiokafka.producer.sender.BACKOFF_OVERRIDE = settings.worker.transaction_retry_backoff_ms / 1000
+        worker = settings.worker
+        self.transactional_id = f"{worker.app_id}-{worker.instance_id or uuid.uuid4().hex[:12]}"
+        self._timeout_s = worker.transaction_timeout_ms / 1000
+        self._producer: Producer | None = None
+        # librdkafka's transactional calls block: they run on this thread, one at a time, in order.
+        self._thread = _DaemonThread("txn-producer")
+        self._generation = 0  # bumped when a stalled producer is left behind
 
-    @property
-    def partitions(self) -> set[int]:
-        return set(self._producers)
+    async def open(self, retry_for_s: float = 120.0) -> None:
+        await self._thread.run(self._init, retry_for_s)
 
-    async def open(self, partition: int, retry_for_s: float = 120.0) -> None:
-        """Start p's producer; its init fences any previous owner and aborts its open transaction.
+    async def commit(self, batch: BatchCommit) -> None:
+        """Publish the batch in one transaction; raises `Aborted` when it did not commit."""
+        generation = self._generation
+        done = asyncio.ensure_future(self._thread.run(self._transact, batch, generation))
+        finished, _ = await asyncio.wait([done], timeout=self._timeout_s)
+        if finished:
+            return done.result()
+        # librdkafka can wait forever for a group coordinator it dropped while the broker restarted
+        # (confluentinc/librdkafka#5511, #5456: the call's own timeout is not applied). Leave that
+        # call behind: a new producer with the same transactional id fences the stalled one, and
+        # its init settles the open transaction (committed or aborted) before we go on.
+        log.warning("transaction_stalled", waited_s=self._timeout_s)
+        metrics.TRANSACTION_ABORTS.labels("stalled").inc()
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._generation += 1
+        self._thread = _DaemonThread("txn-producer")
+        await self._thread.run(self._init, 120.0)
+        raise Aborted(f"stalled for {self._timeout_s:g} s; producer replaced")
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._thread.run(self._producer.flush, self._timeout_s)
+        self._thread.stop()
+
+    # -- on the producer thread ---------------------------------------------------------------
+    def _init(self, retry_for_s: float) -> None:
+        """A producer with our transactional id; init aborts whatever a predecessor with it left open.
         Retried while the broker is unreachable (a restart), up to `retry_for_s`."""
         deadline = time.monotonic() + retry_for_s
         delay = 0.2
         while True:
+            producer = Producer(
+                {
+                    "bootstrap.servers": self._settings.kafka.bootstrap_servers,
+                    "client.id": f"{self._settings.kafka.client_id}-worker",
+                    "transactional.id": self.transactional_id,
+                    "transaction.timeout.ms": self._settings.worker.transaction_timeout_ms,
+                    "linger.ms": 1,
+                    **self._settings.kafka.extra,
+                }
+            )
             try:
-                self._producers[partition] = await self._start_producer(partition)
+                producer.init_transactions(self._timeout_s)
+                self._producer = producer
                 return
-            except KafkaError as e:
+            except KafkaException as e:
                 if time.monotonic() + delay > deadline:
                     raise
-                log.warning("producer_start_failed", partition=partition, error=repr(e), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                log.warning("producer_init_failed", error=str(e), retry_in_s=delay)
+                time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _start_producer(self, partition: int) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka.bootstrap_servers,
-            client_id=f"{self._settings.kafka.client_id}-worker-{partition}",
-            transactional_id=f"{self._group}-{partition}",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=2,
-            retry_backoff_ms=self._settings.worker.transaction_retry_backoff_ms,
-        )
+    def _transact(self, batch: BatchCommit, generation: int) -> None:
+        producer = self._producer
+        assert producer is not None, "open() first"
         try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        return producer
+            producer.begin_transaction()
+            for m in batch.messages:
+                self._produce(producer, m.topic, m.value, m.key, m.partition, m.headers)
+            for partition, key, value in batch.changelog:
+                self._produce(producer, self._changelog, value, key, partition, ())
+            offsets = [TopicPartition(self._requests, p, o) for p, o in sorted(batch.offsets.items())]
+            producer.send_offsets_to_transaction(offsets, batch.group_metadata, self._timeout_s)
+            self._commit(producer)
+        except (KafkaException, BufferError) as e:
+            error = _kafka_error(e)
+            fenced = error is not None and error.code() in _FENCED
+            metrics.TRANSACTION_ABORTS.labels("fenced" if fenced else "error").inc()
+            if generation == self._generation:  # not a call left behind after a stall
+                self._abort(producer, error)
+            raise Aborted(str(e)) from e
 
-    async def close(self, partition: int) -> None:
-        producer = self._producers.pop(partition, None)
-        if producer is not None:
-            await producer.stop()
+    def _produce(
+        self,
+        producer: Producer,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None,
+        headers: tuple[tuple[str, bytes], ...],
+    ) -> None:
+        kwargs: dict[str, Any] = {"partition": partition} if partition is not None else {}
+        if headers:
+            kwargs["headers"] = list(headers)
+        while True:
+            try:
+                producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:  # the local queue is full: let the sender drain it
+                producer.poll(0.01)
 
-    async def commit(self, requests_topic: str, commit: PartitionCommit) -> None:
-        producer = self._producers[commit.partition]
-        try:
-            await producer.begin_transaction()
-            sent = [
-                await producer.send(m.topic, m.value, key=m.key, partition=m.partition, headers=list(m.headers))
-                for m in commit.messages
-            ]
-            sent += [
-                await producer.send(self._changelog, value, key=key, partition=commit.partition)
-                for key, value in commit.changelog
-            ]
-            offsets = {TopicPartition(requests_topic, commit.partition): commit.next_offset}
-            await producer.send_offsets_to_transaction(offsets, self._group)
-            await producer.commit_transaction()
-            await asyncio.gather(*sent)
-        except ProducerFenced as e:
-            metrics.TRANSACTION_ABORTS.labels("fenced").inc()
-            raise Fenced(f"partition {commit.partition}") from e
-        except KafkaError:
-            metrics.TRANSACTION_ABORTS.labels("error").inc()
-            await self._reset(commit.partition)
-            raise
+    def _commit(self, producer: Producer) -> None:
+        """Commit, retrying while the outcome is retriable: a timed-out commit may still complete, so
+        it is never abandoned for an abort while the broker could have applied it."""
+        deadline = time.monotonic() + self._timeout_s * 3
+        while True:
+            try:
+                producer.commit_transaction(self._timeout_s)
+                return
+            except KafkaException as e:
+                error = _kafka_error(e)
+                if error is None or not error.retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("transaction_commit_retry", error=str(e))
 
-    async def _reset(self, partition: int) -> None:
-        """A producer whose transaction failed may be unusable: replace it (which aborts what was open)."""
-        await self.close(partition)
-        await self.open(partition)
+    def _abort(self, producer: Producer, error: KafkaError | None) -> None:
+        if error is not None and not error.fatal():
+            try:
+                producer.abort_transaction(self._timeout_s)
+                return
+            except KafkaException as e:
+                log.warning("transaction_abort_failed", error=str(e))
+        # Unusable (fatal error, or the abort failed): a new producer with the same id aborts what is open.
+        self._producer = None
+        self._init(retry_for_s=120.0)
+
+
+# The group coordinator refused the offsets: this worker no longer owns (some of) the partitions.
+_FENCED = {
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError._FENCED,
+}
+
+
+def _kafka_error(e: Exception) -> KafkaError | None:
+    return e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+
+
+class _DaemonThread:
+    """Runs blocking calls one at a time on a daemon thread. Not a ThreadPoolExecutor: the
+    interpreter joins those at exit, and a call librdkafka never returns would keep the worker
+    from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None]
+        self._calls = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((call, args, future))
+        return await future
+
+    def stop(self) -> None:
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, args, future = item
+            try:
+                result = call(*args)
+            except BaseException as e:  # noqa: BLE001 -- handed to the awaiting coroutine
+                future.get_loop().call_soon_threadsafe(_settle, future, None, e)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -51,7 +51,13 @@ class WorkerSettings(_Block):
     retry_initial_ms: int = 100
     retry_max_ms: int = 5_000
     retry_budget_s: float = 60.0
-    transaction_retry_backoff_ms: int = 5
+    # Names this process's transactional producer (`<app_id>-<instance_id>`); empty: a random one per
+    # start. A stable id (a StatefulSet pod name) lets a restarted worker abort its predecessor's open
+    # transaction at once instead of after transaction_timeout_ms.
+    instance_id: str = ""
+    # A transaction spans only the publishing of one scored batch; the broker aborts one left open by a
+    # crashed worker after this long (read_committed readers of its partitions wait until then).
+    transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
 
 
 class TritonSettings(_Block):
