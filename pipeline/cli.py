@@ -170,7 +170,7 @@ def bench(
 
 @app.command("bench-peer", hidden=True)
 def bench_peer(kind: str) -> None:
-    """One of the bench's peer consumers (passthrough, naive, monolith); started by `pipeline bench`."""
+    """One of the bench's peer consumers (see pipeline/bench/peers.py); started by `pipeline bench`."""
     from pipeline.bench import peers
 
     _configure_logging()

@@ -67,6 +67,12 @@ def parse_request(raw: bytes | None) -> InferenceRequest:
     if raw is None:
         raise InvalidJson("empty message value")
     try:
+        # The common case in one pass of pydantic's own JSON parser; anything it refuses is parsed
+        # again below, so that the error is classified and described the one way.
+        return InferenceRequest.model_validate_json(raw)
+    except ValidationError:
+        pass
+    try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise InvalidJson(f"not JSON: {e}") from e
@@ -113,7 +119,10 @@ def request_key(request: _Request) -> bytes:
 
 def utc_timestamp(when: datetime | None = None) -> str:
     when = when or datetime.now(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    # isoformat is C; strftime per result cost ~7% of a worker's time.
+    return when.isoformat(timespec="milliseconds") + "Z"
 
 
 def result_record(

@@ -110,6 +110,8 @@ class TransactionalDelivery:
                     "transactional.id": self.transactional_id,
                     "transaction.timeout.ms": self._settings.worker.transaction_timeout_ms,
                     "linger.ms": 1,
+                    "retry.backoff.ms": self._settings.worker.transaction_retry_backoff_ms,
+                    "retry.backoff.max.ms": max(100, self._settings.worker.transaction_retry_backoff_ms),
                     **self._settings.kafka.extra,
                 }
             )

@@ -24,6 +24,11 @@ QUEUE_WAIT = Histogram(
 BATCH_SIZE = Histogram(
     "pipeline_batch_size", "Requests per processed batch", buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 )
+TRANSACTION_MESSAGES = Histogram(
+    "pipeline_transaction_messages",
+    "Messages (results, replies, dead letters, changelog entries) per committed transaction",
+    buckets=(1, 8, 32, 128, 512, 2048, 8192, 32768),
+)
 
 GATEWAY_REQUESTS = Counter("gateway_requests_total", "HTTP bridge responses, by route and status", ["route", "status"])
 GATEWAY_LATENCY = Histogram("gateway_request_seconds", "HTTP bridge latency", ["route"], buckets=_LATENCY_BUCKETS)

@@ -51,6 +51,8 @@ class WorkerSettings(_Block):
     retry_initial_ms: int = 100
     retry_max_ms: int = 5_000
     retry_budget_s: float = 60.0
+    # Batches scored while a transaction commits share the next one, up to this many.
+    max_batches_per_transaction: int = Field(default=16, ge=1)
     # Names this process's transactional producer (`<app_id>-<instance_id>`); empty: a random one per
     # start. A stable id (a StatefulSet pod name) lets a restarted worker abort its predecessor's open
     # transaction at once instead of after transaction_timeout_ms.
@@ -58,6 +60,9 @@ class WorkerSettings(_Block):
     # A transaction spans only the publishing of one scored batch; the broker aborts one left open by a
     # crashed worker after this long (read_committed readers of its partitions wait until then).
     transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
+    # The next transaction's first requests meet CONCURRENT_TRANSACTIONS until the broker has written
+    # the previous one's markers (KAFKA-5477), a few ms: retry that soon, not after librdkafka's 100 ms.
+    transaction_retry_backoff_ms: int = Field(default=5, ge=1)
 
 
 class TritonSettings(_Block):

@@ -5,11 +5,12 @@ semantics in `delivery`, idempotency state in `dedup`.
 
 Kafka I/O runs on librdkafka (confluent-kafka): its blocking calls go to two threads, one for the
 consumer (whose rebalance callbacks therefore run there and hand over to the event loop) and one
-for the transactional producer. Commits are pipelined one batch deep: while batch N's transaction
-commits, batch N+1 is consumed and scored. N's dedup entries are put in the state when its commit
-starts, so N+1 sees them; if N aborts, N+1 is discarded too, the partitions are rewound to their
-first uncommitted records and the state is reloaded from the changelog, so a repeat is never scored
-twice and nothing is skipped.
+for the transactional producer. One transaction is in flight at a time; the batches scored while it
+commits wait and then share the next one (group commit), so under load transactions grow and their
+fixed cost is spread, while a lone request is committed at once. A batch's dedup entries are put in
+the state when it is scored, so the batches after it see them; if a transaction aborts, everything
+scored since is dropped too, the partitions are rewound to their first uncommitted records and the
+state is reloaded from the changelog, so a repeat is never scored twice and nothing is skipped.
 """
 
 from __future__ import annotations
@@ -52,9 +53,13 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Partitions whose dedup state is loaded: only their records are processed.
         self._owned: set[int] = set()
-        # The batch whose transaction is committing, and the first offset of each partition in it.
+        self._consumer: Consumer | None = None
+        # The transaction in flight and the first offset of each partition in it; the batches
+        # scored since, for the next one; where to rewind to after an abort.
         self._inflight: asyncio.Task[bool] | None = None
         self._inflight_first: dict[int, int] = {}
+        self._pending: list[tuple[list[Message], Outcome]] = []
+        self._rewind_to: dict[int, int] = {}
         self._expired: dict[int, list[str]] = defaultdict(list)
         self._last_expiry = time.time()
         self.ready = asyncio.Event()
@@ -85,45 +90,71 @@ class Worker:
                 **settings.kafka.extra,
             }
         )
+        self._consumer = consumer
         consumer.subscribe([self.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        fetching: asyncio.Future[list[Message]] | None = None
         try:
             while not stop.is_set():
-                records = await self._on_consumer(_fetch, consumer, worker.batch_size, worker.batch_timeout_ms / 1000)
-                metadata = consumer.consumer_group_metadata()
-                batch = [r for r in records if r.partition() in self._owned]
-                outcome = await processor.process(_inbounds(batch)) if batch else None
-                first = _first_offsets(batch)
-                if not await self._settled():
-                    # The previous batch aborted: this one was scored on its state and goes too.
-                    await self._rewind(consumer, first)
+                if self._inflight is not None and (
+                    self._inflight.done() or len(self._pending) >= worker.max_batches_per_transaction
+                ):
+                    await self._settle()
+                if self._rewind_to:
+                    if fetching is not None:  # records fetched before the rewind are stale
+                        await fetching
+                        fetching = None
+                    await self._rewind(consumer)
                     continue
-                if outcome is not None:
-                    self._start_commit(batch, first, outcome, metadata)
+                self._start_commit()
+                if fetching is None:
+                    fetching = asyncio.ensure_future(
+                        self._on_consumer(_fetch, consumer, worker.batch_size, worker.batch_timeout_ms / 1000)
+                    )
+                # Wake for records, or for the end of the transaction in flight (to start the next).
+                await asyncio.wait(
+                    [fetching] if self._inflight is None else [fetching, self._inflight],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not fetching.done():
+                    continue
+                records, fetching = fetching.result(), None
+                batch = [r for r in records if r.partition() in self._owned]
+                if batch:
+                    outcome = await processor.process(_inbounds(batch))
+                    now = time.time()
+                    for event_id, partition, result in outcome.remembered:
+                        self.state.put(partition, event_id, result, now)
+                    self._pending.append((batch, outcome))
                 self._expire()
-            if not await self._settled():
-                await self._rewind(consumer, {})
+            if fetching is not None:
+                await fetching
         finally:
-            # Closing leaves the group; the revocation callback runs (and settles) in there.
+            # Closing leaves the group; the revocation callback commits what is scored, in there.
             await self._on_consumer(consumer.close)
             self._consumer_thread.shutdown(wait=True)
             await self.delivery.close()
             features.close()
             await scorer.close()
 
-    def _start_commit(self, batch: list[Message], first: dict[int, int], outcome: Outcome, metadata: Any) -> None:
-        """Publish the batch in its own transaction while the loop goes on; its dedup entries count now."""
-        now = time.time()
-        for event_id, partition, result in outcome.remembered:
-            self.state.put(partition, event_id, result, now)
-        tombstones = [(p, e.encode(), None) for p in first for e in self._expired.pop(p, [])]
-        offsets: dict[int, int] = {}
-        for record in batch:
-            offsets[record.partition()] = record.offset() + 1
+    def _start_commit(self) -> None:
+        """Publish every batch scored so far in one transaction, while the loop goes on."""
+        if self._inflight is not None or not self._pending or self._consumer is None:
+            return
+        messages, changelog_entries, offsets, first = [], [], {}, {}
+        for batch, outcome in self._pending:
+            messages += outcome.messages
+            changelog_entries += [(p, e.encode(), r) for e, p, r in outcome.remembered]
+            for record in batch:
+                first.setdefault(record.partition(), record.offset())
+                offsets[record.partition()] = record.offset() + 1
+        self._pending = []
+        changelog_entries += [(p, e.encode(), None) for p in offsets for e in self._expired.pop(p, [])]
         commit = BatchCommit(
-            messages=outcome.messages,
-            changelog=[(p, e.encode(), r) for e, p, r in outcome.remembered] + tombstones,
+            messages=messages,
+            changelog=changelog_entries,
             offsets=offsets,
-            group_metadata=metadata,
+            # The current generation: a rebalance in between revoked (and committed) what we lost.
+            group_metadata=self._consumer.consumer_group_metadata(),
         )
         self._inflight_first = first
         self._inflight = asyncio.create_task(self._commit(commit), name="commit")
@@ -135,30 +166,37 @@ class Worker:
         except Aborted as e:
             log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))
             return False
+        metrics.TRANSACTION_MESSAGES.observe(len(commit.messages) + len(commit.changelog))
         metrics.DEDUP_ENTRIES.set(len(self.state))
         return True
 
-    async def _settled(self) -> bool:
-        """Wait for the batch in flight; False if its transaction aborted."""
-        if self._inflight is None:
-            return True
-        committed = await self._inflight
+    async def _settle(self) -> None:
+        """Wait for the transaction in flight. If it aborted, what was scored since goes too (it saw
+        the aborted entries): note where each partition must restart."""
+        task = self._inflight
+        if task is None:
+            return
+        committed = await task
+        if self._inflight is not task:  # settled meanwhile by the other caller (loop or revocation)
+            return
+        first, self._inflight, self._inflight_first = self._inflight_first, None, {}
         if committed:
-            self._inflight, self._inflight_first = None, {}
-        return committed
-
-    async def _rewind(self, consumer: Consumer, also: dict[int, int]) -> None:
-        """After an abort: back to the first uncommitted record of every partition, with the dedup
-        state as the changelog has it (the aborted batch's entries were put in it early)."""
-        first = dict(also)
-        for partition, offset in self._inflight_first.items():
-            first[partition] = min(offset, first.get(partition, offset))
-        self._inflight, self._inflight_first = None, {}
+            return
+        for batch, _ in self._pending:
+            for record in batch:
+                first.setdefault(record.partition(), record.offset())
+        self._pending = []
         for partition, offset in first.items():
+            self._rewind_to[partition] = min(offset, self._rewind_to.get(partition, offset))
+
+    async def _rewind(self, consumer: Consumer) -> None:
+        """After an abort: back to the first uncommitted record of every partition, with the dedup
+        state as the changelog has it (the dropped batches' entries were put in it early)."""
+        rewind, self._rewind_to = self._rewind_to, {}
+        for partition, offset in rewind.items():
             if partition in self._owned:
                 await self._on_consumer(consumer.seek, TopicPartition(self.requests, partition, offset))
-        owned = sorted(self._owned)
-        await self._load(owned)
+        await self._load(sorted(self._owned))
         await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
 
     def _expire(self) -> None:
@@ -194,10 +232,13 @@ class Worker:
     async def revoke(self, partitions: list[int]) -> None:
         if not partitions:
             return
-        # A commit in flight carries offsets of these partitions: it must finish while we own them.
-        if self._inflight is not None:
-            await asyncio.wait([self._inflight])
+        # What is scored carries offsets of these partitions: it is committed while we own them.
+        await self._settle()
+        if not self._rewind_to:
+            self._start_commit()
+            await self._settle()
         for partition in partitions:
+            self._rewind_to.pop(partition, None)
             self._owned.discard(partition)
             self.state.drop(partition)
             self._expired.pop(partition, None)
@@ -236,13 +277,6 @@ def _fetch(consumer: Consumer, size: int, timeout_s: float) -> list[Message]:
         else:
             log.warning("consumer_error", error=str(error))
     return good
-
-
-def _first_offsets(batch: list[Message]) -> dict[int, int]:
-    first: dict[int, int] = {}
-    for record in batch:
-        first.setdefault(record.partition(), record.offset())
-    return first
 
 
 def _inbounds(batch: list[Message]) -> list[Inbound]:

@@ -1,17 +1,22 @@
 """What a user might run instead of the pipeline, each as one consumer process: the bench's peers.
 
-- `passthrough`: copies requests to the results topic, no work: the ceiling of a Python loop here.
+- `passthrough`: copies requests to the results topic with aiokafka, no work: the ceiling of a
+  Python loop here (the limit the benchmark's ratio is taken against).
+- `passthrough-librdkafka`: the same copy on confluent-kafka (librdkafka), the pipeline's client.
 - `naive`: per event, one Feast read for one entity and one Triton call for one row, then produce.
-- `monolith`: TorchScript model and feature table in memory, batches scored in-process.
+- `monolith`: TorchScript model and feature table in memory, batches scored in-process, on the
+  pipeline's Kafka client (confluent-kafka), so the comparison is of the architecture, not the client.
 
 Each reads the settings' requests topic in its own consumer group and writes the results topic,
-non-transactionally (at-least-once): they pay none of the pipeline's delivery guarantees.
+non-transactionally (at-least-once: produce, flush, then commit the batch's offsets): they pay none
+of the pipeline's delivery guarantees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -20,6 +25,7 @@ import pandas as pd
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
+from confluent_kafka import Consumer, Message, Producer
 
 from pipeline import scoring
 from pipeline.contract import parse_request, result_record
@@ -32,11 +38,79 @@ log = structlog.get_logger(__name__)
 
 Record = ConsumerRecord[bytes, bytes]
 Handler = Callable[[list[Record], AIOKafkaProducer], Awaitable[None]]
-PEERS = ("passthrough", "naive", "monolith")
+PEERS = ("passthrough", "passthrough-librdkafka", "naive", "monolith")
+SyncHandler = Callable[[list[Message], Producer], None]
 
 
 def run(settings: Settings, kind: str) -> None:
-    asyncio.run(_main(settings, kind))
+    if kind in ("passthrough-librdkafka", "monolith"):
+        _run_librdkafka(settings, kind)
+    else:
+        asyncio.run(_main(settings, kind))
+
+
+def _run_librdkafka(settings: Settings, kind: str) -> None:
+    """The plain loop a user writes on confluent-kafka: consume a batch, handle, produce, flush, commit."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    handler = _sync_handler(settings, kind)
+    bootstrap = settings.kafka.bootstrap_servers
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": settings.worker.app_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topics.requests])
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    log.info("peer_ready", kind=kind)
+    try:
+        while not stop.is_set():
+            records = [r for r in consumer.consume(settings.worker.batch_size, 0.02) if r.error() is None]
+            if records:
+                handler(records, producer)
+                producer.flush()
+                consumer.commit(asynchronous=True)
+    finally:
+        consumer.close()
+
+
+def _sync_handler(settings: Settings, kind: str) -> SyncHandler:
+    results = settings.topics.results
+    if kind == "passthrough-librdkafka":
+
+        def copy(records: list[Message], producer: Producer) -> None:
+            for record in records:
+                producer.produce(results, record.value(), record.key())
+
+        return copy
+
+    import torch
+
+    spec = load_spec_file(settings.triton.model_repository / settings.default_model / "config.pbtxt")
+    torch.set_num_threads(1)
+    model_path = settings.triton.model_repository / settings.default_model / "1" / "model.pt"
+    model = torch.jit.load(str(model_path)).eval()
+    table = FeatureTable.load(settings, spec)
+
+    def score_batch(records: list[Message], producer: Producer) -> None:
+        requests = []
+        for record in records:
+            try:
+                requests.append(parse_request(record.value()))
+            except PipelineError:
+                continue  # the peers are benchmarked on valid traffic only
+        rows = [table.row(scoring.entity_id(r, spec)) for r in requests]
+        matrix = scoring.feature_matrix(spec, requests, rows)
+        with torch.inference_mode():
+            scores = model(torch.from_numpy(matrix)).reshape(-1).numpy()
+        for request, score in zip(requests, scores, strict=True):
+            producer.produce(results, _result(spec, request.event_id, float(score)), request.event_id.encode())
+
+    return score_batch
 
 
 async def _main(settings: Settings, kind: str) -> None:
@@ -84,32 +158,6 @@ async def _handler(settings: Settings, kind: str) -> tuple[Handler, Callable[[],
                 await producer.send(results, record.value, key=record.key)
 
         return copy, nothing
-
-    if kind == "monolith":
-        import torch
-
-        torch.set_num_threads(1)
-        model_path = settings.triton.model_repository / settings.default_model / "1" / "model.pt"
-        model = torch.jit.load(str(model_path)).eval()
-        table = FeatureTable.load(settings, spec)
-
-        async def score_batch(records: list[Record], producer: AIOKafkaProducer) -> None:
-            requests = []
-            for record in records:
-                try:
-                    requests.append(parse_request(record.value))
-                except PipelineError:
-                    continue  # the peers are benchmarked on valid traffic only
-            rows = [table.row(scoring.entity_id(r, spec)) for r in requests]
-            matrix = scoring.feature_matrix(spec, requests, rows)
-            with torch.inference_mode():
-                scores = model(torch.from_numpy(matrix)).reshape(-1).numpy()
-            for request, score in zip(requests, scores, strict=True):
-                await producer.send(
-                    results, _result(spec, request.event_id, float(score)), key=request.event_id.encode()
-                )
-
-        return score_batch, nothing
 
     if kind == "naive":
         import tritonclient.grpc.aio as grpcclient

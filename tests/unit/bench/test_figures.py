@@ -35,6 +35,7 @@ def test_stage_summary_is_the_mean_between_two_scrapes_summed_over_workers():
 def test_summary_takes_the_best_pipeline_median_and_judges_each_target():
     runs = {
         "passthrough": [{"events_per_s": v} for v in (20_000, 24_000, 22_000)],
+        "passthrough-librdkafka": [{"events_per_s": 40_000}],
         "pipeline-1w": [{"events_per_s": 6_000}],
         "pipeline-2w": [{"events_per_s": v} for v in (11_000, 12_000, 13_000)],
         "monolith": [{"events_per_s": 20_000}],
@@ -45,7 +46,12 @@ def test_summary_takes_the_best_pipeline_median_and_judges_each_target():
     summary = summarise(runs, http)
 
     assert summary["best_pipeline_events_per_s"] == 12_000
-    assert summary["ratios"] == {"pipeline/limit": 0.545, "pipeline/naive": 120.0, "pipeline/monolith": 0.6}
+    assert summary["ratios"] == {
+        "pipeline/limit": 0.545,
+        "pipeline/naive": 120.0,
+        "pipeline/monolith": 0.6,
+        "pipeline/limit-librdkafka": 0.3,
+    }
     met = {name: t["met"] for name, t in summary["targets"].items()}
     assert met == {
         "pipeline/limit": True,
