@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per scored event, and a frozen __init__ costs ~3x
 class Entry:
     result: bytes
     stored_at: float  # epoch seconds

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -34,3 +37,18 @@ GATEWAY_REQUESTS = Counter("gateway_requests_total", "HTTP bridge responses, by 
 GATEWAY_LATENCY = Histogram("gateway_request_seconds", "HTTP bridge latency", ["route"], buckets=_LATENCY_BUCKETS)
 GATEWAY_IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests waiting for their result")
 GATEWAY_PENDING = Gauge("gateway_pending_replies", "Correlation ids waiting for a reply on this instance")
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """`histogram.observe(v)` for each value, counted per bucket in one pass: per-event latencies
+    are observed for whole batches, where one `observe` per event cost ~2 µs of the worker's time.
+    Uses the histogram's own bucket and sum values (prometheus_client's layout since 0.4)."""
+    if not len(values):
+        return
+    array = np.asarray(values, dtype=np.float64)
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(array.sum()))
+    for bucket, count in zip(histogram._buckets, counts, strict=False):
+        if count:
+            bucket.inc(int(count))

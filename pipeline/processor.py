@@ -66,6 +66,7 @@ class Outcome:
     messages: list[Outbound] = field(default_factory=list)
     remembered: list[tuple[str, int, bytes]] = field(default_factory=list)  # event_id, partition, result
     events: Counter[str] = field(default_factory=Counter)  # by outcome, added to the metric once per batch
+    latencies: list[float] = field(default_factory=list)  # seconds from consume to result, per scored event
 
 
 @dataclass(slots=True)
@@ -104,6 +105,7 @@ class BatchProcessor:
         for model, items in by_model.items():
             await self._score_model(model, items, outcome)
         metrics.BATCH_SIZE.observe(len(batch))
+        metrics.observe_many(metrics.EVENT_LATENCY, outcome.latencies)
         for kind, count in outcome.events.items():
             metrics.EVENTS.labels(kind).inc(count)
         return outcome
@@ -202,7 +204,7 @@ class BatchProcessor:
         for repeat in item.repeats:
             self._duplicate(repeat, value, outcome)
         outcome.events["scored"] += 1
-        metrics.EVENT_LATENCY.observe(latency)
+        outcome.latencies.append(latency)
 
     def _duplicate(self, inbound: Inbound, stored: bytes, outcome: Outcome) -> None:
         """A repeat of a scored event: no second result; an HTTP retry gets the original back."""

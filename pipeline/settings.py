@@ -62,7 +62,7 @@ class WorkerSettings(_Block):
     transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
     # The next transaction's first requests meet CONCURRENT_TRANSACTIONS until the broker has written
     # the previous one's markers (KAFKA-5477), a few ms: retry that soon, not after librdkafka's 100 ms.
-    transaction_retry_backoff_ms: int = Field(default=5, ge=1)
+    transaction_retry_backoff_ms: int = Field(default=1, ge=1)
 
 
 class TritonSettings(_Block):

@@ -282,19 +282,17 @@ def _fetch(consumer: Consumer, size: int, timeout_s: float) -> list[Message]:
 def _inbounds(batch: list[Message]) -> list[Inbound]:
     now_ms = int(time.time() * 1000)
     received = time.monotonic()
-    inbounds = []
-    for record in batch:
-        metrics.QUEUE_WAIT.observe(max(0, now_ms - record.timestamp()[1]) / 1000)
-        inbounds.append(
-            Inbound(
-                value=record.value(),
-                key=record.key(),
-                headers={k: v for k, v in (record.headers() or ()) if v is not None},
-                source=Source(record.topic(), record.partition(), record.offset()),
-                received=received,
-            )
+    metrics.observe_many(metrics.QUEUE_WAIT, [max(0, now_ms - r.timestamp()[1]) / 1000 for r in batch])
+    return [
+        Inbound(
+            value=record.value(),
+            key=record.key(),
+            headers={k: v for k, v in record.headers() or () if v is not None},
+            source=Source(record.topic(), record.partition(), record.offset()),
+            received=received,
         )
-    return inbounds
+        for record in batch
+    ]
 
 
 def run(settings: Settings) -> None:
