@@ -92,7 +92,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         left.scatter([i] * len(runs[name]), [r["events_per_s"] for r in runs[name]], color="black", s=10, zorder=3)
     left.set_ylabel("events/s (median of runs)")
     left.set_title("Throughput, same machine, same run")
-    left.tick_params(axis="x", rotation=20)
+    plt.setp(left.get_xticklabels(), rotation=30, ha="right")
     if "http" in report:
         points = sorted(report["http"]["open_loop"] + [report["http"]["overload"]], key=lambda f: f["offered"])
         rates = [f["offered"] for f in points]
