@@ -22,13 +22,7 @@ def changelog_spec(settings: Settings, partitions: int) -> TopicSpec:
 
 async def high_watermarks(settings: Settings, partitions: list[int]) -> dict[int, int]:
     """The end of each changelog partition including records of transactions still open."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=f"{settings.kafka.client_id}-changelog",
-        enable_auto_commit=False,
-        isolation_level="read_uncommitted",
-    )
-    await consumer.start()
+    consumer = await _reader(settings, "changelog", "read_uncommitted")
     try:
         tps = [TopicPartition(changelog_topic(settings), p) for p in partitions]
         return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
@@ -44,13 +38,7 @@ async def read_partition(
     transaction open there (a crashed worker's, aborted by the broker after its timeout), so entries
     committed behind it are not missed."""
     tp = TopicPartition(changelog_topic(settings), partition)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=f"{settings.kafka.client_id}-changelog-{partition}",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
+    consumer = await _reader(settings, f"changelog-{partition}", "read_committed")
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
@@ -65,3 +53,14 @@ async def read_partition(
         return records
     finally:
         await consumer.stop()
+
+
+async def _reader(settings: Settings, name: str, isolation_level: str) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=f"{settings.kafka.client_id}-{name}",
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
+    )
+    await consumer.start()
+    return consumer
