@@ -49,7 +49,7 @@ class BatchCommit:
     messages: list[Outbound]
     changelog: list[tuple[int, bytes, bytes | None]]  # (partition, event_id, result) or a None tombstone
     offsets: dict[int, int]  # input partition -> offset after its last record in the batch
-    group_metadata: Any  # the consumer's, taken when the batch was consumed
+    group_metadata: Any  # the consumer's, taken when the transaction starts (the current generation)
 
 
 class Aborted(Exception):
