@@ -1,4 +1,13 @@
-"""The dedup changelog: a compacted topic, partitioned like the requests topic, read back on assignment."""
+"""The dedup changelog is the results topic itself, read back on assignment.
+
+A result is written to the results partition numbered like the input partition its request came
+from, inside the transaction that commits that request's offset. So results partition `p` holds,
+committed, exactly the events of input partition `p` that were scored, keyed by `event_id`, with the
+result a repeat must get back: the dedup state of `p` is what that partition holds within the dedup
+window. No second copy of every result is written (the broker's work per event, and the partitions
+each transaction spans, are halved), and entries expire by the records' time rather than by
+tombstones. (Kafka Streams reuses a source topic as a table's changelog in the same way.)
+"""
 
 from __future__ import annotations
 
@@ -7,48 +16,60 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline import topics
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
-from pipeline.topics import TopicSpec
 
 
-def changelog_topic(settings: Settings) -> str:
-    return f"{settings.worker.app_id}-{settings.worker.dedup_table}-changelog"
-
-
-def changelog_spec(settings: Settings, partitions: int) -> TopicSpec:
-    return TopicSpec(changelog_topic(settings), partitions, {"cleanup.policy": "compact"})
+def check_copartitioned(settings: Settings) -> int:
+    """The requests topic's partition count; the results topic must have at least as many."""
+    requests = topics.partition_count(settings, settings.topics.requests)
+    results = topics.partition_count(settings, settings.topics.results)
+    if results < requests:
+        raise ConfigurationError(
+            f"{settings.topics.results} has {results} partitions, fewer than {settings.topics.requests} ({requests}): "
+            "each result goes to the partition numbered like its request's (it is the dedup state's changelog); "
+            "raise the results topic's partitions in topics/topics.yaml and run `pipeline topics apply`"
+        )
+    return requests
 
 
 async def high_watermarks(settings: Settings, partitions: list[int]) -> dict[int, int]:
-    """The end of each changelog partition including records of transactions still open."""
+    """The end of each results partition including records of transactions still open."""
     consumer = await _reader(settings, "changelog", "read_uncommitted")
     try:
-        tps = [TopicPartition(changelog_topic(settings), p) for p in partitions]
+        tps = [TopicPartition(settings.topics.results, p) for p in partitions]
         return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
 
 
 async def read_partition(
-    settings: Settings, partition: int, until: int, timeout_s: float = 120.0
-) -> list[tuple[str, bytes | None, float]]:
-    """Every committed record of one changelog partition before `until`: (event_id, result or None,
-    epoch seconds). Reading to a high watermark rather than to the last stable offset waits out any
-    transaction open there (a crashed worker's, aborted by the broker after its timeout), so entries
-    committed behind it are not missed."""
-    tp = TopicPartition(changelog_topic(settings), partition)
+    settings: Settings, partition: int, since_s: float, until: int, timeout_s: float = 120.0
+) -> list[tuple[str, bytes, float]]:
+    """Every committed result in one results partition from time `since_s` to offset `until`:
+    (event_id, result, epoch seconds). Reading to a high watermark rather than to the last stable
+    offset waits out any transaction open there (a crashed worker's, aborted by the broker after its
+    timeout), so results committed behind it are not missed."""
+    tp = TopicPartition(settings.topics.results, partition)
     consumer = await _reader(settings, f"changelog-{partition}", "read_committed")
     try:
         consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        records: list[tuple[str, bytes | None, float]] = []
+        start = (await consumer.offsets_for_times({tp: int(since_s * 1000)}))[tp]
+        if start is None:  # nothing that recent
+            return []
+        consumer.seek(tp, start.offset)
+        records: list[tuple[str, bytes, float]] = []
         deadline = time.monotonic() + timeout_s
         while await consumer.position(tp) < until:
             if time.monotonic() > deadline:
-                raise ConfigurationError(f"changelog {tp.topic}[{partition}] not read within {timeout_s:g} s")
+                raise ConfigurationError(f"{tp.topic}[{partition}] not read within {timeout_s:g} s")
             for batch in (await consumer.getmany(tp, timeout_ms=200, max_records=10_000)).values():
-                records += [(r.key.decode(), r.value, r.timestamp / 1000) for r in batch if r.key is not None]
+                records += [
+                    (r.key.decode(), r.value, r.timestamp / 1000)
+                    for r in batch
+                    if r.key is not None and r.value is not None
+                ]
             await asyncio.sleep(0)
         return records
     finally:

@@ -3,11 +3,12 @@
 A repeat of a scored `event_id` gets no second result; a repeat with a reply address gets the
 stored result back. State is sharded like the requests topic: the entry for an event lives with
 the partition its request came from (requests of one entity, and so repeats of one event, share a
-partition by key), is written to the same partition of a compacted changelog topic inside the
-transaction that publishes the result, and moves with that partition on a rebalance.
+partition by key), is the result itself, written to the same partition of the results topic inside
+the transaction that commits the request (see `changelog`), and moves with that partition on a
+rebalance.
 
-Entries expire after a window (`PIPELINE_WORKER__DEDUP_WINDOW_S`, default 24 h): the state and
-the changelog stay bounded on an endless stream. Pure: no I/O here.
+Entries expire after a window (`PIPELINE_WORKER__DEDUP_WINDOW_S`, default 24 h): the state stays
+bounded on an endless stream. Pure: no I/O here.
 """
 
 from __future__ import annotations
@@ -42,31 +43,28 @@ class DedupState:
         entries[event_id] = Entry(result, stored_at)
         self._where[event_id] = partition
 
-    def load(self, partition: int, records: Iterable[tuple[str, bytes | None, float]], now: float) -> None:
-        """Rebuild a partition from its changelog: (event_id, result or None for a tombstone, time)."""
+    def load(self, partition: int, records: Iterable[tuple[str, bytes, float]], now: float) -> None:
+        """Rebuild a partition from its changelog: (event_id, result, time), oldest first."""
         self.drop(partition)
         self._partitions[partition] = OrderedDict()
         for event_id, result, stored_at in records:
-            if result is None:
-                self._remove(partition, event_id)
-            else:
-                self.put(partition, event_id, result, stored_at)
+            self.put(partition, event_id, result, stored_at)
         self.expire(now, partitions=[partition])
 
     def drop(self, partition: int) -> None:
         for event_id in self._partitions.pop(partition, {}):
             self._where.pop(event_id, None)
 
-    def expire(self, now: float, partitions: Iterable[int] | None = None) -> dict[int, list[str]]:
-        """Forget entries older than the window; returns what was forgotten (for changelog tombstones)."""
+    def expire(self, now: float, partitions: Iterable[int] | None = None) -> int:
+        """Forget entries older than the window; returns how many."""
         cutoff = now - self.window_s
-        expired: dict[int, list[str]] = {}
+        expired = 0
         for partition in list(partitions if partitions is not None else self._partitions):
             entries = self._partitions.get(partition)
             while entries and next(iter(entries.values())).stored_at < cutoff:
                 event_id, _ = entries.popitem(last=False)
                 self._where.pop(event_id, None)
-                expired.setdefault(partition, []).append(event_id)
+                expired += 1
         return expired
 
     def partitions(self) -> list[int]:
@@ -74,7 +72,3 @@ class DedupState:
 
     def __len__(self) -> int:
         return len(self._where)
-
-    def _remove(self, partition: int, event_id: str) -> None:
-        if self._partitions.get(partition, {}).pop(event_id, None) is not None:
-            self._where.pop(event_id, None)

@@ -4,8 +4,8 @@ A worker process has one transactional producer (`transactional.id = "<app_id>-<
 For every scored batch, whatever input partitions it spans:
 
 1. Begin a transaction.
-2. Send the batch's results, replies and dead letters, and its dedup entries (each to the changelog
-   partition numbered like the input partition it came from; tombstones for expired entries too).
+2. Send the batch's results (each to the results partition numbered like the input partition it
+   came from: they are the dedup state's changelog), replies and dead letters.
 3. Add the offset after each input partition's last record to the transaction, with the consumer's
    group metadata (generation and member id).
 4. Commit. A `read_committed` reader sees all of it or none of it.
@@ -47,7 +47,6 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class BatchCommit:
     messages: list[Outbound]
-    changelog: list[tuple[int, bytes, bytes | None]]  # (partition, event_id, result) or a None tombstone
     offsets: dict[int, int]  # input partition -> offset after its last record in the batch
     group_metadata: Any  # the consumer's, taken when the transaction starts (the current generation)
 
@@ -57,10 +56,9 @@ class Aborted(Exception):
 
 
 class TransactionalDelivery:
-    def __init__(self, settings: Settings, requests_topic: str, changelog_topic: str) -> None:
+    def __init__(self, settings: Settings, requests_topic: str) -> None:
         self._settings = settings
         self._requests = requests_topic
-        self._changelog = changelog_topic
         worker = settings.worker
         self.transactional_id = f"{worker.app_id}-{worker.instance_id or uuid.uuid4().hex[:12]}"
         self._timeout_s = worker.transaction_timeout_ms / 1000
@@ -144,23 +142,20 @@ class TransactionalDelivery:
             raise Aborted(str(e)) from e
 
     def _send(self, producer: Producer, batch: BatchCommit) -> None:
-        """Every message of the batch, without a wrapper call per message (two or three per event)."""
+        """Every message of the batch, without a wrapper call per message."""
         produce, sent = producer.produce, 0
         try:
             for m in batch.messages:
                 if m.partition is None:
-                    produce(m.topic, m.value, m.key)
-                else:
+                    produce(m.topic, m.value, m.key, headers=list(m.headers))
+                elif m.headers:
                     produce(m.topic, m.value, m.key, m.partition, headers=list(m.headers))
-                sent += 1
-            for partition, key, value in batch.changelog:
-                produce(self._changelog, value, key, partition)
+                else:
+                    produce(m.topic, m.value, m.key, m.partition)
                 sent += 1
         except BufferError:  # the local queue is full: the rest one at a time, letting it drain
-            rest = [(m.topic, m.value, m.key, m.partition, m.headers) for m in batch.messages]
-            rest += [(self._changelog, value, key, partition, ()) for partition, key, value in batch.changelog]
-            for topic, value, key, partition, headers in rest[sent:]:
-                self._produce(producer, topic, value, key, partition, headers)
+            for m in batch.messages[sent:]:
+                self._produce(producer, m.topic, m.value, m.key, m.partition, m.headers)
 
     def _produce(
         self,

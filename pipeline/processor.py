@@ -198,7 +198,9 @@ class BatchProcessor:
         )
         value = orjson.dumps(record)
         key = item.request.event_id.encode()
-        outcome.messages.append(Outbound(item.inbound.source.partition, self._topics.results, key, value))
+        # To the results partition numbered like the request's: the dedup state's changelog (see `changelog`).
+        partition = item.inbound.source.partition
+        outcome.messages.append(Outbound(partition, self._topics.results, key, value, partition))
         outcome.remembered.append((item.request.event_id, item.inbound.source.partition, value))
         self._reply(item.inbound, key, value, "result", outcome)
         for repeat in item.repeats:

@@ -19,7 +19,6 @@ import asyncio
 import signal
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -28,7 +27,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import start_http_server
 
-from pipeline import changelog, metrics, topics
+from pipeline import changelog, metrics
 from pipeline.contract import Source
 from pipeline.dedup import DedupState
 from pipeline.delivery import Aborted, BatchCommit, TransactionalDelivery
@@ -48,7 +47,7 @@ class Worker:
         self.settings = settings
         self.requests = settings.topics.requests
         self.state = DedupState(settings.worker.dedup_window_s)
-        self.delivery = TransactionalDelivery(settings, self.requests, changelog.changelog_topic(settings))
+        self.delivery = TransactionalDelivery(settings, self.requests)
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
         # Partitions whose dedup state is loaded: only their records are processed.
@@ -60,15 +59,13 @@ class Worker:
         self._inflight_first: dict[int, int] = {}
         self._pending: list[tuple[list[Message], Outcome]] = []
         self._rewind_to: dict[int, int] = {}
-        self._expired: dict[int, list[str]] = defaultdict(list)
         self._last_expiry = time.time()
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         settings, worker = self.settings, self.settings.worker
         self._loop = asyncio.get_running_loop()
-        partitions = topics.partition_count(settings, self.requests)
-        topics.apply(settings, [changelog.changelog_spec(settings, partitions)])
+        changelog.check_copartitioned(settings)
         scorer = TritonScorer(settings.triton)
         features = FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
@@ -140,18 +137,15 @@ class Worker:
         """Publish every batch scored so far in one transaction, while the loop goes on."""
         if self._inflight is not None or not self._pending or self._consumer is None:
             return
-        messages, changelog_entries, offsets, first = [], [], {}, {}
+        messages, offsets, first = [], {}, {}
         for batch, outcome in self._pending:
             messages += outcome.messages
-            changelog_entries += [(p, e.encode(), r) for e, p, r in outcome.remembered]
             for record in batch:
                 first.setdefault(record.partition(), record.offset())
                 offsets[record.partition()] = record.offset() + 1
         self._pending = []
-        changelog_entries += [(p, e.encode(), None) for p in offsets for e in self._expired.pop(p, [])]
         commit = BatchCommit(
             messages=messages,
-            changelog=changelog_entries,
             offsets=offsets,
             # The current generation: a rebalance in between revoked (and committed) what we lost.
             group_metadata=self._consumer.consumer_group_metadata(),
@@ -166,7 +160,7 @@ class Worker:
         except Aborted as e:
             log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))
             return False
-        metrics.TRANSACTION_MESSAGES.observe(len(commit.messages) + len(commit.changelog))
+        metrics.TRANSACTION_MESSAGES.observe(len(commit.messages))
         metrics.DEDUP_ENTRIES.set(len(self.state))
         return True
 
@@ -204,8 +198,7 @@ class Worker:
         if now - self._last_expiry < min(60.0, self.state.window_s / 10):
             return
         self._last_expiry = now
-        for partition, event_ids in self.state.expire(now).items():
-            self._expired[partition] += event_ids  # tombstoned with the partition's next commit
+        self.state.expire(now)
 
     # -- rebalances: librdkafka calls these on the consumer thread, inside a poll ------------------
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
@@ -241,18 +234,18 @@ class Worker:
             self._rewind_to.pop(partition, None)
             self._owned.discard(partition)
             self.state.drop(partition)
-            self._expired.pop(partition, None)
         metrics.REBALANCES.labels("revoked").inc(len(partitions))
         metrics.DEDUP_ENTRIES.set(len(self.state))
         log.info("partitions_revoked", partitions=partitions)
 
     async def _load(self, partitions: list[int]) -> None:
-        """Dedup state of these partitions, as committed in the changelog."""
+        """Dedup state of these partitions: their committed results within the window."""
         if not partitions:
             return
-        ends = await changelog.high_watermarks(self.settings, partitions)
-        loaded = await asyncio.gather(*(changelog.read_partition(self.settings, p, ends[p]) for p in partitions))
         now = time.time()
+        since = now - self.state.window_s
+        ends = await changelog.high_watermarks(self.settings, partitions)
+        loaded = await asyncio.gather(*(changelog.read_partition(self.settings, p, since, ends[p]) for p in partitions))
         for partition, records in zip(partitions, loaded, strict=True):
             self.state.load(partition, records, now)
         metrics.DEDUP_ENTRIES.set(len(self.state))

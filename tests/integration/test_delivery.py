@@ -10,7 +10,6 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline import changelog, topics
 from pipeline.delivery import Aborted, BatchCommit, TransactionalDelivery
 from pipeline.processor import Outbound
 from tests.conftest import make_settings
@@ -63,8 +62,9 @@ def _committed_values(settings, topic: str) -> list[bytes]:
 def _batch(settings, count: int, offsets: dict[int, int], metadata) -> BatchCommit:
     results = settings.topics.results
     return BatchCommit(
-        messages=[Outbound(i % PARTITIONS, results, f"e{i}".encode(), b"r%d" % i) for i in range(count)],
-        changelog=[(i % PARTITIONS, f"e{i}".encode(), b"r%d" % i) for i in range(count)],
+        messages=[
+            Outbound(i % PARTITIONS, results, f"e{i}".encode(), b"r%d" % i, i % PARTITIONS) for i in range(count)
+        ],
         offsets=offsets,
         group_metadata=metadata,
     )
@@ -72,7 +72,7 @@ def _batch(settings, count: int, offsets: dict[int, int], metadata) -> BatchComm
 
 def _deliver(settings, batch: BatchCommit) -> None:
     async def run() -> None:
-        delivery = TransactionalDelivery(settings, settings.topics.requests, changelog.changelog_topic(settings))
+        delivery = TransactionalDelivery(settings, settings.topics.requests)
         await delivery.open()
         try:
             await delivery.commit(batch)
@@ -85,13 +85,11 @@ def _deliver(settings, batch: BatchCommit) -> None:
 def test_a_batch_larger_than_the_producer_queue_is_committed_whole_with_its_offsets(stack):
     # A local queue of 50 messages makes the producer refuse most of the 600 until it has drained.
     settings = make_settings(stack).updated(kafka={"extra": {"queue.buffering.max.messages": 50}})
-    topics.apply(settings, [changelog.changelog_spec(settings, PARTITIONS)])
     member = _member(settings, settings.worker.app_id)
 
     _deliver(settings, _batch(settings, 300, {0: 42, 5: 7}, member.consumer_group_metadata()))
 
     assert sorted(_committed_values(settings, settings.topics.results)) == sorted(b"r%d" % i for i in range(300))
-    assert len(_committed_values(settings, changelog.changelog_topic(settings))) == 300
     committed = member.committed([TopicPartition(settings.topics.requests, p) for p in (0, 5)], timeout=10)
     assert [tp.offset for tp in committed] == [42, 7]
     member.close()
@@ -99,7 +97,6 @@ def test_a_batch_larger_than_the_producer_queue_is_committed_whole_with_its_offs
 
 def test_a_zombie_with_a_stale_generation_commits_nothing(stack):
     settings = make_settings(stack)
-    topics.apply(settings, [changelog.changelog_spec(settings, PARTITIONS)])
     zombie = _member(settings, settings.worker.app_id)
     stale = zombie.consumer_group_metadata()
     zombie.close()  # it leaves; another member takes the partitions: a new generation
@@ -110,7 +107,6 @@ def test_a_zombie_with_a_stale_generation_commits_nothing(stack):
         _deliver(settings, _batch(settings, 20, {0: 99}, stale))
 
     assert _committed_values(settings, settings.topics.results) == []
-    assert _committed_values(settings, changelog.changelog_topic(settings)) == []
     committed = successor.committed([TopicPartition(settings.topics.requests, 0)], timeout=10)
     assert committed[0].offset < 0, "no offset was committed for the zombie"
     successor.close()

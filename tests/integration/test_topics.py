@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import topics
+from pipeline import changelog, topics
+from pipeline.errors import ConfigurationError
 
 pytestmark = pytest.mark.integration
 
@@ -13,3 +14,13 @@ def test_topics_apply_creates_the_contract_topics_once(pipeline_settings):
     assert again.created == [] and again.grown == []
     assert sorted(again.unchanged) == sorted(s.name for s in topics.load_specs(settings))
     assert topics.partition_count(settings, settings.topics.requests) == 12
+
+
+def test_a_worker_refuses_a_results_topic_with_fewer_partitions_than_the_requests(pipeline_settings):
+    # Results land on the partition numbered like their request's (the dedup changelog): 12 needs 12.
+    settings = pipeline_settings()
+    narrow = settings.updated(topics={"results": settings.topics.results + ".narrow"})
+    topics.apply(narrow, [topics.TopicSpec(narrow.topics.results, 3, {})])
+    assert changelog.check_copartitioned(settings) == 12
+    with pytest.raises(ConfigurationError, match=r"has 3 partitions, fewer than .*\(12\)"):
+        changelog.check_copartitioned(narrow)
