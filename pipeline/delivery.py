@@ -1,7 +1,7 @@
 """Delivery semantics, in one place: effectively-once, one Kafka transaction per scored batch (KIP-447).
 
-A worker process has one transactional producer (`transactional.id = "<app_id>-<instance_id>"`).
-For every scored batch, whatever input partitions it spans:
+A worker process has one transactional producer per lane (`transactional.id =
+"<app_id>-<instance_id>-<lane>"`, see `lane`). For every scored batch of a lane's input partitions:
 
 1. Begin a transaction.
 2. Send the batch's results (each to the results partition numbered like the input partition it
@@ -56,11 +56,11 @@ class Aborted(Exception):
 
 
 class TransactionalDelivery:
-    def __init__(self, settings: Settings, requests_topic: str) -> None:
+    def __init__(self, settings: Settings, requests_topic: str, lane: int = 0) -> None:
         self._settings = settings
         self._requests = requests_topic
         worker = settings.worker
-        self.transactional_id = f"{worker.app_id}-{worker.instance_id or uuid.uuid4().hex[:12]}"
+        self.transactional_id = f"{worker.app_id}-{worker.instance_id or uuid.uuid4().hex[:12]}-{lane}"
         self._timeout_s = worker.transaction_timeout_ms / 1000
         self._producer: Producer | None = None
         # librdkafka's transactional calls block: they run on this thread, one at a time, in order.

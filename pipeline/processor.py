@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import orjson
 import structlog
 
@@ -29,10 +30,9 @@ from pipeline.contract import (
     result_record,
 )
 from pipeline.errors import DeadlineExceeded, InferenceFailed, MissingFeatures, PipelineError
-from pipeline.features import FeatureLookup
-from pipeline.inference import TritonScorer
 from pipeline.models.spec import ModelSpec
 from pipeline.retry import Backoff, RetriesExhausted, retrying
+from pipeline.scoring import EntityId
 from pipeline.settings import TopicSettings
 
 log = structlog.get_logger(__name__)
@@ -40,6 +40,21 @@ log = structlog.get_logger(__name__)
 
 class DedupLookup(Protocol):
     def get(self, event_id: str) -> bytes | None: ...
+
+
+class Scorer(Protocol):
+    """Scores feature matrices: Triton (`inference.TritonScorer`), or a model in the process."""
+
+    async def spec(self, model: str) -> ModelSpec: ...
+    async def score(self, spec: ModelSpec, matrix: np.ndarray) -> tuple[np.ndarray, str]: ...
+    async def close(self) -> None: ...
+
+
+class Features(Protocol):
+    """Store features by entity: Feast (`features.FeatureLookup`), or a table in the process."""
+
+    async def fetch(self, spec: ModelSpec, entity_ids: Sequence[EntityId]) -> Mapping[EntityId, np.ndarray | None]: ...
+    def close(self) -> None: ...
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x, once per event
@@ -81,8 +96,8 @@ class BatchProcessor:
         self,
         topics: TopicSettings,
         default_model: str,
-        scorer: TritonScorer,
-        features: FeatureLookup,
+        scorer: Scorer,
+        features: Features,
         dedup: DedupLookup,
         backoff: Backoff,
     ) -> None:

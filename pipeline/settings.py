@@ -51,6 +51,9 @@ class WorkerSettings(_Block):
     retry_initial_ms: int = 100
     retry_max_ms: int = 5_000
     retry_budget_s: float = 60.0
+    # Transactional producers per worker, each committing a share of its input partitions side by
+    # side: more lanes, less waiting for another partition's transaction; fewer, larger transactions.
+    transaction_lanes: int = Field(default=4, ge=1, le=64)
     # Batches scored while a transaction commits share the next one, up to this many.
     max_batches_per_transaction: int = Field(default=16, ge=1)
     # Names this process's transactional producer (`<app_id>-<instance_id>`); empty: a random one per

@@ -3,14 +3,16 @@
 Wiring only: the consumer group and its rebalances live here, scoring in `processor`, delivery
 semantics in `delivery`, idempotency state in `dedup`.
 
-Kafka I/O runs on librdkafka (confluent-kafka): its blocking calls go to two threads, one for the
-consumer (whose rebalance callbacks therefore run there and hand over to the event loop) and one
-for the transactional producer. One transaction is in flight at a time; the batches scored while it
-commits wait and then share the next one (group commit), so under load transactions grow and their
-fixed cost is spread, while a lone request is committed at once. A batch's dedup entries are put in
-the state when it is scored, so the batches after it see them; if a transaction aborts, everything
-scored since is dropped too, the partitions are rewound to their first uncommitted records and the
-state is reloaded from the changelog, so a repeat is never scored twice and nothing is skipped.
+Kafka I/O runs on librdkafka (confluent-kafka): its blocking calls run off the event loop, on a
+thread for the consumer (whose rebalance callbacks therefore run there and hand over to the event
+loop) and one per transactional producer. Scored batches are committed by transaction lanes (see
+`lane`), each owning a share of the input partitions, with one transaction in flight per lane; the
+batches scored while it commits share the next one (group commit), so under load transactions grow
+and their fixed cost is spread, while a lone request is committed at once. A batch's dedup entries
+are put in the state when it is scored, so the batches after it see them; if a lane's transaction
+aborts, everything of its partitions scored since is dropped too, those partitions are rewound to
+their first uncommitted records and their state is reloaded from the results topic, so a repeat is
+never scored twice and nothing is skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import signal
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,10 +33,10 @@ from prometheus_client import start_http_server
 from pipeline import changelog, metrics
 from pipeline.contract import Source
 from pipeline.dedup import DedupState
-from pipeline.delivery import Aborted, BatchCommit, TransactionalDelivery
 from pipeline.features import FeatureLookup
 from pipeline.inference import TritonScorer
-from pipeline.processor import BatchProcessor, Inbound, Outcome
+from pipeline.lane import Lane
+from pipeline.processor import BatchProcessor, Features, Inbound, Outbound, Outcome, Scorer
 from pipeline.retry import Backoff
 from pipeline.settings import Settings
 
@@ -43,34 +46,35 @@ T = TypeVar("T")
 
 
 class Worker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, scorer: Scorer | None = None, features: Features | None = None) -> None:
+        """Scores on Triton with Feast features unless given others (the bench's in-process monolith)."""
         self.settings = settings
+        self._scorer, self._features = scorer, features
         self.requests = settings.topics.requests
         self.state = DedupState(settings.worker.dedup_window_s)
-        self.delivery = TransactionalDelivery(settings, self.requests)
+        self._consumer: Consumer | None = None
+        self.lanes = [
+            Lane(settings, self.requests, i, self._group_metadata) for i in range(settings.worker.transaction_lanes)
+        ]
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
         # Partitions whose dedup state is loaded: only their records are processed.
         self._owned: set[int] = set()
-        self._consumer: Consumer | None = None
-        # The transaction in flight and the first offset of each partition in it; the batches
-        # scored since, for the next one; where to rewind to after an abort.
-        self._inflight: asyncio.Task[bool] | None = None
-        self._inflight_first: dict[int, int] = {}
-        self._pending: list[tuple[list[Message], Outcome]] = []
-        self._rewind_to: dict[int, int] = {}
         self._last_expiry = time.time()
         self.ready = asyncio.Event()
+
+    def lane(self, partition: int) -> Lane:
+        return self.lanes[partition % len(self.lanes)]
 
     async def run(self, stop: asyncio.Event) -> None:
         settings, worker = self.settings, self.settings.worker
         self._loop = asyncio.get_running_loop()
         changelog.check_copartitioned(settings)
-        scorer = TritonScorer(settings.triton)
-        features = FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
+        scorer = self._scorer or TritonScorer(settings.triton)
+        features = self._features or FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
         processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, self.state, backoff)
-        await self.delivery.open()
+        await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
         consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,
@@ -90,38 +94,41 @@ class Worker:
         self._consumer = consumer
         consumer.subscribe([self.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
         fetching: asyncio.Future[list[Message]] | None = None
+        carried: list[Message] = []  # fetched before a rewind, of partitions it did not rewind
         try:
             while not stop.is_set():
-                if self._inflight is not None and (
-                    self._inflight.done() or len(self._pending) >= worker.max_batches_per_transaction
-                ):
-                    await self._settle()
-                if self._rewind_to:
-                    if fetching is not None:  # records fetched before the rewind are stale
-                        await fetching
+                for lane in self.lanes:
+                    if lane.backed_up:
+                        await lane.settle()
+                if any(lane.rewind_to for lane in self.lanes):
+                    if fetching is not None:
+                        carried += await fetching
                         fetching = None
-                    await self._rewind(consumer)
+                    rewound = await self._rewind(consumer)
+                    carried = [r for r in carried if r.partition() not in rewound]
                     continue
-                self._start_commit()
-                if fetching is None:
-                    fetching = asyncio.ensure_future(
-                        self._on_consumer(_fetch, consumer, worker.batch_size, worker.batch_timeout_ms / 1000)
-                    )
-                # Wake for records, or for the end of the transaction in flight (to start the next).
-                await asyncio.wait(
-                    [fetching] if self._inflight is None else [fetching, self._inflight],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if not fetching.done():
-                    continue
-                records, fetching = fetching.result(), None
+                for lane in self.lanes:
+                    lane.start_commit()
+                if carried:
+                    records, carried = carried, []
+                else:
+                    if fetching is None:
+                        fetching = asyncio.ensure_future(
+                            self._on_consumer(_fetch, consumer, worker.batch_size, worker.batch_timeout_ms / 1000)
+                        )
+                    # Wake for records, or for the end of a transaction in flight (to start the next).
+                    inflight = [lane.inflight for lane in self.lanes if lane.inflight is not None]
+                    await asyncio.wait([fetching, *inflight], return_when=asyncio.FIRST_COMPLETED)
+                    if not fetching.done():
+                        continue
+                    records, fetching = fetching.result(), None
                 batch = [r for r in records if r.partition() in self._owned]
                 if batch:
                     outcome = await processor.process(_inbounds(batch))
                     now = time.time()
                     for event_id, partition, result in outcome.remembered:
                         self.state.put(partition, event_id, result, now)
-                    self._pending.append((batch, outcome))
+                    self._hand_to_lanes(batch, outcome)
                 self._expire()
             if fetching is not None:
                 await fetching
@@ -129,69 +136,42 @@ class Worker:
             # Closing leaves the group; the revocation callback commits what is scored, in there.
             await self._on_consumer(consumer.close)
             self._consumer_thread.shutdown(wait=True)
-            await self.delivery.close()
+            await asyncio.gather(*(lane.delivery.close() for lane in self.lanes))
             features.close()
             await scorer.close()
 
-    def _start_commit(self) -> None:
-        """Publish every batch scored so far in one transaction, while the loop goes on."""
-        if self._inflight is not None or not self._pending or self._consumer is None:
+    def _hand_to_lanes(self, batch: list[Message], outcome: Outcome) -> None:
+        if len(self.lanes) == 1:
+            self.lanes[0].add(batch, outcome.messages)
             return
-        messages, offsets, first = [], {}, {}
-        for batch, outcome in self._pending:
-            messages += outcome.messages
-            for record in batch:
-                first.setdefault(record.partition(), record.offset())
-                offsets[record.partition()] = record.offset() + 1
-        self._pending = []
-        commit = BatchCommit(
-            messages=messages,
-            offsets=offsets,
-            # The current generation: a rebalance in between revoked (and committed) what we lost.
-            group_metadata=self._consumer.consumer_group_metadata(),
-        )
-        self._inflight_first = first
-        self._inflight = asyncio.create_task(self._commit(commit), name="commit")
+        records: dict[int, list[Message]] = defaultdict(list)
+        messages: dict[int, list[Outbound]] = defaultdict(list)
+        count = len(self.lanes)
+        for record in batch:
+            records[record.partition() % count].append(record)
+        for message in outcome.messages:
+            messages[message.source_partition % count].append(message)
+        for index, lane_records in records.items():
+            self.lanes[index].add(lane_records, messages[index])
 
-    async def _commit(self, commit: BatchCommit) -> bool:
-        try:
-            with metrics.STAGE_SECONDS.labels("produce").time():
-                await self.delivery.commit(commit)
-        except Aborted as e:
-            log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))
-            return False
-        metrics.TRANSACTION_MESSAGES.observe(len(commit.messages))
-        metrics.DEDUP_ENTRIES.set(len(self.state))
-        return True
+    def _group_metadata(self) -> Any:
+        assert self._consumer is not None
+        return self._consumer.consumer_group_metadata()
 
-    async def _settle(self) -> None:
-        """Wait for the transaction in flight. If it aborted, what was scored since goes too (it saw
-        the aborted entries): note where each partition must restart."""
-        task = self._inflight
-        if task is None:
-            return
-        committed = await task
-        if self._inflight is not task:  # settled meanwhile by the other caller (loop or revocation)
-            return
-        first, self._inflight, self._inflight_first = self._inflight_first, None, {}
-        if committed:
-            return
-        for batch, _ in self._pending:
-            for record in batch:
-                first.setdefault(record.partition(), record.offset())
-        self._pending = []
-        for partition, offset in first.items():
-            self._rewind_to[partition] = min(offset, self._rewind_to.get(partition, offset))
-
-    async def _rewind(self, consumer: Consumer) -> None:
-        """After an abort: back to the first uncommitted record of every partition, with the dedup
-        state as the changelog has it (the dropped batches' entries were put in it early)."""
-        rewind, self._rewind_to = self._rewind_to, {}
-        for partition, offset in rewind.items():
-            if partition in self._owned:
-                await self._on_consumer(consumer.seek, TopicPartition(self.requests, partition, offset))
-        await self._load(sorted(self._owned))
+    async def _rewind(self, consumer: Consumer) -> set[int]:
+        """After an abort: back to the first uncommitted record of each partition of the aborted
+        lane(s), with their dedup state as the results topic has it (the dropped batches' entries
+        were put in it early). Returns the partitions rewound."""
+        rewind: dict[int, int] = {}
+        for lane in self.lanes:
+            rewind.update(lane.rewind_to)
+            lane.rewind_to = {}
+        owned = sorted(p for p in rewind if p in self._owned)
+        for partition in owned:
+            await self._on_consumer(consumer.seek, TopicPartition(self.requests, partition, rewind[partition]))
+        await self._load(owned)
         await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
+        return set(rewind)
 
     def _expire(self) -> None:
         now = time.time()
@@ -199,6 +179,7 @@ class Worker:
             return
         self._last_expiry = now
         self.state.expire(now)
+        metrics.DEDUP_ENTRIES.set(len(self.state))
 
     # -- rebalances: librdkafka calls these on the consumer thread, inside a poll ------------------
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
@@ -226,12 +207,9 @@ class Worker:
         if not partitions:
             return
         # What is scored carries offsets of these partitions: it is committed while we own them.
-        await self._settle()
-        if not self._rewind_to:
-            self._start_commit()
-            await self._settle()
+        await asyncio.gather(*(lane.flush() for lane in self.lanes))
         for partition in partitions:
-            self._rewind_to.pop(partition, None)
+            self.lane(partition).rewind_to.pop(partition, None)
             self._owned.discard(partition)
             self.state.drop(partition)
         metrics.REBALANCES.labels("revoked").inc(len(partitions))

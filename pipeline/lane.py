@@ -1,0 +1,101 @@
+"""A transaction lane: one transactional producer, and the scored work of the input partitions it owns.
+
+A worker splits its input partitions over a few lanes (partition `p` goes to lane `p % lanes`). Each
+lane commits its own partitions' results and offsets, one transaction in flight at a time, the
+batches scored meanwhile sharing the next one (group commit). Lanes commit side by side, so a request
+waits only for its own lane's transaction, and each transaction spans only its lane's results
+partitions: librdkafka sends one produce request per partition, five at a time, and the broker
+verifies each partition of a transaction with its coordinator, so a transaction's time grows with the
+partitions it spans. Nothing is shared between lanes that a rewind would need: a partition's dedup
+entries, results and offsets all live in its own lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from confluent_kafka import Message
+
+from pipeline import metrics
+from pipeline.delivery import Aborted, BatchCommit, TransactionalDelivery
+from pipeline.processor import Outbound
+from pipeline.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class Lane:
+    def __init__(self, settings: Settings, requests_topic: str, index: int, group_metadata: Callable[[], Any]) -> None:
+        self.delivery = TransactionalDelivery(settings, requests_topic, lane=index)
+        self._group_metadata = group_metadata
+        self._max_batches = settings.worker.max_batches_per_transaction
+        # The transaction in flight and the first offset of each partition in it; the batches scored
+        # since, for the next one; where each partition must restart after an abort.
+        self.inflight: asyncio.Task[bool] | None = None
+        self._inflight_first: dict[int, int] = {}
+        self._pending: list[tuple[list[Message], list[Outbound]]] = []
+        self.rewind_to: dict[int, int] = {}
+
+    def add(self, records: list[Message], messages: list[Outbound]) -> None:
+        """Scored records of this lane's partitions and the messages they produced."""
+        self._pending.append((records, messages))
+
+    @property
+    def backed_up(self) -> bool:
+        return self.inflight is not None and (self.inflight.done() or len(self._pending) >= self._max_batches)
+
+    def start_commit(self) -> None:
+        """Publish every batch scored so far in one transaction, while the loop goes on."""
+        if self.inflight is not None or not self._pending or self.rewind_to:
+            return
+        messages: list[Outbound] = []
+        offsets: dict[int, int] = {}
+        first: dict[int, int] = {}
+        for records, produced in self._pending:
+            messages += produced
+            for record in records:
+                first.setdefault(record.partition(), record.offset())
+                offsets[record.partition()] = record.offset() + 1
+        self._pending = []
+        # The current generation: a rebalance in between revoked (and committed) what we lost.
+        commit = BatchCommit(messages=messages, offsets=offsets, group_metadata=self._group_metadata())
+        self._inflight_first = first
+        self.inflight = asyncio.create_task(self._commit(commit), name="commit")
+
+    async def _commit(self, commit: BatchCommit) -> bool:
+        try:
+            with metrics.STAGE_SECONDS.labels("produce").time():
+                await self.delivery.commit(commit)
+        except Aborted as e:
+            log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))
+            return False
+        metrics.TRANSACTION_MESSAGES.observe(len(commit.messages))
+        return True
+
+    async def settle(self) -> None:
+        """Wait for the transaction in flight. If it aborted, what was scored since goes too (it saw
+        the aborted dedup entries): note where each partition must restart."""
+        task = self.inflight
+        if task is None:
+            return
+        committed = await task
+        if self.inflight is not task:  # settled meanwhile by the other caller (loop or revocation)
+            return
+        first, self.inflight, self._inflight_first = self._inflight_first, None, {}
+        if committed:
+            return
+        for records, _ in self._pending:
+            for record in records:
+                first.setdefault(record.partition(), record.offset())
+        self._pending = []
+        for partition, offset in first.items():
+            self.rewind_to[partition] = min(offset, self.rewind_to.get(partition, offset))
+
+    async def flush(self) -> None:
+        """Commit everything scored (before its partitions are revoked)."""
+        await self.settle()
+        self.start_commit()
+        await self.settle()
