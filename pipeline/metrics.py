@@ -35,6 +35,12 @@ TRANSACTION_MESSAGES = Histogram(
 
 GATEWAY_REQUESTS = Counter("gateway_requests_total", "HTTP bridge responses, by route and status", ["route", "status"])
 GATEWAY_LATENCY = Histogram("gateway_request_seconds", "HTTP bridge latency", ["route"], buckets=_LATENCY_BUCKETS)
+GATEWAY_STAGE_SECONDS = Histogram(
+    "gateway_stage_seconds",
+    "HTTP bridge time per call: publishing the request(s) to Kafka, then awaiting the answer(s)",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+)
 GATEWAY_IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests waiting for their result")
 GATEWAY_PENDING = Gauge("gateway_pending_replies", "Correlation ids waiting for a reply on this instance")
 

@@ -52,12 +52,16 @@ class Bridge:
         """Publish every request, then wait (one deadline for all) for each one's answer, in order."""
         deadline_ms = int((time.time() + timeout_s) * 1000)
         pending = [self._publish(body, deadline_ms) for body in bodies]
+        began = time.perf_counter()
         sent = await asyncio.gather(*pending, return_exceptions=True)
+        published = time.perf_counter()
+        metrics.GATEWAY_STAGE_SECONDS.labels("publish").observe(published - began)
         metrics.GATEWAY_IN_FLIGHT.inc(len(bodies))
         try:
             futures = [s[2] for s in sent if not isinstance(s, BaseException)]
             if futures:
                 await asyncio.wait(futures, timeout=timeout_s)
+                metrics.GATEWAY_STAGE_SECONDS.labels("await_answer").observe(time.perf_counter() - published)
             return [self._answer(s, timeout_s) for s in sent]
         finally:
             for s in sent:
