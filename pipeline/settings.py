@@ -52,8 +52,9 @@ class WorkerSettings(_Block):
     retry_max_ms: int = 5_000
     retry_budget_s: float = 60.0
     # Transactional producers per worker, each committing a share of its input partitions side by
-    # side: more lanes, less waiting for another partition's transaction; fewer, larger transactions.
-    transaction_lanes: int = Field(default=4, ge=1, le=64)
+    # side: more lanes, less waiting for another partition's transaction, but more, smaller
+    # transactions (broker and client CPU). 1 measured best on the 2-core bench box, where CPU is short.
+    transaction_lanes: int = Field(default=1, ge=1, le=64)
     # Batches scored while a transaction commits share the next one, up to this many.
     max_batches_per_transaction: int = Field(default=16, ge=1)
     # Names this process's transactional producer (`<app_id>-<instance_id>`); empty: a random one per

@@ -53,6 +53,7 @@ class Worker:
         self.requests = settings.topics.requests
         self.state = DedupState(settings.worker.dedup_window_s)
         self._consumer: Consumer | None = None
+        self._metadata: Any = None
         self.lanes = [
             Lane(settings, self.requests, i, self._group_metadata) for i in range(settings.worker.transaction_lanes)
         ]
@@ -155,8 +156,14 @@ class Worker:
             self.lanes[index].add(lane_records, messages[index])
 
     def _group_metadata(self) -> Any:
-        assert self._consumer is not None
-        return self._consumer.consumer_group_metadata()
+        """The consumer's group metadata (generation, member id), as of the last rebalance or abort.
+        Cached: asking librdkafka waits on its main thread (~5 ms a call under load, once per
+        transaction). A stale one can only make the coordinator refuse a commit, never accept one it
+        should not; the abort that follows refreshes it."""
+        if self._metadata is None:
+            assert self._consumer is not None
+            self._metadata = self._consumer.consumer_group_metadata()
+        return self._metadata
 
     async def _rewind(self, consumer: Consumer) -> set[int]:
         """After an abort: back to the first uncommitted record of each partition of the aborted
@@ -166,6 +173,7 @@ class Worker:
         for lane in self.lanes:
             rewind.update(lane.rewind_to)
             lane.rewind_to = {}
+        self._metadata = await self._on_consumer(consumer.consumer_group_metadata)  # it may be why
         owned = sorted(p for p in rewind if p in self._owned)
         for partition in owned:
             await self._on_consumer(consumer.seek, TopicPartition(self.requests, partition, rewind[partition]))
@@ -183,9 +191,11 @@ class Worker:
 
     # -- rebalances: librdkafka calls these on the consumer thread, inside a poll ------------------
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        self._metadata = consumer.consumer_group_metadata()  # a new generation
         self._call_soon(self.acquire(sorted(tp.partition for tp in assigned)))
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        self._metadata = consumer.consumer_group_metadata()
         self._call_soon(self.revoke(sorted(tp.partition for tp in revoked)))
 
     def _call_soon(self, coroutine: Any) -> None:
