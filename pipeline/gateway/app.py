@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive, Scope, Send
 
 from pipeline import metrics
 from pipeline.contract import PredictBody, describe_error
@@ -43,7 +45,7 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> PredictFastPath:
     gateway = settings.gateway
     bridge = Bridge(settings)
     keys = ApiKeys(gateway.api_keys)
@@ -65,8 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.bridge = bridge
     app.add_middleware(BodySizeLimit, max_bytes=gateway.max_body_bytes)
 
-    def admit(request: Request, cost: int) -> None:
-        key_id = keys.identify(request.headers)
+    def admit(headers: Mapping[str, str], cost: int) -> None:
+        key_id = keys.identify(headers)
         if key_id is None:
             raise Refused(401, "unauthorized", "a valid API key is required (Authorization: Bearer or X-API-Key)")
         wait_s = rates.retry_after(key_id, cost)
@@ -91,23 +93,32 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.GATEWAY_REQUESTS.labels(request.url.path, "422").inc()
         return JSONResponse(error_body(code, message), status_code=422)
 
-    @app.post(PREDICT, responses={401: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}})
-    async def predict(request: Request, body: PredictBody) -> Response:
+    async def serve_predict(headers: Mapping[str, str], body: PredictBody) -> tuple[int, bytes, dict[str, str]]:
+        """One request: status, JSON body and extra headers. Shared by the route and its fast path."""
         started = time.perf_counter()
-        admit(request, 1)
+        try:
+            admit(headers, 1)
+        except Refused as e:
+            metrics.GATEWAY_REQUESTS.labels(PREDICT, str(e.status)).inc()
+            return e.status, orjson.dumps(error_body(e.code, e.message)), e.headers
         try:
             [answer] = await bridge.submit([body], gateway.timeout_s)
         finally:
             in_flight.release(1)
         metrics.GATEWAY_LATENCY.labels(PREDICT).observe(time.perf_counter() - started)
         metrics.GATEWAY_REQUESTS.labels(PREDICT, str(answer.status)).inc()
-        return Response(answer.body, status_code=answer.status, media_type="application/json")
+        return answer.status, answer.body, {}
+
+    @app.post(PREDICT, responses={401: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}})
+    async def predict(request: Request, body: PredictBody) -> Response:
+        status, payload, headers = await serve_predict(request.headers, body)
+        return Response(payload, status_code=status, headers=headers, media_type="application/json")
 
     @app.post(PREDICT_BATCH, responses={401: {}, 413: {}, 422: {}, 429: {}})
     async def predict_batch(request: Request, body: BatchBody) -> Response:
         """Up to 1,000 requests; one response with each one's result (or error) in order."""
         started = time.perf_counter()
-        admit(request, len(body.requests))
+        admit(request.headers, len(body.requests))
         try:
             answers = await bridge.submit(body.requests, gateway.timeout_s)
         finally:
@@ -130,7 +141,70 @@ def create_app(settings: Settings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return PredictFastPath(app, serve_predict, gateway.max_body_bytes)
+
+
+class PredictFastPath:
+    """ASGI: `POST /v1/predict` with a JSON body that validates is served without FastAPI's routing,
+    middleware and dependency machinery, which cost about half of the bridge's CPU per request (the
+    bridge shares the box with the broker and the workers, so its CPU is everyone's latency). Anything
+    else (other routes, other content types, bodies that do not validate or are too large) goes to
+    the FastAPI app, which owns every error's wording; the body already read is replayed to it."""
+
+    def __init__(self, app: FastAPI, serve: PredictHandler, max_bytes: int) -> None:
+        self.app, self._serve, self._max_bytes = app, serve, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PREDICT or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more and size <= self._max_bytes:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        parsed = _parse(body) if size <= self._max_bytes else None
+        if parsed is None:
+            await self.app(scope, _replay(body, more, receive), send)
+            return
+        status, payload, extra = await self._serve(headers, parsed)
+        response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        response_headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": response_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+PredictHandler = Callable[[Mapping[str, str], PredictBody], Awaitable[tuple[int, bytes, dict[str, str]]]]
+
+
+def _parse(body: bytes) -> PredictBody | None:
+    try:
+        return PredictBody.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+    """A `receive` that hands over the body read so far, then the rest from the client."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": more}
+
+    return replay
 
 
 def _batch_body(answers: list[Answer]) -> bytes:
