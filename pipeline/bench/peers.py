@@ -4,12 +4,15 @@
   Python loop here (the limit the benchmark's ratio is taken against).
 - `passthrough-librdkafka`: the same copy on confluent-kafka (librdkafka), the pipeline's client.
 - `naive`: per event, one Feast read for one entity and one Triton call for one row, then produce.
-- `monolith`: TorchScript model and feature table in memory, batches scored in-process, on the
-  pipeline's Kafka client (confluent-kafka), so the comparison is of the architecture, not the client.
+- `monolith`: the TorchScript model and the feature table in memory, batches scored in the process,
+  with the pipeline's guarantee: the pipeline's own worker loop (validation, dedup, transactions on
+  confluent-kafka) around an in-process scorer and feature table instead of Triton and Feast. Against
+  it, the ratio measures what serving through Feast and Triton costs, nothing else.
+- `monolith-at-least-once`: the same model and table in a plain confluent-kafka loop, without dedup
+  or transactions (a reference: what the guarantee costs, besides Feast and Triton).
 
-Each reads the settings' requests topic in its own consumer group and writes the results topic,
-non-transactionally (at-least-once: produce, flush, then commit the batch's offsets): they pay none
-of the pipeline's delivery guarantees.
+Each reads the settings' requests topic in its own consumer group and writes the results topic; all
+but `monolith` non-transactionally (at-least-once: produce, flush, then commit the batch's offsets).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 import orjson
@@ -29,24 +32,77 @@ from confluent_kafka import Consumer, Message, Producer
 
 from pipeline import scoring
 from pipeline.contract import parse_request, result_record
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, UnknownModel
 from pipeline.feature_data import PARQUET
 from pipeline.models.spec import ModelSpec, load_spec_file
+from pipeline.scoring import EntityId
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 Record = ConsumerRecord[bytes, bytes]
 Handler = Callable[[list[Record], AIOKafkaProducer], Awaitable[None]]
-PEERS = ("passthrough", "passthrough-librdkafka", "naive", "monolith")
+PEERS = ("passthrough", "passthrough-librdkafka", "naive", "monolith", "monolith-at-least-once")
 SyncHandler = Callable[[list[Message], Producer], None]
 
 
 def run(settings: Settings, kind: str) -> None:
-    if kind in ("passthrough-librdkafka", "monolith"):
+    if kind == "monolith":
+        asyncio.run(_monolith(settings))
+    elif kind in ("passthrough-librdkafka", "monolith-at-least-once"):
         _run_librdkafka(settings, kind)
     else:
         asyncio.run(_main(settings, kind))
+
+
+async def _monolith(settings: Settings) -> None:
+    """The pipeline's worker, scoring with the model and the features in this process."""
+    from pipeline.worker import Worker
+
+    scorer = InProcessScorer(settings)
+    features = TableFeatures(FeatureTable.load(settings, scorer.model_spec))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("peer_ready", kind="monolith")
+    await Worker(settings, scorer, features).run(stop)
+
+
+class InProcessScorer:
+    """The TorchScript model, run in this process (one thread: the box's other core is the broker's)."""
+
+    def __init__(self, settings: Settings) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self._torch = torch
+        folder = settings.triton.model_repository / settings.default_model
+        self.model_spec = load_spec_file(folder / "config.pbtxt")
+        self._model = torch.jit.load(str(folder / "1" / "model.pt")).eval()
+
+    async def spec(self, model: str) -> ModelSpec:
+        if model != self.model_spec.name:
+            raise UnknownModel(f"model {model!r} is not served")
+        return self.model_spec
+
+    async def score(self, spec: ModelSpec, matrix: np.ndarray) -> tuple[np.ndarray, str]:
+        with self._torch.inference_mode():
+            return self._model(self._torch.from_numpy(matrix)).reshape(-1).numpy(), "1"
+
+    async def close(self) -> None:
+        return None
+
+
+class TableFeatures:
+    def __init__(self, table: FeatureTable) -> None:
+        self._table = table
+
+    async def fetch(self, spec: ModelSpec, entity_ids: Sequence[EntityId]) -> dict[EntityId, np.ndarray | None]:
+        return {entity: self._table.get(entity) for entity in entity_ids}
+
+    def close(self) -> None:
+        return None
 
 
 def _run_librdkafka(settings: Settings, kind: str) -> None:
@@ -202,6 +258,10 @@ class FeatureTable:
 
     def row(self, entity: int) -> np.ndarray:
         return self._values[self._index[entity]]
+
+    def get(self, entity: EntityId) -> np.ndarray | None:
+        index = self._index.get(int(entity))
+        return None if index is None else self._values[index]
 
 
 def _result(spec: ModelSpec, event_id: str, score: float) -> bytes:

@@ -25,7 +25,7 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"{name:<22}{summary['events_per_s_median'][name]:>14,.0f}{each:>34}{rss:>16,.0f}")
         lines.append("")
         for name, value in summary["ratios"].items():
-            lines.append(f"ratio {name:<20}{value:>10.2f}")
+            lines.append(f"ratio {name:<32}{value:>10.2f}")
         stages = _pipeline_stages(runs)
         if stages:
             lines.append("")

@@ -39,6 +39,7 @@ def test_summary_takes_the_best_pipeline_median_and_judges_each_target():
         "pipeline-1w": [{"events_per_s": 6_000}],
         "pipeline-2w": [{"events_per_s": v} for v in (11_000, 12_000, 13_000)],
         "monolith": [{"events_per_s": 20_000}],
+        "monolith-at-least-once": [{"events_per_s": 30_000}],
         "naive": [{"events_per_s": 100}],
     }
     http = {"open_loop": [{"offered": 500, "p50": 8.0, "p99": 60.0, "errors": 0}]}
@@ -51,6 +52,7 @@ def test_summary_takes_the_best_pipeline_median_and_judges_each_target():
         "pipeline/naive": 120.0,
         "pipeline/monolith": 0.6,
         "pipeline/limit-librdkafka": 0.3,
+        "pipeline/monolith-at-least-once": 0.4,
     }
     met = {name: t["met"] for name, t in summary["targets"].items()}
     assert met == {
