@@ -95,7 +95,10 @@ class Worker:
         self._consumer = consumer
         consumer.subscribe([self.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
         fetching: asyncio.Future[list[Message]] | None = None
-        carried: list[Message] = []  # fetched before a rewind, of partitions it did not rewind
+        # Fetched, not yet scored. While every lane has a transaction in flight, nothing scored now
+        # could be committed sooner: records are gathered and scored in one batch when a lane frees
+        # up (one Triton call and one feature read per transaction, not one per record that trickles in).
+        held: list[Message] = []
         try:
             while not stop.is_set():
                 for lane in self.lanes:
@@ -103,27 +106,31 @@ class Worker:
                         await lane.settle()
                 if any(lane.rewind_to for lane in self.lanes):
                     if fetching is not None:
-                        carried += await fetching
+                        held += await fetching
                         fetching = None
                     rewound = await self._rewind(consumer)
-                    carried = [r for r in carried if r.partition() not in rewound]
+                    held = [r for r in held if r.partition() not in rewound]
                     continue
                 for lane in self.lanes:
                     lane.start_commit()
-                if carried:
-                    records, carried = carried, []
-                else:
-                    if fetching is None:
-                        fetching = asyncio.ensure_future(
-                            self._on_consumer(_fetch, consumer, worker.batch_size, worker.batch_timeout_ms / 1000)
+                if fetching is None and len(held) < worker.batch_size:
+                    fetching = asyncio.ensure_future(
+                        self._on_consumer(
+                            _fetch, consumer, worker.batch_size - len(held), worker.batch_timeout_ms / 1000
                         )
+                    )
+                busy = all(lane.inflight is not None and not lane.inflight.done() for lane in self.lanes)
+                if not held or (busy and len(held) < worker.batch_size):
                     # Wake for records, or for the end of a transaction in flight (to start the next).
-                    inflight = [lane.inflight for lane in self.lanes if lane.inflight is not None]
-                    await asyncio.wait([fetching, *inflight], return_when=asyncio.FIRST_COMPLETED)
-                    if not fetching.done():
-                        continue
-                    records, fetching = fetching.result(), None
-                batch = [r for r in records if r.partition() in self._owned]
+                    waits = [lane.inflight for lane in self.lanes if lane.inflight is not None]
+                    if fetching is not None:
+                        waits.append(fetching)
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if fetching is not None and fetching.done():
+                        held += fetching.result()
+                        fetching = None
+                    continue
+                batch, held = [r for r in held if r.partition() in self._owned], []
                 if batch:
                     outcome = await processor.process(_inbounds(batch))
                     now = time.time()
