@@ -21,7 +21,7 @@ EVENT_LATENCY = Histogram(
 )
 QUEUE_WAIT = Histogram(
     "pipeline_queue_wait_seconds",
-    "From a request's append to its topic to its consume by a worker",
+    "From a request's append to its topic to the start of its scoring by a worker",
     buckets=(*_LATENCY_BUCKETS, 30.0, 60.0),
 )
 BATCH_SIZE = Histogram(

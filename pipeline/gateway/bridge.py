@@ -37,7 +37,7 @@ class Bridge:
             client_id=f"{self.settings.kafka.client_id}-gateway",
             acks="all",
             enable_idempotence=True,
-            linger_ms=1,
+            linger_ms=0,  # a caller is waiting: no lingering (what is queued meanwhile still shares a request)
         )
         await self.replies.start()
         await self.producer.start()
