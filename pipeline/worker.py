@@ -136,6 +136,7 @@ class Worker:
                     now = time.time()
                     for event_id, partition, result in outcome.remembered:
                         self.state.put(partition, event_id, result, now)
+                    metrics.DEDUP_ENTRIES.set(len(self.state))
                     self._hand_to_lanes(batch, outcome)
                 self._expire()
             if fetching is not None:
