@@ -86,10 +86,21 @@ def drive(settings: Settings, counter: OutputCounter, messages: list[traffic.Mes
     return Run(began, counter.reached_at, len(messages))
 
 
+_RUN_TOPICS = ("requests", "results", "dlq", "replies", "alerts")
+
+
 def fresh_topics(settings: Settings, label: str) -> Settings:
     """Settings with this run's own topics (created) and consumer group."""
     uid = f"bench-{label}-{time.time_ns() % 10**10}"
-    names = {name: f"{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts")}
-    fresh = settings.updated(topics=names, worker={"app_id": uid})
+    fresh = settings.updated(topics={name: f"{uid}.{name}" for name in _RUN_TOPICS}, worker={"app_id": uid})
     topics.apply(fresh)
     return fresh
+
+
+def drop_topics(settings: Settings) -> None:
+    """Delete a run's topics once it is measured: a broker carrying every earlier run's partitions
+    (five topics of twelve per run) does more work per request, which would weigh on the runs after."""
+    names = [getattr(settings.topics, name) for name in _RUN_TOPICS]
+    admin = topics.admin_client(settings)  # held until the futures resolve: they die with it
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        future.result()

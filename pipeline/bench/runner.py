@@ -116,6 +116,7 @@ class Bench:
         finally:
             counter.close()
             self._stop(processes)
+            load.drop_topics(settings)
         return {
             "events": run.count,
             "seconds": round(run.done_at - run.produced_at, 3),
@@ -156,6 +157,7 @@ class Bench:
         finally:
             peaks = sampler.stop()
             self._stop(processes)
+            load.drop_topics(settings)
         return {
             "closed_loop": closed,
             "open_loop": opened,
@@ -183,6 +185,7 @@ class Bench:
             producer.join(30)
             sampler.stop()
             self._stop({"bench-soak-worker": process})
+            load.drop_topics(settings)
         samples = sampler.samples["worker"]
         window = max(1, len(samples) // 10)
         # Skip the first tenth (warm-up, the dedup window filling), compare the next tenth with the last.
