@@ -42,7 +42,6 @@ class WorkerSettings(_Block):
     batch_timeout_ms: int = Field(default=20, ge=1)
     metrics_port: int = 9100
     metrics_host: str = "127.0.0.1"
-    dedup_table: str = "dedup"
     # Repeats of an event_id within this window get no second result; older entries expire.
     dedup_window_s: float = 24 * 3600.0
     session_timeout_ms: int = 10_000
