@@ -126,15 +126,23 @@ def utc_timestamp(when: datetime | None = None) -> str:
 
 
 def result_record(
-    *, event_id: str, model: str, model_version: str, score: float, threshold: float, latency_ms: float
+    *,
+    event_id: str,
+    model: str,
+    model_version: str,
+    score: float,
+    threshold: float,
+    latency_ms: float,
+    scored_at: str | None = None,
 ) -> dict[str, Any]:
+    """`scored_at` defaults to now; a batch scored in one call passes one stamp for all its results."""
     return {
         "event_id": event_id,
         "model": model,
         "model_version": model_version,
         "score": round(float(score), 6),
         "label": "fraud" if score >= threshold else "legit",
-        "scored_at": utc_timestamp(),
+        "scored_at": scored_at or utc_timestamp(),
         "latency_ms": round(latency_ms, 3),
     }
 

@@ -13,40 +13,41 @@ bounded on an endless stream. Pure: no I/O here.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-
-@dataclass(slots=True)  # not frozen: one per scored event, and a frozen __init__ costs ~3x
-class Entry:
-    result: bytes
-    stored_at: float  # epoch seconds
+# An entry is the time it was stored (8 bytes) followed by the result, in a plain dict per partition
+# (insertion-ordered, so oldest first). Bytes under string keys keep those dicts out of the garbage
+# collector's sight: it never walks the state. Entries held as objects or tuples in an OrderedDict
+# were walked by every full collection, ~20 ms per 300,000 entries, several times a second while a
+# worker's state filled (its latency tail, and ~15% of its time).
+_STAMP = struct.Struct("<d")
 
 
 class DedupState:
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
-        # Insertion-ordered per partition, so the oldest entries are expired first.
-        self._partitions: dict[int, OrderedDict[str, Entry]] = {}
+        self._partitions: dict[int, dict[str, bytes]] = {}
         self._where: dict[str, int] = {}
 
     def get(self, event_id: str) -> bytes | None:
         partition = self._where.get(event_id)
         if partition is None:
             return None
-        return self._partitions[partition][event_id].result
+        return self._partitions[partition][event_id][_STAMP.size :]
 
     def put(self, partition: int, event_id: str, result: bytes, stored_at: float) -> None:
-        entries = self._partitions.setdefault(partition, OrderedDict())
-        entries.pop(event_id, None)
-        entries[event_id] = Entry(result, stored_at)
+        entries = self._partitions.get(partition)
+        if entries is None:
+            entries = self._partitions[partition] = {}
+        entries.pop(event_id, None)  # a repeat goes to the end: the order stays the time order
+        entries[event_id] = _STAMP.pack(stored_at) + result
         self._where[event_id] = partition
 
     def load(self, partition: int, records: Iterable[tuple[str, bytes, float]], now: float) -> None:
         """Rebuild a partition from its changelog: (event_id, result, time), oldest first."""
         self.drop(partition)
-        self._partitions[partition] = OrderedDict()
+        self._partitions[partition] = {}
         for event_id, result, stored_at in records:
             self.put(partition, event_id, result, stored_at)
         self.expire(now, partitions=[partition])
@@ -61,10 +62,19 @@ class DedupState:
         expired = 0
         for partition in list(partitions if partitions is not None else self._partitions):
             entries = self._partitions.get(partition)
-            while entries and next(iter(entries.values())).stored_at < cutoff:
-                event_id, _ = entries.popitem(last=False)
+            if not entries:
+                continue
+            old = []
+            for event_id, entry in entries.items():
+                if _STAMP.unpack_from(entry)[0] >= cutoff:
+                    break
+                old.append(event_id)
+            # Deleted in one sweep: taking the first key again after each deletion would rescan the
+            # deleted slots at the front of the dict every time.
+            for event_id in old:
+                del entries[event_id]
                 self._where.pop(event_id, None)
-                expired += 1
+            expired += len(old)
         return expired
 
     def partitions(self) -> list[int]:

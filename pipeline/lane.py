@@ -13,6 +13,7 @@ entries, results and offsets all live in its own lane.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,16 +33,25 @@ class Lane:
         self.delivery = TransactionalDelivery(settings, requests_topic, lane=index)
         self._group_metadata = group_metadata
         self._max_batches = settings.worker.max_batches_per_transaction
+        self._linger_s = settings.worker.transaction_linger_ms / 1000
         # The transaction in flight and the first offset of each partition in it; the batches scored
         # since, for the next one; where each partition must restart after an abort.
         self.inflight: asyncio.Task[bool] | None = None
         self._inflight_first: dict[int, int] = {}
         self._pending: list[tuple[list[Message], list[Outbound]]] = []
+        self._pending_since = 0.0  # monotonic s when the oldest pending batch was scored
         self.rewind_to: dict[int, int] = {}
 
     def add(self, records: list[Message], messages: list[Outbound]) -> None:
         """Scored records of this lane's partitions and the messages they produced."""
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append((records, messages))
+
+    @property
+    def ripe(self) -> bool:
+        """Enough to commit even while more records wait to be scored (see transaction_linger_ms)."""
+        return len(self._pending) >= self._max_batches or time.monotonic() - self._pending_since >= self._linger_s
 
     @property
     def backed_up(self) -> bool:

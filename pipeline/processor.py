@@ -28,6 +28,7 @@ from pipeline.contract import (
     parse_reply_to,
     parse_request,
     result_record,
+    utc_timestamp,
 )
 from pipeline.errors import DeadlineExceeded, InferenceFailed, MissingFeatures, PipelineError
 from pipeline.models.spec import ModelSpec
@@ -165,11 +166,12 @@ class BatchProcessor:
             for item in items:
                 self._dead_letter(type(e)(e.message, event_id=item.request.event_id), item.inbound, outcome)
             return
+        scored_at = utc_timestamp()  # one model call scored them all (formatting it per result cost ~4%)
         for item, result in scored:
             if isinstance(result, PipelineError):
                 self._dead_letter(result, item.inbound, outcome)
             else:
-                self._emit_result(item, spec, version, result, outcome)
+                self._emit_result(item, spec, version, result, scored_at, outcome)
 
     async def _score(
         self, model: str, items: list[_Pending]
@@ -201,7 +203,9 @@ class BatchProcessor:
             results += [(item, float(score)) for (item, _), score in zip(found, scores, strict=True)]
         return spec, version, results
 
-    def _emit_result(self, item: _Pending, spec: ModelSpec, version: str, score: float, outcome: Outcome) -> None:
+    def _emit_result(
+        self, item: _Pending, spec: ModelSpec, version: str, score: float, scored_at: str, outcome: Outcome
+    ) -> None:
         latency = time.monotonic() - item.inbound.received
         record = result_record(
             event_id=item.request.event_id,
@@ -210,6 +214,7 @@ class BatchProcessor:
             score=score,
             threshold=spec.threshold,
             latency_ms=latency * 1000,
+            scored_at=scored_at,
         )
         value = orjson.dumps(record)
         key = item.request.event_id.encode()

@@ -56,6 +56,10 @@ class WorkerSettings(_Block):
     transaction_lanes: int = Field(default=1, ge=1, le=64)
     # Batches scored while a transaction commits share the next one, up to this many.
     max_batches_per_transaction: int = Field(default=16, ge=1)
+    # Under a backlog (the last fetch came back full), a transaction waits until it holds
+    # max_batches_per_transaction batches or its oldest batch is this old: each transaction costs
+    # the broker a fixed ~20 requests and log writes whatever its size. Otherwise it starts at once.
+    transaction_linger_ms: int = Field(default=50, ge=0)
     # Names this process's transactional producer (`<app_id>-<instance_id>`); empty: a random one per
     # start. A stable id (a StatefulSet pod name) lets a restarted worker abort its predecessor's open
     # transaction at once instead of after transaction_timeout_ms.

@@ -8,7 +8,8 @@ thread for the consumer (whose rebalance callbacks therefore run there and hand 
 loop) and one per transactional producer. Scored batches are committed by transaction lanes (see
 `lane`), each owning a share of the input partitions, with one transaction in flight per lane; the
 batches scored while it commits share the next one (group commit), so under load transactions grow
-and their fixed cost is spread, while a lone request is committed at once. A batch's dedup entries
+and their fixed cost is spread, while a lone request is committed at once. Under a backlog a lane
+also lets its next transaction gather batches for up to `transaction_linger_ms` first. A batch's dedup entries
 are put in the state when it is scored, so the batches after it see them; if a lane's transaction
 aborts, everything of its partitions scored since is dropped too, those partitions are rewound to
 their first uncommitted records and their state is reloaded from the results topic, so a repeat is
@@ -30,7 +31,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import start_http_server
 
-from pipeline import changelog, metrics
+from pipeline import changelog, heap, metrics
 from pipeline.contract import Source
 from pipeline.dedup import DedupState
 from pipeline.features import FeatureLookup
@@ -76,6 +77,7 @@ class Worker:
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
         processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, self.state, backoff)
         await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
+        log.info("startup_heap_frozen", objects=heap.freeze_startup())
         consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,
@@ -99,6 +101,8 @@ class Worker:
         # could be committed sooner: records are gathered and scored in one batch when a lane frees
         # up (one Triton call and one feature read per transaction, not one per record that trickles in).
         held: list[Message] = []
+        # The last fetch came back full: more is waiting, so transactions gather several batches.
+        backlog = False
         try:
             while not stop.is_set():
                 for lane in self.lanes:
@@ -112,7 +116,8 @@ class Worker:
                     held = [r for r in held if r.partition() not in rewound]
                     continue
                 for lane in self.lanes:
-                    lane.start_commit()
+                    if not backlog or lane.ripe:
+                        lane.start_commit()
                 if fetching is None and len(held) < worker.batch_size:
                     fetching = asyncio.ensure_future(
                         self._on_consumer(
@@ -127,7 +132,9 @@ class Worker:
                         waits.append(fetching)
                     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                     if fetching is not None and fetching.done():
-                        held += fetching.result()
+                        fetched = fetching.result()
+                        backlog = len(fetched) >= worker.batch_size - len(held)
+                        held += fetched
                         fetching = None
                     continue
                 batch, held = [r for r in held if r.partition() in self._owned], []

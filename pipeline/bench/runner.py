@@ -129,7 +129,8 @@ class Bench:
     def http(self) -> dict[str, Any]:
         o = self.options
         settings = load.fresh_topics(self.settings, "http")
-        settings = settings.updated(gateway={"port": free_port()})
+        # Ports of its own: the bench can run beside `pipeline stack up`.
+        settings = settings.updated(gateway={"port": free_port()}, worker={"metrics_port": free_port()})
         processes = {
             "bench-http-worker": self.stack.start_worker(settings, "bench-http-worker"),
             "bench-http-gateway": self.stack.start_gateway(settings, "bench-http-gateway"),

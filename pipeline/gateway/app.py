@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
-from pipeline import metrics
+from pipeline import heap, metrics
 from pipeline.contract import PredictBody, describe_error
 from pipeline.gateway.auth import ApiKeys
 from pipeline.gateway.bridge import Answer, Bridge
@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> PredictFastPath:
         if not keys.enabled:
             log.warning("gateway_open", reason="no API key configured: every caller is accepted")
         await bridge.start()
+        heap.freeze_startup()
         log.info("gateway_ready", reply_address=bridge.replies.address, api_keys=len(gateway.api_keys))
         try:
             yield
