@@ -43,7 +43,13 @@ class Lane:
         self.rewind_to: dict[int, int] = {}
 
     def add(self, records: list[Message], messages: list[Outbound]) -> None:
-        """Scored records of this lane's partitions and the messages they produced."""
+        """Scored records of this lane's partitions and the messages they produced. Records of a
+        partition waiting to be rewound are dropped: they are fetched and scored again."""
+        if self.rewind_to:
+            records = [r for r in records if r.partition() not in self.rewind_to]
+            messages = [m for m in messages if m.source_partition not in self.rewind_to]
+            if not records:
+                return
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append((records, messages))

@@ -84,6 +84,27 @@ class Outcome:
     events: Counter[str] = field(default_factory=Counter)  # by outcome, added to the metric once per batch
     latencies: list[float] = field(default_factory=list)  # seconds from consume to result, per scored event
 
+    def keep(self, partitions: set[int]) -> Outcome:
+        """Only what belongs to these input partitions (the others were revoked while it was scored)."""
+        return Outcome(
+            messages=[m for m in self.messages if m.source_partition in partitions],
+            remembered=[r for r in self.remembered if r[1] in partitions],
+            events=self.events,
+            latencies=self.latencies,
+        )
+
+
+@dataclass(slots=True)
+class Validated:
+    """A batch parsed against the contract, not yet scored (see `BatchProcessor.validate`)."""
+
+    size: int
+    parsed: list[tuple[InferenceRequest, Inbound]]
+    outcome: Outcome  # dead letters of the invalid ones so far
+
+    def event_ids(self) -> set[str]:
+        return {request.event_id for request, _ in self.parsed}
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -110,17 +131,26 @@ class BatchProcessor:
         self._backoff = backoff
 
     async def process(self, batch: Sequence[Inbound]) -> Outcome:
+        return await self.complete(self.validate(batch))
+
+    def validate(self, batch: Sequence[Inbound]) -> Validated:
+        """The first step, apart so that a caller can look at a batch's event_ids before scoring it."""
         outcome = Outcome()
         with metrics.STAGE_SECONDS.labels("validate").time():
             parsed = self._validate(batch, outcome)
+        return Validated(len(batch), parsed, outcome)
+
+    async def complete(self, validated: Validated) -> Outcome:
+        """Dedup, features, scores: the rest of `process`."""
+        outcome = validated.outcome
         with metrics.STAGE_SECONDS.labels("dedup").time():
-            pending = self._admit(parsed, outcome)
+            pending = self._admit(validated.parsed, outcome)
         by_model: dict[str, list[_Pending]] = defaultdict(list)
         for item in pending.values():
             by_model[item.request.model or self._default_model].append(item)
         for model, items in by_model.items():
             await self._score_model(model, items, outcome)
-        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_SIZE.observe(validated.size)
         metrics.observe_many(metrics.EVENT_LATENCY, outcome.latencies)
         for kind, count in outcome.events.items():
             metrics.EVENTS.labels(kind).inc(count)

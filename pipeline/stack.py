@@ -23,7 +23,7 @@ from urllib.request import urlopen
 import structlog
 
 from pipeline.errors import ConfigurationError
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +60,12 @@ class LocalStack:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalStack:
-        return cls(PROJECT_ROOT / ".run" / "stack", Ports.from_settings(settings))
+        ports = Ports.from_settings(settings)
+        # One folder per broker port: a stack on other ports (a test session's) never takes the dev
+        # stack's processes for its own.
+        default_kafka = _port(KafkaSettings().bootstrap_servers)  # the default, not the environment's
+        name = "stack" if ports.kafka == default_kafka else f"stack-{ports.kafka}"
+        return cls(PROJECT_ROOT / ".run" / name, ports)
 
     # -- settings of the processes of this stack ------------------------------------------------
     def settings(self, base: Settings | None = None) -> Settings:

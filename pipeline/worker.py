@@ -37,7 +37,7 @@ from pipeline.dedup import DedupState
 from pipeline.features import FeatureLookup
 from pipeline.inference import TritonScorer
 from pipeline.lane import Lane
-from pipeline.processor import BatchProcessor, Features, Inbound, Outbound, Outcome, Scorer
+from pipeline.processor import BatchProcessor, Features, Inbound, Outbound, Outcome, Scorer, Validated
 from pipeline.retry import Backoff
 from pipeline.settings import Settings
 
@@ -63,6 +63,10 @@ class Worker:
         # Partitions whose dedup state is loaded: only their records are processed.
         self._owned: set[int] = set()
         self._last_expiry = time.time()
+        # The batch being scored (it may be waiting for its model call while the next is prepared)
+        # and its event_ids.
+        self._scoring: asyncio.Task[None] | None = None
+        self._scoring_ids: set[str] = set()
         self.ready = asyncio.Event()
 
     def lane(self, partition: int) -> Lane:
@@ -105,6 +109,9 @@ class Worker:
         backlog = False
         try:
             while not stop.is_set():
+                if self._scoring is not None and self._scoring.done():
+                    self._scoring.result()  # raises what scoring raised
+                    self._scoring = None
                 for lane in self.lanes:
                     if lane.backed_up:
                         await lane.settle()
@@ -112,6 +119,9 @@ class Worker:
                     if fetching is not None:
                         held += await fetching
                         fetching = None
+                    if self._scoring is not None:  # handed over first: the lanes drop what they must
+                        await self._scoring
+                        self._scoring = None
                     rewound = await self._rewind(consumer)
                     held = [r for r in held if r.partition() not in rewound]
                     continue
@@ -130,6 +140,8 @@ class Worker:
                     waits = [lane.inflight for lane in self.lanes if lane.inflight is not None]
                     if fetching is not None:
                         waits.append(fetching)
+                    if self._scoring is not None:
+                        waits.append(self._scoring)
                     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                     if fetching is not None and fetching.done():
                         fetched = fetching.result()
@@ -139,15 +151,12 @@ class Worker:
                     continue
                 batch, held = [r for r in held if r.partition() in self._owned], []
                 if batch:
-                    outcome = await processor.process(_inbounds(batch))
-                    now = time.time()
-                    for event_id, partition, result in outcome.remembered:
-                        self.state.put(partition, event_id, result, now)
-                    metrics.DEDUP_ENTRIES.set(len(self.state))
-                    self._hand_to_lanes(batch, outcome)
+                    await self._start_scoring(processor, batch)
                 self._expire()
             if fetching is not None:
                 await fetching
+            if self._scoring is not None:
+                await self._scoring
         finally:
             # Closing leaves the group; the revocation callback commits what is scored, in there.
             await self._on_consumer(consumer.close)
@@ -155,6 +164,42 @@ class Worker:
             await asyncio.gather(*(lane.delivery.close() for lane in self.lanes))
             features.close()
             await scorer.close()
+
+    async def _start_scoring(self, processor: BatchProcessor, batch: list[Message]) -> None:
+        """Score `batch` while the batch before it may still wait for its model call (the worker
+        would otherwise idle through every Triton round trip), then wait for that one: at most two
+        are in flight, and outcomes reach the lanes in the order the records were consumed."""
+        validated = processor.validate(_inbounds(batch))
+        event_ids = validated.event_ids()
+        previous = self._scoring
+        # A repeat of an event still being scored must be answered from the dedup state: after it.
+        after = previous if previous is not None and not event_ids.isdisjoint(self._scoring_ids) else None
+        self._scoring = asyncio.create_task(self._score(processor, validated, batch, previous, after))
+        self._scoring_ids = event_ids
+        if previous is not None:
+            await previous
+
+    async def _score(
+        self,
+        processor: BatchProcessor,
+        validated: Validated,
+        batch: list[Message],
+        previous: asyncio.Task[None] | None,
+        after: asyncio.Task[None] | None,
+    ) -> None:
+        if after is not None:
+            await after
+        outcome = await processor.complete(validated)
+        if previous is not None:
+            await previous
+        if any(record.partition() not in self._owned for record in batch):  # revoked meanwhile
+            batch = [record for record in batch if record.partition() in self._owned]
+            outcome = outcome.keep(self._owned)
+        now = time.time()
+        for event_id, partition, result in outcome.remembered:
+            self.state.put(partition, event_id, result, now)
+        metrics.DEDUP_ENTRIES.set(len(self.state))
+        self._hand_to_lanes(batch, outcome)
 
     def _hand_to_lanes(self, batch: list[Message], outcome: Outcome) -> None:
         if len(self.lanes) == 1:
@@ -231,11 +276,13 @@ class Worker:
     async def revoke(self, partitions: list[int]) -> None:
         if not partitions:
             return
-        # What is scored carries offsets of these partitions: it is committed while we own them.
+        # Not ours from here on: what is still being scored of them is dropped when it is handed
+        # over (their next owner scores it again). What is scored carries offsets of these
+        # partitions: it is committed now, while the group still lets us.
+        self._owned.difference_update(partitions)
         await asyncio.gather(*(lane.flush() for lane in self.lanes))
         for partition in partitions:
             self.lane(partition).rewind_to.pop(partition, None)
-            self._owned.discard(partition)
             self.state.drop(partition)
         metrics.REBALANCES.labels("revoked").inc(len(partitions))
         metrics.DEDUP_ENTRIES.set(len(self.state))
