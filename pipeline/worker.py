@@ -134,7 +134,11 @@ class Worker:
                             _fetch, consumer, worker.batch_size - len(held), worker.batch_timeout_ms / 1000
                         )
                     )
-                busy = all(lane.inflight is not None and not lane.inflight.done() for lane in self.lanes)
+                # While a batch is being scored, or every lane is committing, what trickles in is
+                # held for one batch later; a full batch (a backlog) is scored at once, beside it.
+                busy = all(lane.inflight is not None and not lane.inflight.done() for lane in self.lanes) or (
+                    self._scoring is not None and not self._scoring.done()
+                )
                 if not held or (busy and len(held) < worker.batch_size):
                     # Wake for records, or for the end of a transaction in flight (to start the next).
                     waits = [lane.inflight for lane in self.lanes if lane.inflight is not None]
