@@ -130,18 +130,16 @@ class BatchProcessor:
         self._dedup = dedup
         self._backoff = backoff
 
-    async def process(self, batch: Sequence[Inbound]) -> Outcome:
-        return await self.complete(self.validate(batch))
-
     def validate(self, batch: Sequence[Inbound]) -> Validated:
-        """The first step, apart so that a caller can look at a batch's event_ids before scoring it."""
+        """The first step, apart from `complete` so that a caller can look at a batch's event_ids
+        before scoring it (the worker orders batches that share one)."""
         outcome = Outcome()
         with metrics.STAGE_SECONDS.labels("validate").time():
             parsed = self._validate(batch, outcome)
         return Validated(len(batch), parsed, outcome)
 
     async def complete(self, validated: Validated) -> Outcome:
-        """Dedup, features, scores: the rest of `process`."""
+        """Dedup, features, scores: the outcome of a validated batch."""
         outcome = validated.outcome
         with metrics.STAGE_SECONDS.labels("dedup").time():
             pending = self._admit(validated.parsed, outcome)

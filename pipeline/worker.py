@@ -81,7 +81,8 @@ class Worker:
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
         processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, self.state, backoff)
         await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
-        log.info("startup_heap_frozen", objects=heap.freeze_startup())
+        frozen = heap.freeze_startup()  # what start-up built lives as long as the process
+        log.info("startup_heap_frozen", objects=frozen)
         consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,
