@@ -34,6 +34,30 @@ def check_copartitioned(settings: Settings) -> int:
     return requests
 
 
+def check_retention(settings: Settings) -> None:
+    """The results topic must keep records at least as long as the dedup window: what it has
+    dropped, a worker taking a partition over cannot know was scored, and would score again."""
+    config = topics.topic_config(settings, settings.topics.results)
+    gap = retention_gap(config, settings.worker.dedup_window_s)
+    if gap is not None:
+        raise ConfigurationError(
+            f"{settings.topics.results} {gap}, shorter than the dedup window "
+            f"({settings.worker.dedup_window_s:g} s, PIPELINE_WORKER__DEDUP_WINDOW_S): a worker taking a partition "
+            "over would score repeats of older events again; raise its retention.ms (topics/topics.yaml is what "
+            "`pipeline topics apply` creates) or shorten the window"
+        )
+
+
+def retention_gap(config: dict[str, str], window_s: float) -> str | None:
+    """Pure: why a topic with this config forgets records sooner than `window_s`, or None."""
+    if "delete" not in config.get("cleanup.policy", "delete"):
+        return None  # compacted only: the last result of every event_id stays
+    retention_ms = int(config.get("retention.ms", "604800000"))
+    if 0 <= retention_ms < window_s * 1000:
+        return f"keeps records {retention_ms / 1000:g} s (retention.ms)"
+    return None
+
+
 async def high_watermarks(settings: Settings, partitions: list[int]) -> dict[int, int]:
     """The end of each results partition including records of transactions still open."""
     consumer = await _reader(settings, "changelog", "read_uncommitted")

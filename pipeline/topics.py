@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
@@ -70,6 +70,17 @@ def partition_count(settings: Settings, topic: str, timeout_s: float = 30.0) -> 
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise ConfigurationError(f"topic {topic!r} does not exist: run `pipeline topics apply`")
     return len(metadata.partitions)
+
+
+def topic_config(settings: Settings, topic: str, timeout_s: float = 30.0) -> dict[str, str]:
+    """The topic's effective configuration (its own settings over the broker's defaults)."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    admin = admin_client(settings)  # held until the answer is in: a dropped client cancels its requests
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result()
+    except KafkaException as e:
+        raise ConfigurationError(f"could not read the configuration of topic {topic!r}: {e}") from e
+    return {name: entry.value for name, entry in entries.items() if entry.value is not None}
 
 
 def _await_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:

@@ -76,6 +76,7 @@ class Worker:
         settings, worker = self.settings, self.settings.worker
         self._loop = asyncio.get_running_loop()
         changelog.check_copartitioned(settings)
+        changelog.check_retention(settings)
         scorer = self._scorer or TritonScorer(settings.triton)
         features = self._features or FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
