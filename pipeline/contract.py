@@ -24,6 +24,11 @@ ERROR_CODES = (
     "deadline_exceeded",  # additive: a request whose `deadline` header had passed
 )
 
+# How every producer of the requests topic maps a key to a partition: murmur2 of the key, as Java's
+# and aiokafka's default partitioner do (librdkafka's default hashes differently). A repeat of an
+# event is deduplicated by the worker that owns its partition, so all producers must agree.
+REQUESTS_PARTITIONER = {"partitioner": "murmur2_random"}
+
 # Header names (values are UTF-8).
 CORRELATION_ID = "correlation-id"
 REPLY_TO = "reply-to"

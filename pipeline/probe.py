@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from pipeline.contract import REQUESTS_PARTITIONER
 from pipeline.settings import Settings
 from pipeline.traffic import Message
 
@@ -75,7 +76,12 @@ def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 3
 def publish(settings: Settings, messages: Iterable[Message], topic: str | None = None) -> dict[str, int]:
     """Produce in order; returns each event_id's first produce time (epoch ms)."""
     producer = Producer(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 5, "enable.idempotence": True}
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "linger.ms": 5,
+            "enable.idempotence": True,
+            **REQUESTS_PARTITIONER,
+        }
     )
     sent_at: dict[str, int] = {}
     target = topic or settings.topics.requests

@@ -14,7 +14,7 @@ from datetime import datetime
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline.contract import payload_bytes
+from pipeline.contract import REQUESTS_PARTITIONER, payload_bytes
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
@@ -87,7 +87,9 @@ def redrive(settings: Settings, selection: Selection, dry_run: bool = False) -> 
     messages = list(select(read_dead_letters(settings), selection))
     if dry_run or not messages:
         return len(messages)
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "enable.idempotence": True, **REQUESTS_PARTITIONER}
+    )
     for key, value in messages:
         producer.produce(settings.topics.requests, value, key=key)
         producer.poll(0)

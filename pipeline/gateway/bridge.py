@@ -32,13 +32,7 @@ class Bridge:
 
     async def start(self) -> None:
         # Kafka clients bind to the running loop, so they are made here, not in __init__.
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka.bootstrap_servers,
-            client_id=f"{self.settings.kafka.client_id}-gateway",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,  # a caller is waiting: no lingering (what is queued meanwhile still shares a request)
-        )
+        self.producer = request_producer(self.settings)
         await self.replies.start()
         await self.producer.start()
         self.started = True
@@ -112,6 +106,18 @@ class Bridge:
             letter = orjson.loads(reply.value)
             return Answer(event_id, 422, orjson.dumps({"error": letter["error"], "event_id": event_id}))
         return Answer(event_id, 200, reply.value)
+
+
+def request_producer(settings: Settings) -> AIOKafkaProducer:
+    """The bridge's producer of requests. aiokafka's default partitioner is Java's (murmur2), the
+    one every producer of the requests topic uses (contract.REQUESTS_PARTITIONER)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=f"{settings.kafka.client_id}-gateway",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0,  # a caller is waiting: no lingering (what is queued meanwhile still shares a request)
+    )
 
 
 class NotPublished(Exception):
