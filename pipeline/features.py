@@ -5,7 +5,7 @@ protos, more than the store read itself. The worker instead calls the online sto
 `online_read` (through Feast's provider, so Feast's key serialisation, table layout and registry
 are used unchanged) and turns the values straight into float rows. On SQLite (the default store)
 it runs the same query itself, minus the timestamp columns: Feast's read parses a datetime per
-feature value in Python, which was half of its time (256 entities: ~9 -> ~5 ms). A test keeps the
+feature value in Python, a third of its CPU (256 entities: ~10.7 -> ~7 ms). A test keeps the
 result identical to `get_online_features` on SQLite and Redis. Rows are reused for
 `PIPELINE_FEAST__CACHE_TTL_S` seconds (see `feature_cache`).
 """
