@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from pipeline.contract import REQUESTS_PARTITIONER
+from pipeline import topics
 from pipeline.settings import Settings
 from pipeline.traffic import Message
 
@@ -75,14 +75,7 @@ def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 3
 
 def publish(settings: Settings, messages: Iterable[Message], topic: str | None = None) -> dict[str, int]:
     """Produce in order; returns each event_id's first produce time (epoch ms)."""
-    producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "linger.ms": 5,
-            "enable.idempotence": True,
-            **REQUESTS_PARTITIONER,
-        }
-    )
+    producer = topics.requests_producer(settings, {"linger.ms": 5, "enable.idempotence": True})
     sent_at: dict[str, int] = {}
     target = topic or settings.topics.requests
     for message in messages:

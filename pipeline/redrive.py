@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.contract import REQUESTS_PARTITIONER, payload_bytes
+from pipeline import topics
+from pipeline.contract import payload_bytes
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
@@ -87,9 +88,7 @@ def redrive(settings: Settings, selection: Selection, dry_run: bool = False) -> 
     messages = list(select(read_dead_letters(settings), selection))
     if dry_run or not messages:
         return len(messages)
-    producer = Producer(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers, "enable.idempotence": True, **REQUESTS_PARTITIONER}
-    )
+    producer = topics.requests_producer(settings, {"enable.idempotence": True})
     for key, value in messages:
         producer.produce(settings.topics.requests, value, key=key)
         producer.poll(0)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
+from pipeline.contract import REQUESTS_PARTITIONER
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 
@@ -42,6 +44,12 @@ def load_specs(settings: Settings, path: Path | None = None) -> list[TopicSpec]:
 
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra})
+
+
+def requests_producer(settings: Settings, options: dict[str, Any] | None = None) -> Producer:
+    """A librdkafka producer for the requests topic, placing keys as every producer of it must
+    (contract.REQUESTS_PARTITIONER); `options` are further client settings."""
+    return Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **(options or {}), **REQUESTS_PARTITIONER})
 
 
 def apply(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0) -> ApplyReport:

@@ -103,9 +103,10 @@ class Worker:
         self._consumer = consumer
         consumer.subscribe([self.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
         fetching: asyncio.Future[list[Message]] | None = None
-        # Fetched, not yet scored. While every lane has a transaction in flight, nothing scored now
-        # could be committed sooner: records are gathered and scored in one batch when a lane frees
-        # up (one Triton call and one feature read per transaction, not one per record that trickles in).
+        # Fetched, not yet scored. While every lane has a transaction in flight, records are gathered
+        # and scored in one batch when a lane frees up: one Triton call and one feature read per
+        # transaction, not one per record that trickles in (scoring each at once measured slower
+        # at 500 requests/s on two busy cores: p50 43-54 ms against 26).
         held: list[Message] = []
         # The last fetch came back full: more is waiting, so transactions gather several batches.
         backlog = False

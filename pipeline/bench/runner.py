@@ -18,11 +18,10 @@ from urllib.request import urlopen
 
 import structlog
 
-from pipeline import traffic
+from pipeline import topics, traffic
 from pipeline.bench import http, load
 from pipeline.bench.memory import RssSampler, status_mib
 from pipeline.bench.stats import median, ratio, stage_summary, stage_totals
-from pipeline.contract import REQUESTS_PARTITIONER
 from pipeline.models.spec import load_spec_file
 from pipeline.settings import Settings
 from pipeline.stack import LocalStack, free_port
@@ -317,9 +316,7 @@ def _scrape(port: int) -> str:
 
 def _steady_load(settings: Settings, rate: float, stop: threading.Event) -> None:
     """Valid, distinct requests at `rate` per second, in 100 ms slices, until `stop`."""
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 5, **REQUESTS_PARTITIONER})
+    producer = topics.requests_producer(settings, {"linger.ms": 5})
     prefix = f"soak-{uuid.uuid4().hex[:6]}-"
     pool = traffic.valid_requests(10_000, prefix="pool-")
     sent = 0
