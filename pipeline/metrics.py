@@ -14,6 +14,9 @@ DEAD_LETTERS = Counter("pipeline_dead_letters_total", "Dead letters written, by 
 RETRIES = Counter("pipeline_retries_total", "Retries of a transient failure, by stage", ["stage"])
 TRANSACTION_ABORTS = Counter("pipeline_transaction_aborts_total", "Aborted transactions, by reason", ["reason"])
 REBALANCES = Counter("pipeline_rebalances_total", "Partition assignments and revocations", ["change"])
+FEATURE_ROWS = Counter(
+    "pipeline_feature_rows_total", "Entities' feature rows looked up, by source (cache or store)", ["source"]
+)
 DEDUP_ENTRIES = Gauge("pipeline_dedup_entries", "Scored event_ids remembered for dedup")
 STAGE_SECONDS = Histogram("pipeline_stage_seconds", "Time per batch in each stage", ["stage"], buckets=_LATENCY_BUCKETS)
 EVENT_LATENCY = Histogram(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from pipeline.features import FeatureLookup, rows_by_entity
 from pipeline.models.spec import load_spec_file
@@ -42,3 +43,23 @@ async def test_direct_read_equals_get_online_features(store, spec, stack, reques
         if entity != UNKNOWN:
             np.testing.assert_array_equal(rows[entity], reference[entity])
     assert len([r for r in rows.values() if r is not None]) == len(unique) - 1
+
+
+async def test_rows_read_once_are_served_from_the_cache_and_counted(stack, spec):
+    lookup = FeatureLookup(stack.settings().feast.repo_path, cache_ttl_s=60)
+    entities = list(range(1, 41))
+
+    def counted(source: str) -> float:
+        return REGISTRY.get_sample_value("pipeline_feature_rows_total", {"source": source}) or 0.0
+
+    before = counted("cache"), counted("store")
+    try:
+        first = await lookup.fetch(spec, entities)
+        second = await lookup.fetch(spec, [*entities, 41])
+    finally:
+        lookup.close()
+
+    assert all(first[e] is not None for e in entities)
+    for entity in entities:
+        np.testing.assert_array_equal(second[entity], first[entity])
+    assert (counted("cache") - before[0], counted("store") - before[1]) == (40, 41)
