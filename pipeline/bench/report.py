@@ -35,7 +35,8 @@ def table(report: dict[str, Any]) -> str:
         h = report["http"]
         lines += [
             "",
-            f"{'HTTP POST /v1/predict':<24}{'ok/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'errors':>8}",
+            f"HTTP POST /v1/predict, medians of {len(h['closed_loop'].get('repetitions', [None]))} repetitions:",
+            f"{'':<24}{'ok/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'errors':>8}",
         ]
         rows = [(f"closed, {h['closed_loop']['offered']:g} users", h["closed_loop"])]
         rows += [(f"open, {f['offered']:g} req/s", f) for f in h["open_loop"]]

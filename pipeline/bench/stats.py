@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +22,25 @@ def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
+
+
+_SUMMED = ("requests", "errors", "server_errors_5xx")
+_PER_RUN = ("achieved_per_s", "p50", "p90", "p99", "p99.9", "errors")
+
+
+def median_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Repetitions of one HTTP load level → its figures: the median of each rate and percentile,
+    requests and errors summed (an error in any repetition counts), each repetition kept."""
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if key in _SUMMED:
+            merged[key] = sum(run[key] for run in runs)
+        elif key == "statuses":
+            merged[key] = dict(sum((Counter(run[key]) for run in runs), Counter()))
+        elif key != "offered" and isinstance(value, float):
+            merged[key] = median([run[key] for run in runs])
+    merged["repetitions"] = [{key: run[key] for key in _PER_RUN} for run in runs]
+    return merged
 
 
 def ratio(numerator: float, denominator: float) -> float:

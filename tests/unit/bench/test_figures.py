@@ -2,7 +2,7 @@ import math
 
 from pipeline.bench.memory import parse_status
 from pipeline.bench.runner import summarise
-from pipeline.bench.stats import percentiles_ms, stage_summary, stage_totals
+from pipeline.bench.stats import median_figures, percentiles_ms, stage_summary, stage_totals
 
 METRICS = """
 # TYPE pipeline_stage_seconds histogram
@@ -20,6 +20,24 @@ def test_percentiles_are_in_ms_and_nan_without_samples():
     figures = percentiles_ms([0.001 * i for i in range(1, 1001)])
     assert figures["p50"] == 500.5 and figures["p99"] == 990.01
     assert all(math.isnan(v) for v in percentiles_ms([]).values())
+
+
+def test_an_http_level_reports_median_percentiles_over_its_repetitions_and_every_error():
+    def run(p50: float, p99: float, errors: int) -> dict:
+        statuses = {"200": 1000 - errors, **({"504": errors} if errors else {})}
+        figures = {"mode": "open", "offered": 500.0, "requests": 1000, "achieved_per_s": 500.0 - errors}
+        return (
+            figures
+            | {"errors": errors, "server_errors_5xx": errors, "statuses": statuses, "p50": p50}
+            | {"p90": p50 * 2, "p99": p99, "p99.9": p99 * 2}
+        )
+
+    merged = median_figures([run(20.0, 60.0, 0), run(30.0, 40.0, 2), run(10.0, 90.0, 0)])
+
+    assert (merged["offered"], merged["p50"], merged["p90"], merged["p99"]) == (500.0, 20.0, 40.0, 60.0)
+    assert (merged["requests"], merged["errors"], merged["server_errors_5xx"]) == (3000, 2, 2)
+    assert merged["statuses"] == {"200": 2998, "504": 2}
+    assert [r["p99"] for r in merged["repetitions"]] == [60.0, 40.0, 90.0]
 
 
 def test_stage_summary_is_the_mean_between_two_scrapes_summed_over_workers():
