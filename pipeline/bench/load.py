@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -21,6 +21,8 @@ class Run:
     produced_at: float  # epoch s of the first request produced
     done_at: float  # epoch s when the last output was visible to a read_committed consumer
     count: int
+    # (epoch s, outputs of this run so far) each time the counter saw more
+    timeline: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def events_per_s(self) -> float:
@@ -39,6 +41,7 @@ class OutputCounter:
         self._reached = threading.Event()
         self._expected = 0
         self.reached_at = 0.0
+        self.timeline: list[tuple[float, int]] = []  # (epoch s, count) each time the count grew
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="output-counter", daemon=True)
         self._thread.start()
@@ -68,6 +71,7 @@ class OutputCounter:
             if seen:
                 with self._lock:
                     self._count += seen
+                    self.timeline.append((time.time(), self._count))
                     self._check()
 
     def _check(self) -> None:
@@ -78,12 +82,14 @@ class OutputCounter:
 
 def drive(settings: Settings, counter: OutputCounter, messages: list[traffic.Message], timeout_s: float) -> Run:
     """Publish `messages` as fast as the producer goes; time until all their outputs are committed."""
-    counter.expect(counter.count + len(messages))
+    before, seen = counter.count, len(counter.timeline)
+    counter.expect(before + len(messages))
     began = time.time()
     probe.publish(settings, messages)
     if not counter.wait(timeout_s):
         raise TimeoutError(f"{counter.count} outputs after {timeout_s:g} s; expected {len(messages)} more")
-    return Run(began, counter.reached_at, len(messages))
+    timeline = [(at, count - before) for at, count in counter.timeline[seen:]]
+    return Run(began, counter.reached_at, len(messages), timeline)
 
 
 _RUN_TOPICS = ("requests", "results", "dlq", "replies", "alerts")

@@ -18,11 +18,17 @@ def table(report: dict[str, Any]) -> str:
     summary = report["summary"]
     runs = report.get("throughput_runs", {})
     if runs:
-        lines.append(f"{'throughput scenario':<22}{'median ev/s':>14}{'runs (ev/s)':>34}{'peak RSS MiB':>16}")
+        lines.append(
+            f"{'throughput scenario':<22}{'median ev/s':>14}{'runs (ev/s)':>34}{'steady ev/s':>14}{'peak RSS MiB':>16}"
+        )
+        steady = summary.get("steady_events_per_s_median", {})
         for name, figures in runs.items():
             each = ", ".join(f"{r['events_per_s']:,.0f}" for r in figures)
             rss = max((v for r in figures for v in r["peak_rss_mib"].values()), default=float("nan"))
-            lines.append(f"{name:<22}{summary['events_per_s_median'][name]:>14,.0f}{each:>34}{rss:>16,.0f}")
+            lines.append(
+                f"{name:<22}{summary['events_per_s_median'][name]:>14,.0f}{each:>34}"
+                f"{steady.get(name, math.nan):>14,.0f}{rss:>16,.0f}"
+            )
         lines.append("")
         for name, value in summary["ratios"].items():
             lines.append(f"ratio {name:<32}{value:>10.2f}")

@@ -43,6 +43,16 @@ def median_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def steady_rate(timeline: Sequence[tuple[float, int]], total: int, low: float = 0.2, high: float = 0.8) -> float:
+    """Outputs per second while a run's outputs went from `low` to `high` of `total`: the drain rate
+    with the run's start (the backlog being published, consumers ramping up) and its tail left out."""
+    start = next(((t, n) for t, n in timeline if n >= low * total), None)
+    end = next(((t, n) for t, n in timeline if n >= high * total), None)
+    if start is None or end is None or end[0] <= start[0]:
+        return float("nan")
+    return round((end[1] - start[1]) / (end[0] - start[0]), 1)
+
+
 def ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator else float("nan")
 

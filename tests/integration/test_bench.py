@@ -45,7 +45,9 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     stages = runs["pipeline-1w"][0]["stages"]
     assert {"validate", "dedup", "features", "inference", "produce", "event:queue_wait"} <= set(stages)
     summary = written["summary"]
-    assert all(math.isfinite(v) and v > 0 for v in summary["ratios"].values())
+    # The steady drain rate needs outputs spread over time; a run this small may commit them at once.
+    assert all(math.isfinite(v) and v > 0 for k, v in summary["ratios"].items() if not k.endswith("-steady"))
+    assert all("steady_events_per_s" in run for each in runs.values() for run in each)
     assert set(summary["targets"]) >= {"pipeline/limit", "pipeline/naive", "pipeline/monolith"}
     http = written["http"]
     assert [f["offered"] for f in http["open_loop"]] == [20.0, 40.0]

@@ -2,7 +2,7 @@ import math
 
 from pipeline.bench.memory import parse_status
 from pipeline.bench.runner import summarise
-from pipeline.bench.stats import median_figures, percentiles_ms, stage_summary, stage_totals
+from pipeline.bench.stats import median_figures, percentiles_ms, stage_summary, stage_totals, steady_rate
 
 METRICS = """
 # TYPE pipeline_stage_seconds histogram
@@ -40,6 +40,14 @@ def test_an_http_level_reports_median_percentiles_over_its_repetitions_and_every
     assert [r["p99"] for r in merged["repetitions"]] == [60.0, 40.0, 90.0]
 
 
+def test_the_steady_rate_leaves_out_a_runs_start_and_tail():
+    # 1,000 outputs: none for the first second (the backlog being published), then 500/s, then a tail.
+    timeline = [(1.0 + i * 0.1, 50 * i) for i in range(1, 17)] + [(4.0, 1_000)]
+
+    assert steady_rate(timeline, 1_000) == 500.0  # 200 at 1.4 s, 800 at 2.6 s
+    assert math.isnan(steady_rate([(1.0, 1_000)], 1_000))  # all at once: no span to measure
+
+
 def test_stage_summary_is_the_mean_between_two_scrapes_summed_over_workers():
     before = stage_totals([METRICS])
     after = stage_totals([METRICS, METRICS.replace("0.04", "0.12").replace(" 4.0", " 8.0")])
@@ -55,8 +63,8 @@ def test_summary_takes_the_best_pipeline_median_and_judges_each_target():
         "passthrough": [{"events_per_s": v} for v in (20_000, 24_000, 22_000)],
         "passthrough-librdkafka": [{"events_per_s": 40_000}],
         "pipeline-1w": [{"events_per_s": 6_000}],
-        "pipeline-2w": [{"events_per_s": v} for v in (11_000, 12_000, 13_000)],
-        "monolith": [{"events_per_s": 20_000}],
+        "pipeline-2w": [{"events_per_s": v, "steady_events_per_s": v * 2} for v in (11_000, 12_000, 13_000)],
+        "monolith": [{"events_per_s": 20_000, "steady_events_per_s": 30_000}],
         "monolith-at-least-once": [{"events_per_s": 30_000}],
         "naive": [{"events_per_s": 100}],
     }
@@ -71,6 +79,7 @@ def test_summary_takes_the_best_pipeline_median_and_judges_each_target():
         "pipeline/monolith": 0.6,
         "pipeline/limit-librdkafka": 0.3,
         "pipeline/monolith-at-least-once": 0.4,
+        "pipeline/monolith-steady": 0.8,
     }
     met = {name: t["met"] for name, t in summary["targets"].items()}
     assert met == {
