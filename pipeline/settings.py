@@ -41,7 +41,7 @@ class WorkerSettings(_Block):
     # Up to this many requests per batch: whatever has arrived, so only a backlog fills it. Each batch
     # costs a fixed share (one Triton call, ~1.5 ms of CPU across Triton and its Python stub; one
     # feature read; a fetch), so a backlog drains faster in larger ones: two workers on the 2-core
-    # bench box drained 58k events/s at 256, 63k at 512, 66-68k at 1024 (Triton's max_batch_size).
+    # bench box drained 58k events/s at 256, 58-63k at 512, 66-68k at 1024 (Triton's max_batch_size).
     batch_size: int = Field(default=1024, ge=1, le=4096)
     batch_timeout_ms: int = Field(default=20, ge=1)
     metrics_port: int = 9100
