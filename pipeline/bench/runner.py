@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,8 @@ class Bench:
             closed_runs: list[dict[str, Any]] = []
             open_runs: dict[float, list[dict[str, Any]]] = {r: [] for r in o.http_rates}
             for rep in range(-1, o.repetitions):
-                _quiet_collector()
-                closed_run = asyncio.run(http.closed_loop(settings, bodies, o.closed_concurrency, o.http_seconds))
-                opened_runs = []
-                for rate in o.http_rates:
-                    _quiet_collector()
-                    opened_runs.append(asyncio.run(http.open_loop(settings, bodies, rate, o.http_seconds)))
+                closed_run = _measured(http.closed_loop(settings, bodies, o.closed_concurrency, o.http_seconds))
+                opened_runs = [_measured(http.open_loop(settings, bodies, r, o.http_seconds)) for r in o.http_rates]
                 if rep < 0:
                     log.info("bench_warmup_round", scenario="http", p50_ms=closed_run.figures()["p50"])
                     continue
@@ -166,16 +163,13 @@ class Bench:
                 log.info("bench_run", scenario="http", repetition=rep, **p50s)
             closed = median_figures(closed_runs)
             opened = [median_figures(open_runs[r]) for r in o.http_rates]
-            _quiet_collector()
-            saturated = asyncio.run(
-                http.closed_loop(settings, bodies, o.capacity_concurrency, o.http_seconds)
-            ).figures()
+            saturated = _measured(http.closed_loop(settings, bodies, o.capacity_concurrency, o.http_seconds)).figures()
             capacity = max(1.0, saturated["achieved_per_s"])
             shedding = settings.updated(gateway={"port": free_port(), "max_in_flight": o.overload_max_in_flight})
             name = "bench-http-gateway-overload"
             processes[name] = self.stack.start_gateway(shedding, name)
             sampler.track(name, processes[name].pid)
-            overload = asyncio.run(
+            overload = _measured(
                 http.open_loop(shedding, bodies, round(capacity * o.overload_factor), o.http_seconds)
             ).figures()
             direct = asyncio.run(http.direct_triton(settings, spec, o.triton_calls))
@@ -350,6 +344,12 @@ def _quiet_collector() -> None:
     scheduled start, so each pause was charged to the bridge (p99 at 500 req/s with and without:
     32-48 against 46-115 ms). Collect now, and keep what is alive out of later collections."""
     heap.freeze_startup()
+
+
+def _measured(load: Coroutine[Any, Any, http.LoadResult]) -> http.LoadResult:
+    """One HTTP load run, with the load generator's collector quiet first."""
+    _quiet_collector()
+    return asyncio.run(load)
 
 
 def _scrape(port: int) -> str:
