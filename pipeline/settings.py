@@ -23,7 +23,7 @@ class _Block(BaseModel):
 class KafkaSettings(_Block):
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "pipeline"
-    # Extra client options (librdkafka / aiokafka names) merged over the safe defaults.
+    # Extra librdkafka options, merged over the safe defaults of every librdkafka client.
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

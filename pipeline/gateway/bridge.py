@@ -8,11 +8,10 @@ import uuid
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from pipeline import metrics
 from pipeline.contract import CORRELATION_ID, DEADLINE, REPLY_TO, PredictBody, request_key
+from pipeline.gateway.publisher import PublishFailed, RequestPublisher
 from pipeline.gateway.replies import Reply, ReplyRouter
 from pipeline.settings import Settings
 
@@ -28,19 +27,18 @@ class Bridge:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.replies = ReplyRouter(settings)
+        self.publisher = RequestPublisher(settings)
         self.started = False
 
     async def start(self) -> None:
-        # Kafka clients bind to the running loop, so they are made here, not in __init__.
-        self.producer = request_producer(self.settings)
         await self.replies.start()
-        await self.producer.start()
+        await self.publisher.start()
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
         await self.replies.stop()
-        await self.producer.stop()
+        await self.publisher.stop()
 
     async def submit(self, bodies: list[PredictBody], timeout_s: float) -> list[Answer]:
         """Publish every request, then wait (one deadline for all) for each one's answer, in order."""
@@ -71,18 +69,15 @@ class Bridge:
         correlation_id = uuid.uuid4().hex
         future = self.replies.expect(correlation_id)
         payload = body.model_dump(mode="json", exclude_none=True) | {"event_id": event_id}
+        headers = (
+            (CORRELATION_ID, correlation_id.encode()),
+            (REPLY_TO, address.encode()),
+            (DEADLINE, str(deadline_ms).encode()),
+        )
         try:
-            await self.producer.send_and_wait(
-                self.settings.topics.requests,
-                orjson.dumps(payload),
-                key=request_key(body),
-                headers=[
-                    (CORRELATION_ID, correlation_id.encode()),
-                    (REPLY_TO, address.encode()),
-                    (DEADLINE, str(deadline_ms).encode()),
-                ],
-            )
-        except KafkaError as e:
+            value = orjson.dumps(payload)
+            await self.publisher.publish(self.settings.topics.requests, value, request_key(body), headers)
+        except PublishFailed as e:
             self.replies.forget(correlation_id)
             raise NotPublished(event_id, str(e)) from e
         return event_id, correlation_id, future
@@ -106,18 +101,6 @@ class Bridge:
             letter = orjson.loads(reply.value)
             return Answer(event_id, 422, orjson.dumps({"error": letter["error"], "event_id": event_id}))
         return Answer(event_id, 200, reply.value)
-
-
-def request_producer(settings: Settings) -> AIOKafkaProducer:
-    """The bridge's producer of requests. aiokafka's default partitioner is Java's (murmur2), the
-    one every producer of the requests topic uses (contract.REQUESTS_PARTITIONER)."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=f"{settings.kafka.client_id}-gateway",
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=0,  # a caller is waiting: no lingering (what is queued meanwhile still shares a request)
-    )
 
 
 class NotPublished(Exception):
