@@ -10,7 +10,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline import probe
-from pipeline.gateway.publisher import PublishFailed, RequestPublisher
+from pipeline.gateway.bridge import request_producer
 from pipeline.traffic import Message
 
 pytestmark = pytest.mark.integration
@@ -36,13 +36,13 @@ def _partitions_by_key(settings, expected: int) -> dict[tuple[bytes, bytes], int
 async def test_the_bridge_and_the_python_producers_partition_requests_like_java(pipeline_settings):
     settings = pipeline_settings()
     probe.publish(settings, [Message(key, b"probe", None, "valid") for key in KEYS])
-    publisher = RequestPublisher(settings)
-    await publisher.start()
+    producer = request_producer(settings)
+    await producer.start()
     try:
         for key in KEYS:
-            await publisher.publish(settings.topics.requests, b"bridge", key, ())
+            await producer.send_and_wait(settings.topics.requests, b"bridge", key=key)
     finally:
-        await publisher.stop()
+        await producer.stop()
 
     seen = _partitions_by_key(settings, 2 * len(KEYS))
     java = DefaultPartitioner()
@@ -53,10 +53,3 @@ async def test_the_bridge_and_the_python_producers_partition_requests_like_java(
         assert seen[(b"probe", key)] == reference
         assert seen[(b"bridge", key)] == reference
     assert len({seen[(b"probe", key)] for key in KEYS}) == 12  # spread over every partition
-
-
-async def test_a_bridge_publisher_that_cannot_reach_kafka_fails_at_start_with_the_address(pipeline_settings):
-    settings = pipeline_settings().updated(kafka={"bootstrap_servers": "127.0.0.1:1"})
-    publisher = RequestPublisher(settings)
-    with pytest.raises(PublishFailed, match=r"127\.0\.0\.1:1\b"):
-        await publisher.start(connect_timeout_s=1.0)
