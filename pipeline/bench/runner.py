@@ -246,7 +246,11 @@ def summarise(runs: dict[str, list[dict[str, Any]]], http_figures: dict[str, Any
     """Medians per scenario, the ratios the issue names, and each target met or not."""
     medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
     best = max((v for k, v in medians.items() if k.startswith(PIPELINE)), default=float("nan"))
-    steady = {name: median([r.get("steady_events_per_s", math.nan) for r in rs]) for name, rs in runs.items()}
+    # A run too short to have a steady span has none (NaN), and NaN has no place in a sorted median.
+    steady = {
+        name: median([v for r in rs if math.isfinite(v := r.get("steady_events_per_s", math.nan))])
+        for name, rs in runs.items()
+    }
     best_steady = max((v for k, v in steady.items() if k.startswith(PIPELINE) and math.isfinite(v)), default=math.nan)
     ratios = {
         "pipeline/limit": ratio(best, medians.get("passthrough", 0.0)),

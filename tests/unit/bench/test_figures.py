@@ -99,3 +99,14 @@ def test_unmeasured_figures_judge_no_target():
 def test_proc_status_lines_are_read_in_mib():
     assert parse_status("Name:\tpython\nVmHWM:\t  204800 kB\n", "VmHWM") == 200.0
     assert parse_status("Name:\tpython\n", "VmHWM") is None
+
+
+def test_a_run_without_a_steady_span_does_not_skew_the_steady_median():
+    runs = {
+        "pipeline-2w": [{"events_per_s": 10_000, "steady_events_per_s": v} for v in (math.nan, 30_000, 10_000)],
+        "monolith": [{"events_per_s": 10_000, "steady_events_per_s": 20_000}],
+    }
+
+    summary = summarise(runs, None)
+    assert summary["steady_events_per_s_median"]["pipeline-2w"] == 20_000  # of 30,000 and 10,000
+    assert summary["ratios"]["pipeline/monolith-steady"] == 1.0
