@@ -35,6 +35,8 @@ TRANSACTION_MESSAGES = Histogram(
     "Messages (results, replies, dead letters, changelog entries) per committed transaction",
     buckets=(1, 8, 32, 128, 512, 2048, 8192, 32768),
 )
+ANSWERS = Counter("pipeline_answers_total", "Replies to HTTP callers sent as soon as their requests were scored")
+ANSWERS_FAILED = Counter("pipeline_answers_failed_total", "Replies to HTTP callers that could not be delivered")
 
 GATEWAY_REQUESTS = Counter("gateway_requests_total", "HTTP bridge responses, by route and status", ["route", "status"])
 GATEWAY_LATENCY = Histogram("gateway_request_seconds", "HTTP bridge latency", ["route"], buckets=_LATENCY_BUCKETS)

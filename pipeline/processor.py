@@ -79,7 +79,8 @@ class Outbound:
 
 @dataclass
 class Outcome:
-    messages: list[Outbound] = field(default_factory=list)
+    messages: list[Outbound] = field(default_factory=list)  # results and dead letters
+    replies: list[Outbound] = field(default_factory=list)  # answers to reply-to addresses (HTTP callers)
     remembered: list[tuple[str, int, bytes]] = field(default_factory=list)  # event_id, partition, result
     events: Counter[str] = field(default_factory=Counter)  # by outcome, added to the metric once per batch
     latencies: list[float] = field(default_factory=list)  # seconds from consume to result, per scored event
@@ -88,6 +89,7 @@ class Outcome:
         """Only what belongs to these input partitions (the others were revoked while it was scored)."""
         return Outcome(
             messages=[m for m in self.messages if m.source_partition in partitions],
+            replies=[m for m in self.replies if m.source_partition in partitions],
             remembered=[r for r in self.remembered if r[1] in partitions],
             events=self.events,
             latencies=self.latencies,
@@ -286,7 +288,7 @@ class BatchProcessor:
         headers = [(REPLY_KIND, kind.encode())]
         if correlation := inbound.headers.get(CORRELATION_ID):
             headers.append((CORRELATION_ID, correlation))
-        outcome.messages.append(Outbound(inbound.source.partition, topic, key, value, partition, tuple(headers)))
+        outcome.replies.append(Outbound(inbound.source.partition, topic, key, value, partition, tuple(headers)))
 
     def _on_retry(self, error: PipelineError, attempt: int, delay: float) -> None:
         metrics.RETRIES.labels(type(error).__name__).inc()

@@ -74,6 +74,9 @@ class WorkerSettings(_Block):
     # The next transaction's first requests meet CONCURRENT_TRANSACTIONS until the broker has written
     # the previous one's markers (KAFKA-5477), a few ms: retry that soon, not after librdkafka's 100 ms.
     transaction_retry_backoff_ms: int = Field(default=1, ge=1)
+    # When an HTTP caller gets its answer: "scored", as soon as its request is scored (its result is
+    # committed in the transaction that follows; see `answers`), or "committed", with that transaction.
+    reply_when: Literal["scored", "committed"] = "scored"
 
 
 class TritonSettings(_Block):

@@ -11,11 +11,12 @@ from tests.conftest import make_settings, running_pipeline
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def bridge(stack):
-    """One worker and one gateway for the module's tests (each test uses its own event ids)."""
+@pytest.fixture(scope="module", params=["scored", "committed"])
+def bridge(stack, request):
+    """One worker and one gateway for the module's tests (each test uses its own event ids), with
+    callers answered as soon as scored (the default) or once their result is committed."""
     with (
-        running_pipeline(stack, make_settings(stack)) as settings,
+        running_pipeline(stack, make_settings(stack, reply_when=request.param)) as settings,
         httpx.Client(base_url=f"http://127.0.0.1:{settings.gateway.port}", timeout=30) as client,
     ):
         yield settings, client

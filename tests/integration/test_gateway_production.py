@@ -71,12 +71,22 @@ async def test_a_worker_killed_during_a_burst_fails_no_request(pipeline_settings
         if done == len(requests) // 4 and victim.poll() is None:
             victim.send_signal(signal.SIGKILL)
 
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+
     responses = await _burst([settings.gateway.port], requests, on_progress=kill_at_a_quarter)
 
     assert victim.poll() is not None, "the worker was killed mid-burst"
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == len(requests), f"non-200: {sorted(set(statuses) - {200})}"
-    assert {r.json()["event_id"] for r in responses} == {r["event_id"] for r in requests}
+    answers = {r.json()["event_id"]: r.json() for r in responses}
+    assert set(answers) == {r["event_id"] for r in requests}
+    # Callers are answered before the transaction that commits their results: those the victim
+    # answered but never committed are scored again by the survivor, once, with the same score.
+    results = probe.collect(settings, start, lambda c: c.distinct_results >= len(requests), settle_s=2).results
+    assert {event_id: len(found) for event_id, found in results.items()} == dict.fromkeys(answers, 1)
+    assert {event_id: found[0]["score"] for event_id, found in results.items()} == {
+        event_id: answer["score"] for event_id, answer in answers.items()
+    }
 
 
 def _gauge(port, name):
