@@ -138,6 +138,9 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Warm-up requests before each timed run.")] = 2_000,
     http_seconds: Annotated[float, typer.Option(help="Seconds of each HTTP load level.")] = 10.0,
     http_rates: Annotated[str, typer.Option(help="Open-loop arrival rates, req/s, comma-separated.")] = "100,500,1000",
+    committed_answer_rate: Annotated[
+        float, typer.Option(help="Also this rate with callers answered once committed (reply_when); 0: skip.")
+    ] = 500.0,
     only: Annotated[str, typer.Option(help="Scenario groups to run: throughput,http")] = "throughput,http",
     soak: Annotated[float, typer.Option(help="Also run a worker this many seconds at a steady rate; RSS sampled.")] = 0,
     soak_rate: Annotated[float, typer.Option(help="Requests per second during the soak.")] = 1000.0,
@@ -158,6 +161,7 @@ def bench(
         warmup=warmup,
         http_seconds=http_seconds,
         http_rates=rates,
+        committed_answer_rate=committed_answer_rate,
         soak_s=soak,
         soak_rate=soak_rate,
     )

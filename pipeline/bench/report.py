@@ -46,6 +46,8 @@ def table(report: dict[str, Any]) -> str:
         ]
         rows = [(f"closed, {h['closed_loop']['offered']:g} users", h["closed_loop"])]
         rows += [(f"open, {f['offered']:g} req/s", f) for f in h["open_loop"]]
+        if committed := h.get("open_loop_answered_once_committed"):
+            rows.append((f"  same, {committed['offered']:g}, at commit", committed))
         rows.append((f"capacity, {h['capacity']['offered']:g} users", h["capacity"]))
         rows.append((f"overload, {h['overload']['offered']:g} req/s", h["overload"]))
         for label, f in rows:

@@ -55,6 +55,9 @@ class Options:
     # more than the load generator's 1,024 connections could ever hold open).
     overload_max_in_flight: int = 500
     triton_calls: int = 500
+    # Also this open-loop rate against a second worker and bridge that answer callers only once the
+    # transaction carrying their result commits (worker.reply_when="committed"), interleaved; 0: not run.
+    committed_answer_rate: float = 500.0
     soak_s: float = 0.0
     soak_rate: float = 1000.0
     soak_dedup_window_s: float = 60.0
@@ -138,10 +141,18 @@ class Bench:
             "bench-http-worker": self.stack.start_worker(settings, "bench-http-worker"),
             "bench-http-gateway": self.stack.start_gateway(settings, "bench-http-gateway"),
         }
+        strict: Settings | None = None
+        if o.committed_answer_rate:
+            strict = load.fresh_topics(self.settings, "http-committed").updated(
+                gateway={"port": free_port()}, worker={"metrics_port": free_port(), "reply_when": "committed"}
+            )
+            for role, start in (("worker", self.stack.start_worker), ("gateway", self.stack.start_gateway)):
+                processes[f"bench-http-committed-{role}"] = start(strict, f"bench-http-committed-{role}")
         spec = load_spec_file(settings.triton.model_repository / settings.default_model / "config.pbtxt")
         # Every body unique (a repeat is answered from dedup, which is cheaper); the overload run,
         # mostly refused with 429, is the only one that may wrap around.
-        total = int(((o.repetitions + 1 + o.overload_factor) * sum(o.http_rates)) * o.http_seconds + 100_000)
+        rates = sum(o.http_rates) + o.committed_answer_rate
+        total = int(((o.repetitions + 1 + o.overload_factor) * rates) * o.http_seconds + 100_000)
         bodies = http.Bodies(f"bench-http-{uuid.uuid4().hex[:6]}-", min(total, 300_000))
         sampler = RssSampler({name: p.pid for name, p in processes.items()}, interval_s=0.5)
         try:
@@ -150,9 +161,13 @@ class Bench:
             # fall on every level alike; medians reported, each repetition kept.
             closed_runs: list[dict[str, Any]] = []
             open_runs: dict[float, list[dict[str, Any]]] = {r: [] for r in o.http_rates}
+            committed_runs: list[dict[str, Any]] = []
             for rep in range(-1, o.repetitions):
                 closed_run = _measured(http.closed_loop(settings, bodies, o.closed_concurrency, o.http_seconds))
                 opened_runs = [_measured(http.open_loop(settings, bodies, r, o.http_seconds)) for r in o.http_rates]
+                committed_run = None
+                if strict is not None:
+                    committed_run = _measured(http.open_loop(strict, bodies, o.committed_answer_rate, o.http_seconds))
                 if rep < 0:
                     log.info("bench_warmup_round", scenario="http", p50_ms=closed_run.figures()["p50"])
                     continue
@@ -160,6 +175,9 @@ class Bench:
                 for rate, run in zip(o.http_rates, opened_runs, strict=True):
                     open_runs[rate].append(run.figures())
                 p50s = {f"p50_ms@{rate:g}": runs[-1]["p50"] for rate, runs in open_runs.items()}
+                if committed_run is not None:
+                    committed_runs.append(committed_run.figures())
+                    p50s["p50_ms_answered_once_committed"] = committed_runs[-1]["p50"]
                 log.info("bench_run", scenario="http", repetition=rep, **p50s)
             closed = median_figures(closed_runs)
             opened = [median_figures(open_runs[r]) for r in o.http_rates]
@@ -177,9 +195,13 @@ class Bench:
             peaks = sampler.stop()
             self._stop(processes)
             load.drop_topics(settings)
+            if strict is not None:
+                load.drop_topics(strict)
         return {
             "closed_loop": closed,
             "open_loop": opened,
+            # The same open loop, callers answered only once their result is committed (reference).
+            "open_loop_answered_once_committed": median_figures(committed_runs) if committed_runs else None,
             "capacity": saturated,
             "overload": overload
             | {"factor_of_capacity": o.overload_factor, "gateway_max_in_flight": o.overload_max_in_flight},

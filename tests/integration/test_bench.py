@@ -25,6 +25,7 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         closed_concurrency=2,
         capacity_concurrency=4,
         triton_calls=20,
+        committed_answer_rate=30.0,
         soak_s=6.0,
         soak_rate=50.0,
     )
@@ -51,14 +52,16 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     assert set(summary["targets"]) >= {"pipeline/limit", "pipeline/naive", "pipeline/monolith"}
     http = written["http"]
     assert [f["offered"] for f in http["open_loop"]] == [20.0, 40.0]
-    for level in [http["closed_loop"], *http["open_loop"], http["capacity"], http["overload"]]:
+    assert http["open_loop_answered_once_committed"]["offered"] == 30.0
+    levels = [http["closed_loop"], *http["open_loop"], http["open_loop_answered_once_committed"]]
+    for level in [*levels, http["capacity"], http["overload"]]:
         assert level["requests"] > 0 and level["server_errors_5xx"] == 0
         assert level["p50"] is not None and level["p99.9"] >= level["p50"]
     assert http["direct_triton_one_row"]["calls"] == 20
     assert written["soak"]["rss_mib_samples"] and written["soak"]["rss_mib_baseline"] > 0
     assert written["services_peak_rss_mib"]
     assert (tmp_path / "bench.png").stat().st_size > 10_000
-    assert "pipeline/limit" in table and "direct Triton" in table
+    assert "pipeline/limit" in table and "direct Triton" in table and "at commit" in table
 
 
 def test_an_unknown_scenario_group_is_a_one_line_error():
