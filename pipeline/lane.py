@@ -59,6 +59,14 @@ class Lane:
         """Enough to commit even while more records wait to be scored (see transaction_linger_ms)."""
         return len(self._pending) >= self._max_batches or time.monotonic() - self._pending_since >= self._linger_s
 
+    def ripe_in(self) -> float | None:
+        """Seconds until what is pending is ripe, when a transaction could start then; else None."""
+        if self.inflight is not None or not self._pending or self.rewind_to:
+            return None
+        if len(self._pending) >= self._max_batches:
+            return 0.0
+        return max(0.0, self._pending_since + self._linger_s - time.monotonic())
+
     @property
     def backed_up(self) -> bool:
         return self.inflight is not None and (self.inflight.done() or len(self._pending) >= self._max_batches)

@@ -60,9 +60,11 @@ class WorkerSettings(_Block):
     transaction_lanes: int = Field(default=1, ge=1, le=64)
     # Batches scored while a transaction commits share the next one, up to this many.
     max_batches_per_transaction: int = Field(default=16, ge=1)
-    # Under a backlog (the last fetch came back full), a transaction waits until it holds
-    # max_batches_per_transaction batches or its oldest batch is this old: each transaction costs
-    # the broker a fixed ~20 requests and log writes whatever its size. Otherwise it starts at once.
+    # Under a backlog (the last fetch came back full), and while HTTP callers are being answered
+    # when scored (reply_when="scored"), a transaction waits until it holds max_batches_per_transaction
+    # batches or its oldest batch is this old: each transaction costs the broker a fixed ~20 requests
+    # and log writes whatever its size (like Kafka Streams' commit.interval.ms under exactly-once).
+    # Otherwise it starts at once.
     transaction_linger_ms: int = Field(default=50, ge=0)
     # Names this process's transactional producer (`<app_id>-<instance_id>`); empty: a random one per
     # start. A stable id (a StatefulSet pod name) lets a restarted worker abort its predecessor's open

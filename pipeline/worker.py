@@ -8,7 +8,8 @@ thread for the consumer (whose rebalance callbacks therefore run there and hand 
 loop) and one per transactional producer. Scored batches are committed by transaction lanes (see
 `lane`), each owning a share of the input partitions, with one transaction in flight per lane; the
 batches scored while it commits share the next one (group commit), so under load transactions grow
-and their fixed cost is spread, while a lone request is committed at once. Under a backlog a lane
+and their fixed cost is spread, while a lone request is committed at once. HTTP callers are
+answered as soon as their requests are scored, ahead of that commit (see `answers`). Under a backlog a lane
 also lets its next transaction gather batches for up to `transaction_linger_ms` first. A batch's dedup entries
 are put in the state when it is scored, so the batches after it see them; if a lane's transaction
 aborts, everything of its partitions scored since is dropped too, those partitions are rewound to
@@ -19,6 +20,7 @@ never scored twice and nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 import time
@@ -69,6 +71,7 @@ class Worker:
         self._scoring: asyncio.Task[None] | None = None
         self._scoring_ids: set[str] = set()
         self._answers: AnswerProducer | None = None
+        self._answered_at = -math.inf  # monotonic s when callers were last answered ahead of a commit
         self.ready = asyncio.Event()
 
     def lane(self, partition: int) -> Lane:
@@ -135,8 +138,14 @@ class Worker:
                     rewound = await self._rewind(consumer)
                     held = [r for r in held if r.partition() not in rewound]
                     continue
+                # Transactions gather batches under a backlog, and while callers are being answered
+                # when scored: their answers no longer wait for a commit, and each transaction costs
+                # the broker a fixed ~20 requests (at 500 HTTP requests/s on two cores, committing
+                # back to back measured p50 10.7-11.3 ms against 7.9-8.6). A stream without callers
+                # is committed at once, for its readers.
+                gathering = backlog or time.monotonic() - self._answered_at < worker.transaction_linger_ms / 1000
                 for lane in self.lanes:
-                    if not backlog or lane.ripe:
+                    if not gathering or lane.ripe:
                         lane.start_commit()
                 if fetching is None and len(held) < worker.batch_size:
                     fetching = asyncio.ensure_future(
@@ -158,7 +167,8 @@ class Worker:
                         waits.append(fetching)
                     if self._scoring is not None:
                         waits.append(self._scoring)
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    ripe_in = [t for lane in self.lanes if (t := lane.ripe_in()) is not None] if gathering else []
+                    await asyncio.wait(waits, timeout=min(ripe_in, default=None), return_when=asyncio.FIRST_COMPLETED)
                     if fetching is not None and fetching.done():
                         fetched = fetching.result()
                         backlog = len(fetched) >= worker.batch_size - len(held)
@@ -220,7 +230,9 @@ class Worker:
             self.state.put(partition, event_id, result, now)
         metrics.DEDUP_ENTRIES.set(len(self.state))
         if self._answers is not None:  # callers are answered now, the results committed next
-            self._answers.send(outcome.replies)
+            if outcome.replies:
+                self._answers.send(outcome.replies)
+                self._answered_at = time.monotonic()
             self._hand_to_lanes(batch, outcome.messages)
         else:
             self._hand_to_lanes(batch, outcome.messages + outcome.replies)
