@@ -9,8 +9,9 @@ loop) and one per transactional producer. Scored batches are committed by transa
 `lane`), each owning a share of the input partitions, with one transaction in flight per lane; the
 batches scored while it commits share the next one (group commit), so under load transactions grow
 and their fixed cost is spread, while a lone request is committed at once. HTTP callers are
-answered as soon as their requests are scored, ahead of that commit (see `answers`). Under a backlog a lane
-also lets its next transaction gather batches for up to `transaction_linger_ms` first. A batch's dedup entries
+answered as soon as their requests are scored, ahead of that commit (see `answers`). Under a
+backlog, and while callers are answered ahead of it, a lane lets its next transaction gather batches
+for up to `transaction_linger_ms` first. A batch's dedup entries
 are put in the state when it is scored, so the batches after it see them; if a lane's transaction
 aborts, everything of its partitions scored since is dropped too, those partitions are rewound to
 their first uncommitted records and their state is reloaded from the results topic, so a repeat is

@@ -107,6 +107,10 @@ def chart(report: dict[str, Any], path: Path) -> None:
         rates = [f["offered"] for f in points]
         for q in ("p50", "p90", "p99", "p99.9"):
             right.plot(rates, [f[q] for f in points], marker="o", label=q)
+        if committed := report["http"].get("open_loop_answered_once_committed"):
+            for q, color in (("p50", "C0"), ("p99", "C2")):
+                label = f"{q}, answered at commit"
+                right.scatter([committed["offered"]], [committed[q]], marker="x", s=60, color=color, label=label)
         right.axhline(
             report["http"]["direct_triton_one_row"]["p50"], color="grey", linestyle=":", label="direct Triton p50"
         )
