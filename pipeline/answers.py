@@ -21,6 +21,7 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from pipeline import metrics
+from pipeline.delivery import produce_draining
 from pipeline.processor import Outbound
 from pipeline.settings import Settings
 
@@ -46,22 +47,9 @@ class AnswerProducer:
         """Queue the answers (librdkafka sends them from its own threads) and serve delivery reports.
         Non-blocking unless librdkafka's local queue is full."""
         for answer in answers:
-            while True:
-                try:
-                    self._producer.produce(
-                        answer.topic,
-                        answer.value,
-                        answer.key,
-                        answer.partition if answer.partition is not None else -1,
-                        on_delivery=_delivered,
-                        headers=list(answer.headers),
-                    )
-                    break
-                except BufferError:  # the local queue is full: let the sender drain it
-                    self._producer.poll(0.01)
+            produce_draining(self._producer, answer, on_delivery=_delivered)
         self._producer.poll(0)
-        if answers:
-            metrics.ANSWERS.inc(len(answers))
+        metrics.ANSWERS.inc(len(answers))
 
     def close(self) -> None:
         self._producer.flush(self._timeout_s)

@@ -156,26 +156,7 @@ class TransactionalDelivery:
                 sent += 1
         except BufferError:  # the local queue is full: the rest one at a time, letting it drain
             for m in batch.messages[sent:]:
-                self._produce(producer, m.topic, m.value, m.key, m.partition, m.headers)
-
-    def _produce(
-        self,
-        producer: Producer,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None,
-        partition: int | None,
-        headers: tuple[tuple[str, bytes], ...],
-    ) -> None:
-        kwargs: dict[str, Any] = {"partition": partition} if partition is not None else {}
-        if headers:
-            kwargs["headers"] = list(headers)
-        while True:
-            try:
-                producer.produce(topic, value, key, **kwargs)
-                return
-            except BufferError:  # the local queue is full: let the sender drain it
-                producer.poll(0.01)
+                produce_draining(producer, m)
 
     def _commit(self, producer: Producer) -> None:
         """Commit, retrying while the outcome is retriable: a timed-out commit may still complete, so
@@ -201,6 +182,23 @@ class TransactionalDelivery:
         # Unusable (fatal error, or the abort failed): a new producer with the same id aborts what is open.
         self._producer = None
         self._init(retry_for_s=120.0)
+
+
+def produce_draining(
+    producer: Producer, message: Outbound, on_delivery: Callable[[KafkaError | None, Any], None] | None = None
+) -> None:
+    """Queue one message; while librdkafka's local queue is full, let its sender drain it first."""
+    kwargs: dict[str, Any] = {"partition": message.partition} if message.partition is not None else {}
+    if message.headers:
+        kwargs["headers"] = list(message.headers)
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    while True:
+        try:
+            producer.produce(message.topic, message.value, message.key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.01)
 
 
 # The group coordinator refused the offsets: this worker no longer owns (some of) the partitions.
