@@ -4,7 +4,9 @@ A caller waiting on the bridge needs its result, not the transaction that record
 transaction is most of a request's time under load (the worker alternates scoring and committing,
 so a request otherwise waits for the cycle in progress, then its own scoring and commit). So the
 replies of a scored batch are published at once, outside the transaction, on an idempotent producer
-of their own, while the results, dead letters and offsets keep their transaction.
+of their own, while the results, dead letters and offsets keep their transaction. An answer whose
+request names a direct address (`answer-to`, see `answer_wire`) goes straight to that bridge over
+TCP instead, and on the replies topic only while that address cannot be reached.
 
 Why this loses nothing: the request was appended to the requests topic before the bridge waited, and
 its offset is only committed with its result, so every answered request also gets its one committed
@@ -15,15 +17,20 @@ result can differ only if the feature rows or the model changed between those tw
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import defaultdict
 from collections.abc import Sequence
+from typing import cast
 
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
-from pipeline import metrics
+from pipeline import answer_wire, metrics
+from pipeline.contract import CORRELATION_ID, REPLY_KIND
 from pipeline.delivery import produce_draining
 from pipeline.processor import Outbound
-from pipeline.settings import Settings
+from pipeline.settings import Settings, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -42,17 +49,107 @@ class AnswerProducer:
                 **settings.kafka.extra,
             }
         )
+        self._links = AnswerLinks(settings.worker) if settings.worker.direct_answers else None
 
     def send(self, answers: Sequence[Outbound]) -> None:
-        """Queue the answers (librdkafka sends them from its own threads) and serve delivery reports.
-        Non-blocking unless librdkafka's local queue is full."""
-        for answer in answers:
-            produce_draining(self._producer, answer, on_delivery=_delivered)
-        self._producer.poll(0)
+        """Write the answers to their bridges' direct addresses, or queue them on the replies topic
+        (librdkafka sends them from its own threads) and serve delivery reports. Must run on the
+        event loop; non-blocking unless librdkafka's local queue is full."""
         metrics.ANSWERS.inc(len(answers))
+        if self._links is not None:
+            answers = self._links.send(answers)
+        if answers:
+            for answer in answers:
+                produce_draining(self._producer, answer, on_delivery=_delivered)
+            self._producer.poll(0)
 
     def close(self) -> None:
+        if self._links is not None:
+            self._links.close()
         self._producer.flush(self._timeout_s)
+
+
+class AnswerLinks:
+    """This worker's connections to bridges' answer addresses, opened on first use. An address that
+    cannot be reached is tried again `answer_retry_s` later; its answers take the replies topic."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self._retry_s = settings.answer_retry_s
+        self._buffer_bytes = settings.answer_buffer_bytes
+        self._links: dict[bytes, _Link] = {}
+
+    def send(self, answers: Sequence[Outbound]) -> list[Outbound]:
+        """Write what can go direct; returns the answers that must take the replies topic."""
+        elsewhere: list[Outbound] = []
+        frames: dict[bytes, list[bytes]] = defaultdict(list)
+        sent: dict[bytes, list[Outbound]] = defaultdict(list)
+        for answer in answers:
+            address = answer.answer_to
+            link = None if address is None else self._usable(address)
+            if link is None:
+                elsewhere.append(answer)
+                continue
+            headers = dict(answer.headers)
+            kind = headers.get(REPLY_KIND, b"result").decode()
+            frames[link.address].append(answer_wire.encode(headers.get(CORRELATION_ID, b""), kind, answer.value))
+            sent[link.address].append(answer)
+        for address, chunks in frames.items():
+            if self._links[address].write(b"".join(chunks), self._buffer_bytes):
+                metrics.ANSWERS_DIRECT.inc(len(chunks))
+            else:
+                elsewhere += sent[address]
+        return elsewhere
+
+    def _usable(self, address: bytes) -> _Link | None:
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = _Link(address)
+        if link.transport is not None and not link.transport.is_closing():
+            return link
+        if link.connecting is None and time.monotonic() >= link.retry_at:
+            link.connecting = asyncio.ensure_future(self._connect(link))
+        return None  # these answers take the topic while it connects
+
+    async def _connect(self, link: _Link) -> None:
+        try:
+            host, _, port = link.address.decode().rpartition(":")
+            transport, _ = await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(asyncio.Protocol, host, int(port)), timeout=2.0
+            )
+        except (OSError, ValueError, TimeoutError, UnicodeDecodeError) as e:
+            link.retry_at = time.monotonic() + self._retry_s
+            log.warning("answer_address_unreachable", answer_to=link.address.decode(errors="replace"), error=str(e))
+        else:
+            link.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport subclass
+            log.info("answer_link_open", answer_to=link.address.decode())
+        finally:
+            link.connecting = None
+
+    def close(self) -> None:
+        for link in self._links.values():
+            if link.connecting is not None:
+                link.connecting.cancel()
+            if link.transport is not None:
+                link.transport.close()
+
+
+class _Link:
+    def __init__(self, address: bytes) -> None:
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.connecting: asyncio.Future[None] | None = None
+        self.retry_at = 0.0
+
+    def write(self, data: bytes, limit: int) -> bool:
+        assert self.transport is not None
+        buffered = self.transport.get_write_buffer_size()
+        if buffered > limit:  # the bridge reads nothing: give up on it (reconnects on the next answer)
+            log.warning("answer_link_backed_up", answer_to=self.address.decode(), buffered=buffered)
+            self.transport.abort()
+            self.transport = None
+            return False
+        self.transport.write(data)
+        return True
 
 
 def _delivered(error: KafkaError | None, message: Message) -> None:

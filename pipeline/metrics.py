@@ -37,6 +37,9 @@ TRANSACTION_MESSAGES = Histogram(
 )
 ANSWERS = Counter("pipeline_answers_total", "Replies to HTTP callers sent as soon as their requests were scored")
 ANSWERS_FAILED = Counter("pipeline_answers_failed_total", "Replies to HTTP callers that could not be delivered")
+ANSWERS_DIRECT = Counter(
+    "pipeline_answers_direct_total", "Of those, sent straight to the bridge that asked (its answer-to address)"
+)
 
 GATEWAY_REQUESTS = Counter("gateway_requests_total", "HTTP bridge responses, by route and status", ["route", "status"])
 GATEWAY_LATENCY = Histogram("gateway_request_seconds", "HTTP bridge latency", ["route"], buckets=_LATENCY_BUCKETS)
@@ -47,6 +50,9 @@ GATEWAY_STAGE_SECONDS = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 GATEWAY_IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests waiting for their result")
+GATEWAY_ANSWERS = Counter(
+    "gateway_answers_total", "Answers received, by route (direct from a worker, or the replies topic)", ["route"]
+)
 GATEWAY_PENDING = Gauge("gateway_pending_replies", "Correlation ids waiting for a reply on this instance")
 
 

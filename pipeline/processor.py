@@ -18,6 +18,7 @@ import structlog
 
 from pipeline import metrics, scoring
 from pipeline.contract import (
+    ANSWER_TO,
     CORRELATION_ID,
     REPLY_KIND,
     REPLY_TO,
@@ -75,6 +76,7 @@ class Outbound:
     value: bytes
     partition: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
+    answer_to: bytes | None = None  # an answer's direct address (see answer_wire); never published
 
 
 @dataclass
@@ -288,7 +290,10 @@ class BatchProcessor:
         headers = [(REPLY_KIND, kind.encode())]
         if correlation := inbound.headers.get(CORRELATION_ID):
             headers.append((CORRELATION_ID, correlation))
-        outcome.replies.append(Outbound(inbound.source.partition, topic, key, value, partition, tuple(headers)))
+        answer_to = inbound.headers.get(ANSWER_TO)
+        outcome.replies.append(
+            Outbound(inbound.source.partition, topic, key, value, partition, tuple(headers), answer_to)
+        )
 
     def _on_retry(self, error: PipelineError, attempt: int, delay: float) -> None:
         metrics.RETRIES.labels(type(error).__name__).inc()

@@ -79,6 +79,13 @@ class WorkerSettings(_Block):
     # When an HTTP caller gets its answer: "scored", as soon as its request is scored (its result is
     # committed in the transaction that follows; see `answers`), or "committed", with that transaction.
     reply_when: Literal["scored", "committed"] = "scored"
+    # With reply_when="scored": answer a bridge over TCP at the address in a request's `answer-to`
+    # header (see `answer_wire`), falling back to the replies topic while it cannot be reached.
+    direct_answers: bool = True
+    # After a failed connection to an answer address, its answers take the replies topic this long.
+    answer_retry_s: float = Field(default=5.0, ge=0)
+    # Answers queued to a bridge that reads none: beyond this the connection is dropped (then retried).
+    answer_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536)
 
 
 class TritonSettings(_Block):
@@ -105,6 +112,14 @@ class GatewaySettings(_Block):
     # Empty: "<replies topic>.gateways".
     reply_group: str = ""
     reply_session_timeout_ms: int = 10_000
+    # Workers answering as soon as they score (their default) send the answers straight here, over TCP,
+    # instead of through the replies topic; the address goes out in each request's `answer-to` header.
+    # Port 0: any free port. answer_advertise: the host:port workers connect to (empty: the bound one;
+    # set it where workers reach this instance by another name, e.g. the pod IP). Disabled: replies topic only.
+    direct_answers: bool = True
+    answer_host: str = "127.0.0.1"
+    answer_port: int = Field(default=0, ge=0, le=65535)
+    answer_advertise: str = ""
     reply_claim_timeout_s: float = 30.0
     # API keys (JSON list). Empty: the bridge is open, and says so at start-up.
     api_keys: list[str] = Field(default_factory=list, repr=False)

@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from pipeline import metrics
-from pipeline.contract import CORRELATION_ID, DEADLINE, REPLY_TO, PredictBody, request_key
+from pipeline.contract import ANSWER_TO, CORRELATION_ID, DEADLINE, REPLY_TO, PredictBody, request_key
+from pipeline.gateway.answer_server import AnswerServer
 from pipeline.gateway.replies import Reply, ReplyRouter
 from pipeline.settings import Settings
 
@@ -28,17 +29,22 @@ class Bridge:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.replies = ReplyRouter(settings)
+        self.answers = AnswerServer(settings.gateway, self.replies) if settings.gateway.direct_answers else None
         self.started = False
 
     async def start(self) -> None:
         # Kafka clients bind to the running loop, so they are made here, not in __init__.
         self.producer = request_producer(self.settings)
+        if self.answers is not None:
+            await self.answers.start()
         await self.replies.start()
         await self.producer.start()
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
+        if self.answers is not None:
+            await self.answers.stop()
         await self.replies.stop()
         await self.producer.stop()
 
@@ -71,16 +77,16 @@ class Bridge:
         correlation_id = uuid.uuid4().hex
         future = self.replies.expect(correlation_id)
         payload = body.model_dump(mode="json", exclude_none=True) | {"event_id": event_id}
+        headers = [
+            (CORRELATION_ID, correlation_id.encode()),
+            (REPLY_TO, address.encode()),
+            (DEADLINE, str(deadline_ms).encode()),
+        ]
+        if self.answers is not None and self.answers.address is not None:
+            headers.append((ANSWER_TO, self.answers.address.encode()))
         try:
             await self.producer.send_and_wait(
-                self.settings.topics.requests,
-                orjson.dumps(payload),
-                key=request_key(body),
-                headers=[
-                    (CORRELATION_ID, correlation_id.encode()),
-                    (REPLY_TO, address.encode()),
-                    (DEADLINE, str(deadline_ms).encode()),
-                ],
+                self.settings.topics.requests, orjson.dumps(payload), key=request_key(body), headers=headers
             )
         except KafkaError as e:
             self.replies.forget(correlation_id)

@@ -114,18 +114,21 @@ class ReplyRouter:
                 continue
             for tp, records in batches.items():
                 for record in records:
-                    self._resolve(dict(record.headers or ()), record.value)
+                    headers = dict(record.headers or ())
+                    correlation = headers.get(CORRELATION_ID)
+                    if correlation is not None and record.value is not None:
+                        kind = headers.get(REPLY_KIND, b"result").decode()
+                        self.resolve(correlation.decode(), Reply(kind, record.value), route="topic")
                 if records and tp == self._partition:
                     self._next_offset = records[-1].offset + 1
 
-    def _resolve(self, headers: dict[str, bytes], value: bytes | None) -> None:
-        correlation = headers.get(CORRELATION_ID)
-        if correlation is None or value is None:
-            return
-        # A reply for a request that already timed out finds no future and is dropped.
-        future = self._pending.pop(correlation.decode(), None)
+    def resolve(self, correlation_id: str, reply: Reply, route: str) -> None:
+        """Hand a caller its answer, from the replies topic or straight from a worker (`route`).
+        An answer for a request that already timed out, or was already answered, is dropped."""
+        metrics.GATEWAY_ANSWERS.labels(route).inc()
+        future = self._pending.pop(correlation_id, None)
         if future is not None and not future.done():
-            future.set_result(Reply(headers.get(REPLY_KIND, b"result").decode(), value))
+            future.set_result(reply)
 
 
 class _Claim(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -95,6 +97,45 @@ def test_health_and_readiness(bridge):
     assert ready.status_code == 200 and ready.json()["ready"] is True
     metrics = client.get("/metrics").text
     assert "gateway_requests_total" in metrics
+
+
+def _answers(client):
+    """The bridge's answers so far, by route (direct from a worker, or the replies topic)."""
+    text = client.get("/metrics").text
+    found = re.findall(r'^gateway_answers_total\{route="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    return {route: float(count) for route, count in found}
+
+
+def test_answers_come_straight_from_the_worker_unless_they_wait_for_the_commit(bridge):
+    settings, client = bridge
+    requests = traffic.valid_requests(20, prefix="route-", seed=25)
+    before = _answers(client)
+
+    assert all(client.post("/v1/predict", json=request).status_code == 200 for request in requests)
+
+    after = _answers(client)
+    gained = {route: after.get(route, 0) - before.get(route, 0) for route in ("direct", "topic")}
+    if settings.worker.reply_when == "scored":
+        # The first answer may take the topic while the worker connects to this bridge.
+        assert gained["direct"] >= len(requests) - 1
+    else:
+        assert gained == {"direct": 0, "topic": len(requests)}, "answers at commit come from the transaction"
+
+
+def test_an_unreachable_answer_address_falls_back_to_the_replies_topic(pipeline_settings, start_worker, start_gateway):
+    # The bridge advertises a port where nothing listens: workers cannot answer it directly.
+    settings = pipeline_settings().updated(gateway={"answer_advertise": "127.0.0.1:1"})
+    start_worker(settings)
+    start_gateway(settings)
+    requests = traffic.valid_requests(5, prefix="fallback-", seed=26)
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{settings.gateway.port}", timeout=60) as client:
+        responses = [client.post("/v1/predict", json=request) for request in requests]
+        answers = _answers(client)
+
+    assert [r.status_code for r in responses] == [200] * len(requests)
+    assert [r.json()["event_id"] for r in responses] == [r["event_id"] for r in requests]
+    assert answers == {"topic": len(requests)}
 
 
 def test_no_result_within_the_timeout_is_a_504_naming_the_event(stack, pipeline_settings, start_gateway):
