@@ -34,6 +34,8 @@ from pipeline.settings import Settings, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
+_MAX_IDLE_LINKS = 64
+
 
 class AnswerProducer:
     def __init__(self, settings: Settings) -> None:
@@ -103,8 +105,10 @@ class AnswerLinks:
     def _usable(self, address: bytes) -> _Link | None:
         link = self._links.get(address)
         if link is None:
+            if len(self._links) >= _MAX_IDLE_LINKS:  # bridges restarted on new ports leave their old addresses
+                self._links = {a: k for a, k in self._links.items() if k.open or k.connecting is not None}
             link = self._links[address] = _Link(address)
-        if link.transport is not None and not link.transport.is_closing():
+        if link.open:
             return link
         if link.connecting is None and time.monotonic() >= link.retry_at:
             link.connecting = asyncio.ensure_future(self._connect(link))
@@ -139,6 +143,10 @@ class _Link:
         self.transport: asyncio.Transport | None = None
         self.connecting: asyncio.Future[None] | None = None
         self.retry_at = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
 
     def write(self, data: bytes, limit: int) -> bool:
         assert self.transport is not None

@@ -86,3 +86,12 @@ async def test_an_address_that_refuses_is_retried_only_after_a_pause():
     links.send([nowhere])
     assert link.connecting is not None, "tried again after answer_retry_s"
     links.close()
+
+
+async def test_addresses_of_bridges_gone_for_good_are_forgotten():
+    links = AnswerLinks(SETTINGS.worker)
+    for port in range(1, 201):  # nothing listens on these: each bridge "restarted" elsewhere
+        links.send([answer(f"c{port}", f"127.0.0.1:{port}")])
+        await until(lambda p=port: links._links[f"127.0.0.1:{p}".encode()].connecting is None)
+    assert len(links._links) <= 64
+    links.close()
