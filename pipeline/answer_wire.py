@@ -1,13 +1,16 @@
 """The direct answer link: workers answer a bridge over TCP instead of through the replies topic.
 
 A bridge listens for answers and names its address in each request's `answer-to` header
-(`host:port`). A worker answering as soon as a request is scored (`reply_when="scored"`) writes the
-answer to that address on a connection it keeps open, and publishes it on the replies topic only
-while it cannot reach the address. That saves an answer two hops (the worker's produce to the
-broker, the bridge's fetch from it) and the broker the work of carrying every answer.
+(`host:port/token`; it greets each connection with the token, see `gateway.answer_server`). A worker
+answering as soon as a request is scored (`reply_when="scored"`) writes the answer to that address
+on a connection it keeps open, and publishes it on the replies topic only while it cannot reach the
+address. That saves an answer two hops (the worker's produce to the broker, the bridge's fetch from
+it) and the broker the work of carrying every answer.
 
 It changes no guarantee: the answer was never the record (the result is, committed in the
-transaction that follows), and a bridge whose connection breaks has lost its callers anyway.
+transaction that follows). Answers written to a connection that then breaks are not resent: their
+callers get the 504 that names their event_id. Correlation ids are random 128-bit values, so a frame
+resolves a caller only if its sender read that caller's request.
 
 Frames, each: `>I` length of the rest, `>H` length of the correlation id, one byte kind
 (0 result, 1 dead letter), the correlation id, the answer's value (the result or dead-letter JSON).

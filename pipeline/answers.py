@@ -116,10 +116,19 @@ class AnswerLinks:
 
     async def _connect(self, link: _Link) -> None:
         try:
-            host, _, port = link.address.decode().rpartition(":")
-            transport, _ = await asyncio.wait_for(
-                asyncio.get_running_loop().create_connection(asyncio.Protocol, host, int(port)), timeout=2.0
+            host_port, _, token = link.address.decode().partition("/")
+            host, _, port = host_port.rpartition(":")
+            loop = asyncio.get_running_loop()
+            transport, greeting = await asyncio.wait_for(
+                loop.create_connection(lambda: _Greeting(len(token)), host, int(port)), timeout=2.0
             )
+            try:
+                # The bridge names itself first: another one listening at this host and port is not it.
+                if token and await asyncio.wait_for(greeting.token, timeout=2.0) != token.encode():
+                    raise ConnectionError("another bridge listens at this address")
+            except BaseException:
+                transport.close()
+                raise
         except (OSError, ValueError, TimeoutError, UnicodeDecodeError) as e:
             link.retry_at = time.monotonic() + self._retry_s
             log.warning("answer_address_unreachable", answer_to=link.address.decode(errors="replace"), error=str(e))
@@ -158,6 +167,24 @@ class _Link:
             return False
         self.transport.write(data)
         return True
+
+
+class _Greeting(asyncio.Protocol):
+    """Reads the bridge's token, the first bytes on an answer connection; the bridge sends nothing else."""
+
+    def __init__(self, size: int) -> None:
+        self._received = b""
+        self._size = size
+        self.token: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._received += data
+        if len(self._received) >= self._size and not self.token.done():
+            self.token.set_result(self._received[: self._size])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.token.done():
+            self.token.set_exception(ConnectionError("closed before it named itself"))
 
 
 def _delivered(error: KafkaError | None, message: Message) -> None:

@@ -33,7 +33,7 @@ REQUESTS_PARTITIONER = {"partitioner": "murmur2_random"}
 CORRELATION_ID = "correlation-id"
 REPLY_TO = "reply-to"
 DEADLINE = "deadline"
-ANSWER_TO = "answer-to"  # host:port where the bridge takes answers directly (see answer_wire)
+ANSWER_TO = "answer-to"  # host:port/token where the bridge takes answers directly (see answer_wire)
 REPLY_KIND = "reply-kind"  # "result" or "dead_letter", on messages sent to a reply address
 
 

@@ -1,12 +1,16 @@
 """Where workers hand this bridge its answers directly (see `pipeline.answer_wire`).
 
 Each answer resolves the waiting caller exactly as one read from the replies topic does; whichever
-of the two comes first counts.
+of the two comes first counts. The listener greets every connection with this instance's token, which
+the `answer-to` address also carries, so a worker never takes another bridge listening at the same
+host and port (a loopback address seen from another host, a restarted instance) for this one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from functools import partial
 from typing import cast
 
 import structlog
@@ -24,15 +28,17 @@ class AnswerServer:
         self._router = router
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Transport] = set()
-        self.address: str | None = None  # host:port, as sent in the answer-to header
+        self._token = uuid.uuid4().hex
+        self.address: str | None = None  # host:port/token, as sent in the answer-to header
 
     async def start(self) -> None:
-        settings = self._settings
+        settings, token = self._settings, self._token.encode()
+        connection = partial(_AnswerConnection, self._router, self._connections, token)
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _AnswerConnection(self._router, self._connections), settings.answer_host, settings.answer_port
+            connection, settings.answer_host, settings.answer_port
         )
         host, port = self._server.sockets[0].getsockname()[:2]
-        self.address = self._settings.answer_advertise or f"{host}:{port}"
+        self.address = f"{settings.answer_advertise or f'{host}:{port}'}/{self._token}"
         log.info("answer_listener_started", answer_to=self.address)
 
     async def stop(self) -> None:
@@ -45,8 +51,9 @@ class AnswerServer:
 
 
 class _AnswerConnection(asyncio.Protocol):
-    def __init__(self, router: ReplyRouter, connections: set[asyncio.Transport]) -> None:
+    def __init__(self, router: ReplyRouter, connections: set[asyncio.Transport], token: bytes) -> None:
         self._router = router
+        self._token = token
         self._connections = connections
         self._frames = FrameReader()
         self._transport: asyncio.Transport | None = None
@@ -55,6 +62,7 @@ class _AnswerConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, hence a cast, not a check.
         self._transport = cast(asyncio.Transport, transport)
         self._connections.add(self._transport)
+        self._transport.write(self._token)  # who answers here (see the module's docstring)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:

@@ -95,3 +95,20 @@ async def test_addresses_of_bridges_gone_for_good_are_forgotten():
         await until(lambda p=port: links._links[f"127.0.0.1:{p}".encode()].connecting is None)
     assert len(links._links) <= 64
     links.close()
+
+
+async def test_another_bridge_at_the_same_address_is_not_taken_for_the_one_that_asked(bridge):
+    router, server = bridge
+    # Same host and port, another instance's token: a loopback address seen from another host, or
+    # a bridge restarted on the same port.
+    elsewhere = server.address.rpartition("/")[0] + "/" + "0" * 32
+    links = AnswerLinks(SETTINGS.worker)
+    waiting = router.expect("mine")
+
+    links.send([answer("mine", elsewhere)])
+    await until(lambda: links._links[elsewhere.encode()].connecting is None)
+
+    assert not links._links[elsewhere.encode()].open
+    assert links.send([answer("mine", elsewhere)]) == [answer("mine", elsewhere)], "it takes the replies topic"
+    assert not waiting.done()
+    links.close()
