@@ -65,6 +65,17 @@ class AnswerProducer:
                 produce_draining(self._producer, answer, on_delivery=_delivered)
             self._producer.poll(0)
 
+    def split(self, answers: Sequence[Outbound]) -> tuple[list[Outbound], list[Outbound]]:
+        """(answers whose bridge this worker has an open direct link to, the others)."""
+        if self._links is None:
+            return [], list(answers)
+        direct: list[Outbound] = []
+        others: list[Outbound] = []
+        for answer in answers:
+            linked = answer.answer_to is not None and self._links.usable(answer.answer_to)
+            (direct if linked else others).append(answer)
+        return direct, others
+
     def close(self) -> None:
         if self._links is not None:
             self._links.close()
@@ -87,7 +98,7 @@ class AnswerLinks:
         sent: dict[bytes, list[Outbound]] = defaultdict(list)
         for answer in answers:
             address = answer.answer_to
-            link = None if address is None else self._usable(address)
+            link = None if address is None else self._link(address)
             if link is None:
                 elsewhere.append(answer)
                 continue
@@ -102,7 +113,11 @@ class AnswerLinks:
                 elsewhere += sent[address]
         return elsewhere
 
-    def _usable(self, address: bytes) -> _Link | None:
+    def usable(self, address: bytes) -> bool:
+        """Whether answers to this address go direct now (if not, a connection may be under way)."""
+        return self._link(address) is not None
+
+    def _link(self, address: bytes) -> _Link | None:
         link = self._links.get(address)
         if link is None:
             if len(self._links) >= _MAX_IDLE_LINKS:  # bridges restarted on new ports leave their old addresses

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -38,21 +38,25 @@ class Lane:
         # since, for the next one; where each partition must restart after an abort.
         self.inflight: asyncio.Task[bool] | None = None
         self._inflight_first: dict[int, int] = {}
-        self._pending: list[tuple[list[Message], list[Outbound]]] = []
+        self._pending: list[tuple[list[Message], list[Outbound], list[Outbound]]] = []
         self._pending_since = 0.0  # monotonic s when the oldest pending batch was scored
         self.rewind_to: dict[int, int] = {}
+        # Gets the answers to send once their transaction has committed (an aborted one's are dropped).
+        self.on_committed: Callable[[list[Outbound]], None] | None = None
 
-    def add(self, records: list[Message], messages: list[Outbound]) -> None:
-        """Scored records of this lane's partitions and the messages they produced. Records of a
-        partition waiting to be rewound are dropped: they are fetched and scored again."""
+    def add(self, records: list[Message], messages: list[Outbound], answers: Sequence[Outbound] = ()) -> None:
+        """Scored records of this lane's partitions, the messages they produced and the answers to
+        send once those commit. Records of a partition waiting to be rewound are dropped: they are
+        fetched and scored again."""
         if self.rewind_to:
             records = [r for r in records if r.partition() not in self.rewind_to]
             messages = [m for m in messages if m.source_partition not in self.rewind_to]
+            answers = [a for a in answers if a.source_partition not in self.rewind_to]
             if not records:
                 return
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append((records, messages))
+        self._pending.append((records, messages, list(answers)))
 
     @property
     def ripe(self) -> bool:
@@ -76,10 +80,12 @@ class Lane:
         if self.inflight is not None or not self._pending or self.rewind_to:
             return
         messages: list[Outbound] = []
+        answers: list[Outbound] = []
         offsets: dict[int, int] = {}
         first: dict[int, int] = {}
-        for records, produced in self._pending:
+        for records, produced, answered in self._pending:
             messages += produced
+            answers += answered
             for record in records:
                 first.setdefault(record.partition(), record.offset())
                 offsets[record.partition()] = record.offset() + 1
@@ -87,9 +93,9 @@ class Lane:
         # The current generation: a rebalance in between revoked (and committed) what we lost.
         commit = BatchCommit(messages=messages, offsets=offsets, group_metadata=self._group_metadata())
         self._inflight_first = first
-        self.inflight = asyncio.create_task(self._commit(commit), name="commit")
+        self.inflight = asyncio.create_task(self._commit(commit, answers), name="commit")
 
-    async def _commit(self, commit: BatchCommit) -> bool:
+    async def _commit(self, commit: BatchCommit, answers: list[Outbound]) -> bool:
         try:
             with metrics.STAGE_SECONDS.labels("produce").time():
                 await self.delivery.commit(commit)
@@ -97,6 +103,8 @@ class Lane:
             log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))
             return False
         metrics.TRANSACTION_MESSAGES.observe(len(commit.messages))
+        if answers and self.on_committed is not None:
+            self.on_committed(answers)
         return True
 
     async def settle(self) -> None:
@@ -111,7 +119,7 @@ class Lane:
         first, self.inflight, self._inflight_first = self._inflight_first, None, {}
         if committed:
             return
-        for records, _ in self._pending:
+        for records, _, _ in self._pending:
             for record in records:
                 first.setdefault(record.partition(), record.offset())
         self._pending = []

@@ -35,7 +35,10 @@ TRANSACTION_MESSAGES = Histogram(
     "Messages (results, replies, dead letters, changelog entries) per committed transaction",
     buckets=(1, 8, 32, 128, 512, 2048, 8192, 32768),
 )
-ANSWERS = Counter("pipeline_answers_total", "Replies to HTTP callers sent as soon as their requests were scored")
+ANSWERS = Counter(
+    "pipeline_answers_total",
+    "Replies to HTTP callers sent outside a transaction: once scored, or once committed over a direct link",
+)
 ANSWERS_FAILED = Counter("pipeline_answers_failed_total", "Replies to HTTP callers that could not be delivered")
 ANSWERS_DIRECT = Counter(
     "pipeline_answers_direct_total", "Of those, sent straight to the bridge that asked (its answer-to address)"

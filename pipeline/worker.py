@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -71,7 +71,10 @@ class Worker:
         # and its event_ids.
         self._scoring: asyncio.Task[None] | None = None
         self._scoring_ids: set[str] = set()
+        # Answers sent outside the transactions: as soon as scored, or (reply_when="committed") over a
+        # direct link once their transaction commits. None: every answer is in its transaction.
         self._answers: AnswerProducer | None = None
+        self._answer_when_scored = settings.worker.reply_when == "scored"
         self._answered_at = -math.inf  # monotonic s when callers were last answered ahead of a commit
         self.ready = asyncio.Event()
 
@@ -88,8 +91,10 @@ class Worker:
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
         processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, self.state, backoff)
         await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
-        if worker.reply_when == "scored":
+        if self._answer_when_scored or worker.direct_answers:
             self._answers = AnswerProducer(settings)
+            for lane in self.lanes:
+                lane.on_committed = self._answers.send
         frozen = heap.freeze_startup()  # what start-up built lives as long as the process
         log.info("startup_heap_frozen", objects=frozen)
         consumer = Consumer(
@@ -174,7 +179,7 @@ class Worker:
                         fetched = fetching.result()
                         backlog = len(fetched) >= worker.batch_size - len(held)
                         held += fetched
-                        if self._answers is not None and not backlog and not callers_held:  # a full batch goes at once
+                        if self._answer_when_scored and not backlog and not callers_held:  # a full batch goes at once
                             callers_held = _awaits_answer(fetched)
                         fetching = None
                     continue
@@ -230,27 +235,34 @@ class Worker:
         for event_id, partition, result in outcome.remembered:
             self.state.put(partition, event_id, result, now)
         metrics.DEDUP_ENTRIES.set(len(self.state))
-        if self._answers is not None:  # callers are answered now, the results committed next
+        if self._answers is None:
+            self._hand_to_lanes(batch, outcome.messages + outcome.replies)
+        elif self._answer_when_scored:  # callers are answered now, the results committed next
             if outcome.replies:
                 self._answers.send(outcome.replies)
                 self._answered_at = time.monotonic()
             self._hand_to_lanes(batch, outcome.messages)
-        else:
-            self._hand_to_lanes(batch, outcome.messages + outcome.replies)
+        else:  # at commit: over an open direct link once it commits, else inside the transaction
+            direct, in_transaction = self._answers.split(outcome.replies)
+            self._hand_to_lanes(batch, outcome.messages + in_transaction, direct)
 
-    def _hand_to_lanes(self, batch: list[Message], outbound: list[Outbound]) -> None:
+    def _hand_to_lanes(self, batch: list[Message], outbound: list[Outbound], after: Sequence[Outbound] = ()) -> None:
+        """`after`: answers to send once the transaction carrying `outbound` commits."""
         if len(self.lanes) == 1:
-            self.lanes[0].add(batch, outbound)
+            self.lanes[0].add(batch, outbound, after)
             return
         records: dict[int, list[Message]] = defaultdict(list)
         messages: dict[int, list[Outbound]] = defaultdict(list)
+        answers: dict[int, list[Outbound]] = defaultdict(list)
         count = len(self.lanes)
         for record in batch:
             records[record.partition() % count].append(record)
         for message in outbound:
             messages[message.source_partition % count].append(message)
+        for answer in after:
+            answers[answer.source_partition % count].append(answer)
         for index, lane_records in records.items():
-            self.lanes[index].add(lane_records, messages[index])
+            self.lanes[index].add(lane_records, messages[index], answers[index])
 
     def _group_metadata(self) -> Any:
         """The consumer's group metadata (generation, member id), as of the last rebalance or abort.
