@@ -133,13 +133,16 @@ class AnswerLinks:
         try:
             host_port, _, token = link.address.decode().partition("/")
             host, _, port = host_port.rpartition(":")
+            if not token:  # not a bridge's address: nothing is written where no bridge named itself
+                raise ValueError("no bridge token in the answer address")
             loop = asyncio.get_running_loop()
             transport, greeting = await asyncio.wait_for(
                 loop.create_connection(lambda: _Greeting(len(token)), host, int(port)), timeout=2.0
             )
             try:
-                # The bridge names itself first: another one listening at this host and port is not it.
-                if token and await asyncio.wait_for(greeting.token, timeout=2.0) != token.encode():
+                # The bridge names itself first: another one listening at this host and port is not it,
+                # and whatever else listens there is never written to.
+                if await asyncio.wait_for(greeting.token, timeout=2.0) != token.encode():
                     raise ConnectionError("another bridge listens at this address")
             except BaseException:
                 transport.close()

@@ -76,10 +76,10 @@ async def test_answers_without_an_address_or_to_a_stopped_bridge_go_back_for_the
 
 async def test_an_address_that_refuses_is_retried_only_after_a_pause():
     links = AnswerLinks(SETTINGS.worker)
-    nowhere = answer("x", "127.0.0.1:1")
+    nowhere = answer("x", "127.0.0.1:1/" + "0" * 32)
     assert links.send([nowhere]) == [nowhere]
-    await until(lambda: links._links[b"127.0.0.1:1"].connecting is None)
-    link = links._links[b"127.0.0.1:1"]
+    await until(lambda: links._links[nowhere.answer_to].connecting is None)
+    link = links._links[nowhere.answer_to]
     assert link.transport is None and link.retry_at > 0
     assert links.send([nowhere]) == [nowhere] and link.connecting is None, "no new attempt before the pause ends"
     await asyncio.sleep(0.25)
@@ -91,8 +91,9 @@ async def test_an_address_that_refuses_is_retried_only_after_a_pause():
 async def test_addresses_of_bridges_gone_for_good_are_forgotten():
     links = AnswerLinks(SETTINGS.worker)
     for port in range(1, 201):  # nothing listens on these: each bridge "restarted" elsewhere
-        links.send([answer(f"c{port}", f"127.0.0.1:{port}")])
-        await until(lambda p=port: links._links[f"127.0.0.1:{p}".encode()].connecting is None)
+        address = f"127.0.0.1:{port}/{'0' * 32}"
+        links.send([answer(f"c{port}", address)])
+        await until(lambda a=address: links._links[a.encode()].connecting is None)
     assert len(links._links) <= 64
     links.close()
 
@@ -111,4 +112,27 @@ async def test_another_bridge_at_the_same_address_is_not_taken_for_the_one_that_
     assert not links._links[elsewhere.encode()].open
     assert links.send([answer("mine", elsewhere)]) == [answer("mine", elsewhere)], "it takes the replies topic"
     assert not waiting.done()
+    links.close()
+
+
+async def test_what_is_not_a_bridge_is_never_written_to():
+    received = []
+
+    async def listener(reader, writer):  # something that is not a bridge, listening quietly
+        received.append(await reader.read(1024))
+        writer.close()
+
+    server = await asyncio.start_server(listener, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    links = AnswerLinks(SETTINGS.worker)
+    plain = answer("x", f"{host}:{port}")  # no bridge token: not even a connection
+    named = answer("y", f"{host}:{port}/{'0' * 32}")  # a token, but nobody greets with it
+
+    assert links.send([plain, named]) == [plain, named]
+    await until(lambda: all(links._links[a.answer_to].connecting is None for a in (plain, named)))
+    assert links.send([plain, named]) == [plain, named]
+    await until(lambda: received)
+    assert received == [b""], "one connection, closed by the worker without a byte written"
+    server.close()
+    await server.wait_closed()
     links.close()
