@@ -135,7 +135,8 @@ def create_app(settings: Settings) -> PredictFastPath:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         ready = bridge.started and bridge.replies.ready
-        body = {"ready": ready, "reply_address": bridge.replies.address}
+        answers = None if bridge.answers is None else bridge.answers.address
+        body = {"ready": ready, "reply_address": bridge.replies.address, "answer_address": answers}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")

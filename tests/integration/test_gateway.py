@@ -95,6 +95,8 @@ def test_health_and_readiness(bridge):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
+    host_port, _, token = ready.json()["answer_address"].partition("/")
+    assert host_port.startswith("127.0.0.1:") and len(token) == 32
     metrics = client.get("/metrics").text
     assert "gateway_requests_total" in metrics
 
