@@ -5,8 +5,9 @@ A worker process has one transactional producer per lane (`transactional.id =
 
 1. Begin a transaction.
 2. Send the batch's results (each to the results partition numbered like the input partition it
-   came from: they are the dedup state's changelog) and dead letters; and the replies to HTTP
-   callers when they are answered at commit (by default they were answered when scored: `answers`).
+   came from: they are the dedup state's changelog) and dead letters; and, when HTTP callers are
+   answered at commit, the replies to those whose bridge has no open direct link (the others are
+   sent once this commits; by default callers were answered when scored: `answers`).
 3. Add the offset after each input partition's last record to the transaction, with the consumer's
    group metadata (generation and member id).
 4. Commit. A `read_committed` reader sees all of it or none of it.

@@ -79,8 +79,9 @@ class WorkerSettings(_Block):
     # When an HTTP caller gets its answer: "scored", as soon as its request is scored (its result is
     # committed in the transaction that follows; see `answers`), or "committed", with that transaction.
     reply_when: Literal["scored", "committed"] = "scored"
-    # With reply_when="scored": answer a bridge over TCP at the address in a request's `answer-to`
-    # header (see `answer_wire`), falling back to the replies topic while it cannot be reached.
+    # Answer a bridge over TCP at the address in a request's `answer-to` header (see `answer_wire`):
+    # when scored, or right after the commit with reply_when="committed"; while it cannot be
+    # reached, answers take the replies topic (inside the transaction, with "committed").
     direct_answers: bool = True
     # After a failed connection to an answer address, its answers take the replies topic this long.
     answer_retry_s: float = Field(default=5.0, ge=0)
@@ -112,8 +113,8 @@ class GatewaySettings(_Block):
     # Empty: "<replies topic>.gateways".
     reply_group: str = ""
     reply_session_timeout_ms: int = 10_000
-    # Workers answering as soon as they score (their default) send the answers straight here, over TCP,
-    # instead of through the replies topic; the address goes out in each request's `answer-to` header.
+    # Workers send the answers straight here, over TCP, instead of through the replies topic; the
+    # address goes out in each request's `answer-to` header.
     # Port 0: any free port. answer_advertise: the host:port workers connect to (empty: the bound one;
     # set it where workers reach this instance by another name, e.g. the pod IP). Disabled: replies topic only.
     direct_answers: bool = True
