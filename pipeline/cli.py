@@ -71,10 +71,10 @@ def models_train(
 @features_app.command("apply")
 def features_apply(force: Annotated[bool, typer.Option(help="Regenerate and reload.")] = False) -> None:
     """Generate account aggregates, `feast apply`, and materialise them into the online store."""
-    from pipeline import feature_data
+    from pipeline.features import demo_data
 
     settings = get_settings()
-    done = feature_data.apply(settings.feast.repo_path, settings.feast.accounts, force=force)
+    done = demo_data.apply(settings.feast.repo_path, settings.feast.accounts, force=force)
     typer.echo("features: applied and materialised" if done else "features: online store already loaded")
 
 
@@ -86,7 +86,7 @@ def dlq_redrive(
     dry_run: Annotated[bool, typer.Option(help="Count what would be re-published; publish nothing.")] = False,
 ) -> None:
     """Re-publish dead letters to the requests topic (events scored since are not scored twice)."""
-    from pipeline import redrive
+    from pipeline.replay import redrive
 
     unknown = set(code or ()) - set(ERROR_CODES)
     if unknown:
@@ -103,7 +103,7 @@ def _aware(when: datetime | None) -> datetime | None:
 @app.command()
 def worker() -> None:
     """Run a scoring worker until stopped."""
-    from pipeline import worker as worker_module
+    from pipeline.worker import loop as worker_module
 
     _configure_logging()
     worker_module.run(get_settings())
@@ -124,7 +124,7 @@ def demo(
     keep_running: Annotated[bool, typer.Option(help="Leave the stack running afterwards.")] = False,
 ) -> None:
     """Start the whole stack, publish a demo stream, print a summary and stop."""
-    from pipeline import demo as demo_module
+    from pipeline.local import demo as demo_module
 
     _configure_logging()
     demo_module.run(get_settings(), events=events, keep_running=keep_running)
@@ -184,7 +184,7 @@ def bench_peer(kind: str) -> None:
 @stack_app.command("up")
 def stack_up() -> None:
     """Start Kafka, Triton, topics, features, a worker and the gateway, and leave them running."""
-    from pipeline import stack
+    from pipeline.local import stack
 
     _configure_logging()
     stack.LocalStack.from_settings(get_settings()).up()
@@ -193,7 +193,7 @@ def stack_up() -> None:
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop what `stack up` started."""
-    from pipeline import stack
+    from pipeline.local import stack
 
     stack.LocalStack.from_settings(get_settings()).down()
 

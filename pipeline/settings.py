@@ -77,7 +77,7 @@ class WorkerSettings(_Block):
     # the previous one's markers (KAFKA-5477), a few ms: retry that soon, not after librdkafka's 100 ms.
     transaction_retry_backoff_ms: int = Field(default=1, ge=1)
     # When an HTTP caller gets its answer: "scored", as soon as its request is scored (its result is
-    # committed in the transaction that follows; see `answers`), or "committed", with that transaction.
+    # committed in the transaction that follows; see `worker.answers`), or "committed", with that transaction.
     reply_when: Literal["scored", "committed"] = "scored"
     # Answer a bridge over TCP at the address in a request's `answer-to` header (see `answer_wire`):
     # when scored, or right after the commit with reply_when="committed"; while it cannot be

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import topics
+from pipeline.local.stack import LocalStack, Ports, free_port
 from pipeline.settings import Settings
-from pipeline.stack import LocalStack, Ports, free_port
 
 TEST_PORTS = Ports(kafka=19092, triton_http=18000, triton_grpc=18001, gateway=18080, worker_metrics=0)
 
@@ -121,13 +121,13 @@ REDIS_PORT = 16379
 @pytest.fixture(scope="session")
 def redis_feature_repo(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the Feast repo whose online store is a real Redis (the production option), loaded."""
-    from pipeline import feature_data
+    from pipeline.features import demo_data
 
     stack.start_redis(REDIS_PORT)
     try:
         source = stack.settings().feast.repo_path
-        repo = feature_data.use_redis(source, tmp_path_factory.mktemp("feature_repo_redis"), f"127.0.0.1:{REDIS_PORT}")
-        feature_data.apply(repo, stack.settings().feast.accounts)
+        repo = demo_data.use_redis(source, tmp_path_factory.mktemp("feature_repo_redis"), f"127.0.0.1:{REDIS_PORT}")
+        demo_data.apply(repo, stack.settings().feast.accounts)
         yield repo
     finally:
         stack.stop_redis(REDIS_PORT)

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline import traffic
 from pipeline.bench.stats import percentiles_ms
+from pipeline.local import traffic
 from pipeline.models.spec import ModelSpec
 from pipeline.settings import Settings
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline import probe, topics, traffic
+from pipeline import topics
+from pipeline.local import probe, traffic
 from pipeline.settings import Settings
 
 

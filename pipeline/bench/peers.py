@@ -30,12 +30,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka import Consumer, Message, Producer
 
-from pipeline import scoring
 from pipeline.contract import parse_request, result_record
 from pipeline.errors import PipelineError, UnknownModel
-from pipeline.feature_data import PARQUET
+from pipeline.features.demo_data import PARQUET
+from pipeline.inference import scoring
+from pipeline.inference.scoring import EntityId
 from pipeline.models.spec import ModelSpec, load_spec_file
-from pipeline.scoring import EntityId
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -57,7 +57,7 @@ def run(settings: Settings, kind: str) -> None:
 
 async def _monolith(settings: Settings) -> None:
     """The pipeline's worker, scoring with the model and the features in this process."""
-    from pipeline.worker import Worker
+    from pipeline.worker.loop import Worker
 
     scorer = InProcessScorer(settings)
     features = TableFeatures(FeatureTable.load(settings, scorer.model_spec))

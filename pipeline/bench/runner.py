@@ -19,13 +19,14 @@ from urllib.request import urlopen
 
 import structlog
 
-from pipeline import heap, topics, traffic
+from pipeline import heap, topics
 from pipeline.bench import http, load
 from pipeline.bench.memory import RssSampler, status_mib
 from pipeline.bench.stats import median, median_figures, ratio, stage_summary, stage_totals, steady_rate
+from pipeline.local import traffic
+from pipeline.local.stack import LocalStack, free_port
 from pipeline.models.spec import load_spec_file
 from pipeline.settings import Settings
-from pipeline.stack import LocalStack, free_port
 
 log = structlog.get_logger(__name__)
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import synthetic
 from pipeline.models.fraud_scorer import FraudScorer
 from pipeline.models.spec import ModelSpec, load_spec_file
+from pipeline.synthetic import cards
 
 LOG_FEATURES = frozenset({"amount", "distance_from_home_km", "avg_amount_30d"})
 
@@ -54,8 +54,8 @@ def train(
     started = time.perf_counter()
     torch.manual_seed(seed)
     spec = load_spec_file(repository / "fraud_scorer" / "config.pbtxt")
-    table = synthetic.accounts(accounts)
-    data = synthetic.transactions(rows, table, seed=seed + 11)
+    table = cards.accounts(accounts)
+    data = cards.transactions(rows, table, seed=seed + 11)
     acct = table.set_index("account_id").loc[data.account_id].reset_index()
     x = feature_matrix(spec, data.features, acct)
     y = data.label.astype(np.float32)

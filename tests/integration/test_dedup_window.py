@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from pipeline import probe, traffic
+from pipeline.local import probe, traffic
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.delivery import Aborted, BatchCommit, TransactionalDelivery
-from pipeline.processor import Outbound
+from pipeline.worker.delivery import Aborted, BatchCommit, TransactionalDelivery
+from pipeline.worker.processor import Outbound
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration

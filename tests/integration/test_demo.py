@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.stack import settings_env
+from pipeline.local.stack import settings_env
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline import probe, traffic
-from pipeline.probe import Collected
+from pipeline.local import probe, traffic
+from pipeline.local.probe import Collected
 
 pytestmark = pytest.mark.integration
 

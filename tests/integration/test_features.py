@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from pipeline.features import FeatureLookup, rows_by_entity
+from pipeline.features.lookup import FeatureLookup, rows_by_entity
 from pipeline.models.spec import load_spec_file
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from pipeline import probe, traffic
+from pipeline.local import probe, traffic
 from tests.conftest import make_settings, running_pipeline
 
 pytestmark = pytest.mark.integration

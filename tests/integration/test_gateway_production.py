@@ -11,7 +11,8 @@ import uuid
 import httpx
 import pytest
 
-from pipeline import probe, topics, traffic
+from pipeline import topics
+from pipeline.local import probe, traffic
 from pipeline.topics import TopicSpec
 from tests.conftest import free_port, make_settings, running_pipeline
 

@@ -9,9 +9,9 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline import probe
 from pipeline.gateway.bridge import request_producer
-from pipeline.traffic import Message
+from pipeline.local import probe
+from pipeline.local.traffic import Message
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,8 @@ import signal
 
 import pytest
 
-from pipeline import probe, redrive, traffic
+from pipeline.local import probe, traffic
+from pipeline.replay import redrive
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import changelog, topics
+from pipeline import topics
 from pipeline.errors import ConfigurationError
+from pipeline.worker import changelog
 
 pytestmark = pytest.mark.integration
 

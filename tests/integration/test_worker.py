@@ -9,9 +9,9 @@ import pytest
 import torch
 from feast import FeatureStore
 
-from pipeline import probe, traffic
+from pipeline.inference.scoring import feature_matrix
+from pipeline.local import probe, traffic
 from pipeline.models.spec import load_spec_file
-from pipeline.scoring import feature_matrix
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.local.stack import LocalStack, Ports, settings_env
 from pipeline.settings import Settings
-from pipeline.stack import LocalStack, Ports, settings_env
 from pipeline.topics import load_specs
 
 

@@ -1,0 +1,296 @@
+"""The local stack for demos, `make up` and the tests: real Kafka and Triton (through the scripts in
+deploy/), then topics, features, the model, and worker and gateway processes.
+
+Everything started here is recorded in a run folder (pid files, logs) so `down` can stop it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+from urllib.request import urlopen
+
+import structlog
+
+from pipeline.errors import ConfigurationError
+from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings
+
+log = structlog.get_logger(__name__)
+
+KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka" / "kafka.sh"
+TRITON_SCRIPT = PROJECT_ROOT / "deploy" / "triton" / "triton.sh"
+REDIS_SCRIPT = PROJECT_ROOT / "deploy" / "redis" / "redis.sh"
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int = 9092
+    triton_http: int = 8000
+    triton_grpc: int = 8001
+    gateway: int = 8080
+    worker_metrics: int = 9100
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Ports:
+        return cls(
+            kafka=_port(settings.kafka.bootstrap_servers.split(",")[0]),
+            triton_http=_port(settings.triton.http_url),
+            triton_grpc=_port(settings.triton.grpc_url),
+            gateway=settings.gateway.port,
+            worker_metrics=settings.worker.metrics_port,
+        )
+
+
+class LocalStack:
+    def __init__(self, run_dir: Path, ports: Ports) -> None:
+        self.run_dir = run_dir
+        self.ports = ports
+        self._children: dict[str, subprocess.Popen[bytes]] = {}  # spawned by this process, by run name
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalStack:
+        ports = Ports.from_settings(settings)
+        # One folder per broker port: a stack on other ports (a test session's) never takes the dev
+        # stack's processes for its own.
+        default_kafka = _port(KafkaSettings().bootstrap_servers)  # the default, not the environment's
+        name = "stack" if ports.kafka == default_kafka else f"stack-{ports.kafka}"
+        return cls(PROJECT_ROOT / ".run" / name, ports)
+
+    # -- settings of the processes of this stack ------------------------------------------------
+    def settings(self, base: Settings | None = None) -> Settings:
+        """`base` (default: from the environment) with this stack's addresses."""
+        base = base or Settings()
+        p = self.ports
+        return base.updated(
+            kafka={"bootstrap_servers": f"127.0.0.1:{p.kafka}"},
+            triton={"grpc_url": f"127.0.0.1:{p.triton_grpc}", "http_url": f"127.0.0.1:{p.triton_http}"},
+            gateway={"port": p.gateway},
+            worker={"metrics_port": p.worker_metrics},
+        )
+
+    # -- real services ---------------------------------------------------------------------------
+    def start_kafka(self) -> bool:
+        return self._service(KAFKA_SCRIPT, "start", self._kafka_env())
+
+    def stop_kafka(self) -> None:
+        self._service(KAFKA_SCRIPT, "stop", self._kafka_env())
+
+    def start_triton(self) -> bool:
+        return self._service(TRITON_SCRIPT, "start", self._triton_env())
+
+    def stop_triton(self) -> None:
+        self._service(TRITON_SCRIPT, "stop", self._triton_env())
+
+    def start_redis(self, port: int) -> bool:
+        return self._service(REDIS_SCRIPT, "start", self._redis_env(port))
+
+    def stop_redis(self, port: int) -> None:
+        self._service(REDIS_SCRIPT, "stop", self._redis_env(port))
+
+    def _redis_env(self, port: int) -> dict[str, str]:
+        return {"REDIS_PORT": str(port), "REDIS_DIR": str(self.run_dir / f"redis-{port}")}
+
+    def _kafka_env(self) -> dict[str, str]:
+        return {
+            "KAFKA_PORT": str(self.ports.kafka),
+            "KAFKA_CONTROLLER_PORT": str(self.ports.kafka + 1),
+            "KAFKA_DATA_DIR": str(self.run_dir / "kafka"),
+        }
+
+    def _triton_env(self) -> dict[str, str]:
+        return {
+            "TRITON_HTTP_PORT": str(self.ports.triton_http),
+            "TRITON_GRPC_PORT": str(self.ports.triton_grpc),
+            "TRITON_METRICS_PORT": str(self.ports.triton_http + 2),
+            "TRITON_RUN_DIR": str(self.run_dir / "triton"),
+            "PYTHON": sys.executable,
+        }
+
+    def _service(self, script: Path, verb: str, env: dict[str, str]) -> bool:
+        """Run a deploy script; returns True when it started something new."""
+        result = subprocess.run(["bash", str(script), verb], env={**os.environ, **env}, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ConfigurationError(f"{script.parent.name} {verb} failed:\n{result.stderr.strip()}")
+        return "already running" not in result.stderr
+
+    # -- pipeline processes ----------------------------------------------------------------------
+    def spawn(self, name: str, settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+        """Start `python -m pipeline ARGS` with `settings`, logging to <run_dir>/<name>.log."""
+        with open(self.run_dir / f"{name}.log", "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", *args],
+                env={**os.environ, **settings_env(settings)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                start_new_session=True,
+            )
+        (self.run_dir / f"{name}.pid").write_text(str(process.pid))
+        self._children[name] = process
+        return process
+
+    def wait_for_log(self, name: str, text: str, process: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+        path = self.run_dir / f"{name}.log"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in path.read_text(errors="replace"):
+                return
+            if process.poll() is not None:
+                raise ConfigurationError(f"{name} exited ({process.returncode}); see {path}")
+            time.sleep(0.2)
+        raise ConfigurationError(f"{name} not ready after {timeout_s:g} s; see {path}")
+
+    def start_worker(self, settings: Settings, name: str = "worker") -> subprocess.Popen[bytes]:
+        process = self.spawn(name, settings, "worker")
+        self.wait_for_log(name, "worker_ready", process)
+        return process
+
+    def start_gateway(
+        self, settings: Settings, name: str = "gateway", timeout_s: float = 60
+    ) -> subprocess.Popen[bytes]:
+        process = self.spawn(name, settings, "gateway")
+        port = settings.gateway.port
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ConfigurationError(f"{name} exited ({process.returncode}); see {self.run_dir}/{name}.log")
+            try:
+                with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return process
+            except (URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise ConfigurationError(f"{name} not ready after {timeout_s:g} s")
+
+    def stop_process(self, name: str, timeout_s: float = 30) -> None:
+        pid_file = self.run_dir / f"{name}.pid"
+        if (child := self._children.pop(name, None)) is not None:
+            # Our own child must be reaped: until then it lingers as a zombie that `kill -0` still finds.
+            child.terminate()
+            try:
+                child.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            pid_file.unlink(missing_ok=True)
+            return
+        if not pid_file.exists():
+            return
+        pid = int(pid_file.read_text())
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.2)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink(missing_ok=True)
+
+    # -- whole stack -----------------------------------------------------------------------------
+    def prepare(self, settings: Settings) -> None:
+        """Model exported and features loaded (each only when absent)."""
+        from pipeline.features import demo_data
+        from pipeline.models import train
+
+        if not train.is_trained(settings.triton.model_repository):
+            import torch
+
+            torch.set_num_threads(2)
+            report = train.train(settings.triton.model_repository, accounts=settings.feast.accounts)
+            log.info("model_trained", holdout_auc=round(report.holdout_auc, 4), seconds=report.seconds)
+        if demo_data.apply(settings.feast.repo_path, settings.feast.accounts):
+            log.info("features_materialised", accounts=settings.feast.accounts)
+
+    @contextmanager
+    def services(self, settings: Settings) -> Iterator[None]:
+        """Kafka and Triton running (started when not already) and the topics applied; stops on exit
+        what it started."""
+        from pipeline import topics
+
+        started_kafka = self.start_kafka()
+        started_triton = False
+        try:
+            started_triton = self.start_triton()
+            topics.apply(settings)
+            yield
+        finally:
+            if started_triton:
+                self.stop_triton()
+            if started_kafka:
+                self.stop_kafka()
+
+    def up(self) -> None:
+        from pipeline import topics
+
+        settings = self.settings()
+        self.prepare(settings)
+        self.start_kafka()
+        self.start_triton()
+        topics.apply(settings)
+        if not self.is_running("worker"):
+            self.start_worker(settings)
+        if not self.is_running("gateway"):
+            self.start_gateway(settings)
+        log.info(
+            "stack_up",
+            kafka=f"127.0.0.1:{self.ports.kafka}",
+            triton_grpc=f"127.0.0.1:{self.ports.triton_grpc}",
+            gateway=f"http://127.0.0.1:{self.ports.gateway}",
+            logs=str(self.run_dir),
+        )
+
+    def down(self) -> None:
+        for name in ("gateway", "worker"):
+            self.stop_process(name)
+        self.stop_triton()
+        self.stop_kafka()
+
+    def is_running(self, name: str) -> bool:
+        pid_file = self.run_dir / f"{name}.pid"
+        if not pid_file.exists():
+            return False
+        try:
+            os.kill(int(pid_file.read_text()), 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """`PIPELINE_*` variables that make a child process read back exactly `settings`."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for field, inner in value.items():
+                env[f"PIPELINE_{name.upper()}__{field.upper()}"] = _env_value(inner)
+        else:
+            env[f"PIPELINE_{name.upper()}"] = _env_value(value)
+    return env
+
+
+def _env_value(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])

@@ -1,0 +1,104 @@
+"""Request traffic for demos, tests and benchmarks: valid requests, repeats, and each kind of bad input.
+
+Pure: builds messages, sends nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from pipeline.synthetic import cards
+
+# Each kind of bad input, and the dead-letter code it must get.
+MALFORMED_KINDS = (
+    ("not_json", "invalid_json"),
+    ("missing_event_id", "invalid_request"),
+    ("non_numeric_feature", "invalid_request"),
+    ("unknown_model", "unknown_model"),
+    ("unknown_account", "missing_features"),
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    key: bytes | None
+    value: bytes
+    event_id: str | None
+    kind: str  # "valid", "duplicate", or one of MALFORMED_KINDS
+
+
+@dataclass
+class Traffic:
+    messages: list[Message] = field(default_factory=list)
+    requests: dict[str, dict[str, object]] = field(default_factory=dict)  # distinct valid, by event_id
+    expected_dead_letters: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for m in self.messages if m.kind == "duplicate")
+
+
+def valid_requests(count: int, prefix: str, accounts: int = 10_000, seed: int = 3) -> list[dict[str, object]]:
+    table = cards.accounts(accounts)
+    data = cards.transactions(count, table, seed=seed)
+    rows = data.features.to_dict(orient="records")
+    return [
+        {
+            "event_id": f"{prefix}{i:07d}",
+            "entity": {"account_id": int(account)},
+            "features": {k: float(v) for k, v in row.items()},
+        }
+        for i, (account, row) in enumerate(zip(data.account_id, rows, strict=True))
+    ]
+
+
+def message_for(request: dict[str, object], kind: str = "valid") -> Message:
+    entity = request["entity"]
+    assert isinstance(entity, dict)
+    return Message(str(entity["account_id"]).encode(), orjson.dumps(request), str(request["event_id"]), kind)
+
+
+def malformed(kind: str, base: dict[str, object], event_id: str) -> Message:
+    request = dict(base) | {"event_id": event_id}
+    if kind == "not_json":
+        return Message(b"1", b"{not json " + event_id.encode(), None, kind)
+    if kind == "missing_event_id":
+        request.pop("event_id")
+        return Message(b"1", orjson.dumps(request), None, kind)
+    if kind == "non_numeric_feature":
+        request["features"] = dict(request["features"]) | {"amount": "twelve"}  # type: ignore[arg-type]
+    elif kind == "unknown_model":
+        request["model"] = "no_such_model"
+    elif kind == "unknown_account":
+        request["entity"] = {"account_id": 10_000_000 + int(event_id.rsplit("-", 1)[-1])}
+    return Message(b"1", orjson.dumps(request), event_id, kind)
+
+
+def mixed(
+    total: int, prefix: str, duplicate_rate: float = 0.05, malformed_rate: float = 0.01, seed: int = 5
+) -> Traffic:
+    """`total` messages: distinct valid requests, repeats of earlier ones (near and far), bad input spread through."""
+    rng = np.random.default_rng(seed)
+    n_dup, n_bad = int(total * duplicate_rate), int(total * malformed_rate)
+    originals = valid_requests(total - n_dup - n_bad, prefix)
+    traffic = Traffic(requests={str(r["event_id"]): r for r in originals})
+    # Each repeat follows its original, anywhere from right after it to the end of the stream.
+    repeats_after: dict[int, list[Message]] = defaultdict(list)
+    for _ in range(n_dup):
+        source = int(rng.integers(0, len(originals)))
+        repeats_after[int(rng.integers(source, len(originals)))].append(message_for(originals[source], "duplicate"))
+    sequence: list[Message] = []
+    for i, request in enumerate(originals):
+        sequence.append(message_for(request))
+        sequence.extend(repeats_after.get(i, ()))
+    for i in range(n_bad):
+        kind, code = MALFORMED_KINDS[i % len(MALFORMED_KINDS)]
+        at = int(rng.integers(0, len(sequence) + 1))
+        sequence.insert(at, malformed(kind, originals[i % len(originals)], f"{prefix}bad-{i}"))
+        traffic.expected_dead_letters[code] += 1
+    traffic.messages = sequence
+    return traffic

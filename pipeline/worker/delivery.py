@@ -1,0 +1,253 @@
+"""Delivery semantics, in one place: effectively-once, one Kafka transaction per scored batch (KIP-447).
+
+A worker process has one transactional producer per lane (`transactional.id =
+"<app_id>-<instance_id>-<lane>"`, see `lane`). For every scored batch of a lane's input partitions:
+
+1. Begin a transaction.
+2. Send the batch's results (each to the results partition numbered like the input partition it
+   came from: they are the dedup state's changelog) and dead letters; and, when HTTP callers are
+   answered at commit, the replies to those whose bridge has no open direct link (the others are
+   sent once this commits; by default callers were answered when scored: `answers`).
+3. Add the offset after each input partition's last record to the transaction, with the consumer's
+   group metadata (generation and member id).
+4. Commit. A `read_committed` reader sees all of it or none of it.
+
+The group metadata is what fences a zombie: a worker that lost its partitions in a rebalance it
+missed (a long stall) still holds an old generation, the group coordinator refuses its offsets, and
+its whole transaction is aborted. So fencing no longer needs a producer per input partition, and the
+client work (fetch, produce, transactions) runs in librdkafka's C threads rather than in Python.
+
+If a step fails, the transaction is aborted (or, when the producer itself is unusable, a new one with
+the same transactional id is initialised, which aborts whatever was open) and the caller rewinds: it
+reprocesses from its last committed offsets with its dedup state reloaded from the changelog, so
+nothing is lost and nothing is doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+
+from pipeline import metrics
+from pipeline.settings import Settings
+from pipeline.worker.processor import Outbound
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchCommit:
+    messages: list[Outbound]
+    offsets: dict[int, int]  # input partition -> offset after its last record in the batch
+    group_metadata: Any  # the consumer's, taken when the transaction starts (the current generation)
+
+
+class Aborted(Exception):
+    """The batch's transaction did not commit; nothing of it is visible to read_committed readers."""
+
+
+class TransactionalDelivery:
+    def __init__(self, settings: Settings, requests_topic: str, lane: int = 0) -> None:
+        self._settings = settings
+        self._requests = requests_topic
+        worker = settings.worker
+        self.transactional_id = f"{worker.app_id}-{worker.instance_id or uuid.uuid4().hex[:12]}-{lane}"
+        self._timeout_s = worker.transaction_timeout_ms / 1000
+        self._producer: Producer | None = None
+        # librdkafka's transactional calls block: they run on this thread, one at a time, in order.
+        self._thread = _DaemonThread("txn-producer")
+        self._generation = 0  # bumped when a stalled producer is left behind
+
+    async def open(self, retry_for_s: float = 120.0) -> None:
+        await self._thread.run(self._init, retry_for_s)
+
+    async def commit(self, batch: BatchCommit) -> None:
+        """Publish the batch in one transaction; raises `Aborted` when it did not commit."""
+        generation = self._generation
+        done = asyncio.ensure_future(self._thread.run(self._transact, batch, generation))
+        finished, _ = await asyncio.wait([done], timeout=self._timeout_s)
+        if finished:
+            return done.result()
+        # librdkafka can wait forever for a group coordinator it dropped while the broker restarted
+        # (confluentinc/librdkafka#5511, #5456: the call's own timeout is not applied). Leave that
+        # call behind: a new producer with the same transactional id fences the stalled one, and
+        # its init settles the open transaction (committed or aborted) before we go on.
+        log.warning("transaction_stalled", waited_s=self._timeout_s)
+        metrics.TRANSACTION_ABORTS.labels("stalled").inc()
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._generation += 1
+        self._thread = _DaemonThread("txn-producer")
+        await self._thread.run(self._init, 120.0)
+        raise Aborted(f"stalled for {self._timeout_s:g} s; producer replaced")
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._thread.run(self._producer.flush, self._timeout_s)
+        self._thread.stop()
+
+    # -- on the producer thread ---------------------------------------------------------------
+    def _init(self, retry_for_s: float) -> None:
+        """A producer with our transactional id; init aborts whatever a predecessor with it left open.
+        Retried while the broker is unreachable (a restart), up to `retry_for_s`."""
+        deadline = time.monotonic() + retry_for_s
+        delay = 0.2
+        while True:
+            producer = Producer(
+                {
+                    "bootstrap.servers": self._settings.kafka.bootstrap_servers,
+                    "client.id": f"{self._settings.kafka.client_id}-worker",
+                    "transactional.id": self.transactional_id,
+                    "transaction.timeout.ms": self._settings.worker.transaction_timeout_ms,
+                    "linger.ms": 1,
+                    "retry.backoff.ms": self._settings.worker.transaction_retry_backoff_ms,
+                    "retry.backoff.max.ms": max(100, self._settings.worker.transaction_retry_backoff_ms),
+                    **self._settings.kafka.extra,
+                }
+            )
+            try:
+                producer.init_transactions(self._timeout_s)
+                self._producer = producer
+                return
+            except KafkaException as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("producer_init_failed", error=str(e), retry_in_s=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _transact(self, batch: BatchCommit, generation: int) -> None:
+        producer = self._producer
+        assert producer is not None, "open() first"
+        try:
+            producer.begin_transaction()
+            self._send(producer, batch)
+            offsets = [TopicPartition(self._requests, p, o) for p, o in sorted(batch.offsets.items())]
+            producer.send_offsets_to_transaction(offsets, batch.group_metadata, self._timeout_s)
+            self._commit(producer)
+        except (KafkaException, BufferError) as e:
+            error = _kafka_error(e)
+            fenced = error is not None and error.code() in _FENCED
+            metrics.TRANSACTION_ABORTS.labels("fenced" if fenced else "error").inc()
+            if generation == self._generation:  # not a call left behind after a stall
+                self._abort(producer, error)
+            raise Aborted(str(e)) from e
+
+    def _send(self, producer: Producer, batch: BatchCommit) -> None:
+        """Every message of the batch, without a wrapper call per message."""
+        produce, sent = producer.produce, 0
+        try:
+            for m in batch.messages:
+                if m.partition is None:
+                    produce(m.topic, m.value, m.key, headers=list(m.headers))
+                elif m.headers:
+                    produce(m.topic, m.value, m.key, m.partition, headers=list(m.headers))
+                else:
+                    produce(m.topic, m.value, m.key, m.partition)
+                sent += 1
+        except BufferError:  # the local queue is full: the rest one at a time, letting it drain
+            for m in batch.messages[sent:]:
+                produce_draining(producer, m)
+
+    def _commit(self, producer: Producer) -> None:
+        """Commit, retrying while the outcome is retriable: a timed-out commit may still complete, so
+        it is never abandoned for an abort while the broker could have applied it."""
+        deadline = time.monotonic() + self._timeout_s * 3
+        while True:
+            try:
+                producer.commit_transaction(self._timeout_s)
+                return
+            except KafkaException as e:
+                error = _kafka_error(e)
+                if error is None or not error.retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("transaction_commit_retry", error=str(e))
+
+    def _abort(self, producer: Producer, error: KafkaError | None) -> None:
+        if error is not None and not error.fatal():
+            try:
+                producer.abort_transaction(self._timeout_s)
+                return
+            except KafkaException as e:
+                log.warning("transaction_abort_failed", error=str(e))
+        # Unusable (fatal error, or the abort failed): a new producer with the same id aborts what is open.
+        self._producer = None
+        self._init(retry_for_s=120.0)
+
+
+def produce_draining(
+    producer: Producer, message: Outbound, on_delivery: Callable[[KafkaError | None, Any], None] | None = None
+) -> None:
+    """Queue one message; while librdkafka's local queue is full, let its sender drain it first."""
+    kwargs: dict[str, Any] = {"partition": message.partition} if message.partition is not None else {}
+    if message.headers:
+        kwargs["headers"] = list(message.headers)
+    if on_delivery is not None:
+        kwargs["on_delivery"] = on_delivery
+    while True:
+        try:
+            producer.produce(message.topic, message.value, message.key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.01)
+
+
+# The group coordinator refused the offsets: this worker no longer owns (some of) the partitions.
+_FENCED = {
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError._FENCED,
+}
+
+
+def _kafka_error(e: Exception) -> KafkaError | None:
+    return e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+
+
+class _DaemonThread:
+    """Runs blocking calls one at a time on a daemon thread. Not a ThreadPoolExecutor: the
+    interpreter joins those at exit, and a call librdkafka never returns would keep the worker
+    from exiting."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None]
+        self._calls = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.put((call, args, future))
+        return await future
+
+    def stop(self) -> None:
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, args, future = item
+            try:
+                result = call(*args)
+            except BaseException as e:  # noqa: BLE001 -- handed to the awaiting coroutine
+                future.get_loop().call_soon_threadsafe(_settle, future, None, e)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

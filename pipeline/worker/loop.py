@@ -1,0 +1,418 @@
+"""`pipeline worker`: consume micro-batches from the requests topic, score them, deliver them.
+
+Wiring only: the consumer group and its rebalances live here, scoring in `processor`, delivery
+semantics in `delivery`, idempotency state in `dedup`.
+
+Kafka I/O runs on librdkafka (confluent-kafka): its blocking calls run off the event loop, on a
+thread for the consumer (whose rebalance callbacks therefore run there and hand over to the event
+loop) and one per transactional producer. Scored batches are committed by transaction lanes (see
+`lane`), each owning a share of the input partitions, with one transaction in flight per lane; the
+batches scored while it commits share the next one (group commit), so under load transactions grow
+and their fixed cost is spread, while a lone request is committed at once. HTTP callers are
+answered as soon as their requests are scored, ahead of that commit (see `answers`). Under a
+backlog, and while callers are answered ahead of it, a lane lets its next transaction gather batches
+for up to `transaction_linger_ms` first. A batch's dedup entries
+are put in the state when it is scored, so the batches after it see them; if a lane's transaction
+aborts, everything of its partitions scored since is dropped too, those partitions are rewound to
+their first uncommitted records and their state is reloaded from the results topic, so a repeat is
+never scored twice and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from prometheus_client import start_http_server
+
+from pipeline import heap, metrics
+from pipeline.contract import REPLY_TO, Source
+from pipeline.features.lookup import FeatureLookup
+from pipeline.inference.triton import TritonScorer
+from pipeline.settings import Settings
+from pipeline.worker import changelog
+from pipeline.worker.answers import AnswerProducer
+from pipeline.worker.dedup import DedupState
+from pipeline.worker.lane import Lane
+from pipeline.worker.processor import BatchProcessor, Features, Inbound, Outbound, Scorer, Validated
+from pipeline.worker.retry import Backoff
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+class Worker:
+    def __init__(self, settings: Settings, scorer: Scorer | None = None, features: Features | None = None) -> None:
+        """Scores on Triton with Feast features unless given others (the bench's in-process monolith)."""
+        self.settings = settings
+        self._scorer, self._features = scorer, features
+        self.requests = settings.topics.requests
+        self.state = DedupState(settings.worker.dedup_window_s)
+        self._consumer: Consumer | None = None
+        self._metadata: Any = None
+        self.lanes = [
+            Lane(settings, self.requests, i, self._group_metadata) for i in range(settings.worker.transaction_lanes)
+        ]
+        self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Partitions whose dedup state is loaded: only their records are processed.
+        self._owned: set[int] = set()
+        self._last_expiry = time.time()
+        # The batch being scored (it may be waiting for its model call while the next is prepared)
+        # and its event_ids.
+        self._scoring: asyncio.Task[None] | None = None
+        self._scoring_ids: set[str] = set()
+        # Answers sent outside the transactions: as soon as scored, or (reply_when="committed") over a
+        # direct link once their transaction commits. None: every answer is in its transaction.
+        self._answers: AnswerProducer | None = None
+        self._answer_when_scored = settings.worker.reply_when == "scored"
+        self._answered_at = -math.inf  # monotonic s when callers were last answered ahead of a commit
+        self.ready = asyncio.Event()
+
+    def lane(self, partition: int) -> Lane:
+        return self.lanes[partition % len(self.lanes)]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings, worker = self.settings, self.settings.worker
+        self._loop = asyncio.get_running_loop()
+        changelog.check_copartitioned(settings)
+        changelog.check_retention(settings)
+        scorer = self._scorer or TritonScorer(settings.triton)
+        features = self._features or FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
+        backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
+        processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, self.state, backoff)
+        await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
+        if self._answer_when_scored or worker.direct_answers:
+            self._answers = AnswerProducer(settings)
+            for lane in self.lanes:
+                lane.on_committed = self._answers.send
+        frozen = heap.freeze_startup()  # what start-up built lives as long as the process
+        log.info("startup_heap_frozen", objects=frozen)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "client.id": f"{settings.kafka.client_id}-worker",
+                "group.id": worker.app_id,
+                "enable.auto.commit": False,  # offsets are committed inside each batch's transaction
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                # Partitions a rebalance does not move stay put: no reload of their dedup state.
+                "partition.assignment.strategy": "cooperative-sticky",
+                "max.poll.interval.ms": int((worker.retry_budget_s + 120) * 1000),
+                "session.timeout.ms": worker.session_timeout_ms,
+                "heartbeat.interval.ms": max(1000, worker.session_timeout_ms // 3),
+                **settings.kafka.extra,
+            }
+        )
+        self._consumer = consumer
+        consumer.subscribe([self.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        fetching: asyncio.Future[list[Message]] | None = None
+        # Fetched, not yet scored. While every lane has a transaction in flight, records are gathered
+        # and scored in one batch when a lane frees up: one Triton call and one feature read per
+        # transaction, not one per record that trickles in (scoring each at once measured slower
+        # at 500 requests/s on two busy cores, when answers waited for the commit: p50 43-54 ms
+        # against 26). Not so when a held record's caller is answered as soon as it is scored:
+        # holding it would put the commit back into its answer's time.
+        held: list[Message] = []
+        # The last fetch came back full: more is waiting, so transactions gather several batches.
+        backlog = False
+        callers_held = False  # a caller answered when scored waits for something held
+        try:
+            while not stop.is_set():
+                if self._scoring is not None and self._scoring.done():
+                    self._scoring.result()  # raises what scoring raised
+                    self._scoring = None
+                for lane in self.lanes:
+                    if lane.backed_up:
+                        await lane.settle()
+                if any(lane.rewind_to for lane in self.lanes):
+                    if fetching is not None:
+                        held += await fetching
+                        fetching = None
+                    if self._scoring is not None:  # handed over first: the lanes drop what they must
+                        await self._scoring
+                        self._scoring = None
+                    rewound = await self._rewind(consumer)
+                    held = [r for r in held if r.partition() not in rewound]
+                    continue
+                # Transactions gather batches under a backlog, and while callers are being answered
+                # when scored: their answers no longer wait for a commit, and each transaction costs
+                # the broker a fixed ~20 requests (at 500 HTTP requests/s on two cores, committing
+                # back to back measured p50 10.7-11.3 ms against 7.9-8.6). A stream without callers
+                # is committed at once, for its readers.
+                gathering = backlog or time.monotonic() - self._answered_at < worker.transaction_linger_ms / 1000
+                for lane in self.lanes:
+                    if not gathering or lane.ripe:
+                        lane.start_commit()
+                if fetching is None and len(held) < worker.batch_size:
+                    fetching = asyncio.ensure_future(
+                        self._on_consumer(
+                            _fetch, consumer, worker.batch_size - len(held), worker.batch_timeout_ms / 1000
+                        )
+                    )
+                # While a batch is being scored, or every lane is committing, what trickles in is
+                # held for one batch later; a full batch (a backlog) is scored at once, beside it.
+                # Callers answered when scored are not held for a commit: their batch is scored at once.
+                busy = (self._scoring is not None and not self._scoring.done()) or (
+                    all(lane.inflight is not None and not lane.inflight.done() for lane in self.lanes)
+                    and not callers_held
+                )
+                if not held or (busy and len(held) < worker.batch_size):
+                    # Wake for records, or for the end of a transaction in flight (to start the next).
+                    waits = [lane.inflight for lane in self.lanes if lane.inflight is not None]
+                    if fetching is not None:
+                        waits.append(fetching)
+                    if self._scoring is not None:
+                        waits.append(self._scoring)
+                    ripe_in = [t for lane in self.lanes if (t := lane.ripe_in()) is not None] if gathering else []
+                    await asyncio.wait(waits, timeout=min(ripe_in, default=None), return_when=asyncio.FIRST_COMPLETED)
+                    if fetching is not None and fetching.done():
+                        fetched = fetching.result()
+                        backlog = len(fetched) >= worker.batch_size - len(held)
+                        held += fetched
+                        if self._answer_when_scored and not backlog and not callers_held:  # a full batch goes at once
+                            callers_held = _awaits_answer(fetched)
+                        fetching = None
+                    continue
+                batch, held, callers_held = [r for r in held if r.partition() in self._owned], [], False
+                if batch:
+                    await self._start_scoring(processor, batch)
+                self._expire()
+            if fetching is not None:
+                await fetching
+            if self._scoring is not None:
+                await self._scoring
+        finally:
+            # Closing leaves the group; the revocation callback commits what is scored, in there.
+            await self._on_consumer(consumer.close)
+            self._consumer_thread.shutdown(wait=True)
+            await asyncio.gather(*(lane.delivery.close() for lane in self.lanes))
+            if self._answers is not None:
+                self._answers.close()
+            features.close()
+            await scorer.close()
+
+    async def _start_scoring(self, processor: BatchProcessor, batch: list[Message]) -> None:
+        """Score `batch` while the batch before it may still wait for its model call (the worker
+        would otherwise idle through every Triton round trip), then wait for that one: at most two
+        are in flight, and outcomes reach the lanes in the order the records were consumed."""
+        validated = processor.validate(_inbounds(batch))
+        event_ids = validated.event_ids()
+        previous = self._scoring
+        # A repeat of an event still being scored must be answered from the dedup state: after it.
+        after = previous if previous is not None and not event_ids.isdisjoint(self._scoring_ids) else None
+        self._scoring = asyncio.create_task(self._score(processor, validated, batch, previous, after))
+        self._scoring_ids = event_ids
+        if previous is not None:
+            await previous
+
+    async def _score(
+        self,
+        processor: BatchProcessor,
+        validated: Validated,
+        batch: list[Message],
+        previous: asyncio.Task[None] | None,
+        after: asyncio.Task[None] | None,
+    ) -> None:
+        if after is not None:
+            await after
+        outcome = await processor.complete(validated)
+        if previous is not None:
+            await previous
+        if any(record.partition() not in self._owned for record in batch):  # revoked meanwhile
+            batch = [record for record in batch if record.partition() in self._owned]
+            outcome = outcome.keep(self._owned)
+        now = time.time()
+        for event_id, partition, result in outcome.remembered:
+            self.state.put(partition, event_id, result, now)
+        metrics.DEDUP_ENTRIES.set(len(self.state))
+        if self._answers is None:
+            self._hand_to_lanes(batch, outcome.messages + outcome.replies)
+        elif self._answer_when_scored:  # callers are answered now, the results committed next
+            if outcome.replies:
+                self._answers.send(outcome.replies)
+                self._answered_at = time.monotonic()
+            self._hand_to_lanes(batch, outcome.messages)
+        else:  # at commit: over an open direct link once it commits, else inside the transaction
+            direct, in_transaction = self._answers.split(outcome.replies)
+            self._hand_to_lanes(batch, outcome.messages + in_transaction, direct)
+
+    def _hand_to_lanes(self, batch: list[Message], outbound: list[Outbound], after: Sequence[Outbound] = ()) -> None:
+        """`after`: answers to send once the transaction carrying `outbound` commits."""
+        if len(self.lanes) == 1:
+            self.lanes[0].add(batch, outbound, after)
+            return
+        records: dict[int, list[Message]] = defaultdict(list)
+        messages: dict[int, list[Outbound]] = defaultdict(list)
+        answers: dict[int, list[Outbound]] = defaultdict(list)
+        count = len(self.lanes)
+        for record in batch:
+            records[record.partition() % count].append(record)
+        for message in outbound:
+            messages[message.source_partition % count].append(message)
+        for answer in after:
+            answers[answer.source_partition % count].append(answer)
+        for index, lane_records in records.items():
+            self.lanes[index].add(lane_records, messages[index], answers[index])
+
+    def _group_metadata(self) -> Any:
+        """The consumer's group metadata (generation, member id), as of the last rebalance or abort.
+        Cached: asking librdkafka waits on its main thread (~5 ms a call under load, once per
+        transaction). A stale one can only make the coordinator refuse a commit, never accept one it
+        should not; the abort that follows refreshes it."""
+        if self._metadata is None:
+            assert self._consumer is not None
+            self._metadata = self._consumer.consumer_group_metadata()
+        return self._metadata
+
+    async def _rewind(self, consumer: Consumer) -> set[int]:
+        """After an abort: back to the first uncommitted record of each partition of the aborted
+        lane(s), with their dedup state as the results topic has it (the dropped batches' entries
+        were put in it early). Returns the partitions rewound."""
+        rewind: dict[int, int] = {}
+        for lane in self.lanes:
+            rewind.update(lane.rewind_to)
+            lane.rewind_to = {}
+        self._metadata = await self._on_consumer(consumer.consumer_group_metadata)  # it may be why
+        owned = sorted(p for p in rewind if p in self._owned)
+        for partition in owned:
+            await self._on_consumer(consumer.seek, TopicPartition(self.requests, partition, rewind[partition]))
+        await self._load(owned)
+        await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
+        return set(rewind)
+
+    def _expire(self) -> None:
+        now = time.time()
+        # Every second: the sweep's cost is per expired entry, so frequent sweeps are short ones
+        # (20,000 events/s: ~20 ms a second, against a ~1 s pause once a minute).
+        if now - self._last_expiry < min(1.0, self.state.window_s / 10):
+            return
+        self._last_expiry = now
+        self.state.expire(now)
+        metrics.DEDUP_ENTRIES.set(len(self.state))
+
+    # -- rebalances: librdkafka calls these on the consumer thread, inside a poll ------------------
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        self._metadata = consumer.consumer_group_metadata()  # a new generation
+        self._call_soon(self.acquire(sorted(tp.partition for tp in assigned)))
+
+    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        self._metadata = consumer.consumer_group_metadata()
+        self._call_soon(self.revoke(sorted(tp.partition for tp in revoked)))
+
+    def _call_soon(self, coroutine: Any) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def acquire(self, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        await self._load(partitions)
+        self._owned.update(partitions)
+        metrics.REBALANCES.labels("assigned").inc(len(partitions))
+        log.info("partitions_assigned", partitions=partitions, dedup_entries=len(self.state))
+        if not self.ready.is_set():
+            self.ready.set()
+            log.info("worker_ready", app_id=self.settings.worker.app_id)
+
+    async def revoke(self, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        # Not ours from here on: what is still being scored of them is dropped when it is handed
+        # over (their next owner scores it again). What is scored carries offsets of these
+        # partitions: it is committed now, while the group still lets us.
+        self._owned.difference_update(partitions)
+        await asyncio.gather(*(lane.flush() for lane in self.lanes))
+        for partition in partitions:
+            self.lane(partition).rewind_to.pop(partition, None)
+            self.state.drop(partition)
+        metrics.REBALANCES.labels("revoked").inc(len(partitions))
+        metrics.DEDUP_ENTRIES.set(len(self.state))
+        log.info("partitions_revoked", partitions=partitions)
+
+    async def _load(self, partitions: list[int]) -> None:
+        """Dedup state of these partitions: their committed results within the window."""
+        if not partitions:
+            return
+        now = time.time()
+        since = now - self.state.window_s
+        ends = await changelog.high_watermarks(self.settings, partitions)
+        loaded = await asyncio.gather(*(changelog.read_partition(self.settings, p, since, ends[p]) for p in partitions))
+        for partition, records in zip(partitions, loaded, strict=True):
+            self.state.load(partition, records, now)
+        metrics.DEDUP_ENTRIES.set(len(self.state))
+
+    async def _on_consumer(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._consumer_thread, call, *args)
+
+
+def _fetch(consumer: Consumer, size: int, timeout_s: float) -> list[Message]:
+    """Wait up to `timeout_s` for one record, then take what else is already fetched, up to `size`:
+    a lone request is not held back to fill a batch, and a backlog comes in full batches."""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    records = [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
+    good = []
+    for record in records:
+        if (error := record.error()) is None:
+            good.append(record)
+        elif error.fatal():
+            raise KafkaException(error)
+        else:
+            log.warning("consumer_error", error=str(error))
+    return good
+
+
+def _awaits_answer(records: list[Message]) -> bool:
+    """Whether a caller waits for one of these (an HTTP request, answered as soon as it is scored)."""
+    for record in records:
+        headers = record.headers()
+        if headers and any(key == REPLY_TO for key, _ in headers):
+            return True
+    return False
+
+
+def _inbounds(batch: list[Message]) -> list[Inbound]:
+    now_ms = int(time.time() * 1000)
+    received = time.monotonic()
+    metrics.observe_many(metrics.QUEUE_WAIT, [max(0, now_ms - r.timestamp()[1]) / 1000 for r in batch])
+    return [
+        Inbound(
+            value=record.value(),
+            key=record.key(),
+            headers={k: v for k, v in record.headers() or () if v is not None},
+            source=Source(record.topic(), record.partition(), record.offset()),
+            received=received,
+        )
+        for record in batch
+    ]
+
+
+def run(settings: Settings) -> None:
+    # Feast imports torch eagerly when it is installed (for its PyTorch retrieval API, unused here):
+    # ~400 MiB of RSS and a second of start-up per worker. Scoring happens in Triton, so the worker
+    # process declines the import; Feast then runs without it, as on a machine without torch.
+    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    server, _ = start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
+    log.info("worker_starting", app_id=settings.worker.app_id, metrics_port=server.server_port)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await Worker(settings).run(stop)
+        log.info("worker_stopped")
+
+    asyncio.run(main())

@@ -1,0 +1,301 @@
+"""One batch of consumed requests in, the messages to publish out: validate, dedup, features, score.
+
+No Kafka here: the worker hands batches in and delivery publishes what comes out, so this
+runs the same under Faust, a test, or a bench.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import orjson
+import structlog
+
+from pipeline import metrics
+from pipeline.contract import (
+    ANSWER_TO,
+    CORRELATION_ID,
+    REPLY_KIND,
+    REPLY_TO,
+    InferenceRequest,
+    Source,
+    dead_letter_record,
+    deadline_passed,
+    parse_reply_to,
+    parse_request,
+    result_record,
+    utc_timestamp,
+)
+from pipeline.errors import DeadlineExceeded, InferenceFailed, MissingFeatures, PipelineError
+from pipeline.inference import scoring
+from pipeline.inference.scoring import EntityId
+from pipeline.models.spec import ModelSpec
+from pipeline.settings import TopicSettings
+from pipeline.worker.retry import Backoff, RetriesExhausted, retrying
+
+log = structlog.get_logger(__name__)
+
+
+class DedupLookup(Protocol):
+    def get(self, event_id: str) -> bytes | None: ...
+
+
+class Scorer(Protocol):
+    """Scores feature matrices: Triton (`inference.triton.TritonScorer`), or a model in the process."""
+
+    async def spec(self, model: str) -> ModelSpec: ...
+    async def score(self, spec: ModelSpec, matrix: np.ndarray) -> tuple[np.ndarray, str]: ...
+    async def close(self) -> None: ...
+
+
+class Features(Protocol):
+    """Store features by entity: Feast (`features.lookup.FeatureLookup`), or a table in the process."""
+
+    async def fetch(self, spec: ModelSpec, entity_ids: Sequence[EntityId]) -> Mapping[EntityId, np.ndarray | None]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x, once per event
+class Inbound:
+    value: bytes | None
+    key: bytes | None
+    headers: Mapping[str, bytes]
+    source: Source
+    received: float  # time.monotonic() at consume
+
+
+@dataclass(slots=True)
+class Outbound:
+    source_partition: int  # the input partition whose transaction carries this message
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    answer_to: bytes | None = None  # an answer's direct address (see answer_wire); never published
+
+
+@dataclass
+class Outcome:
+    messages: list[Outbound] = field(default_factory=list)  # results and dead letters
+    replies: list[Outbound] = field(default_factory=list)  # answers to reply-to addresses (HTTP callers)
+    remembered: list[tuple[str, int, bytes]] = field(default_factory=list)  # event_id, partition, result
+    events: Counter[str] = field(default_factory=Counter)  # by outcome, added to the metric once per batch
+    latencies: list[float] = field(default_factory=list)  # seconds from consume to result, per scored event
+
+    def keep(self, partitions: set[int]) -> Outcome:
+        """Only what belongs to these input partitions (the others were revoked while it was scored)."""
+        return Outcome(
+            messages=[m for m in self.messages if m.source_partition in partitions],
+            replies=[m for m in self.replies if m.source_partition in partitions],
+            remembered=[r for r in self.remembered if r[1] in partitions],
+            events=self.events,
+            latencies=self.latencies,
+        )
+
+
+@dataclass(slots=True)
+class Validated:
+    """A batch parsed against the contract, not yet scored (see `BatchProcessor.validate`)."""
+
+    size: int
+    parsed: list[tuple[InferenceRequest, Inbound]]
+    outcome: Outcome  # dead letters of the invalid ones so far
+
+    def event_ids(self) -> set[str]:
+        return {request.event_id for request, _ in self.parsed}
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: InferenceRequest
+    inbound: Inbound
+    repeats: list[Inbound] = field(default_factory=list)  # same event_id later in this batch
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        topics: TopicSettings,
+        default_model: str,
+        scorer: Scorer,
+        features: Features,
+        dedup: DedupLookup,
+        backoff: Backoff,
+    ) -> None:
+        self._topics = topics
+        self._default_model = default_model
+        self._scorer = scorer
+        self._features = features
+        self._dedup = dedup
+        self._backoff = backoff
+
+    def validate(self, batch: Sequence[Inbound]) -> Validated:
+        """The first step, apart from `complete` so that a caller can look at a batch's event_ids
+        before scoring it (the worker orders batches that share one)."""
+        outcome = Outcome()
+        with metrics.STAGE_SECONDS.labels("validate").time():
+            parsed = self._validate(batch, outcome)
+        return Validated(len(batch), parsed, outcome)
+
+    async def complete(self, validated: Validated) -> Outcome:
+        """Dedup, features, scores: the outcome of a validated batch."""
+        outcome = validated.outcome
+        with metrics.STAGE_SECONDS.labels("dedup").time():
+            pending = self._admit(validated.parsed, outcome)
+        by_model: dict[str, list[_Pending]] = defaultdict(list)
+        for item in pending.values():
+            by_model[item.request.model or self._default_model].append(item)
+        for model, items in by_model.items():
+            await self._score_model(model, items, outcome)
+        metrics.BATCH_SIZE.observe(validated.size)
+        metrics.observe_many(metrics.EVENT_LATENCY, outcome.latencies)
+        for kind, count in outcome.events.items():
+            metrics.EVENTS.labels(kind).inc(count)
+        return outcome
+
+    def _validate(self, batch: Sequence[Inbound], outcome: Outcome) -> list[tuple[InferenceRequest, Inbound]]:
+        """Parse each message against the contract; bad ones are dead-lettered."""
+        parsed = []
+        for inbound in batch:
+            try:
+                parsed.append((parse_request(inbound.value), inbound))
+            except PipelineError as e:
+                self._dead_letter(e, inbound, outcome)
+        return parsed
+
+    def _admit(self, parsed: list[tuple[InferenceRequest, Inbound]], outcome: Outcome) -> dict[str, _Pending]:
+        """Answer repeats from the dedup state, skip work past its deadline; the rest is to score."""
+        pending: dict[str, _Pending] = {}
+        now_ms = int(time.time() * 1000)
+        for request, inbound in parsed:
+            if (first := pending.get(request.event_id)) is not None:
+                first.repeats.append(inbound)
+            elif (stored := self._dedup.get(request.event_id)) is not None:
+                self._duplicate(inbound, stored, outcome)
+            elif deadline_passed(inbound.headers, now_ms):
+                expired = DeadlineExceeded("the caller's deadline passed before scoring", event_id=request.event_id)
+                self._dead_letter(expired, inbound, outcome)
+            else:
+                pending[request.event_id] = _Pending(request, inbound)
+        return pending
+
+    async def _score_model(self, model: str, items: list[_Pending], outcome: Outcome) -> None:
+        try:
+            (spec, version, scored), _ = await retrying(
+                lambda: self._score(model, items), self._backoff, self._on_retry
+            )
+        except RetriesExhausted as e:
+            for item in items:
+                error = InferenceFailed(e.last.message, event_id=item.request.event_id)
+                self._dead_letter(error, item.inbound, outcome, attempts=e.attempts)
+            return
+        except PipelineError as e:  # the model itself is unknown: every request of it
+            for item in items:
+                self._dead_letter(type(e)(e.message, event_id=item.request.event_id), item.inbound, outcome)
+            return
+        scored_at = utc_timestamp()  # one model call scored them all (formatting it per result cost ~4%)
+        for item, result in scored:
+            if isinstance(result, PipelineError):
+                self._dead_letter(result, item.inbound, outcome)
+            else:
+                self._emit_result(item, spec, version, result, scored_at, outcome)
+
+    async def _score(
+        self, model: str, items: list[_Pending]
+    ) -> tuple[ModelSpec, str, list[tuple[_Pending, float | PipelineError]]]:
+        """Features for the batch in one call, scores in one call. Retriable errors propagate."""
+        spec = await self._scorer.spec(model)
+        checked: list[tuple[_Pending, int]] = []
+        results: list[tuple[_Pending, float | PipelineError]] = []
+        for item in items:
+            try:
+                scoring.check_features(item.request, spec)
+                checked.append((item, scoring.entity_id(item.request, spec)))
+            except PipelineError as e:
+                results.append((item, e))
+        with metrics.STAGE_SECONDS.labels("features").time():
+            rows = await self._features.fetch(spec, [entity for _, entity in checked])
+        found = []
+        for item, entity in checked:
+            if (row := rows.get(entity)) is None:
+                message = f"no features for {spec.entity_key}={entity} in the feature store"
+                results.append((item, MissingFeatures(message, event_id=item.request.event_id)))
+            else:
+                found.append((item, row))
+        version = ""
+        if found:
+            matrix = scoring.feature_matrix(spec, [item.request for item, _ in found], [row for _, row in found])
+            with metrics.STAGE_SECONDS.labels("inference").time():
+                scores, version = await self._scorer.score(spec, matrix)
+            results += [(item, float(score)) for (item, _), score in zip(found, scores, strict=True)]
+        return spec, version, results
+
+    def _emit_result(
+        self, item: _Pending, spec: ModelSpec, version: str, score: float, scored_at: str, outcome: Outcome
+    ) -> None:
+        latency = time.monotonic() - item.inbound.received
+        record = result_record(
+            event_id=item.request.event_id,
+            model=spec.name,
+            model_version=version,
+            score=score,
+            threshold=spec.threshold,
+            latency_ms=latency * 1000,
+            scored_at=scored_at,
+        )
+        value = orjson.dumps(record)
+        key = item.request.event_id.encode()
+        # To the results partition numbered like the request's: the dedup state's changelog (see `changelog`).
+        partition = item.inbound.source.partition
+        outcome.messages.append(Outbound(partition, self._topics.results, key, value, partition))
+        outcome.remembered.append((item.request.event_id, item.inbound.source.partition, value))
+        self._reply(item.inbound, key, value, "result", outcome)
+        for repeat in item.repeats:
+            self._duplicate(repeat, value, outcome)
+        outcome.events["scored"] += 1
+        outcome.latencies.append(latency)
+
+    def _duplicate(self, inbound: Inbound, stored: bytes, outcome: Outcome) -> None:
+        """A repeat of a scored event: no second result; an HTTP retry gets the original back."""
+        self._reply(inbound, inbound.key, stored, "result", outcome)
+        outcome.events["duplicate"] += 1
+
+    def _dead_letter(
+        self, error: PipelineError, inbound: Inbound, outcome: Outcome, attempts: int | None = None
+    ) -> None:
+        value = orjson.dumps(
+            dead_letter_record(error, inbound.value, inbound.source, attempts=attempts, key=inbound.key)
+        )
+        key = error.event_id.encode() if error.event_id else None
+        outcome.messages.append(Outbound(inbound.source.partition, self._topics.dlq, key, value))
+        self._reply(inbound, key, value, "dead_letter", outcome)
+        outcome.events["dead_letter"] += 1
+        metrics.DEAD_LETTERS.labels(error.code).inc()
+        log.info("dead_letter", code=error.code, event_id=error.event_id, reason=error.message)
+
+    def _reply(self, inbound: Inbound, key: bytes | None, value: bytes, kind: str, outcome: Outcome) -> None:
+        reply_to = inbound.headers.get(REPLY_TO)
+        if not reply_to:
+            return
+        address = parse_reply_to(reply_to.decode(errors="replace"))
+        if address is None:
+            log.warning("bad_reply_to", reply_to=reply_to.decode(errors="replace"))
+            return
+        topic, partition = address
+        headers = [(REPLY_KIND, kind.encode())]
+        if correlation := inbound.headers.get(CORRELATION_ID):
+            headers.append((CORRELATION_ID, correlation))
+        answer_to = inbound.headers.get(ANSWER_TO)
+        outcome.replies.append(
+            Outbound(inbound.source.partition, topic, key, value, partition, tuple(headers), answer_to)
+        )
+
+    def _on_retry(self, error: PipelineError, attempt: int, delay: float) -> None:
+        metrics.RETRIES.labels(type(error).__name__).inc()
+        log.warning("transient_failure", error=error.message, attempt=attempt, retry_in_s=delay)
