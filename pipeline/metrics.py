@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import structlog
+from confluent_kafka import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -14,6 +16,12 @@ DEAD_LETTERS = Counter("pipeline_dead_letters_total", "Dead letters written, by 
 RETRIES = Counter("pipeline_retries_total", "Retries of a transient failure, by stage", ["stage"])
 TRANSACTION_ABORTS = Counter("pipeline_transaction_aborts_total", "Aborted transactions, by reason", ["reason"])
 REBALANCES = Counter("pipeline_rebalances_total", "Partition assignments and revocations", ["change"])
+TRANSACTIONS = Counter("pipeline_transactions_total", "Committed transactions, by transaction lane", ["lane"])
+KAFKA_ERRORS = Counter(
+    "pipeline_kafka_errors_total",
+    "Errors librdkafka reported outside a call (a broker unreachable, all brokers down), by client and code",
+    ["client", "code"],
+)
 FEATURE_ROWS = Counter(
     "pipeline_feature_rows_total", "Entities' feature rows looked up, by source (cache or store)", ["source"]
 )
@@ -57,6 +65,17 @@ GATEWAY_ANSWERS = Counter(
     "gateway_answers_total", "Answers received, by route (direct from a worker, or the replies topic)", ["route"]
 )
 GATEWAY_PENDING = Gauge("gateway_pending_replies", "Correlation ids waiting for a reply on this instance")
+
+
+def kafka_error_callback(client: str) -> Callable[[KafkaError], None]:
+    """An `error_cb` for a librdkafka client: counts what it reports and logs it."""
+    log = structlog.get_logger(__name__)
+
+    def count(error: KafkaError) -> None:
+        KAFKA_ERRORS.labels(client, error.name()).inc()
+        log.warning("kafka_error", client=client, code=error.name(), error=error.str())
+
+    return count
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:

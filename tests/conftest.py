@@ -1,5 +1,8 @@
 """Session fixtures: one real Kafka broker and one real Triton server for the whole test session,
-started by the project's own scripts on test ports, plus the model and Feast data they need.
+started by the project's own scripts on test ports, plus the model and Feast data they need. The
+session owns those ports: it fails, naming the port, when another process already holds one, and a
+service it stops is stopped (its ports closed). `PIPELINE_TEST_PORT_OFFSET` moves every test port,
+so that two sessions can run side by side.
 
 Integration tests get factories: fresh settings with unique topic names and a unique worker app id
 (`pipeline_settings`), and real worker / gateway processes (`start_worker`, `start_gateway`).
@@ -7,24 +10,35 @@ Integration tests get factories: fresh settings with unique topic names and a un
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import topics
 from pipeline.local.stack import LocalStack, Ports, free_port
 from pipeline.settings import Settings
 
-TEST_PORTS = Ports(kafka=19092, triton_http=18000, triton_grpc=18001, gateway=18080, worker_metrics=0)
+PORT_OFFSET = int(os.environ.get("PIPELINE_TEST_PORT_OFFSET", "0"))
+TEST_PORTS = Ports(
+    kafka=19092 + PORT_OFFSET,  # and its controller on the next port
+    triton_http=18000 + PORT_OFFSET,  # and Triton's metrics on 18002
+    triton_grpc=18001 + PORT_OFFSET,
+    gateway=18080 + PORT_OFFSET,
+    worker_metrics=0,
+)
+REDIS_PORT = 16379 + PORT_OFFSET
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("stack"), TEST_PORTS)
+    local = LocalStack(tmp_path_factory.mktemp("stack"), TEST_PORTS, own_ports=True)
     local.prepare(local.settings())
     local.start_kafka()
     try:
@@ -115,9 +129,6 @@ def model_path(stack: LocalStack) -> Path:
     return stack.settings().triton.model_repository / "fraud_scorer" / "1" / "model.pt"
 
 
-REDIS_PORT = 16379
-
-
 @pytest.fixture(scope="session")
 def redis_feature_repo(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the Feast repo whose online store is a real Redis (the production option), loaded."""
@@ -131,3 +142,19 @@ def redis_feature_repo(stack: LocalStack, tmp_path_factory: pytest.TempPathFacto
         yield repo
     finally:
         stack.stop_redis(REDIS_PORT)
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample a process exports on 127.0.0.1:`port`/metrics, by name and labels."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when there are none)."""
+    wanted = set(labels.items())
+    return sum(value for (sample, have), value in scrape(port).items() if sample == name and wanted <= have)

@@ -36,9 +36,7 @@ start() {
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "kafka: already running (pid $(cat "$pidfile"))" >&2; return 0
   fi
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "kafka: already running (a broker answers on 127.0.0.1:$port; not started here)" >&2; return 0
-  fi
+  if foreign_server kafka "$port" "$cport"; then return 0; fi
   write_config
   local cluster_id
   cluster_id="$(cat "$data/cluster.id" 2>/dev/null || java "${jvm_args[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)"

@@ -23,6 +23,7 @@ start() {
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "redis: already running (pid $(cat "$pidfile"))" >&2; return 0
   fi
+  if foreign_server redis "$port"; then return 0; fi
   redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --save "" \
     --daemonize no --logfile "$dir/redis.log" </dev/null >/dev/null 2>&1 &
   echo $! > "$pidfile"

@@ -43,9 +43,7 @@ start() {
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "triton: already running (pid $(cat "$pidfile"))" >&2; return 0
   fi
-  if curl -sf "http://127.0.0.1:$http/v2/health/ready" >/dev/null 2>&1; then
-    echo "triton: already running (a server answers on 127.0.0.1:$http; not started here)" >&2; return 0
-  fi
+  if foreign_server triton "$http" "$grpc" "$metrics"; then return 0; fi
   [ -x "$model_env/bin/python3" ] || { echo "triton: model environment $model_env is missing (make setup)" >&2; exit 1; }
   mkdir -p "$run"
   local libdir; libdir="$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"

@@ -73,12 +73,18 @@ def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 3
             time.sleep(0.1)
 
 
-def publish(settings: Settings, messages: Iterable[Message], topic: str | None = None) -> dict[str, int]:
-    """Produce in order; returns each event_id's first produce time (epoch ms)."""
+def publish(
+    settings: Settings, messages: Iterable[Message], topic: str | None = None, rate: float | None = None
+) -> dict[str, int]:
+    """Produce in order, at most `rate` messages a second if given; returns each event_id's first
+    produce time (epoch ms)."""
     producer = topics.requests_producer(settings, {"linger.ms": 5, "enable.idempotence": True})
     sent_at: dict[str, int] = {}
     target = topic or settings.topics.requests
-    for message in messages:
+    began = time.monotonic()
+    for index, message in enumerate(messages):
+        if rate is not None and (ahead_s := began + index / rate - time.monotonic()) > 0:
+            producer.poll(ahead_s)
         now_ms = int(time.time() * 1000)
         while True:
             try:

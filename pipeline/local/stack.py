@@ -52,9 +52,13 @@ class Ports:
 
 
 class LocalStack:
-    def __init__(self, run_dir: Path, ports: Ports) -> None:
+    def __init__(self, run_dir: Path, ports: Ports, own_ports: bool = False) -> None:
+        """`own_ports`: every service runs on its ports as started here (the tests): a port another
+        process holds is an error naming it, and a stop that leaves a port answering is one too."""
         self.run_dir = run_dir
         self.ports = ports
+        self.own_ports = own_ports
+        self._service_pids: dict[Path, int] = {}  # services started by this stack, by pid file
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # spawned by this process, by run name
         run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -81,22 +85,29 @@ class LocalStack:
 
     # -- real services ---------------------------------------------------------------------------
     def start_kafka(self) -> bool:
-        return self._service(KAFKA_SCRIPT, "start", self._kafka_env())
+        return self._service(KAFKA_SCRIPT, "start", self._kafka_env(), self.run_dir / "kafka" / "kafka.pid")
 
     def stop_kafka(self) -> None:
-        self._service(KAFKA_SCRIPT, "stop", self._kafka_env())
+        p = self.ports
+        self._service(
+            KAFKA_SCRIPT, "stop", self._kafka_env(), self.run_dir / "kafka" / "kafka.pid", p.kafka, p.kafka + 1
+        )
 
     def start_triton(self) -> bool:
-        return self._service(TRITON_SCRIPT, "start", self._triton_env())
+        return self._service(TRITON_SCRIPT, "start", self._triton_env(), self.run_dir / "triton" / "triton.pid")
 
     def stop_triton(self) -> None:
-        self._service(TRITON_SCRIPT, "stop", self._triton_env())
+        p = self.ports
+        pid_file = self.run_dir / "triton" / "triton.pid"
+        self._service(
+            TRITON_SCRIPT, "stop", self._triton_env(), pid_file, p.triton_http, p.triton_grpc, p.triton_http + 2
+        )
 
     def start_redis(self, port: int) -> bool:
-        return self._service(REDIS_SCRIPT, "start", self._redis_env(port))
+        return self._service(REDIS_SCRIPT, "start", self._redis_env(port), self.run_dir / f"redis-{port}" / "redis.pid")
 
     def stop_redis(self, port: int) -> None:
-        self._service(REDIS_SCRIPT, "stop", self._redis_env(port))
+        self._service(REDIS_SCRIPT, "stop", self._redis_env(port), self.run_dir / f"redis-{port}" / "redis.pid", port)
 
     def _redis_env(self, port: int) -> dict[str, str]:
         return {"REDIS_PORT": str(port), "REDIS_DIR": str(self.run_dir / f"redis-{port}")}
@@ -117,11 +128,22 @@ class LocalStack:
             "PYTHON": sys.executable,
         }
 
-    def _service(self, script: Path, verb: str, env: dict[str, str]) -> bool:
-        """Run a deploy script; returns True when it started something new."""
+    def _service(self, script: Path, verb: str, env: dict[str, str], pid_file: Path, *ports: int) -> bool:
+        """Run a deploy script; returns True when it started something new. With `own_ports`, a stop
+        also ends the process this stack started even when its pid file is gone, and returns only once
+        `ports` no longer answer."""
+        name = script.parent.name
+        if self.own_ports:
+            env = {**env, "OWN_PORTS": "1"}
         result = subprocess.run(["bash", str(script), verb], env={**os.environ, **env}, capture_output=True, text=True)
         if result.returncode != 0:
-            raise ConfigurationError(f"{script.parent.name} {verb} failed:\n{result.stderr.strip()}")
+            raise ConfigurationError(f"{name} {verb} failed:\n{result.stderr.strip()}")
+        if verb == "start" and pid_file.exists():
+            self._service_pids[pid_file] = int(pid_file.read_text())
+        if self.own_ports and verb == "stop":
+            if (pid := self._service_pids.pop(pid_file, None)) is not None:
+                _end(pid)
+            _wait_closed(name, ports)
         return "already running" not in result.stderr
 
     # -- pipeline processes ----------------------------------------------------------------------
@@ -188,16 +210,7 @@ class LocalStack:
             return
         if not pid_file.exists():
             return
-        pid = int(pid_file.read_text())
-        try:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)
-                time.sleep(0.2)
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _end(int(pid_file.read_text()), timeout_s)
         pid_file.unlink(missing_ok=True)
 
     # -- whole stack -----------------------------------------------------------------------------
@@ -268,6 +281,33 @@ class LocalStack:
         except ProcessLookupError:
             return False
         return True
+
+
+def port_answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _end(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`; nothing if it is gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_closed(name: str, ports: tuple[int, ...], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while open_ports := [port for port in ports if port_answers(port)]:
+        if time.monotonic() > deadline:
+            raise ConfigurationError(f"{name} stopped, but 127.0.0.1:{open_ports[0]} still answers")
+        time.sleep(0.2)
 
 
 def free_port() -> int:

@@ -48,6 +48,7 @@ class AnswerProducer:
                 "linger.ms": 0,  # a caller is waiting
                 # A caller gives up after its deadline (the bridge's timeout); later is no answer.
                 "message.timeout.ms": max(1000, int(settings.gateway.timeout_s * 1000)),
+                "error_cb": metrics.kafka_error_callback("answers"),
                 **settings.kafka.extra,
             }
         )

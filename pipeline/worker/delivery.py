@@ -112,6 +112,7 @@ class TransactionalDelivery:
                     "linger.ms": 1,
                     "retry.backoff.ms": self._settings.worker.transaction_retry_backoff_ms,
                     "retry.backoff.max.ms": max(100, self._settings.worker.transaction_retry_backoff_ms),
+                    "error_cb": metrics.kafka_error_callback("transactions"),
                     **self._settings.kafka.extra,
                 }
             )

@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 class Lane:
     def __init__(self, settings: Settings, requests_topic: str, index: int, group_metadata: Callable[[], Any]) -> None:
+        self.index = index
         self.delivery = TransactionalDelivery(settings, requests_topic, lane=index)
         self._group_metadata = group_metadata
         self._max_batches = settings.worker.max_batches_per_transaction
@@ -102,6 +103,7 @@ class Lane:
         except Aborted as e:
             log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))
             return False
+        metrics.TRANSACTIONS.labels(str(self.index)).inc()
         metrics.TRANSACTION_MESSAGES.observe(len(commit.messages))
         if answers and self.on_committed is not None:
             self.on_committed(answers)

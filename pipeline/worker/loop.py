@@ -111,6 +111,7 @@ class Worker:
                 "max.poll.interval.ms": int((worker.retry_budget_s + 120) * 1000),
                 "session.timeout.ms": worker.session_timeout_ms,
                 "heartbeat.interval.ms": max(1000, worker.session_timeout_ms // 3),
+                "error_cb": metrics.kafka_error_callback("consumer"),
                 **settings.kafka.extra,
             }
         )
