@@ -43,7 +43,7 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# Every benchmark scenario in one run: table, bench-results/bench.json and bench.png (see README).
+# Every benchmark scenario in one run: table, bench-results/bench.json and bench.png (docs/performance.md).
 bench: setup
 	$(VENV)/bin/pipeline bench $(BENCH_ARGS)
 

@@ -1,15 +1,11 @@
-"""The direct answer link: workers answer a bridge over TCP instead of through the replies topic.
+"""The direct answer link: workers answer a bridge over TCP, with the replies topic as the fallback.
 
-A bridge listens for answers and names its address in each request's `answer-to` header
-(`host:port/token`; it greets each connection with the token, see `gateway.answer_server`). A worker
-answering as soon as a request is scored (`reply_when="scored"`) writes the answer to that address
-on a connection it keeps open, and publishes it on the replies topic only while it cannot reach the
-address. That saves an answer two hops (the worker's produce to the broker, the bridge's fetch from
-it) and the broker the work of carrying every answer.
-
-It changes no guarantee: the answer was never the record (the result is, committed in the
-transaction that follows). Answers written to a connection that then breaks are not resent: their
-callers get the 504 that names their event_id. Correlation ids are random 128-bit values, so a frame
+A bridge names its answer listener in each request's `answer-to` header (`host:port/token`) and
+greets each connection with the token (see `gateway.answer_server`). A worker writes answers there on
+a connection it keeps open, and on the replies topic only while it cannot reach the address: two
+hops fewer (docs/performance.md#direct-answers). The answer is never the record (the committed
+result is), so no guarantee changes; answers on a connection that then breaks are not resent, and
+their callers get the 504 naming their event_id. Correlation ids are random 128-bit values: a frame
 resolves a caller only if its sender read that caller's request.
 
 Frames, each: `>I` length of the rest, `>H` length of the correlation id, one byte kind

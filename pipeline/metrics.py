@@ -40,7 +40,7 @@ BATCH_SIZE = Histogram(
 )
 TRANSACTION_MESSAGES = Histogram(
     "pipeline_transaction_messages",
-    "Messages (results, replies, dead letters, changelog entries) per committed transaction",
+    "Messages (results, dead letters, replies) per committed transaction",
     buckets=(1, 8, 32, 128, 512, 2048, 8192, 32768),
 )
 ANSWERS = Counter(
@@ -80,7 +80,7 @@ def kafka_error_callback(client: str) -> Callable[[KafkaError], None]:
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     """`histogram.observe(v)` for each value, counted per bucket in one pass: per-event latencies
-    are observed for whole batches, where one `observe` per event cost ~2 µs of the worker's time.
+    are observed for whole batches, not with one `observe` per event (docs/performance.md#per-batch-metrics).
     Uses the histogram's own bucket and sum values (prometheus_client's layout since 0.4)."""
     if not len(values):
         return

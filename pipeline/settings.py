@@ -39,9 +39,8 @@ class TopicSettings(_Block):
 class WorkerSettings(_Block):
     app_id: str = "pipeline-worker"
     # Up to this many requests per batch: whatever has arrived, so only a backlog fills it. Each batch
-    # costs a fixed share (one Triton call, ~1.5 ms of CPU across Triton and its Python stub; one
-    # feature read; a fetch), so a backlog drains faster in larger ones: two workers on the 2-core
-    # bench box drained 58k events/s at 256, 58-63k at 512, 66-68k at 1024 (Triton's max_batch_size).
+    # costs a fixed share (one Triton call, one feature read, a fetch), so a backlog drains faster in
+    # larger ones, up to Triton's max_batch_size (docs/performance.md#batch-size).
     batch_size: int = Field(default=1024, ge=1, le=4096)
     batch_timeout_ms: int = Field(default=20, ge=1)
     metrics_port: int = 9100
@@ -56,14 +55,15 @@ class WorkerSettings(_Block):
     retry_budget_s: float = 60.0
     # Transactional producers per worker, each committing a share of its input partitions side by
     # side: more lanes, less waiting for another partition's transaction, but more, smaller
-    # transactions (broker and client CPU). 1 measured best on the 2-core bench box, where CPU is short.
+    # transactions (broker and client CPU): 1 where CPU is short (docs/performance.md#transaction-lanes).
     transaction_lanes: int = Field(default=1, ge=1, le=64)
     # Batches scored while a transaction commits share the next one, up to this many.
     max_batches_per_transaction: int = Field(default=16, ge=1)
     # Under a backlog (the last fetch came back full), and while HTTP callers are being answered
     # when scored (reply_when="scored"), a transaction waits until it holds max_batches_per_transaction
-    # batches or its oldest batch is this old: each transaction costs the broker a fixed ~20 requests
-    # and log writes whatever its size (like Kafka Streams' commit.interval.ms under exactly-once).
+    # batches or its oldest batch is this old: each transaction costs the broker a fixed number of
+    # requests and log writes whatever its size (like Kafka Streams' commit.interval.ms under
+    # exactly-once; docs/performance.md#transaction-linger).
     # Otherwise it starts at once.
     transaction_linger_ms: int = Field(default=50, ge=0)
     # Names this process's transactional producer (`<app_id>-<instance_id>`); empty: a random one per

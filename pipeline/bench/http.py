@@ -57,9 +57,10 @@ class Bodies:
 class Connections:
     """A pool of keep-alive HTTP/1.1 connections that POST JSON and read `Content-Length` answers.
 
-    The load generator shares the machine with what it measures: httpx spends ~2-3 ms of CPU per
-    request here, enough to saturate a core at a few hundred req/s, so the bench speaks the few
-    lines of HTTP/1.1 the bridge needs itself (uvicorn always answers with a Content-Length).
+    The load generator shares the machine with what it measures, where a general-purpose client's
+    CPU per request would saturate a core at a few hundred req/s (docs/performance.md#bench-http-client),
+    so the bench speaks the few lines of HTTP/1.1 the bridge needs itself (uvicorn always answers
+    with a Content-Length).
     """
 
     def __init__(self, host: str, port: int, timeout_s: float, max_connections: int = 1024) -> None:

@@ -106,7 +106,7 @@ def fresh_topics(settings: Settings, label: str) -> Settings:
 
 def drop_topics(settings: Settings) -> None:
     """Delete a run's topics once it is measured: a broker carrying every earlier run's partitions
-    (five topics of twelve per run) does more work per request, which would weigh on the runs after."""
+    (five topics, 42 partitions, per run) does more work per request, which would weigh on the runs after."""
     names = [getattr(settings.topics, name) for name in _RUN_TOPICS]
     admin = topics.admin_client(settings)  # held until the futures resolve: they die with it
     for future in admin.delete_topics(names, operation_timeout=30).values():

@@ -1,18 +1,15 @@
 """What a user might run instead of the pipeline, each as one consumer process: the bench's peers.
 
-- `passthrough`: copies requests to the results topic with aiokafka, no work: the ceiling of a
-  Python loop here (the limit the benchmark's ratio is taken against).
+- `passthrough`: copies requests to the results topic with aiokafka, no work: the limit.
 - `passthrough-librdkafka`: the same copy on confluent-kafka (librdkafka), the pipeline's client.
 - `naive`: per event, one Feast read for one entity and one Triton call for one row, then produce.
-- `monolith`: the TorchScript model and the feature table in memory, batches scored in the process,
-  with the pipeline's guarantee: the pipeline's own worker loop (validation, dedup, transactions on
-  confluent-kafka) around an in-process scorer and feature table instead of Triton and Feast. Against
-  it, the ratio measures what serving through Feast and Triton costs, nothing else.
-- `monolith-at-least-once`: the same model and table in a plain confluent-kafka loop, without dedup
-  or transactions (a reference: what the guarantee costs, besides Feast and Triton).
+- `monolith`: the pipeline's own worker loop (validation, dedup, transactions) around the
+  TorchScript model and the feature table in the process, instead of Triton and Feast.
+- `monolith-at-least-once`: the same model and table in a plain confluent-kafka loop, no dedup or
+  transactions.
 
 Each reads the settings' requests topic in its own consumer group and writes the results topic; all
-but `monolith` non-transactionally (at-least-once: produce, flush, then commit the batch's offsets).
+but `monolith` at-least-once (produce, flush, commit). What each measures: docs/performance.md#throughput.
 """
 
 from __future__ import annotations

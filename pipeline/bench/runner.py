@@ -43,7 +43,7 @@ TARGETS = {
 @dataclass(frozen=True)
 class Options:
     events: int = 100_000
-    naive_events: int = 2_000  # the naive peer runs ~100x slower: fewer events, same rate measure
+    naive_events: int = 2_000  # the naive peer is hundreds of times slower: fewer events, same rate measure
     warmup: int = 2_000
     repetitions: int = 3
     workers: tuple[int, ...] = (1, 2)
@@ -284,7 +284,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]], http_figures: dict[str, Any
         "pipeline/limit-librdkafka": ratio(best, medians.get("passthrough-librdkafka", 0.0)),
         "pipeline/monolith-at-least-once": ratio(best, medians.get("monolith-at-least-once", 0.0)),
         # The same comparison on the drain rates, without the run's start (the backlog being
-        # published, which takes the box for a third of a 100,000-event run) and its tail.
+        # published, which takes the box for the first part of a run) and its tail.
         "pipeline/monolith-steady": ratio(best_steady, steady.get("monolith", 0.0)),
     }
     measured: dict[str, float] = dict(ratios)
@@ -366,10 +366,10 @@ def run(base: Settings, options: Options, scenarios: set[str], stack: LocalStack
 
 
 def _quiet_collector() -> None:
-    """Before a measured run: the load generator's own full collections walked everything it holds
-    (~70 ms each at 500 req/s, every 10-20 s), and an HTTP request's latency counts from its
-    scheduled start, so each pause was charged to the bridge (p99 at 500 req/s with and without:
-    32-48 against 46-115 ms). Collect now, and keep what is alive out of later collections."""
+    """Before a measured run: collect, and keep what is alive out of later collections. The load
+    generator's own full collections walk everything it holds, and an HTTP request's latency counts
+    from its scheduled start, so each pause would be charged to the bridge
+    (docs/performance.md#bench-load-generator-gc)."""
     heap.freeze_startup()
 
 

@@ -1,15 +1,14 @@
 """Batch feature lookup from the Feast online store: one read per batch, unique entities only.
 
-`FeatureStore.get_online_features` spends ~30 µs of Python per entity building and converting
-protos, more than the store read itself. The worker instead calls the online store's own
-`online_read` (through Feast's provider, so Feast's key serialisation, table layout and registry
-are used unchanged) and turns the values straight into float rows. On SQLite (the default store)
-it runs the same query itself, minus the timestamp columns: Feast's read parses a datetime per
-feature value in Python, a third of its CPU (256 entities: ~10.7 -> ~7 ms), writes each value
+`FeatureStore.get_online_features` spends more Python per entity building and converting protos
+than the store read itself takes, so the worker calls the online store's own `online_read` (through
+Feast's provider: Feast's key serialisation, table layout and registry, unchanged) and turns the
+values straight into float rows. On SQLite (the default store) it runs the same query itself,
+without the timestamp columns (Feast parses a datetime per feature value), writes each value
 straight into the batch's matrix, and remembers each entity's serialised key (a key is read again
-whenever its cached row expires): ~20-30 -> ~15 µs of CPU per entity, most of it now SQLite's own
-index lookups. A test keeps the result identical to `get_online_features` on SQLite and Redis.
-Rows are reused for `PIPELINE_FEAST__CACHE_TTL_S` seconds (see `cache`).
+whenever its cached row expires): docs/performance.md#sqlite-feature-read. A test keeps the result
+identical to `get_online_features` on SQLite and Redis. Rows are reused for
+`PIPELINE_FEAST__CACHE_TTL_S` seconds (see `cache`).
 """
 
 from __future__ import annotations
@@ -123,8 +122,8 @@ class _SqliteRead:
         version = config.entity_key_serialization_version
 
         # Feast's serialisation of a key, remembered for the entities seen most recently: a key is
-        # read again each time its cached row expires, and building plus serialising its protos
-        # was a third of a small read's CPU.
+        # read again each time its cached row expires, and building plus serialising its protos is
+        # a large share of a small read's CPU (docs/performance.md#sqlite-feature-read).
         @functools.lru_cache(maxsize=_KEYS_REMEMBERED)
         def serialized(join_key: str, entity: EntityId) -> bytes:
             return serialize_entity_key(_entity_key(join_key, entity), entity_key_serialization_version=version)

@@ -148,10 +148,10 @@ def create_app(settings: Settings) -> PredictFastPath:
 
 class PredictFastPath:
     """ASGI: `POST /v1/predict` with a JSON body that validates is served without FastAPI's routing,
-    middleware and dependency machinery, which cost about half of the bridge's CPU per request (the
-    bridge shares the box with the broker and the workers, so its CPU is everyone's latency). Anything
-    else (other routes, other content types, bodies that do not validate or are too large) goes to
-    the FastAPI app, which owns every error's wording; the body already read is replayed to it."""
+    middleware and dependency machinery, much of the bridge's CPU per request, which on a shared box
+    is everyone's latency (docs/performance.md#fastapi-fast-path). Anything else (other routes,
+    other content types, bodies that do not validate or are too large) goes to the FastAPI app,
+    which owns every error's wording; the body already read is replayed to it."""
 
     def __init__(self, app: FastAPI, serve: PredictHandler, max_bytes: int) -> None:
         self.app, self._serve, self._max_bytes = app, serve, max_bytes

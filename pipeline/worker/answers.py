@@ -1,18 +1,13 @@
-"""Answers to HTTP callers, sent as soon as their requests are scored (`worker.reply_when = "scored"`).
+"""Answers to HTTP callers outside the transactions: as soon as scored (`worker.reply_when="scored"`,
+the default), or over a direct link once their transaction commits.
 
-A caller waiting on the bridge needs its result, not the transaction that records it: that
-transaction is most of a request's time under load (the worker alternates scoring and committing,
-so a request otherwise waits for the cycle in progress, then its own scoring and commit). So the
-replies of a scored batch are published at once, outside the transaction, on an idempotent producer
-of their own, while the results, dead letters and offsets keep their transaction. An answer whose
-request names a direct address (`answer-to`, see `answer_wire`) goes straight to that bridge over
-TCP instead, and on the replies topic only while that address cannot be reached.
-
-Why this loses nothing: the request was appended to the requests topic before the bridge waited, and
-its offset is only committed with its result, so every answered request also gets its one committed
-result (or dead letter). If that transaction aborts, the request is scored again and answered again;
-the bridge has already resolved the caller and drops the second answer. The answer and the committed
-result can differ only if the feature rows or the model changed between those two attempts.
+A caller needs its result, not the transaction that records it, which is most of a request's time
+under load (docs/performance.md#answer-when-scored). So a scored batch's replies go out at once, on
+an idempotent producer of their own, or straight to the bridge over TCP when the request names a
+direct address (`answer-to`, see `answer_wire`) that can be reached; the results, dead letters and
+offsets keep their transaction. This loses nothing: a request's offset is committed only with its
+result, so every answered request also gets its one committed result or dead letter, by the next
+attempt if this one aborts (docs/architecture.md#answers-to-http-callers).
 """
 
 from __future__ import annotations

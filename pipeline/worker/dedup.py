@@ -18,9 +18,7 @@ from collections.abc import Iterable
 
 # An entry is the time it was stored (8 bytes) followed by the result, in a plain dict per partition
 # (insertion-ordered, so oldest first). Bytes under string keys keep those dicts out of the garbage
-# collector's sight: it never walks the state. Entries held as objects or tuples in an OrderedDict
-# were walked by every full collection, ~20 ms per 300,000 entries, several times a second while a
-# worker's state filled (its latency tail, and ~15% of its time).
+# collector's sight: it never walks the state (docs/performance.md#garbage-collector).
 _STAMP = struct.Struct("<d")
 
 

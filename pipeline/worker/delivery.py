@@ -1,26 +1,17 @@
 """Delivery semantics, in one place: effectively-once, one Kafka transaction per scored batch (KIP-447).
 
-A worker process has one transactional producer per lane (`transactional.id =
-"<app_id>-<instance_id>-<lane>"`, see `lane`). For every scored batch of a lane's input partitions:
+Each lane has one transactional producer (`transactional.id = "<app_id>-<instance_id>-<lane>"`).
+For every scored batch, or group of batches, of the lane's input partitions:
 
 1. Begin a transaction.
-2. Send the batch's results (each to the results partition numbered like the input partition it
-   came from: they are the dedup state's changelog) and dead letters; and, when HTTP callers are
-   answered at commit, the replies to those whose bridge has no open direct link (the others are
-   sent once this commits; by default callers were answered when scored: `answers`).
-3. Add the offset after each input partition's last record to the transaction, with the consumer's
-   group metadata (generation and member id).
-4. Commit. A `read_committed` reader sees all of it or none of it.
+2. Send the results (each to the results partition numbered like its request's: the dedup
+   changelog), the dead letters and, with answers at commit, replies with no open direct link.
+3. Add each input partition's next offset, with the consumer's group metadata: a zombie (a worker
+   that missed a rebalance) holds an old generation, so its offsets are refused and all of it aborts.
+4. Commit: a `read_committed` reader sees all of it or none of it.
 
-The group metadata is what fences a zombie: a worker that lost its partitions in a rebalance it
-missed (a long stall) still holds an old generation, the group coordinator refuses its offsets, and
-its whole transaction is aborted. So fencing no longer needs a producer per input partition, and the
-client work (fetch, produce, transactions) runs in librdkafka's C threads rather than in Python.
-
-If a step fails, the transaction is aborted (or, when the producer itself is unusable, a new one with
-the same transactional id is initialised, which aborts whatever was open) and the caller rewinds: it
-reprocesses from its last committed offsets with its dedup state reloaded from the changelog, so
-nothing is lost and nothing is doubled.
+If a step fails, the transaction is aborted (an unusable producer is replaced, which aborts what was
+open) and the caller rewinds, its dedup state reloaded. In full: docs/architecture.md.
 """
 
 from __future__ import annotations

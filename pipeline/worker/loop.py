@@ -1,21 +1,13 @@
 """`pipeline worker`: consume micro-batches from the requests topic, score them, deliver them.
 
 Wiring only: the consumer group and its rebalances live here, scoring in `processor`, delivery
-semantics in `delivery`, idempotency state in `dedup`.
-
-Kafka I/O runs on librdkafka (confluent-kafka): its blocking calls run off the event loop, on a
-thread for the consumer (whose rebalance callbacks therefore run there and hand over to the event
-loop) and one per transactional producer. Scored batches are committed by transaction lanes (see
-`lane`), each owning a share of the input partitions, with one transaction in flight per lane; the
-batches scored while it commits share the next one (group commit), so under load transactions grow
-and their fixed cost is spread, while a lone request is committed at once. HTTP callers are
-answered as soon as their requests are scored, ahead of that commit (see `answers`). Under a
-backlog, and while callers are answered ahead of it, a lane lets its next transaction gather batches
-for up to `transaction_linger_ms` first. A batch's dedup entries
-are put in the state when it is scored, so the batches after it see them; if a lane's transaction
-aborts, everything of its partitions scored since is dropped too, those partitions are rewound to
-their first uncommitted records and their state is reloaded from the results topic, so a repeat is
-never scored twice and nothing is skipped.
+semantics in `lane` and `delivery` (group commits, one transaction in flight per lane), idempotency
+state in `dedup`, answers to HTTP callers in `answers`. Kafka I/O runs on librdkafka
+(confluent-kafka), its blocking calls off the event loop: on a thread for the consumer (whose
+rebalance callbacks run there and hand over to the event loop) and one per transactional producer.
+A batch's dedup entries are put in the state when it is scored; if its lane's transaction aborts,
+what the lane scored since is dropped too, its partitions are rewound to their first uncommitted
+records and their state is reloaded from the results topic. In full: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -120,10 +112,9 @@ class Worker:
         fetching: asyncio.Future[list[Message]] | None = None
         # Fetched, not yet scored. While every lane has a transaction in flight, records are gathered
         # and scored in one batch when a lane frees up: one Triton call and one feature read per
-        # transaction, not one per record that trickles in (scoring each at once measured slower
-        # at 500 requests/s on two busy cores, when answers waited for the commit: p50 43-54 ms
-        # against 26). Not so when a held record's caller is answered as soon as it is scored:
-        # holding it would put the commit back into its answer's time.
+        # transaction, not one per record that trickles in (docs/performance.md#held-records). Not
+        # so when a held record's caller is answered as soon as it is scored: holding it would put
+        # the commit back into its answer's time.
         held: list[Message] = []
         # The last fetch came back full: more is waiting, so transactions gather several batches.
         backlog = False
@@ -147,10 +138,9 @@ class Worker:
                     held = [r for r in held if r.partition() not in rewound]
                     continue
                 # Transactions gather batches under a backlog, and while callers are being answered
-                # when scored: their answers no longer wait for a commit, and each transaction costs
-                # the broker a fixed ~20 requests (at 500 HTTP requests/s on two cores, committing
-                # back to back measured p50 10.7-11.3 ms against 7.9-8.6). A stream without callers
-                # is committed at once, for its readers.
+                # when scored (their answers do not wait for a commit): each transaction costs the
+                # broker a fixed number of requests (docs/performance.md#transaction-linger). A stream
+                # without callers is committed at once, for its readers.
                 gathering = backlog or time.monotonic() - self._answered_at < worker.transaction_linger_ms / 1000
                 for lane in self.lanes:
                     if not gathering or lane.ripe:
@@ -268,9 +258,9 @@ class Worker:
 
     def _group_metadata(self) -> Any:
         """The consumer's group metadata (generation, member id), as of the last rebalance or abort.
-        Cached: asking librdkafka waits on its main thread (~5 ms a call under load, once per
-        transaction). A stale one can only make the coordinator refuse a commit, never accept one it
-        should not; the abort that follows refreshes it."""
+        Cached: asking librdkafka once per transaction would block on its main thread
+        (docs/performance.md#group-metadata). A stale one can only make the coordinator refuse a
+        commit, never accept one it should not; the abort that follows refreshes it."""
         if self._metadata is None:
             assert self._consumer is not None
             self._metadata = self._consumer.consumer_group_metadata()
@@ -295,7 +285,7 @@ class Worker:
     def _expire(self) -> None:
         now = time.time()
         # Every second: the sweep's cost is per expired entry, so frequent sweeps are short ones
-        # (20,000 events/s: ~20 ms a second, against a ~1 s pause once a minute).
+        # (docs/performance.md#dedup-sweep).
         if now - self._last_expiry < min(1.0, self.state.window_s / 10):
             return
         self._last_expiry = now
@@ -401,9 +391,9 @@ def _inbounds(batch: list[Message]) -> list[Inbound]:
 
 
 def run(settings: Settings) -> None:
-    # Feast imports torch eagerly when it is installed (for its PyTorch retrieval API, unused here):
-    # ~400 MiB of RSS and a second of start-up per worker. Scoring happens in Triton, so the worker
-    # process declines the import; Feast then runs without it, as on a machine without torch.
+    # Feast imports torch eagerly when it is installed (for its PyTorch retrieval API, unused here),
+    # at a cost in RSS and start-up (docs/performance.md#no-torch-in-workers). Scoring happens in
+    # Triton, so the worker process declines the import; Feast runs without it, as without torch.
     sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
     server, _ = start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     log.info("worker_starting", app_id=settings.worker.app_id, metrics_port=server.server_port)
