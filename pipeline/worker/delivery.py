@@ -58,10 +58,13 @@ class TransactionalDelivery:
         self._producer: Producer | None = None
         # librdkafka's transactional calls block: they run on this thread, one at a time, in order.
         self._thread = _DaemonThread("txn-producer")
-        self._generation = 0  # bumped when a stalled producer is left behind
+        # Bumped when a stalled call is left behind; only a call of the current generation may
+        # replace the producer (the one left behind may still return, and must not).
+        self._generation = 0
+        self._lock = threading.Lock()
 
     async def open(self, retry_for_s: float = 120.0) -> None:
-        await self._thread.run(self._init, retry_for_s)
+        await self._thread.run(self._init, retry_for_s, self._generation)
 
     async def commit(self, batch: BatchCommit) -> None:
         """Publish the batch in one transaction; raises `Aborted` when it did not commit."""
@@ -77,9 +80,11 @@ class TransactionalDelivery:
         log.warning("transaction_stalled", waited_s=self._timeout_s)
         metrics.TRANSACTION_ABORTS.labels("stalled").inc()
         done.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._generation += 1
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
         self._thread = _DaemonThread("txn-producer")
-        await self._thread.run(self._init, 120.0)
+        await self._thread.run(self._init, 120.0, generation)
         raise Aborted(f"stalled for {self._timeout_s:g} s; producer replaced")
 
     async def close(self) -> None:
@@ -88,9 +93,10 @@ class TransactionalDelivery:
         self._thread.stop()
 
     # -- on the producer thread ---------------------------------------------------------------
-    def _init(self, retry_for_s: float) -> None:
+    def _init(self, retry_for_s: float, generation: int) -> None:
         """A producer with our transactional id; init aborts whatever a predecessor with it left open.
-        Retried while the broker is unreachable (a restart), up to `retry_for_s`."""
+        Retried while the broker is unreachable (a restart), up to `retry_for_s`. Kept only while
+        `generation` is current."""
         deadline = time.monotonic() + retry_for_s
         delay = 0.2
         while True:
@@ -109,7 +115,9 @@ class TransactionalDelivery:
             )
             try:
                 producer.init_transactions(self._timeout_s)
-                self._producer = producer
+                with self._lock:
+                    if generation == self._generation:
+                        self._producer = producer
                 return
             except KafkaException as e:
                 if time.monotonic() + delay > deadline:
@@ -119,6 +127,8 @@ class TransactionalDelivery:
                 delay = min(delay * 2, 5.0)
 
     def _transact(self, batch: BatchCommit, generation: int) -> None:
+        if self._producer is None:  # a replacement that could not be made: try again
+            self._init(120.0, generation)
         producer = self._producer
         assert producer is not None, "open() first"
         try:
@@ -131,8 +141,7 @@ class TransactionalDelivery:
             error = _kafka_error(e)
             fenced = error is not None and error.code() in _FENCED
             metrics.TRANSACTION_ABORTS.labels("fenced" if fenced else "error").inc()
-            if generation == self._generation:  # not a call left behind after a stall
-                self._abort(producer, error)
+            self._abort(producer, error, generation)
             raise Aborted(str(e)) from e
 
     def _send(self, producer: Producer, batch: BatchCommit) -> None:
@@ -165,7 +174,9 @@ class TransactionalDelivery:
                     raise
                 log.warning("transaction_commit_retry", error=str(e))
 
-    def _abort(self, producer: Producer, error: KafkaError | None) -> None:
+    def _abort(self, producer: Producer, error: KafkaError | None, generation: int) -> None:
+        if generation != self._generation:
+            return  # a call left behind after a stall: its replacement has settled what was open
         if error is not None and not error.fatal():
             try:
                 producer.abort_transaction(self._timeout_s)
@@ -173,8 +184,11 @@ class TransactionalDelivery:
             except KafkaException as e:
                 log.warning("transaction_abort_failed", error=str(e))
         # Unusable (fatal error, or the abort failed): a new producer with the same id aborts what is open.
-        self._producer = None
-        self._init(retry_for_s=120.0)
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._producer = None
+        self._init(120.0, generation)
 
 
 def produce_draining(
