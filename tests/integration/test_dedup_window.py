@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from pipeline.local import probe, traffic
-from tests.conftest import free_port
+from tests.conftest import free_port, metric
 
 pytestmark = pytest.mark.integration
 
@@ -34,3 +34,46 @@ def test_dedup_state_does_not_grow_past_its_window(pipeline_settings, start_work
 
     assert sizes[0] == 300
     assert max(sizes) <= 600, f"entries older than the window are forgotten: {sizes}"
+
+
+def _until(condition, what: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {what}"
+        time.sleep(0.2)
+
+
+def test_a_repeat_inside_the_window_gets_no_result_and_one_after_it_is_scored_again(pipeline_settings, start_worker):
+    # A window short enough to wait out, long enough that repeats sent right after their originals'
+    # results are read back are surely inside it.
+    port = free_port()
+    settings = pipeline_settings(dedup_window_s=6.0, metrics_port=port)
+    start_worker(settings)
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    requests = traffic.valid_requests(100, prefix="window-", seed=47)
+    stream = [traffic.message_for(r) for r in requests]
+    ids = [r["event_id"] for r in requests]
+
+    probe.publish(settings, stream)
+    first = probe.collect(settings, start, lambda c: c.distinct_results >= 100, timeout_s=120, settle_s=0)
+    assert first.distinct_results == 100
+    probe.publish(settings, stream)  # inside the window: answered from the dedup state
+    _until(lambda: metric(port, "pipeline_events_total", outcome="duplicate") >= 100, "100 repeats handled")
+    assert _dedup_entries(port) == 100, "the repeats did not expire their entries or add new ones"
+
+    # Repeats leave their originals' entries as they were: once the window has passed since those were
+    # scored, the next sweep (before the next batch is scored) forgets them.
+    time.sleep(settings.worker.dedup_window_s + 1.0)
+    probe.publish(settings, stream)  # after the window: scored again
+    collected = probe.collect(
+        settings, start, lambda c: c.distinct_results >= 100 and c.repeated_results >= 100, timeout_s=120, settle_s=2
+    )
+
+    counts = {event_id: len(collected.results[event_id]) for event_id in ids}
+    assert counts == dict.fromkeys(ids, 2), "one result inside the window, a second one after it"
+    assert metric(port, "pipeline_events_total", outcome="duplicate") == 100, "only the repeats inside the window"
+    assert metric(port, "pipeline_events_total", outcome="scored") == 200
+    for event_id in ids:
+        original, again = collected.results[event_id]
+        assert again["scored_at"] > original["scored_at"], "the second result is a new scoring"
+        assert again["score"] == original["score"], "same model, same features: same score"

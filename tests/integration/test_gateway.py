@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import signal
 
 import httpx
 import pytest
 
 from pipeline.local import probe, traffic
-from tests.conftest import make_settings, running_pipeline
+from tests.conftest import free_port, make_settings, metric, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +152,49 @@ def test_no_result_within_the_timeout_is_a_504_naming_the_event(stack, pipeline_
     error = response.json()["error"]
     assert error["code"] == "timeout"
     assert error["event_id"] == request["event_id"]
+
+
+@pytest.mark.parametrize(("side", "reply_when"), [("worker", "scored"), ("worker", "committed"), ("gateway", "scored")])
+def test_with_direct_answers_off_every_caller_is_answered_through_the_replies_topic(
+    pipeline_settings, start_worker, start_gateway, side, reply_when
+):
+    worker_port = free_port()
+    settings = pipeline_settings(reply_when=reply_when, metrics_port=worker_port)
+    settings = settings.updated(**{side: {"direct_answers": False}})
+    start_worker(settings)
+    start_gateway(settings)
+    requests = traffic.valid_requests(20, prefix=f"topic-only-{side}-{reply_when}-", seed=27)
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{settings.gateway.port}", timeout=60) as client:
+        if side == "gateway":
+            assert client.get("/readyz").json()["answer_address"] is None, "the bridge takes no direct answers"
+        responses = [client.post("/v1/predict", json=request) for request in requests]
+        answers = _answers(client)
+
+    assert [r.status_code for r in responses] == [200] * len(requests)
+    assert [r.json()["event_id"] for r in responses] == [r["event_id"] for r in requests]
+    assert answers == {"topic": len(requests)}, "every answer came through the replies topic, none direct"
+    assert metric(worker_port, "pipeline_answers_direct_total") == 0
+
+
+def test_an_http_retry_after_a_worker_restart_gets_the_original_result(pipeline_settings, start_worker, start_gateway):
+    settings = pipeline_settings()
+    first_worker = start_worker(settings)
+    start_gateway(settings)
+    request = traffic.valid_requests(1, prefix="restart-retry-", seed=28)[0]
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{settings.gateway.port}", timeout=60) as client:
+        first = client.post("/v1/predict", json=request)
+        assert first.status_code == 200
+        first_worker.send_signal(signal.SIGTERM)
+        assert first_worker.wait(timeout=60) == 0, "the worker stopped cleanly"
+        start_worker(settings)  # same app id: its dedup state comes back from the results topic
+        again = client.post("/v1/predict", json=request)
+
+    assert again.status_code == 200
+    assert again.json() == first.json(), "same score, model_version, scored_at (and every other field)"
+    assert again.content == first.content
+    results = probe.collect(settings, start, lambda c: c.distinct_results >= 1, timeout_s=60, settle_s=3).results
+    assert {event_id: len(found) for event_id, found in results.items()} == {request["event_id"]: 1}
+    assert results[request["event_id"]][0] == first.json(), "the answer is the committed result"

@@ -10,11 +10,14 @@ import uuid
 
 import httpx
 import pytest
+from confluent_kafka import Consumer, IsolationLevel, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from pipeline import topics
+from pipeline.contract import ANSWER_TO, CORRELATION_ID, REPLY_TO
 from pipeline.local import probe, traffic
 from pipeline.topics import TopicSpec
-from tests.conftest import free_port, make_settings, running_pipeline
+from tests.conftest import free_port, make_settings, metric, running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -260,3 +263,228 @@ async def test_overload_is_shed_with_429_not_5xx(pipeline_settings, processes):
     shed = next(r for r in responses if r.status_code == 429)
     assert shed.headers["Retry-After"] == "1" and shed.json()["error"]["code"] == "overloaded"
     assert _in_flight(settings.gateway.port) == 0
+
+
+def _committed_values(settings, start, topic, done, timeout_s=180.0, settle_s=2.0):
+    """Raw values on `topic` from `start` (read_committed) by key, until done(found) holds (then settle_s)."""
+    consumer = Consumer(probe.consumer_config(settings))
+    consumer.assign([TopicPartition(tp.topic, tp.partition, o) for tp, o in start.items() if tp.topic == topic])
+    found: dict[bytes, list[bytes]] = {}
+    deadline = time.monotonic() + timeout_s
+    settle_until = None
+    try:
+        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            for message in consumer.consume(1000, 0.2):
+                if message.error() is None:
+                    found.setdefault(message.key(), []).append(message.value())
+            if settle_until is None and done(found):
+                settle_until = time.monotonic() + settle_s
+    finally:
+        consumer.close()
+    return found
+
+
+def _open_transactions(admin, topic: str, partitions: int) -> dict[int, int]:
+    """Partitions of `topic` where a transaction is open, with how many records it holds so far:
+    the high watermark (read_uncommitted) is past the last stable offset (read_committed)."""
+    ends = {}
+    for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
+        asked = {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)}
+        futures = admin.list_offsets(asked, isolation_level=level, request_timeout=10)
+        ends[level] = {tp.partition: future.result().offset for tp, future in futures.items()}
+    stable, high = ends[IsolationLevel.READ_COMMITTED], ends[IsolationLevel.READ_UNCOMMITTED]
+    return {p: high[p] - stable[p] for p in range(partitions) if high[p] > stable[p]}
+
+
+async def test_answered_at_commit_a_worker_killed_mid_burst_sends_only_committed_results(pipeline_settings, processes):
+    # One record per batch (and a fetch that waits for it), so that a steady stream is a backlog: each
+    # transaction gathers batches for up to transaction_linger_ms, so the victim holds scored work it
+    # has not committed. A stable instance id: the new worker's producer aborts the transaction its
+    # predecessor left open.
+    settings = pipeline_settings(
+        reply_when="committed",
+        session_timeout_ms=6000,
+        batch_size=1,
+        batch_timeout_ms=1000,
+        transaction_linger_ms=500,
+        max_batches_per_transaction=64,
+        instance_id="killed",
+    )
+    settings = _gateway_settings(settings, timeout_s=120.0)
+    victim_settings = settings.updated(worker={"metrics_port": free_port()})
+    successor_settings = settings.updated(worker={"metrics_port": free_port()})
+    victim = processes.worker(victim_settings)
+    processes.gateway(settings)
+    requests = traffic.valid_requests(1200, prefix="committed-kill-", seed=39)
+    at_kill: dict[str, object] = {}
+
+    def scored(worker_settings) -> float:
+        return metric(worker_settings.worker.metrics_port, "pipeline_events_total", outcome="scored")
+
+    def kill_inside_an_open_transaction() -> None:
+        """Once a fifth of the callers are answered: when the victim has scored at least 20 requests
+        more than the bridge has answers for, watch for its next transaction to open on the results
+        topic, and freeze it; if that transaction is still open then (it can never commit now), kill it."""
+        admin = topics.admin_client(settings)
+        deadline = time.monotonic() + 300
+        while victim.poll() is None and time.monotonic() < deadline:
+            answered = metric(settings.gateway.port, "gateway_answers_total")
+            victim_scored = scored(victim_settings)
+            watch_until = time.monotonic() + 1.0  # past transaction_linger_ms: a transaction opens by then
+            while answered >= len(requests) // 5 and victim_scored - answered >= 20 and time.monotonic() < watch_until:
+                if _open_transactions(admin, settings.topics.results, 12):
+                    victim.send_signal(signal.SIGSTOP)
+                    time.sleep(0.5)  # a commit already under way completes meanwhile
+                    if open_now := _open_transactions(admin, settings.topics.results, 12):
+                        victim.send_signal(signal.SIGKILL)
+                        at_kill.update(answered=answered, scored=victim_scored, open=open_now)
+                        processes.worker(successor_settings)
+                        return
+                    victim.send_signal(signal.SIGCONT)
+                    break
+            time.sleep(0.02)
+
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    killer = asyncio.create_task(asyncio.to_thread(kill_inside_an_open_transaction))
+
+    responses = await _burst([settings.gateway.port], requests)
+
+    await killer
+    assert at_kill, "the victim was caught inside an open transaction and killed"
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    # Mid-burst, checked: at least half of the requests were neither answered nor scored when the victim died.
+    assert at_kill["answered"] < at_kill["scored"] <= len(requests) // 2, at_kill
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == len(requests), f"non-200: {sorted(set(statuses) - {200})}"
+    answers = {r.json()["event_id"]: r.content for r in responses}
+    assert set(answers) == {r["event_id"] for r in requests}
+    results = _committed_values(settings, start, settings.topics.results, lambda f: len(f) >= len(requests))
+    counts = {key.decode(): len(values) for key, values in results.items()}
+    assert counts == dict.fromkeys(answers, 1), "exactly one committed result per request"
+    # The transaction open at the kill was aborted (its results are there for read_uncommitted readers
+    # only) and its requests scored again by the successor, with a new scored_at: an answer sent from
+    # that transaction would differ from the committed result.
+    aborted = _uncommitted_count(settings, start, settings.topics.results) - len(requests)
+    assert aborted >= sum(at_kill["open"].values()) > 0, (aborted, at_kill)
+    assert at_kill["scored"] + scored(successor_settings) > len(requests), "the successor scored them again"
+    differing = [event_id for event_id, answer in answers.items() if results[event_id.encode()][0] != answer]
+    assert differing == [], f"{len(differing)} answers are not their committed result, e.g. {differing[:3]}"
+
+
+def _uncommitted_count(settings, start, topic) -> int:
+    """How many records `topic` holds from `start`, aborted transactions' included (read_uncommitted)."""
+    consumer = Consumer(probe.consumer_config(settings) | {"isolation.level": "read_uncommitted"})
+    consumer.assign([TopicPartition(tp.topic, tp.partition, o) for tp, o in start.items() if tp.topic == topic])
+    count, idle = 0, 0
+    try:
+        while idle < 10:
+            batch = [m for m in consumer.consume(1000, 0.3) if m.error() is None]
+            count += len(batch)
+            idle = 0 if batch else idle + 1
+    finally:
+        consumer.close()
+    return count
+
+
+def _replies_by_correlation(settings, reply_address: str, start: int, wanted: set[str], expected: int, timeout_s=120.0):
+    """How many answers the replies partition `reply_address` holds from `start` for each wanted
+    correlation id (the part of the header before the padding): until `expected` are found, then 2 s more."""
+    topic, _, partition = reply_address.partition(":")
+    consumer = Consumer(probe.consumer_config(settings))
+    consumer.assign([TopicPartition(topic, int(partition), start)])
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and sum(counts.values()) < expected:
+            for message in consumer.consume(100, 0.2):
+                if message.error() is None:
+                    correlation = dict(message.headers() or ()).get(CORRELATION_ID, b"").decode()[:32]
+                    if correlation in wanted:
+                        counts[correlation] = counts.get(correlation, 0) + 1
+        for message in consumer.consume(100, 2.0):  # nothing more comes
+            correlation = dict(message.headers() or ()).get(CORRELATION_ID, b"").decode()[:32]
+            if message.error() is None and correlation in wanted:
+                counts[correlation] = counts.get(correlation, 0) + 1
+    finally:
+        consumer.close()
+    return counts
+
+
+def test_answers_to_a_bridge_that_reads_none_drop_the_link_and_take_the_replies_topic(
+    stack, pipeline_settings, processes
+):
+    worker_port = free_port()
+    settings = pipeline_settings(answer_buffer_bytes=65_536, metrics_port=worker_port)
+    # The bridge keeps its reply partition while it is stopped.
+    settings = _gateway_settings(settings, reply_session_timeout_ms=60_000)
+    name = f"worker-buffer-{uuid.uuid4().hex[:8]}"
+    processes.started.append(stack.spawn(name, settings, "worker"))
+    stack.wait_for_log(name, "worker_ready", processes.started[-1])
+    gateway = processes.gateway(settings)
+    url = f"http://127.0.0.1:{settings.gateway.port}"
+    warm_up = traffic.valid_requests(5, prefix="buffer-warm-", seed=41)
+    assert all(httpx.post(f"{url}/v1/predict", json=r, timeout=60).status_code == 200 for r in warm_up)
+    assert metric(worker_port, "pipeline_answers_direct_total") > 0, "the worker has a direct link to the bridge"
+    ready = httpx.get(f"{url}/readyz", timeout=10).json()
+    reply_address, answer_address = ready["reply_address"], ready["answer_address"]
+    topic, _, partition = reply_address.partition(":")
+    replies_start = probe.end_offsets(settings, [topic])[TopicPartition(topic, int(partition))]
+    producer = topics.requests_producer(settings, {"linger.ms": 5})
+    # Requests as this bridge would publish them, each with a ~50 kB correlation id: every answer
+    # frame is that big, so a few MB fill the kernel's socket buffers and then the worker's.
+    requests = traffic.valid_requests(600, prefix="buffer-", seed=42)
+    correlations: list[str] = []
+
+    def publish(wave: list[dict[str, object]]) -> None:
+        for request in wave:
+            correlations.append(uuid.uuid4().hex)
+            headers = [
+                (CORRELATION_ID, (correlations[-1] + "x" * 50_000).encode()),
+                (REPLY_TO, reply_address.encode()),
+                (ANSWER_TO, answer_address.encode()),
+            ]
+            message = traffic.message_for(request)
+            producer.produce(settings.topics.requests, message.value, message.key, headers=headers)
+        producer.flush(30)
+        deadline = time.monotonic() + 120
+        while (answered := metric(worker_port, "pipeline_answers_total") - len(warm_up)) < len(correlations):
+            assert time.monotonic() < deadline, f"the worker answered {answered} of {len(correlations)} requests"
+            time.sleep(0.2)
+
+    def by_topic() -> float:
+        """Answers to the test's requests sent through the replies topic (not to the link)."""
+        sent = metric(worker_port, "pipeline_answers_total") - metric(worker_port, "pipeline_answers_direct_total")
+        return sent - warm_up_by_topic
+
+    # The first warm-up answer may have taken the topic while the worker connected.
+    warm_up_by_topic = len(warm_up) - metric(worker_port, "pipeline_answers_direct_total")
+    gateway.send_signal(signal.SIGSTOP)
+    try:
+        waves = [requests[i : i + 20] for i in range(0, len(requests), 20)]
+        for wave in waves[:-1]:
+            publish(wave)
+            if by_topic() > 0:
+                break
+        assert by_topic() > 0, "answers to a bridge that reads none moved to the replies topic"
+        direct_before = metric(worker_port, "pipeline_answers_direct_total")
+        publish(waves[-1])  # while the bridge still reads nothing: straight to the topic
+        assert metric(worker_port, "pipeline_answers_direct_total") == direct_before
+    finally:
+        gateway.send_signal(signal.SIGCONT)
+
+    log = (stack.run_dir / f"{name}.log").read_text(errors="replace")
+    assert "answer_link_backed_up" in log, "the worker dropped the connection"
+    direct = metric(worker_port, "pipeline_answers_direct_total") - (len(warm_up) - warm_up_by_topic)
+    on_topic = _replies_by_correlation(settings, reply_address, replies_start, set(correlations), int(by_topic()))
+    assert set(on_topic.values()) == {1}, "no answer twice on the topic"
+    assert len(on_topic) == by_topic() > 0, "every answer not written to the link is on the replies topic"
+    assert direct + len(on_topic) == len(correlations), "each answer went one way"
+    assert direct > 0, "the link took answers until its buffers were full"
+    # The bridge reads again: callers are answered, and the worker's link to it comes back.
+    direct_at_resume = metric(worker_port, "pipeline_answers_direct_total")
+    after = traffic.valid_requests(200, prefix="buffer-after-", seed=43)
+    for request in after:
+        assert httpx.post(f"{url}/v1/predict", json=request, timeout=60).status_code == 200
+        if metric(worker_port, "pipeline_answers_direct_total") > direct_at_resume:
+            break
+    assert metric(worker_port, "pipeline_answers_direct_total") > direct_at_resume, "the link was opened again"

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from confluent_kafka import Consumer, TopicPartition
 from feast import FeatureStore
 
-from pipeline.inference.scoring import feature_matrix
 from pipeline.local import probe, traffic
-from pipeline.models.spec import load_spec_file
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +31,42 @@ def _run(settings, messages, *, results: int, dead_letters: int = 0, start=None,
     )
 
 
-def _reference_scores(settings, requests, model_path):
-    """The same TorchScript model run in-process on the same request + Feast features."""
-    from pipeline.contract import InferenceRequest
+def _declared_features(config: Path) -> tuple[str, list[str], list[str], int]:
+    """The model's entity key, request features, store features (`view:feature`) and input width, in the
+    order its config.pbtxt declares them: read here from the file's text, apart from the worker's parser."""
+    text = config.read_text()
+    params = dict(re.findall(r'key:\s*"([^"]+)",\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text))
+    width = re.search(r'name:\s*"FEATURES".*?dims:\s*\[\s*(\d+)\s*\]', text, re.DOTALL)
+    assert width is not None, "config.pbtxt declares the FEATURES input's width"
+    split = [
+        [name.strip() for name in params[key].split(",") if name.strip()]
+        for key in ("request_features", "store_features")
+    ]
+    return params["entity_key"], split[0], split[1], int(width.group(1))
 
-    spec = load_spec_file(settings.triton.model_repository / "fraud_scorer" / "config.pbtxt")
+
+def _reference_scores(settings, requests, model_path):
+    """The same TorchScript model run in-process, on a matrix built here: each request's features, then
+    its account's features from Feast's get_online_features, in the order config.pbtxt declares."""
+    entity_key, request_features, store_features, width = _declared_features(
+        settings.triton.model_repository / "fraud_scorer" / "config.pbtxt"
+    )
+    assert len(request_features) + len(store_features) == width
     store = FeatureStore(repo_path=str(settings.feast.repo_path))
-    accounts = [r["entity"]["account_id"] for r in requests]
-    online = store.get_online_features(list(spec.store_features), {"account_id": accounts}).to_dict()
-    rows = [np.array([online[n][i] for n in spec.store_feature_names], dtype=np.float32) for i in range(len(accounts))]
-    matrix = feature_matrix(spec, [InferenceRequest.model_validate(r) for r in requests], rows)
+    entities = [r["entity"][entity_key] for r in requests]
+    online = store.get_online_features(store_features, {entity_key: entities}, full_feature_names=True).to_dict()
+    columns = [ref.replace(":", "__", 1) for ref in store_features]  # Feast's full names: view__feature
+    matrix = np.array(
+        [
+            [r["features"][name] for name in request_features] + [online[column][i] for column in columns]
+            for i, r in enumerate(requests)
+        ],
+        dtype=np.float32,
+    )
+    assert matrix.shape == (len(requests), width) and not np.isnan(matrix).any(), "every account has its features"
     model = torch.jit.load(str(model_path))
     with torch.inference_mode():
-        return model(torch.from_numpy(matrix)).numpy()
+        return model(torch.from_numpy(matrix)).numpy().reshape(-1)
 
 
 def test_every_distinct_event_scored_once_with_the_models_score(pipeline_settings, start_worker, model_path):
@@ -84,20 +110,46 @@ def test_repeats_get_no_second_result_even_after_a_worker_restart(pipeline_setti
     assert collected.repeated_results == 0, "a repeat after restart produced a second result"
 
 
+def _requests_on_topic(settings, count: int) -> dict[bytes, tuple[int, int, bytes]]:
+    """Every message of the (test's own) requests topic by value: (partition, offset, key)."""
+    consumer = Consumer(probe.consumer_config(settings))
+    partitions = consumer.list_topics(settings.topics.requests, timeout=10).topics[settings.topics.requests].partitions
+    consumer.assign([TopicPartition(settings.topics.requests, p, 0) for p in partitions])
+    found: dict[bytes, tuple[int, int, bytes]] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.2):
+                if message.error() is None:
+                    found[message.value()] = (message.partition(), message.offset(), message.key())
+    finally:
+        consumer.close()
+    assert len(found) == count, f"read back {len(found)} of the {count} requests published"
+    return found
+
+
 def test_each_kind_of_bad_input_is_dead_lettered_with_its_code(pipeline_settings, start_worker):
     settings = pipeline_settings()
     worker = start_worker(settings)
     good = traffic.valid_requests(20, prefix="dlq-")
-    bad = [traffic.malformed(kind, good[0], f"dlq-bad-{i}") for i, (kind, _) in enumerate(traffic.MALFORMED_KINDS)]
+    # Each with a key of its own (spread over partitions), so that a dead letter's key and source are its own.
+    bad = [
+        dataclasses.replace(traffic.malformed(kind, good[0], f"dlq-bad-{i}"), key=f"bad-key-{i}".encode())
+        for i, (kind, _) in enumerate(traffic.MALFORMED_KINDS)
+    ]
     stream = [traffic.message_for(r) for r in good[:10]] + bad + [traffic.message_for(r) for r in good[10:]]
     collected = _run(settings, stream, results=20, dead_letters=len(bad))
 
     by_payload = {letter["payload"]: letter for letter in collected.dead_letters}
     assert len(collected.dead_letters) == len(bad)
+    # Where each bad message actually is on the requests topic, read back from it.
+    published = _requests_on_topic(settings, len(stream))
     for message, (kind, code) in zip(bad, traffic.MALFORMED_KINDS, strict=True):
         letter = by_payload[message.value.decode()]
         assert letter["error"]["code"] == code, kind
         assert letter["event_id"] == message.event_id
-        assert letter["source"]["topic"] == settings.topics.requests
+        partition, offset, key = published[message.value]
+        assert letter["source"] == {"topic": settings.topics.requests, "partition": partition, "offset": offset}, kind
+        assert letter["key"] == key.decode(), kind
     assert collected.distinct_results == 20, "valid requests after the bad ones were still scored"
     assert worker.poll() is None, "the worker kept running"
