@@ -121,6 +121,7 @@ class Worker:
         callers_held = False  # a caller answered when scored waits for something held
         try:
             while not stop.is_set():
+                self._expire()  # idle or not: an idle worker frees its expired entries too
                 if self._scoring is not None and self._scoring.done():
                     self._scoring.result()  # raises what scoring raised
                     self._scoring = None
@@ -178,7 +179,6 @@ class Worker:
                 batch, held, callers_held = [r for r in held if r.partition() in self._owned], [], False
                 if batch:
                     await self._start_scoring(processor, batch)
-                self._expire()
             if fetching is not None:
                 await fetching
             if self._scoring is not None:
