@@ -25,7 +25,15 @@ KAFKA_ERRORS = Counter(
 FEATURE_ROWS = Counter(
     "pipeline_feature_rows_total", "Entities' feature rows looked up, by source (cache or store)", ["source"]
 )
-DEDUP_ENTRIES = Gauge("pipeline_dedup_entries", "Scored event_ids remembered for dedup")
+DEDUP_ENTRIES = Gauge(
+    "pipeline_dedup_entries", "Scored event_ids remembered for dedup (the store's estimate, expired ones included)"
+)
+STATE_RESTORES = Counter(
+    "pipeline_state_restores_total", "Partitions whose dedup state was restored, by mode (warm, cold)", ["mode"]
+)
+STATE_RESTORED_ENTRIES = Counter(
+    "pipeline_state_restored_entries_total", "Dedup entries read back from the changelog, by mode", ["mode"]
+)
 STAGE_SECONDS = Histogram("pipeline_stage_seconds", "Time per batch in each stage", ["stage"], buckets=_LATENCY_BUCKETS)
 EVENT_LATENCY = Histogram(
     "pipeline_event_latency_seconds", "From consume of a request to produce of its result", buckets=_LATENCY_BUCKETS

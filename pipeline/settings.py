@@ -47,6 +47,11 @@ class WorkerSettings(_Block):
     metrics_host: str = "127.0.0.1"
     # Repeats of an event_id within this window get no second result; older entries expire.
     dedup_window_s: float = 24 * 3600.0
+    # The committed dedup entries on local disk (RocksDB), under <state_dir>/<app_id>; one worker per
+    # directory. Kept across restarts: a worker restarted on it reads only the changelog's tail.
+    state_dir: Path = PROJECT_ROOT / ".run" / "state"
+    # RocksDB's block cache (index and filter blocks included): the state's memory, whatever its size.
+    state_cache_mib: int = Field(default=64, ge=8)
     session_timeout_ms: int = 10_000
     # Transient failures (Triton, feature store) are retried with capped exponential backoff
     # for up to retry_budget_s; then the requests go to the DLQ as inference_failed.

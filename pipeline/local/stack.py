@@ -23,7 +23,7 @@ from urllib.request import urlopen
 import structlog
 
 from pipeline.errors import ConfigurationError
-from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings
+from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -148,7 +148,10 @@ class LocalStack:
 
     # -- pipeline processes ----------------------------------------------------------------------
     def spawn(self, name: str, settings: Settings, *args: str) -> subprocess.Popen[bytes]:
-        """Start `python -m pipeline ARGS` with `settings`, logging to <run_dir>/<name>.log."""
+        """Start `python -m pipeline ARGS` with `settings`, logging to <run_dir>/<name>.log. Unless
+        `settings` name a state directory, the process gets <run_dir>/state/<name>: one per process."""
+        if settings.worker.state_dir == WorkerSettings().state_dir:
+            settings = settings.updated(worker={"state_dir": self.run_dir / "state" / name})
         with open(self.run_dir / f"{name}.log", "wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "pipeline", *args],

@@ -11,14 +11,15 @@ tombstones. (Kafka Streams reuses a source topic as a table's changelog in the s
 
 from __future__ import annotations
 
-import asyncio
 import time
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import topics
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
+from pipeline.worker.store import StateStore
 
 
 def check_copartitioned(settings: Settings) -> int:
@@ -68,34 +69,56 @@ async def high_watermarks(settings: Settings, partitions: list[int]) -> dict[int
         await consumer.stop()
 
 
-async def read_partition(
-    settings: Settings, partition: int, since_s: float, until: int, timeout_s: float = 120.0
-) -> list[tuple[str, bytes, float]]:
-    """Every committed result in one results partition from time `since_s` to offset `until`:
-    (event_id, result, epoch seconds). Reading to a high watermark rather than to the last stable
-    offset waits out any transaction open there (a crashed worker's, aborted by the broker after its
-    timeout), so results committed behind it are not missed."""
+@dataclass(frozen=True)
+class Restored:
+    mode: str  # "warm": from the store's offset; "cold": from the window's start
+    entries: int
+    seconds: float
+
+    def fields(self) -> dict[str, object]:
+        rate = self.entries / self.seconds if self.seconds > 0 else 0.0
+        return {"mode": self.mode, "entries": self.entries, "seconds": round(self.seconds, 3), "per_s": round(rate)}
+
+
+async def restore(settings: Settings, store: StateStore, partition: int, timeout_s: float = 600.0) -> Restored:
+    """Bring one partition's store up to its results partition's end: from the offset the store
+    recorded (warm), or, without one or with one the partition no longer has (a recreated or
+    truncated topic), from the start of the dedup window (cold). Reading to the high watermark rather
+    than to the last stable offset waits out any transaction open there (a crashed worker's, aborted
+    by the broker after its timeout), so results committed behind it are not missed."""
+    began = time.monotonic()
     tp = TopicPartition(settings.topics.results, partition)
     consumer = await _reader(settings, f"changelog-{partition}", "read_committed")
     try:
         consumer.assign([tp])
-        start = (await consumer.offsets_for_times({tp: int(since_s * 1000)}))[tp]
-        if start is None:  # nothing that recent
-            return []
-        consumer.seek(tp, start.offset)
-        records: list[tuple[str, bytes, float]] = []
+        end = (await high_watermarks(settings, [partition]))[partition]
+        first = (await consumer.beginning_offsets([tp]))[tp]
+        start = store.offset(partition)
+        mode = "warm"
+        if start is None or not first <= start <= end:
+            mode = "cold"
+            if start is not None:  # recorded for a partition the topic no longer has: not to be trusted
+                store.forget(partition)
+            since = time.time() - store.window_s
+            found = (await consumer.offsets_for_times({tp: int(since * 1000)}))[tp]
+            start = end if found is None else found.offset
+        consumer.seek(tp, start)
+        entries = 0
         deadline = time.monotonic() + timeout_s
-        while await consumer.position(tp) < until:
+        position = start
+        while position < end:
             if time.monotonic() > deadline:
-                raise ConfigurationError(f"{tp.topic}[{partition}] not read within {timeout_s:g} s")
-            for batch in (await consumer.getmany(tp, timeout_ms=200, max_records=10_000)).values():
-                records += [
-                    (r.key.decode(), r.value, r.timestamp / 1000)
-                    for r in batch
-                    if r.key is not None and r.value is not None
-                ]
-            await asyncio.sleep(0)
-        return records
+                raise ConfigurationError(f"{tp.topic}[{partition}] not restored within {timeout_s:g} s")
+            chunk = [
+                (r.key.decode(), r.value, r.timestamp / 1000)
+                for batch in (await consumer.getmany(tp, timeout_ms=200, max_records=10_000)).values()
+                for r in batch
+                if r.key is not None and r.value is not None
+            ]
+            position = await consumer.position(tp)
+            entries += store.write(partition, chunk, min(position, end))
+        store.write(partition, (), end)
+        return Restored(mode, entries, time.monotonic() - began)
     finally:
         await consumer.stop()
 

@@ -1,82 +1,73 @@
-"""Idempotency state: the result of every scored `event_id`, per input partition, with expiry.
+"""Idempotency state: the result of every scored `event_id`, per input partition, for a window.
 
 A repeat of a scored `event_id` gets no second result; a repeat with a reply address gets the
-stored result back. State is sharded like the requests topic: the entry for an event lives with
-the partition its request came from (requests of one entity, and so repeats of one event, share a
-partition by key), is the result itself, written to the same partition of the results topic inside
-the transaction that commits the request (see `changelog`), and moves with that partition on a
-rebalance.
+stored result back. The entry for an event lives with the input partition its request came from
+(repeats of one event share a partition by key) and is the result itself, written to the same
+partition of the results topic in the transaction that commits the request (see `changelog`).
 
-Entries expire after a window (`PIPELINE_WORKER__DEDUP_WINDOW_S`, default 24 h): the state stays
-bounded on an endless stream. Pure: no I/O here.
+Committed entries are in the on-disk `store`; entries of batches scored but not yet committed are
+in a small overlay in memory, which later batches see. A commit moves its entries to the store with
+the results offsets it reached; an abort drops the overlay of its partitions, leaving exactly what
+is committed. Pure bookkeeping over the store: no Kafka here.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-# An entry is the time it was stored (8 bytes) followed by the result, in a plain dict per partition
-# (insertion-ordered, so oldest first). Bytes under string keys keep those dicts out of the garbage
-# collector's sight: it never walks the state (docs/performance.md#garbage-collector).
+from pipeline.worker.store import StateStore
+
+# An overlay entry is the time it was stored (8 bytes) followed by the result: bytes under string keys
+# keep the overlay out of the garbage collector's sight (docs/performance.md#garbage-collector).
 _STAMP = struct.Struct("<d")
 
 
 class DedupState:
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._partitions: dict[int, dict[str, bytes]] = {}
-        self._where: dict[str, int] = {}
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.window_s = store.window_s
+        self._overlay: dict[int, dict[str, bytes]] = {}
 
-    def get(self, event_id: str) -> bytes | None:
-        partition = self._where.get(event_id)
-        if partition is None:
-            return None
-        return self._partitions[partition][event_id][_STAMP.size :]
+    def get_many(self, keys: Sequence[tuple[int, str]], now: float) -> list[bytes | None]:
+        """The stored result of each (partition, event_id), or None: the overlay first, then the store."""
+        found: list[bytes | None] = [None] * len(keys)
+        missing: dict[int, list[int]] = {}
+        for index, (partition, event_id) in enumerate(keys):
+            entry = self._overlay.get(partition, {}).get(event_id)
+            if entry is not None:
+                found[index] = entry[_STAMP.size :]
+            else:
+                missing.setdefault(partition, []).append(index)
+        for partition, indexes in missing.items():
+            values = self.store.get_many(partition, [keys[i][1] for i in indexes], now)
+            for index, value in zip(indexes, values, strict=True):
+                found[index] = value
+        return found
 
     def put(self, partition: int, event_id: str, result: bytes, stored_at: float) -> None:
-        entries = self._partitions.get(partition)
-        if entries is None:
-            entries = self._partitions[partition] = {}
-        entries.pop(event_id, None)  # a repeat goes to the end: the order stays the time order
-        entries[event_id] = _STAMP.pack(stored_at) + result
-        self._where[event_id] = partition
+        """A scored, not yet committed entry."""
+        self._overlay.setdefault(partition, {})[event_id] = _STAMP.pack(stored_at) + result
 
-    def load(self, partition: int, records: Iterable[tuple[str, bytes, float]], now: float) -> None:
-        """Rebuild a partition from its changelog: (event_id, result, time), oldest first."""
-        self.drop(partition)
-        self._partitions[partition] = {}
-        for event_id, result, stored_at in records:
-            self.put(partition, event_id, result, stored_at)
-        self.expire(now, partitions=[partition])
+    def committed(self, entries: Iterable[tuple[str, int, bytes]], offsets: dict[int, int]) -> None:
+        """A transaction committed these (event_id, partition, result) and brought each results
+        partition to `offsets`: into the store, out of the overlay."""
+        by_partition: dict[int, list[tuple[str, bytes, float]]] = {}
+        for event_id, partition, _ in entries:
+            entry = self._overlay.get(partition, {}).pop(event_id, None)
+            if entry is not None:
+                by_partition.setdefault(partition, []).append((event_id, entry[_STAMP.size :], _stamp(entry)))
+        for partition in by_partition.keys() | offsets.keys():
+            self.store.write(partition, by_partition.get(partition, ()), offsets.get(partition))
 
-    def drop(self, partition: int) -> None:
-        for event_id in self._partitions.pop(partition, {}):
-            self._where.pop(event_id, None)
+    def discard(self, partitions: Iterable[int]) -> int:
+        """Forget what is not committed of these partitions (their transaction aborted, or they were
+        revoked); returns how many entries."""
+        return sum(len(self._overlay.pop(partition, {})) for partition in partitions)
 
-    def expire(self, now: float, partitions: Iterable[int] | None = None) -> int:
-        """Forget entries older than the window; returns how many."""
-        cutoff = now - self.window_s
-        expired = 0
-        for partition in list(partitions if partitions is not None else self._partitions):
-            entries = self._partitions.get(partition)
-            if not entries:
-                continue
-            old = []
-            for event_id, entry in entries.items():
-                if _STAMP.unpack_from(entry)[0] >= cutoff:
-                    break
-                old.append(event_id)
-            # Deleted in one sweep: taking the first key again after each deletion would rescan the
-            # deleted slots at the front of the dict every time.
-            for event_id in old:
-                del entries[event_id]
-                self._where.pop(event_id, None)
-            expired += len(old)
-        return expired
+    def uncommitted(self) -> int:
+        return sum(len(entries) for entries in self._overlay.values())
 
-    def partitions(self) -> list[int]:
-        return sorted(self._partitions)
 
-    def __len__(self) -> int:
-        return len(self._where)
+def _stamp(entry: bytes) -> float:
+    return float(_STAMP.unpack_from(entry)[0])

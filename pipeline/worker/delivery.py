@@ -66,8 +66,9 @@ class TransactionalDelivery:
     async def open(self, retry_for_s: float = 120.0) -> None:
         await self._thread.run(self._init, retry_for_s, self._generation)
 
-    async def commit(self, batch: BatchCommit) -> None:
-        """Publish the batch in one transaction; raises `Aborted` when it did not commit."""
+    async def commit(self, batch: BatchCommit) -> dict[int, int]:
+        """Publish the batch in one transaction; raises `Aborted` when it did not commit. Returns, for
+        each results partition it wrote, the offset after its last result there."""
         generation = self._generation
         done = asyncio.ensure_future(self._thread.run(self._transact, batch, generation))
         finished, _ = await asyncio.wait([done], timeout=self._timeout_s)
@@ -126,17 +127,19 @@ class TransactionalDelivery:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _transact(self, batch: BatchCommit, generation: int) -> None:
+    def _transact(self, batch: BatchCommit, generation: int) -> dict[int, int]:
         if self._producer is None:  # a replacement that could not be made: try again
             self._init(120.0, generation)
         producer = self._producer
         assert producer is not None, "open() first"
         try:
             producer.begin_transaction()
-            self._send(producer, batch)
+            results_offsets = self._send(producer, batch)
             offsets = [TopicPartition(self._requests, p, o) for p, o in sorted(batch.offsets.items())]
             producer.send_offsets_to_transaction(offsets, batch.group_metadata, self._timeout_s)
             self._commit(producer)
+            producer.poll(0)  # delivery reports the commit's flush left unserved
+            return results_offsets
         except (KafkaException, BufferError) as e:
             error = _kafka_error(e)
             fenced = error is not None and error.code() in _FENCED
@@ -144,11 +147,27 @@ class TransactionalDelivery:
             self._abort(producer, error, generation)
             raise Aborted(str(e)) from e
 
-    def _send(self, producer: Producer, batch: BatchCommit) -> None:
-        """Every message of the batch, without a wrapper call per message."""
+    def _send(self, producer: Producer, batch: BatchCommit) -> dict[int, int]:
+        """Every message of the batch, without a wrapper call per message. The last result of each
+        results partition goes last, with a delivery report: it tells the offset the transaction
+        brings that partition (the dedup store records it). Fills the returned dict on commit."""
+        results = self._settings.topics.results
+        last = {m.partition: i for i, m in enumerate(batch.messages) if m.topic == results}
+        if last:
+            tails = set(last.values())
+            ordinary = [m for i, m in enumerate(batch.messages) if i not in tails]
+            last_results = [batch.messages[i] for i in sorted(tails)]
+        else:
+            ordinary, last_results = batch.messages, []
+        offsets: dict[int, int] = {}
+
+        def reported(error: KafkaError | None, message: Any) -> None:
+            if error is None:
+                offsets[message.partition()] = message.offset() + 1
+
         produce, sent = producer.produce, 0
         try:
-            for m in batch.messages:
+            for m in ordinary:
                 if m.partition is None:
                     produce(m.topic, m.value, m.key, headers=list(m.headers))
                 elif m.headers:
@@ -157,8 +176,11 @@ class TransactionalDelivery:
                     produce(m.topic, m.value, m.key, m.partition)
                 sent += 1
         except BufferError:  # the local queue is full: the rest one at a time, letting it drain
-            for m in batch.messages[sent:]:
+            for m in ordinary[sent:]:
                 produce_draining(producer, m)
+        for m in last_results:
+            produce_draining(producer, m, reported)
+        return offsets
 
     def _commit(self, producer: Producer) -> None:
         """Commit, retrying while the outcome is retriable: a timed-out commit may still complete, so

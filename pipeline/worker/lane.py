@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -26,6 +27,18 @@ from pipeline.worker.delivery import Aborted, BatchCommit, TransactionalDelivery
 from pipeline.worker.processor import Outbound
 
 log = structlog.get_logger(__name__)
+
+Entry = tuple[str, int, bytes]  # a dedup entry: event_id, input partition, result
+
+
+@dataclass(slots=True)
+class _Scored:
+    """One scored batch of this lane's partitions, waiting for its transaction."""
+
+    records: list[Message]
+    messages: list[Outbound]
+    answers: list[Outbound]
+    entries: list[Entry]
 
 
 class Lane:
@@ -39,25 +52,34 @@ class Lane:
         # since, for the next one; where each partition must restart after an abort.
         self.inflight: asyncio.Task[bool] | None = None
         self._inflight_first: dict[int, int] = {}
-        self._pending: list[tuple[list[Message], list[Outbound], list[Outbound]]] = []
+        self._pending: list[_Scored] = []
         self._pending_since = 0.0  # monotonic s when the oldest pending batch was scored
         self.rewind_to: dict[int, int] = {}
         # Gets the answers to send once their transaction has committed (an aborted one's are dropped).
         self.on_committed: Callable[[list[Outbound]], None] | None = None
+        # Gets a committed transaction's dedup entries and the results offsets it reached.
+        self.on_entries_committed: Callable[[list[Entry], dict[int, int]], None] | None = None
 
-    def add(self, records: list[Message], messages: list[Outbound], answers: Sequence[Outbound] = ()) -> None:
-        """Scored records of this lane's partitions, the messages they produced and the answers to
-        send once those commit. Records of a partition waiting to be rewound are dropped: they are
-        fetched and scored again."""
+    def add(
+        self,
+        records: list[Message],
+        messages: list[Outbound],
+        answers: Sequence[Outbound] = (),
+        entries: Sequence[Entry] = (),
+    ) -> None:
+        """Scored records of this lane's partitions, the messages they produced, the answers to send
+        once those commit and their dedup entries. Records of a partition waiting to be rewound are
+        dropped: they are fetched and scored again."""
         if self.rewind_to:
             records = [r for r in records if r.partition() not in self.rewind_to]
             messages = [m for m in messages if m.source_partition not in self.rewind_to]
             answers = [a for a in answers if a.source_partition not in self.rewind_to]
+            entries = [e for e in entries if e[1] not in self.rewind_to]
             if not records:
                 return
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append((records, messages, list(answers)))
+        self._pending.append(_Scored(records, messages, list(answers), list(entries)))
 
     @property
     def ripe(self) -> bool:
@@ -82,29 +104,33 @@ class Lane:
             return
         messages: list[Outbound] = []
         answers: list[Outbound] = []
+        entries: list[Entry] = []
         offsets: dict[int, int] = {}
         first: dict[int, int] = {}
-        for records, produced, answered in self._pending:
-            messages += produced
-            answers += answered
-            for record in records:
+        for scored in self._pending:
+            messages += scored.messages
+            answers += scored.answers
+            entries += scored.entries
+            for record in scored.records:
                 first.setdefault(record.partition(), record.offset())
                 offsets[record.partition()] = record.offset() + 1
         self._pending = []
         # The current generation: a rebalance in between revoked (and committed) what we lost.
         commit = BatchCommit(messages=messages, offsets=offsets, group_metadata=self._group_metadata())
         self._inflight_first = first
-        self.inflight = asyncio.create_task(self._commit(commit, answers), name="commit")
+        self.inflight = asyncio.create_task(self._commit(commit, answers, entries), name="commit")
 
-    async def _commit(self, commit: BatchCommit, answers: list[Outbound]) -> bool:
+    async def _commit(self, commit: BatchCommit, answers: list[Outbound], entries: list[Entry]) -> bool:
         try:
             with metrics.STAGE_SECONDS.labels("produce").time():
-                await self.delivery.commit(commit)
+                results_offsets = await self.delivery.commit(commit)
         except Aborted as e:
             log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))
             return False
         metrics.TRANSACTIONS.labels(str(self.index)).inc()
         metrics.TRANSACTION_MESSAGES.observe(len(commit.messages))
+        if self.on_entries_committed is not None:
+            self.on_entries_committed(entries, results_offsets)
         if answers and self.on_committed is not None:
             self.on_committed(answers)
         return True
@@ -121,8 +147,8 @@ class Lane:
         first, self.inflight, self._inflight_first = self._inflight_first, None, {}
         if committed:
             return
-        for records, _, _ in self._pending:
-            for record in records:
+        for scored in self._pending:
+            for record in scored.records:
                 first.setdefault(record.partition(), record.offset())
         self._pending = []
         for partition, offset in first.items():

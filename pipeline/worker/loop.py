@@ -5,9 +5,11 @@ semantics in `lane` and `delivery` (group commits, one transaction in flight per
 state in `dedup`, answers to HTTP callers in `answers`. Kafka I/O runs on librdkafka
 (confluent-kafka), its blocking calls off the event loop: on a thread for the consumer (whose
 rebalance callbacks run there and hand over to the event loop) and one per transactional producer.
-A batch's dedup entries are put in the state when it is scored; if its lane's transaction aborts,
-what the lane scored since is dropped too, its partitions are rewound to their first uncommitted
-records and their state is reloaded from the results topic. In full: docs/architecture.md.
+A batch's dedup entries are put in the state's overlay when it is scored and reach its on-disk store
+when their transaction commits; if it aborts, what the lane scored since is dropped too, its
+partitions are rewound to their first uncommitted records and their overlay is dropped. A partition
+assigned is paused until its state is restored, while the others are scored. In full:
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipeline.worker.dedup import DedupState
 from pipeline.worker.lane import Lane
 from pipeline.worker.processor import BatchProcessor, Features, Inbound, Outbound, Scorer, Validated
 from pipeline.worker.retry import Backoff
+from pipeline.worker.store import StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +52,7 @@ class Worker:
         self.settings = settings
         self._scorer, self._features = scorer, features
         self.requests = settings.topics.requests
-        self.state = DedupState(settings.worker.dedup_window_s)
+        self.state: DedupState | None = None  # opened by run(), once the topics are checked
         self._consumer: Consumer | None = None
         self._metadata: Any = None
         self.lanes = [
@@ -57,9 +60,12 @@ class Worker:
         ]
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Partitions whose dedup state is loaded: only their records are processed.
+        # Partitions whose dedup state is loaded: only their records are processed. Those assigned and
+        # still being restored (paused meanwhile), by their restoring task.
         self._owned: set[int] = set()
-        self._last_expiry = time.time()
+        self._restoring: dict[int, asyncio.Task[None]] = {}
+        self._failed: BaseException | None = None
+        self._last_report = time.time()
         # The batch being scored (it may be waiting for its model call while the next is prepared)
         # and its event_ids.
         self._scoring: asyncio.Task[None] | None = None
@@ -77,8 +83,23 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         settings, worker = self.settings, self.settings.worker
         self._loop = asyncio.get_running_loop()
-        changelog.check_copartitioned(settings)
+        partitions = changelog.check_copartitioned(settings)
         changelog.check_retention(settings)
+        self.state = DedupState(
+            StateStore(
+                worker.state_dir / worker.app_id,
+                {
+                    "app_id": worker.app_id,
+                    "requests": settings.topics.requests,
+                    "results": settings.topics.results,
+                    "partitions": partitions,
+                },
+                worker.dedup_window_s,
+                worker.state_cache_mib << 20,
+            )
+        )
+        for lane in self.lanes:
+            lane.on_entries_committed = self.state.committed
         scorer = self._scorer or TritonScorer(settings.triton)
         features = self._features or FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
@@ -121,7 +142,9 @@ class Worker:
         callers_held = False  # a caller answered when scored waits for something held
         try:
             while not stop.is_set():
-                self._expire()  # idle or not: an idle worker frees its expired entries too
+                if self._failed is not None:
+                    raise self._failed
+                self._report_state()
                 if self._scoring is not None and self._scoring.done():
                     self._scoring.result()  # raises what scoring raised
                     self._scoring = None
@@ -192,6 +215,9 @@ class Worker:
                 self._answers.close()
             features.close()
             await scorer.close()
+            for task in self._restoring.values():
+                task.cancel()
+            self.state.store.close()
 
     async def _start_scoring(self, processor: BatchProcessor, batch: list[Message]) -> None:
         """Score `batch` while the batch before it may still wait for its model call (the worker
@@ -223,29 +249,38 @@ class Worker:
         if any(record.partition() not in self._owned for record in batch):  # revoked meanwhile
             batch = [record for record in batch if record.partition() in self._owned]
             outcome = outcome.keep(self._owned)
+        assert self.state is not None
         now = time.time()
         for event_id, partition, result in outcome.remembered:
             self.state.put(partition, event_id, result, now)
-        metrics.DEDUP_ENTRIES.set(len(self.state))
+        entries = outcome.remembered
         if self._answers is None:
-            self._hand_to_lanes(batch, outcome.messages + outcome.replies)
+            self._hand_to_lanes(batch, outcome.messages + outcome.replies, entries)
         elif self._answer_when_scored:  # callers are answered now, the results committed next
             if outcome.replies:
                 self._answers.send(outcome.replies)
                 self._answered_at = time.monotonic()
-            self._hand_to_lanes(batch, outcome.messages)
+            self._hand_to_lanes(batch, outcome.messages, entries)
         else:  # at commit: over an open direct link once it commits, else inside the transaction
             direct, in_transaction = self._answers.split(outcome.replies)
-            self._hand_to_lanes(batch, outcome.messages + in_transaction, direct)
+            self._hand_to_lanes(batch, outcome.messages + in_transaction, entries, direct)
 
-    def _hand_to_lanes(self, batch: list[Message], outbound: list[Outbound], after: Sequence[Outbound] = ()) -> None:
-        """`after`: answers to send once the transaction carrying `outbound` commits."""
+    def _hand_to_lanes(
+        self,
+        batch: list[Message],
+        outbound: list[Outbound],
+        entries: list[tuple[str, int, bytes]],
+        after: Sequence[Outbound] = (),
+    ) -> None:
+        """`entries`: the batch's dedup entries; `after`: answers to send once the transaction
+        carrying `outbound` commits."""
         if len(self.lanes) == 1:
-            self.lanes[0].add(batch, outbound, after)
+            self.lanes[0].add(batch, outbound, after, entries)
             return
         records: dict[int, list[Message]] = defaultdict(list)
         messages: dict[int, list[Outbound]] = defaultdict(list)
         answers: dict[int, list[Outbound]] = defaultdict(list)
+        remembered: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
         count = len(self.lanes)
         for record in batch:
             records[record.partition() % count].append(record)
@@ -253,8 +288,10 @@ class Worker:
             messages[message.source_partition % count].append(message)
         for answer in after:
             answers[answer.source_partition % count].append(answer)
+        for entry in entries:
+            remembered[entry[1] % count].append(entry)
         for index, lane_records in records.items():
-            self.lanes[index].add(lane_records, messages[index], answers[index])
+            self.lanes[index].add(lane_records, messages[index], answers[index], remembered[index])
 
     def _group_metadata(self) -> Any:
         """The consumer's group metadata (generation, member id), as of the last rebalance or abort.
@@ -268,8 +305,8 @@ class Worker:
 
     async def _rewind(self, consumer: Consumer) -> set[int]:
         """After an abort: back to the first uncommitted record of each partition of the aborted
-        lane(s), with their dedup state as the results topic has it (the dropped batches' entries
-        were put in it early). Returns the partitions rewound."""
+        lane(s), with their dedup state as committed (the overlay of the dropped batches goes).
+        Returns the partitions rewound."""
         rewind: dict[int, int] = {}
         for lane in self.lanes:
             rewind.update(lane.rewind_to)
@@ -278,23 +315,27 @@ class Worker:
         owned = sorted(p for p in rewind if p in self._owned)
         for partition in owned:
             await self._on_consumer(consumer.seek, TopicPartition(self.requests, partition, rewind[partition]))
-        await self._load(owned)
+        assert self.state is not None
+        self.state.discard(rewind)
         await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
         return set(rewind)
 
-    def _expire(self) -> None:
+    def _report_state(self) -> None:
+        """The state's size, once a second (expiry itself is the store's)."""
         now = time.time()
-        # Every second: the sweep's cost is per expired entry, so frequent sweeps are short ones
-        # (docs/performance.md#dedup-sweep).
-        if now - self._last_expiry < min(1.0, self.state.window_s / 10):
+        if now - self._last_report < 1.0 or self.state is None:
             return
-        self._last_expiry = now
-        self.state.expire(now)
-        metrics.DEDUP_ENTRIES.set(len(self.state))
+        self._last_report = now
+        metrics.DEDUP_ENTRIES.set(self.state.store.estimated_entries() + self.state.uncommitted())
 
     # -- rebalances: librdkafka calls these on the consumer thread, inside a poll ------------------
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         self._metadata = consumer.consumer_group_metadata()  # a new generation
+        if not assigned:
+            return
+        # Fetched only once their state is restored; the other partitions are scored meanwhile.
+        consumer.incremental_assign(assigned)
+        consumer.pause(assigned)
         self._call_soon(self.acquire(sorted(tp.partition for tp in assigned)))
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
@@ -306,13 +347,32 @@ class Worker:
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     async def acquire(self, partitions: list[int]) -> None:
-        if not partitions:
-            return
-        await self._load(partitions)
-        self._owned.update(partitions)
+        """Restore each assigned partition's state in the background, then take its records."""
         metrics.REBALANCES.labels("assigned").inc(len(partitions))
-        log.info("partitions_assigned", partitions=partitions, dedup_entries=len(self.state))
-        if not self.ready.is_set():
+        log.info("partitions_assigned", partitions=partitions)
+        for partition in partitions:
+            task = asyncio.create_task(self._restore(partition), name=f"restore-{partition}")
+            task.add_done_callback(self._restored)
+            self._restoring[partition] = task
+
+    def _restored(self, task: asyncio.Task[None]) -> None:
+        """A state that cannot be restored stops the worker (the loop raises it): never scored without."""
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("state_restore_failed", task=task.get_name(), error=str(error))
+            self._failed = error
+
+    async def _restore(self, partition: int) -> None:
+        assert self.state is not None and self._consumer is not None
+        try:
+            restored = await changelog.restore(self.settings, self.state.store, partition)
+        finally:
+            self._restoring.pop(partition, None)
+        log.info("state_restored", partition=partition, **restored.fields())
+        metrics.STATE_RESTORES.labels(restored.mode).inc()
+        metrics.STATE_RESTORED_ENTRIES.labels(restored.mode).inc(restored.entries)
+        self._owned.add(partition)
+        await self._on_consumer(self._consumer.resume, [TopicPartition(self.requests, partition)])
+        if not self.ready.is_set() and not self._restoring:
             self.ready.set()
             log.info("worker_ready", app_id=self.settings.worker.app_id)
 
@@ -323,25 +383,16 @@ class Worker:
         # over (their next owner scores it again). What is scored carries offsets of these
         # partitions: it is committed now, while the group still lets us.
         self._owned.difference_update(partitions)
+        for partition in partitions:  # a restore cut short keeps its progress in the store
+            if (task := self._restoring.pop(partition, None)) is not None:
+                task.cancel()
         await asyncio.gather(*(lane.flush() for lane in self.lanes))
+        assert self.state is not None
         for partition in partitions:
             self.lane(partition).rewind_to.pop(partition, None)
-            self.state.drop(partition)
+        self.state.discard(partitions)
         metrics.REBALANCES.labels("revoked").inc(len(partitions))
-        metrics.DEDUP_ENTRIES.set(len(self.state))
         log.info("partitions_revoked", partitions=partitions)
-
-    async def _load(self, partitions: list[int]) -> None:
-        """Dedup state of these partitions: their committed results within the window."""
-        if not partitions:
-            return
-        now = time.time()
-        since = now - self.state.window_s
-        ends = await changelog.high_watermarks(self.settings, partitions)
-        loaded = await asyncio.gather(*(changelog.read_partition(self.settings, p, since, ends[p]) for p in partitions))
-        for partition, records in zip(partitions, loaded, strict=True):
-            self.state.load(partition, records, now)
-        metrics.DEDUP_ENTRIES.set(len(self.state))
 
     async def _on_consumer(self, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._consumer_thread, call, *args)

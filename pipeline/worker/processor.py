@@ -42,7 +42,9 @@ log = structlog.get_logger(__name__)
 
 
 class DedupLookup(Protocol):
-    def get(self, event_id: str) -> bytes | None: ...
+    def get_many(self, keys: Sequence[tuple[int, str]], now: float) -> list[bytes | None]:
+        """The stored result of each (input partition, event_id), or None."""
+        ...
 
 
 class Scorer(Protocol):
@@ -172,11 +174,17 @@ class BatchProcessor:
     def _admit(self, parsed: list[tuple[InferenceRequest, Inbound]], outcome: Outcome) -> dict[str, _Pending]:
         """Answer repeats from the dedup state, skip work past its deadline; the rest is to score."""
         pending: dict[str, _Pending] = {}
-        now_ms = int(time.time() * 1000)
+        now = time.time()
+        now_ms = int(now * 1000)
+        # One lookup for the batch: the first occurrence of each event_id in it.
+        firsts = list({request.event_id: inbound.source.partition for request, inbound in parsed}.items())
+        stored_results = dict(
+            zip((e for e, _ in firsts), self._dedup.get_many([(p, e) for e, p in firsts], now), strict=True)
+        )
         for request, inbound in parsed:
             if (first := pending.get(request.event_id)) is not None:
                 first.repeats.append(inbound)
-            elif (stored := self._dedup.get(request.event_id)) is not None:
+            elif (stored := stored_results[request.event_id]) is not None:
                 self._duplicate(inbound, stored, outcome)
             elif deadline_passed(inbound.headers, now_ms):
                 expired = DeadlineExceeded("the caller's deadline passed before scoring", event_id=request.event_id)

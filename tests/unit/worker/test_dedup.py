@@ -1,65 +1,62 @@
+"""The dedup state: an overlay of scored, uncommitted entries over the on-disk store of committed ones."""
+
 from __future__ import annotations
 
+import gc
+
+import pytest
+
 from pipeline.worker.dedup import DedupState
+from pipeline.worker.store import StateStore
+
+NOW = 1_000_000.0
 
 
-def test_a_stored_result_is_found_by_event_id():
-    state = DedupState(window_s=100)
-    state.put(3, "e1", b"r1", stored_at=10)
-    assert state.get("e1") == b"r1"
-    assert state.get("e2") is None
-    assert len(state) == 1
+@pytest.fixture
+def state(tmp_path) -> DedupState:
+    return DedupState(StateStore(tmp_path, {"app_id": "a"}, window_s=100, cache_bytes=8 << 20))
 
 
-def test_entries_older_than_the_window_expire_oldest_first():
-    state = DedupState(window_s=100)
-    for i in range(5):
-        state.put(0, f"e{i}", b"r", stored_at=i * 50)
-    expired = state.expire(now=260)  # cutoff 160: e0 (0), e1 (50), e2 (100), e3 (150) go
-    assert expired == 4
-    assert [state.get(f"e{i}") for i in range(5)] == [None, None, None, None, b"r"]
-    assert len(state) == 1
+def test_a_scored_entry_is_seen_by_later_batches_before_it_is_committed(state):
+    state.put(3, "e1", b"r1", stored_at=NOW)
+    assert state.get_many([(3, "e1"), (3, "e2")], NOW) == [b"r1", None]
+    assert state.uncommitted() == 1
+    assert state.store.get_many(3, ["e1"], NOW) == [None], "only committed entries reach the store"
 
 
-def test_the_state_stays_bounded_on_an_endless_stream():
-    state = DedupState(window_s=60)
-    sizes = []
-    for second in range(1000):
-        state.put(second % 12, f"e{second}", b"r", stored_at=second)
-        state.expire(now=second)
-        sizes.append(len(state))
-    assert max(sizes[100:]) <= 61 * 1 + 1
+def test_a_commit_moves_its_entries_to_the_store_with_the_offsets_it_reached(state):
+    state.put(3, "e1", b"r1", stored_at=NOW)
+    state.put(3, "e2", b"r2", stored_at=NOW)
+    state.put(4, "e3", b"r3", stored_at=NOW)
+
+    state.committed([("e1", 3, b"r1"), ("e3", 4, b"r3")], {3: 11, 4: 5})
+
+    assert state.uncommitted() == 1, "e2 belongs to a later transaction"
+    assert state.store.get_many(3, ["e1", "e2"], NOW) == [b"r1", None]
+    assert state.store.offset(3) == 11 and state.store.offset(4) == 5
+    assert state.get_many([(3, "e1"), (3, "e2"), (4, "e3")], NOW) == [b"r1", b"r2", b"r3"]
 
 
-def test_loading_a_changelog_keeps_what_is_within_the_window():
-    state = DedupState(window_s=100)
-    records = [("a", b"1", 50.0), ("b", b"2", 150.0), ("c", b"3", 190.0)]
-    state.load(7, records, now=200)
-    assert state.get("a") is None  # older than the window
-    assert state.get("b") == b"2"
-    assert state.get("c") == b"3"
-    state.load(7, records, now=260)  # b is now past the window
-    assert state.get("b") is None and state.get("c") == b"3"
+def test_an_abort_drops_what_is_uncommitted_of_its_partitions_and_keeps_what_is_committed(state):
+    state.put(1, "kept", b"k", stored_at=NOW)
+    state.committed([("kept", 1, b"k")], {1: 1})
+    state.put(1, "aborted", b"a", stored_at=NOW)
+    state.put(2, "other", b"o", stored_at=NOW)
+
+    assert state.discard([1]) == 1
+
+    assert state.get_many([(1, "kept"), (1, "aborted"), (2, "other")], NOW) == [b"k", None, b"o"]
 
 
-def test_dropping_a_partition_forgets_only_its_entries():
-    state = DedupState(window_s=100)
-    state.put(1, "x", b"1", 0)
-    state.put(2, "y", b"2", 0)
-    state.drop(1)
-    assert state.get("x") is None and state.get("y") == b"2"
-    assert state.partitions() == [2]
+def test_entries_older_than_the_window_are_not_found(state):
+    state.put(0, "old", b"r", stored_at=NOW - 101)
+    state.committed([("old", 0, b"r")], {0: 1})
+    assert state.get_many([(0, "old")], NOW) == [None]
+    assert state.get_many([(0, "old")], NOW - 50) == [b"r"]
 
 
-def test_the_garbage_collector_never_walks_the_state():
-    # The per-partition maps hold only strings and bytes, so the collector does not track them and
-    # no full collection walks the state (docs/performance.md#garbage-collector).
-    import gc
-
-    state = DedupState(window_s=100)
+def test_the_garbage_collector_never_walks_the_overlay(state):
+    # Strings and bytes only: the collector does not track the overlay (docs/performance.md#garbage-collector).
     for i in range(1000):
-        state.put(i % 3, f"e{i}", b'{"score": 0.5}', stored_at=i)
-    state.load(7, [("x", b"1", 50.0)], now=60)
-    assert not any(gc.is_tracked(entries) for entries in state._partitions.values())
-    assert not gc.is_tracked(state._where)
-    assert state.get("e999") == b'{"score": 0.5}'
+        state.put(i % 3, f"e{i}", b'{"score": 0.5}', stored_at=NOW)
+    assert not any(gc.is_tracked(entries) for entries in state._overlay.values())

@@ -1,0 +1,164 @@
+"""The committed dedup entries of a worker's input partitions, on local disk (RocksDB, via rocksdict).
+
+One store per state directory, one worker per store. An entry is keyed by its input partition and
+`event_id` and holds the time it was stored and the result. Per partition, the store also records the
+results offset up to which it holds the changelog, written in the same batch as the entries of a
+commit, so after any crash the two agree. Expiry is RocksDB's TTL (compaction drops entries older than
+the window, nothing per entry in Python); a read also checks an entry's own time. A directory written
+for another app id, topic or partition count, or one RocksDB cannot open, is wiped and rebuilt from
+the changelog (docs/architecture.md#the-dedup-state-and-its-changelog).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from rocksdict import AccessType, BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
+
+from pipeline.errors import ConfigurationError
+
+log = structlog.get_logger(__name__)
+
+_STAMP = struct.Struct("<d")  # an entry's value: the time it was stored, then the result
+_PARTITION = struct.Struct(">H")
+_OFFSET = struct.Struct("<q")
+_OFFSETS = "offsets"  # the column family of per-partition offsets, apart from the entries
+
+
+class StoreInUse(ConfigurationError):
+    """Another live worker holds this state directory."""
+
+
+class StateStore:
+    def __init__(self, directory: Path, identity: dict[str, Any], window_s: float, cache_bytes: int) -> None:
+        """`identity`: what the directory's content must have been written for; a mismatch wipes it."""
+        self.directory = directory
+        self.window_s = window_s
+        self._identity = identity
+        directory.mkdir(parents=True, exist_ok=True)
+        self._db = self._open(cache_bytes)
+        self._offsets = self._db.get_column_family_handle(_OFFSETS)
+        self._offsets_view = self._db.get_column_family(_OFFSETS)
+        # The write-ahead log, unsynced: a killed process loses nothing (the OS has it); a lost host may
+        # lose the tail, which the changelog gives back from the last offset that reached the disk.
+        self._write = WriteOptions()
+
+    # -- reads ---------------------------------------------------------------------------------
+    def get_many(self, partition: int, event_ids: Sequence[str], now: float) -> list[bytes | None]:
+        """Each event's stored result, or None (never stored, or older than the window)."""
+        prefix = _PARTITION.pack(partition)
+        values = self._db.get([prefix + e.encode() for e in event_ids])
+        cutoff = now - self.window_s
+        return [None if v is None or _STAMP.unpack_from(v)[0] < cutoff else v[_STAMP.size :] for v in values]
+
+    def estimated_entries(self) -> int:
+        """RocksDB's estimate: entries expired but not yet compacted away count too."""
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def offset(self, partition: int) -> int | None:
+        """The results offset up to which this partition's changelog is in the store."""
+        value = self._offsets_view.get(_PARTITION.pack(partition))
+        return None if value is None else int(_OFFSET.unpack(value)[0])
+
+    # -- writes --------------------------------------------------------------------------------
+    def write(self, partition: int, entries: Iterable[tuple[str, bytes, float]], offset: int | None) -> int:
+        """Committed entries (event_id, result, time) of one partition and, when known, the results
+        offset they bring the partition up to, in one atomic batch. Returns the entries written."""
+        prefix = _PARTITION.pack(partition)
+        batch = WriteBatch(raw_mode=True)
+        count = 0
+        for event_id, result, stored_at in entries:
+            batch.put(prefix + event_id.encode(), _STAMP.pack(stored_at) + result)
+            count += 1
+        if offset is not None:
+            batch.put(prefix, _OFFSET.pack(offset), self._offsets)
+        self._db.write(batch, self._write)
+        return count
+
+    def forget(self, partition: int) -> None:
+        """Everything of one partition (before it is rebuilt from the start of the window)."""
+        key = _PARTITION.pack(partition)
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(key, _PARTITION.pack(partition + 1))
+        batch.delete(key, self._offsets)
+        self._db.write(batch, self._write)
+
+    def compact(self) -> None:
+        """Let RocksDB drop what has expired now rather than at its next compaction (tests, tools)."""
+        self._db.flush()
+        self._db.compact_range(None, None)
+
+    def close(self) -> None:
+        del self._offsets, self._offsets_view  # handles keep the database open
+        self._db.close()
+
+    # -- opening -------------------------------------------------------------------------------
+    def _open(self, cache_bytes: int) -> Rdict:
+        identity_file = self.directory / "identity.json"
+        path = self.directory / "rocksdb"
+        found = _read_identity(identity_file)
+        if found is not None and found != self._identity:
+            log.warning("state_mismatch", directory=str(self.directory), found=found, expected=self._identity)
+            _wipe(path)
+        try:
+            db = self._rdict(path, cache_bytes)
+        except Exception as e:  # rocksdict raises plain Exceptions; the message says why
+            if "lock" in str(e).lower():
+                raise StoreInUse(
+                    f"the state directory {self.directory} is in use by another worker; give each worker its own "
+                    "PIPELINE_WORKER__STATE_DIR"
+                ) from e
+            log.warning("state_unreadable", directory=str(self.directory), error=str(e))
+            _wipe(path)
+            db = self._rdict(path, cache_bytes)
+        identity_file.write_text(json.dumps(self._identity, sort_keys=True))
+        return db
+
+    def _rdict(self, path: Path, cache_bytes: int) -> Rdict:
+        cache = Cache(cache_bytes)
+        ttl = AccessType.with_ttl(max(1, int(self.window_s) + 1))
+        if path.exists() and _OFFSETS in Rdict.list_cf(str(path)):
+            return Rdict(str(path), _options(cache), column_families={_OFFSETS: _options(cache)}, access_type=ttl)
+        db = Rdict(str(path), _options(cache), access_type=ttl)
+        db.create_column_family(_OFFSETS, _options(cache))
+        return db
+
+
+def _options(cache: Cache) -> Options:
+    """Memory bounded whatever the entries: a shared block cache holding the index and filter blocks too,
+    small memtables; bloom filters, since most lookups are misses (new events)."""
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    table = BlockBasedOptions()
+    table.set_block_cache(cache)
+    table.set_bloom_filter(10, False)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    options.set_block_based_table_factory(table)
+    options.set_write_buffer_size(16 << 20)
+    options.set_max_write_buffer_number(2)
+    options.set_compression_type(DBCompressionType.lz4())
+    options.set_max_background_jobs(2)
+    options.set_keep_log_file_num(2)
+    return options
+
+
+def _read_identity(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}  # unreadable: never trusted
+    return value if isinstance(value, dict) else {}
+
+
+def _wipe(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

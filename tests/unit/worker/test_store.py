@@ -1,0 +1,89 @@
+"""The on-disk store of committed dedup entries, on a real RocksDB in a temporary directory."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline.worker.store import StateStore, StoreInUse
+
+IDENTITY = {"app_id": "a", "requests": "inference.requests", "partitions": 12}
+WINDOW_S = 100.0
+NOW = 1_000_000.0
+
+
+def _store(path, identity=IDENTITY) -> StateStore:
+    return StateStore(path, identity, WINDOW_S, cache_bytes=8 << 20)
+
+
+def test_entries_come_back_per_partition_and_expire_by_their_own_time(tmp_path):
+    store = _store(tmp_path)
+    store.write(3, [("e1", b"r1", NOW - 10), ("old", b"r0", NOW - WINDOW_S - 1)], offset=42)
+
+    assert store.get_many(3, ["e1", "old", "never"], NOW) == [b"r1", None, None]
+    assert store.get_many(4, ["e1"], NOW) == [None], "entries belong to their partition"
+    assert store.offset(3) == 42 and store.offset(4) is None
+
+
+def test_a_restart_on_the_same_directory_keeps_entries_and_offsets(tmp_path):
+    store = _store(tmp_path)
+    store.write(0, [("e1", b"r1", NOW)], offset=7)
+    store.close()
+
+    again = _store(tmp_path)
+    assert again.get_many(0, ["e1"], NOW) == [b"r1"]
+    assert again.offset(0) == 7
+
+
+def test_forgetting_a_partition_leaves_the_others(tmp_path):
+    store = _store(tmp_path)
+    store.write(1, [("a", b"1", NOW)], offset=1)
+    store.write(2, [("b", b"2", NOW)], offset=2)
+
+    store.forget(1)
+
+    assert store.get_many(1, ["a"], NOW) == [None] and store.offset(1) is None
+    assert store.get_many(2, ["b"], NOW) == [b"2"] and store.offset(2) == 2
+
+
+@pytest.mark.parametrize(
+    "other", [dict(IDENTITY, app_id="b"), dict(IDENTITY, requests="other"), dict(IDENTITY, partitions=24)]
+)
+def test_a_directory_written_for_another_app_topic_or_partition_count_is_wiped(tmp_path, other):
+    store = _store(tmp_path)
+    store.write(0, [("e1", b"r1", NOW)], offset=7)
+    store.close()
+
+    again = _store(tmp_path, other)
+    assert again.get_many(0, ["e1"], NOW) == [None]
+    assert again.offset(0) is None
+
+
+def test_a_corrupt_store_is_wiped_not_trusted(tmp_path):
+    store = _store(tmp_path)
+    store.write(0, [("e1", b"r1", NOW)], offset=7)
+    store.close()
+    for current in (tmp_path / "rocksdb").glob("CURRENT"):
+        current.write_text("garbage\n")
+
+    again = _store(tmp_path)
+    assert again.offset(0) is None
+
+
+def test_a_directory_in_use_by_another_worker_is_refused(tmp_path):
+    held = _store(tmp_path)
+    with pytest.raises(StoreInUse, match="in use by another worker"):
+        _store(tmp_path)
+    held.close()
+
+
+def test_compaction_drops_what_has_expired(tmp_path):
+    store = StateStore(tmp_path, IDENTITY, window_s=1.0, cache_bytes=8 << 20)
+    store.write(0, [(f"e{i}", b"r", NOW) for i in range(100)], offset=100)
+    assert store.estimated_entries() == 100
+    time.sleep(3.5)  # past RocksDB's TTL (the window plus a second, counted in whole seconds)
+
+    store.compact()
+
+    assert store.estimated_entries() == 0, "expired entries leave the disk without a sweep of ours"
