@@ -113,6 +113,10 @@ class GatewaySettings(_Block):
     host: str = "127.0.0.1"
     port: int = 8080
     timeout_s: float = 10.0
+    # An idle client connection is kept this long. Longer than the idle timeout of the clients and load
+    # balancers in front (60 s on AWS ALB): a server that closes first races a request sent on the
+    # connection just then, which the client sees as a read error.
+    keep_alive_s: float = Field(default=75.0, gt=0)
     # Bridge instances claim one replies partition each through this consumer group (max instances =
     # replies partitions); a crashed instance's partition is free again after the session timeout.
     # Empty: "<replies topic>.gateways".

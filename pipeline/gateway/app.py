@@ -219,4 +219,11 @@ def _batch_body(answers: list[Answer]) -> bytes:
 def run(settings: Settings) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=settings.gateway.host, port=settings.gateway.port, log_level="warning")
+    gateway = settings.gateway
+    uvicorn.run(
+        create_app(settings),
+        host=gateway.host,
+        port=gateway.port,
+        log_level="warning",
+        timeout_keep_alive=int(gateway.keep_alive_s),
+    )
