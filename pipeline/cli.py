@@ -141,9 +141,16 @@ def bench(
     committed_answer_rate: Annotated[
         float, typer.Option(help="Also this rate with callers answered once committed (reply_when); 0: skip.")
     ] = 500.0,
-    only: Annotated[str, typer.Option(help="Scenario groups to run: throughput,http")] = "throughput,http",
+    only: Annotated[str, typer.Option(help="Scenario groups to run: throughput,http,state")] = "throughput,http,state",
     soak: Annotated[float, typer.Option(help="Also run a worker this many seconds at a steady rate; RSS sampled.")] = 0,
     soak_rate: Annotated[float, typer.Option(help="Requests per second during the soak.")] = 1000.0,
+    state_entries: Annotated[int, typer.Option(help="Entries of the dedup store the state group fills.")] = 10_000_000,
+    state_rebuild_entries: Annotated[
+        int, typer.Option(help="Results the state group's cold rebuild restores from one partition.")
+    ] = 500_000,
+    state_micro_entries: Annotated[
+        int, typer.Option(help="Entries held by the dict and the store of the dedup microbenchmark.")
+    ] = 1_000_000,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
 ) -> None:
     """Benchmark the pipeline beside its peers and the machine's limit, in one run; table, JSON, PNG."""
@@ -152,7 +159,7 @@ def bench(
     _configure_logging()
     rates = tuple(float(r) for r in http_rates.split(",") if r.strip())
     groups = {g.strip() for g in only.split(",") if g.strip()}
-    if unknown := groups - {"throughput", "http"}:
+    if unknown := groups - {"throughput", "http", "state"}:
         raise typer.BadParameter(f"unknown scenario group(s): {', '.join(sorted(unknown))}", param_hint="--only")
     options = runner.Options(
         events=events,
@@ -164,6 +171,9 @@ def bench(
         committed_answer_rate=committed_answer_rate,
         soak_s=soak,
         soak_rate=soak_rate,
+        state_entries=state_entries,
+        state_rebuild_entries=state_rebuild_entries,
+        state_micro_entries=state_micro_entries,
     )
     figures = runner.run(get_settings(), options, groups)
     report.write_json(figures, out / "bench.json")
@@ -179,6 +189,23 @@ def bench_peer(kind: str) -> None:
 
     _configure_logging()
     peers.run(get_settings(), kind)
+
+
+@app.command("bench-state", hidden=True)
+def bench_state(
+    role: str,
+    directory: Path,
+    entries: Annotated[int, typer.Option(help="Entries written, or held by the store it opens.")] = 0,
+    lookups: Annotated[int, typer.Option(help="serve: lookups after the first.")] = 0,
+    batches: Annotated[int, typer.Option(help="micro: batches per round.")] = 0,
+    rounds: Annotated[int, typer.Option(help="micro: interleaved rounds.")] = 0,
+) -> None:
+    """One process of the bench's state group (see pipeline/bench/state.py); started by `pipeline bench`."""
+    from pipeline.bench import state
+
+    _configure_logging()
+    options = {"entries": entries, "lookups": lookups, "batches": batches, "rounds": rounds}
+    state.run_role(role, directory, options, get_settings())
 
 
 @stack_app.command("up")

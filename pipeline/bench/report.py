@@ -60,6 +60,8 @@ def table(report: dict[str, Any]) -> str:
             f"{'direct Triton, 1 row':<24}{'':>8}{d['p50']:>8.1f}{d['p90']:>8.1f}{d['p99']:>8.1f}{d['p99.9']:>8.1f}"
         )
         lines.append(f"overload statuses: {h['overload']['statuses']}")
+    if "state" in report:
+        lines += ["", *_state_lines(report["state"])]
     if "soak" in report:
         s = report["soak"]
         lines += [
@@ -73,6 +75,27 @@ def table(report: dict[str, Any]) -> str:
             f"target {name:<20} {'met ' if t['met'] else 'MISSED'}  measured {t['measured']:g}, target {t['target']:g}"
         )
     return "\n".join(lines)
+
+
+def _state_lines(state: dict[str, Any]) -> list[str]:
+    s, w, v, m = state["summary"], state["write"], state["serve"], state["dedup_cost"]
+    return [
+        f"dedup state on disk, {s['entries']:,} entries ({w['mean_result_bytes']}-byte results), each its own process:",
+        f"  RSS writer {w['rss_mib']:.0f} MiB (peak {w['peak_rss_mib']:.0f}), serving {v['rss_mib']:.0f} MiB "
+        f"(peak {v['peak_rss_mib']:.0f}; {v['rss_mib_before_open']:.0f} before opening the store)",
+        f"  disk {s['disk_mib']:,.0f} MiB, {s['disk_mib_per_million']:,.1f} MiB per million entries",
+        f"  writes {w['writes_per_s']:,} entries/s, compactions settled {w['settle_s']:.1f} s later; "
+        f"CPU {w['cpu_us_per_entry']:.1f} µs per entry, all threads ({w['making_us_per_entry']:.1f} making it)",
+        f"  warm restart: open + first lookup {s['warm_restart_s']:.3f} s; then {v['lookups']:,} lookups "
+        f"({v['hits']:,} hits) at {s['lookup_us_per_event']:.2f} µs each",
+        f"  cold rebuild of one partition: {state['rebuild']['entries']:,} results at "
+        f"{s['rebuild_entries_per_s']:,.0f} entries/s",
+        f"  dedup per event, {m['entries']:,} held, batches of 1,024, {m['hit_share']:.0%} hits (read + write):",
+        f"    dict  {m['dict_us_per_event']:>7.2f} µs ({m['dict_read_us_per_event']:.2f} + "
+        f"{m['dict_write_us_per_event']:.2f})",
+        f"    store {m['store_us_per_event']:>7.2f} µs ({m['store_read_us_per_event']:.2f} + "
+        f"{m['store_write_us_per_event']:.2f}), {s['dedup_store_over_dict']:.1f} times the dict's",
+    ]
 
 
 def _pipeline_stages(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:

@@ -7,6 +7,7 @@ import asyncio
 import math
 import os
 import platform
+import shutil
 import subprocess
 import threading
 import time
@@ -17,12 +18,21 @@ from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
+import orjson
 import structlog
 
 from pipeline import heap, topics
-from pipeline.bench import http, load
+from pipeline.bench import http, load, state
 from pipeline.bench.memory import RssSampler, status_mib
-from pipeline.bench.stats import median, median_figures, ratio, stage_summary, stage_totals, steady_rate
+from pipeline.bench.stats import (
+    median,
+    median_figures,
+    ratio,
+    stage_summary,
+    stage_totals,
+    state_summary,
+    steady_rate,
+)
 from pipeline.local import traffic
 from pipeline.local.stack import LocalStack, free_port
 from pipeline.models.spec import load_spec_file
@@ -37,7 +47,9 @@ TARGETS = {
     "pipeline/monolith": 1.0,
     "http@500 p50 ms": 10.0,
     "http@500 p99 ms": 50.0,
+    "state 10M RSS MiB": 400.0,
 }
+STATE_TARGET_ENTRIES = 10_000_000  # the RSS target is stated for a store of this many entries
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,15 @@ class Options:
     soak_s: float = 0.0
     soak_rate: float = 1000.0
     soak_dedup_window_s: float = 60.0
+    # The state group: a store of this many entries (a full window at ~115 events/s for 24 h), looked
+    # up this many times after a restart; a cold rebuild of one partition from this many results; the
+    # dedup microbenchmark on states of this many entries, in rounds of batches of 1,024.
+    state_entries: int = 10_000_000
+    state_lookups: int = 200_000
+    state_rebuild_entries: int = 500_000
+    state_micro_entries: int = 1_000_000
+    state_micro_batches: int = 100
+    state_micro_rounds: int = 5
 
 
 @dataclass
@@ -210,6 +231,64 @@ class Bench:
             "peak_rss_mib": peaks,
         }
 
+    # -- dedup state on disk ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The store at full size, each memory figure from a process of its own (pipeline/bench/state.py)."""
+        o = self.options
+        root = self.stack.run_dir / "bench-state"
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            store = root / "store"
+            written = self._state_process("write", store, entries=o.state_entries)
+            disk = state.disk_bytes(store / "rocksdb")
+            served = self._state_process("serve", store, entries=o.state_entries, lookups=o.state_lookups)
+            shutil.rmtree(store)
+            log.info("bench_run", scenario="state", rss_mib=served["rss_mib"], disk_mib=round(disk / 2**20))
+            micro = self._state_process(
+                "micro",
+                root / "micro",
+                entries=o.state_micro_entries,
+                batches=o.state_micro_batches,
+                rounds=o.state_micro_rounds,
+            )
+            rebuilt = self._state_rebuild(root / "rebuild")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return {
+            "write": written,
+            "serve": served,
+            "disk_bytes": disk,
+            "rebuild": rebuilt,
+            "dedup_cost": micro,
+            "summary": state_summary(written, served, disk, rebuilt, micro),
+        }
+
+    def _state_process(self, role: str, directory: Path, **options: int) -> dict[str, Any]:
+        """Run `pipeline bench-state ROLE DIR` to its end; its figures."""
+        name = f"bench-state-{role}"
+        directory.mkdir(parents=True, exist_ok=True)
+        flags = [part for key, value in options.items() for part in (f"--{key}", str(value))]
+        process = self.stack.spawn(name, self.settings, "bench-state", role, str(directory), *flags)
+        try:
+            returncode = process.wait(timeout=300 + options.get("entries", 0) / 10_000)
+        finally:
+            self.stack.stop_process(name)
+        if returncode != 0:
+            raise RuntimeError(f"{name} exited {returncode}; see {self.stack.run_dir / name}.log")
+        return dict(orjson.loads((directory / f"{role}.json").read_bytes()))
+
+    def _state_rebuild(self, directory: Path) -> dict[str, Any]:
+        """A cold `changelog.restore` of one partition of a fresh results topic, in this process."""
+        entries = self.options.state_rebuild_entries
+        settings = load.fresh_topics(self.settings, "state")
+        try:
+            state.publish_results(settings, entries)
+            figures = asyncio.run(state.rebuild(settings, directory, entries))
+        finally:
+            load.drop_topics(settings)
+        log.info("bench_run", scenario="state-rebuild", entries_per_s=figures["per_s"])
+        return figures
+
     # -- soak ---------------------------------------------------------------------------------------
     def soak(self) -> dict[str, Any]:
         o = self.options
@@ -265,7 +344,11 @@ def throughput_scenarios(options: Options) -> list[tuple[str, int]]:
     return [("passthrough", 1), ("passthrough-librdkafka", 1), *pipelines, *peers]
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]], http_figures: dict[str, Any] | None) -> dict[str, Any]:
+def summarise(
+    runs: dict[str, list[dict[str, Any]]],
+    http_figures: dict[str, Any] | None,
+    state_figures: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Medians per scenario, the ratios the issue names, and each target met or not."""
     medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
     best = max((v for k, v in medians.items() if k.startswith(PIPELINE)), default=float("nan"))
@@ -294,6 +377,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]], http_figures: dict[str, Any
             measured["http@500 p50 ms"] = at_500["p50"]
             measured["http@500 p99 ms"] = at_500["p99"]
             measured["http@500 errors"] = at_500["errors"]
+    if state_figures and state_figures["write"]["entries"] >= STATE_TARGET_ENTRIES:
+        measured["state 10M RSS MiB"] = state_figures["summary"]["rss_mib"]
     targets = {}
     for name, target in TARGETS.items():
         if name in measured and math.isfinite(measured[name]):
@@ -357,10 +442,13 @@ def run(base: Settings, options: Options, scenarios: set[str], stack: LocalStack
         http_figures = bench.http() if "http" in scenarios else None
         if http_figures:
             report["http"] = http_figures
+        state_figures = bench.state() if "state" in scenarios else None
+        if state_figures:
+            report["state"] = state_figures
         if options.soak_s > 0:
             report["soak"] = bench.soak()
         report["services_peak_rss_mib"] = bench.services_rss()
-    report["summary"] = summarise(bench.runs, http_figures)
+    report["summary"] = summarise(bench.runs, http_figures, state_figures)
     report["seconds"] = round(time.time() - started_at, 1)
     return report
 

@@ -92,3 +92,40 @@ def stage_summary(after: Totals, before: Totals | None = None) -> dict[str, dict
         if count > 0:
             summary[key] = {"mean_ms": round(total / count * 1000, 3), "count": int(count)}
     return summary
+
+
+def per_event_us(seconds: float, events: int) -> float:
+    """Microseconds per event of `seconds` spent on `events`; NaN without events."""
+    return round(seconds / events * 1e6, 3) if events else float("nan")
+
+
+def per_million(amount: float, count: int) -> float:
+    """`amount` (bytes, seconds) per million of `count` (entries); NaN without any."""
+    return round(amount / count * 1e6, 1) if count else float("nan")
+
+
+def state_summary(
+    written: dict[str, Any], served: dict[str, Any], disk_bytes: int, rebuilt: dict[str, Any], micro: dict[str, Any]
+) -> dict[str, Any]:
+    """The state group's headline figures from its parts (pipeline/bench/state.py): the larger peak
+    RSS of the process that wrote the store and of the one that served from it, disk per million
+    entries, a restart's wait for its first lookup, the cold rebuild's rate, and the dedup cost per
+    event against a dict."""
+    entries = int(written["entries"])
+    disk_mib = disk_bytes / 2**20
+    return {
+        "entries": entries,
+        "rss_mib": max(written["peak_rss_mib"], served["peak_rss_mib"]),
+        "rss_mib_writer": written["rss_mib"],
+        "rss_mib_serving": served["rss_mib"],
+        "rss_mib_serving_over_baseline": round(served["rss_mib"] - served["rss_mib_before_open"], 1),
+        "disk_mib": round(disk_mib, 1),
+        "disk_mib_per_million": per_million(disk_mib, entries),
+        "disk_bytes_per_entry": round(disk_bytes / entries, 1) if entries else float("nan"),
+        "warm_restart_s": served["first_lookup_s"],
+        "lookup_us_per_event": served["lookup_us_per_event"],
+        "rebuild_entries_per_s": rebuilt["per_s"],
+        "dedup_us_per_event_dict": micro["dict_us_per_event"],
+        "dedup_us_per_event_store": micro["store_us_per_event"],
+        "dedup_store_over_dict": ratio(micro["store_us_per_event"], micro["dict_us_per_event"]),
+    }

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from rocksdict import AccessType, BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    BlockBasedIndexType,
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
 
 from pipeline.errors import ConfigurationError
 
@@ -29,6 +39,18 @@ _STAMP = struct.Struct("<d")  # an entry's value: the time it was stored, then t
 _PARTITION = struct.Struct(">H")
 _OFFSET = struct.Struct("<q")
 _OFFSETS = "offsets"  # the column family of per-partition offsets, apart from the entries
+_PROPERTIES = (
+    "estimate-num-keys",
+    "block-cache-usage",  # the shared cache: data, index and filter blocks
+    "block-cache-pinned-usage",
+    "cur-size-all-mem-tables",
+    "estimate-table-readers-mem",  # index and filter blocks held outside the cache
+    "total-sst-files-size",
+    "num-files-at-level0",
+    "compaction-pending",
+    "num-running-compactions",
+    "num-running-flushes",
+)
 
 
 class StoreInUse(ConfigurationError):
@@ -60,6 +82,11 @@ class StateStore:
     def estimated_entries(self) -> int:
         """RocksDB's estimate: entries expired but not yet compacted away count too."""
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
+
+    def properties(self) -> dict[str, int]:
+        """What RocksDB says holds the entries' memory (bytes) and disk, and how many there are
+        (the bench's state group; tools)."""
+        return {name: int(self._db.property_int_value(f"rocksdb.{name}") or 0) for name in _PROPERTIES}
 
     def offset(self, partition: int) -> int | None:
         """The results offset up to which this partition's changelog is in the store."""
@@ -132,7 +159,10 @@ class StateStore:
 
 def _options(cache: Cache) -> Options:
     """Memory bounded whatever the entries: a shared block cache holding the index and filter blocks too,
-    small memtables; bloom filters, since most lookups are misses (new events)."""
+    small memtables; bloom filters, since most lookups are misses (new events). Index and filters are
+    partitioned into blocks of about 4 KiB, only their top levels pinned: a whole file's filter (~1 MiB
+    at 10M entries) would not fit a shard of the cache, and every lookup would read it again
+    (docs/performance.md#partitioned-index-and-filters)."""
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.create_missing_column_families(True)
@@ -141,6 +171,10 @@ def _options(cache: Cache) -> Options:
     table.set_bloom_filter(10, False)
     table.set_cache_index_and_filter_blocks(True)
     table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_partition_filters(True)
+    table.set_metadata_block_size(4096)
+    table.set_pin_top_level_index_and_filter(True)
     options.set_block_based_table_factory(table)
     options.set_write_buffer_size(16 << 20)
     options.set_max_write_buffer_number(2)

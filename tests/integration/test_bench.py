@@ -28,9 +28,15 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         committed_answer_rate=30.0,
         soak_s=6.0,
         soak_rate=50.0,
+        state_entries=20_000,
+        state_lookups=2_048,
+        state_rebuild_entries=3_000,
+        state_micro_entries=5_000,
+        state_micro_batches=2,
+        state_micro_rounds=2,
     )
 
-    figures = runner.run(stack.settings(), options, {"throughput", "http"}, stack=stack)
+    figures = runner.run(stack.settings(), options, {"throughput", "http", "state"}, stack=stack)
     report.write_json(figures, tmp_path / "bench.json")
     report.chart(figures, tmp_path / "bench.png")
     table = report.table(figures)
@@ -59,9 +65,20 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         assert level["p50"] is not None and level["p99.9"] >= level["p50"]
     assert http["direct_triton_one_row"]["calls"] == 20
     assert written["soak"]["rss_mib_samples"] and written["soak"]["rss_mib_baseline"] > 0
+    state = written["state"]
+    assert state["write"]["entries"] == 20_000 and state["write"]["peak_rss_mib"] > 0
+    assert state["serve"]["lookups"] == 2_048 and state["serve"]["hits"] > 0
+    assert state["rebuild"]["mode"] == "cold" and state["rebuild"]["entries"] == 3_000
+    assert state["dedup_cost"]["dict_us_per_event"] > 0 and state["dedup_cost"]["store_us_per_event"] > 0
+    headline = state["summary"]
+    for figure in ("rss_mib", "disk_mib_per_million", "rebuild_entries_per_s", "dedup_store_over_dict"):
+        assert headline[figure] > 0, figure
+    assert headline["warm_restart_s"] >= 0
+    assert "state 10M RSS MiB" not in summary["targets"], "the RSS target is for 10M entries"
     assert written["services_peak_rss_mib"]
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert "pipeline/limit" in table and "direct Triton" in table and "at commit" in table
+    assert "dedup state on disk" in table and "cold rebuild" in table
 
 
 def test_an_unknown_scenario_group_is_a_one_line_error():

@@ -2,7 +2,16 @@ import math
 
 from pipeline.bench.memory import parse_status
 from pipeline.bench.runner import summarise
-from pipeline.bench.stats import median_figures, percentiles_ms, stage_summary, stage_totals, steady_rate
+from pipeline.bench.stats import (
+    median_figures,
+    per_event_us,
+    per_million,
+    percentiles_ms,
+    stage_summary,
+    stage_totals,
+    state_summary,
+    steady_rate,
+)
 
 METRICS = """
 # TYPE pipeline_stage_seconds histogram
@@ -110,3 +119,43 @@ def test_a_run_without_a_steady_span_does_not_skew_the_steady_median():
     summary = summarise(runs, None)
     assert summary["steady_events_per_s_median"]["pipeline-2w"] == 20_000  # of 30,000 and 10,000
     assert summary["ratios"]["pipeline/monolith-steady"] == 1.0
+
+
+def test_per_event_and_per_million_figures_and_nan_without_a_count():
+    assert per_event_us(0.5, 1_000_000) == 0.5
+    assert per_million(800.0, 10_000_000) == 80.0
+    assert math.isnan(per_event_us(1.0, 0)) and math.isnan(per_million(1.0, 0))
+
+
+def _state_parts(entries: int, writer_peak: float, serving_peak: float) -> tuple[dict, dict, int, dict, dict]:
+    written = {"entries": entries, "rss_mib": 150.0, "peak_rss_mib": writer_peak}
+    served = {
+        "rss_mib": 130.0,
+        "peak_rss_mib": serving_peak,
+        "rss_mib_before_open": 70.0,
+        "first_lookup_s": 0.08,
+        "lookup_us_per_event": 3.5,
+    }
+    micro = {"dict_us_per_event": 0.4, "store_us_per_event": 3.0}
+    return written, served, 800 << 20, {"per_s": 120_000}, micro
+
+
+def test_the_state_summary_takes_the_larger_peak_and_puts_disk_and_cost_per_entry_and_event():
+    summary = state_summary(*_state_parts(10_000_000, 160.0, 170.0))
+
+    assert summary["rss_mib"] == 170.0 and summary["rss_mib_serving_over_baseline"] == 60.0
+    assert (summary["disk_mib"], summary["disk_mib_per_million"]) == (800.0, 80.0)
+    assert summary["disk_bytes_per_entry"] == 83.9  # 800 MiB / 10M
+    assert (summary["warm_restart_s"], summary["rebuild_entries_per_s"]) == (0.08, 120_000)
+    assert summary["dedup_store_over_dict"] == 7.5
+
+
+def test_the_state_rss_target_is_judged_only_for_a_store_of_ten_million_entries():
+    def target(entries: int, peak: float) -> dict | None:
+        parts = _state_parts(entries, peak, 100.0)
+        state = {"write": parts[0], "summary": state_summary(*parts)}
+        return summarise({}, None, state)["targets"].get("state 10M RSS MiB")
+
+    assert target(10_000_000, 390.0) == {"target": 400.0, "measured": 390.0, "met": True}
+    assert target(10_000_000, 410.0)["met"] is False
+    assert target(20_000, 90.0) is None
