@@ -118,7 +118,7 @@ class GatewaySettings(_Block):
     # connection just then, which the client sees as a read error.
     keep_alive_s: float = Field(default=75.0, gt=0)
     # Bridge instances claim one replies partition each through this consumer group (max instances =
-    # replies partitions); a crashed instance's partition is free again after the session timeout.
+    # replies partitions); a crashed instance's partition is free again after reply_session_timeout_ms.
     # Empty: "<replies topic>.gateways".
     reply_group: str = ""
     reply_session_timeout_ms: int = 10_000
