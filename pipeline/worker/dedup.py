@@ -21,6 +21,7 @@ from pipeline.worker.store import StateStore
 # An overlay entry is the time it was stored (8 bytes) followed by the result: bytes under string keys
 # keep the overlay out of the garbage collector's sight (docs/performance.md#garbage-collector).
 _STAMP = struct.Struct("<d")
+_EMPTY: dict[str, bytes] = {}
 
 
 class DedupState:
@@ -32,17 +33,19 @@ class DedupState:
     def get_many(self, keys: Sequence[tuple[int, str]], now: float) -> list[bytes | None]:
         """The stored result of each (partition, event_id), or None: the overlay first, then the store."""
         found: list[bytes | None] = [None] * len(keys)
-        missing: dict[int, list[int]] = {}
+        missing: list[int] = []
+        overlay = self._overlay
         for index, (partition, event_id) in enumerate(keys):
-            entry = self._overlay.get(partition, {}).get(event_id)
+            entry = overlay.get(partition, _EMPTY).get(event_id)
             if entry is not None:
                 found[index] = entry[_STAMP.size :]
             else:
-                missing.setdefault(partition, []).append(index)
-        for partition, indexes in missing.items():
-            values = self.store.get_many(partition, [keys[i][1] for i in indexes], now)
-            for index, value in zip(indexes, values, strict=True):
-                found[index] = value
+                missing.append(index)
+        if len(missing) == len(keys):
+            return self.store.get_many(keys, now)
+        values = self.store.get_many([keys[i] for i in missing], now)
+        for index, value in zip(missing, values, strict=True):
+            found[index] = value
         return found
 
     def put(self, partition: int, event_id: str, result: bytes, stored_at: float) -> None:
@@ -57,8 +60,10 @@ class DedupState:
             entry = self._overlay.get(partition, {}).pop(event_id, None)
             if entry is not None:
                 by_partition.setdefault(partition, []).append((event_id, entry[_STAMP.size :], _stamp(entry)))
-        for partition in by_partition.keys() | offsets.keys():
-            self.store.write(partition, by_partition.get(partition, ()), offsets.get(partition))
+        self.store.write_many(
+            (partition, by_partition.get(partition, ()), offsets.get(partition))
+            for partition in by_partition.keys() | offsets.keys()
+        )
 
     def discard(self, partitions: Iterable[int]) -> int:
         """Forget what is not committed of these partitions (their transaction aborted, or they were

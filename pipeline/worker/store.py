@@ -72,10 +72,11 @@ class StateStore:
         self._write = WriteOptions()
 
     # -- reads ---------------------------------------------------------------------------------
-    def get_many(self, partition: int, event_ids: Sequence[str], now: float) -> list[bytes | None]:
-        """Each event's stored result, or None (never stored, or older than the window)."""
-        prefix = _PARTITION.pack(partition)
-        values = self._db.get([prefix + e.encode() for e in event_ids])
+    def get_many(self, keys: Sequence[tuple[int, str]], now: float) -> list[bytes | None]:
+        """Each (partition, event_id)'s stored result, or None (never stored, or older than the
+        window): one multi-get for the whole batch, whatever partitions it spans."""
+        pack = _PARTITION.pack
+        values = self._db.get([pack(partition) + e.encode() for partition, e in keys])
         cutoff = now - self.window_s
         return [None if v is None or _STAMP.unpack_from(v)[0] < cutoff else v[_STAMP.size :] for v in values]
 
@@ -97,14 +98,20 @@ class StateStore:
     def write(self, partition: int, entries: Iterable[tuple[str, bytes, float]], offset: int | None) -> int:
         """Committed entries (event_id, result, time) of one partition and, when known, the results
         offset they bring the partition up to, in one atomic batch. Returns the entries written."""
-        prefix = _PARTITION.pack(partition)
+        return self.write_many([(partition, entries, offset)])
+
+    def write_many(self, partitions: Iterable[tuple[int, Iterable[tuple[str, bytes, float]], int | None]]) -> int:
+        """What one transaction committed, every partition's entries and offset in one atomic batch
+        (one write-ahead-log append per commit). Returns the entries written."""
         batch = WriteBatch(raw_mode=True)
         count = 0
-        for event_id, result, stored_at in entries:
-            batch.put(prefix + event_id.encode(), _STAMP.pack(stored_at) + result)
-            count += 1
-        if offset is not None:
-            batch.put(prefix, _OFFSET.pack(offset), self._offsets)
+        for partition, entries, offset in partitions:
+            prefix = _PARTITION.pack(partition)
+            for event_id, result, stored_at in entries:
+                batch.put(prefix + event_id.encode(), _STAMP.pack(stored_at) + result)
+                count += 1
+            if offset is not None:
+                batch.put(prefix, _OFFSET.pack(offset), self._offsets)
         self._db.write(batch, self._write)
         return count
 

@@ -21,7 +21,7 @@ def test_a_scored_entry_is_seen_by_later_batches_before_it_is_committed(state):
     state.put(3, "e1", b"r1", stored_at=NOW)
     assert state.get_many([(3, "e1"), (3, "e2")], NOW) == [b"r1", None]
     assert state.uncommitted() == 1
-    assert state.store.get_many(3, ["e1"], NOW) == [None], "only committed entries reach the store"
+    assert state.store.get_many([(3, "e1")], NOW) == [None], "only committed entries reach the store"
 
 
 def test_a_commit_moves_its_entries_to_the_store_with_the_offsets_it_reached(state):
@@ -32,7 +32,7 @@ def test_a_commit_moves_its_entries_to_the_store_with_the_offsets_it_reached(sta
     state.committed([("e1", 3, b"r1"), ("e3", 4, b"r3")], {3: 11, 4: 5})
 
     assert state.uncommitted() == 1, "e2 belongs to a later transaction"
-    assert state.store.get_many(3, ["e1", "e2"], NOW) == [b"r1", None]
+    assert state.store.get_many([(3, "e1"), (3, "e2")], NOW) == [b"r1", None]
     assert state.store.offset(3) == 11 and state.store.offset(4) == 5
     assert state.get_many([(3, "e1"), (3, "e2"), (4, "e3")], NOW) == [b"r1", b"r2", b"r3"]
 

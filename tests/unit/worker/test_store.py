@@ -21,8 +21,8 @@ def test_entries_come_back_per_partition_and_expire_by_their_own_time(tmp_path):
     store = _store(tmp_path)
     store.write(3, [("e1", b"r1", NOW - 10), ("old", b"r0", NOW - WINDOW_S - 1)], offset=42)
 
-    assert store.get_many(3, ["e1", "old", "never"], NOW) == [b"r1", None, None]
-    assert store.get_many(4, ["e1"], NOW) == [None], "entries belong to their partition"
+    assert store.get_many([(3, "e1"), (3, "old"), (3, "never")], NOW) == [b"r1", None, None]
+    assert store.get_many([(4, "e1")], NOW) == [None], "entries belong to their partition"
     assert store.offset(3) == 42 and store.offset(4) is None
 
 
@@ -32,7 +32,7 @@ def test_a_restart_on_the_same_directory_keeps_entries_and_offsets(tmp_path):
     store.close()
 
     again = _store(tmp_path)
-    assert again.get_many(0, ["e1"], NOW) == [b"r1"]
+    assert again.get_many([(0, "e1")], NOW) == [b"r1"]
     assert again.offset(0) == 7
 
 
@@ -43,8 +43,8 @@ def test_forgetting_a_partition_leaves_the_others(tmp_path):
 
     store.forget(1)
 
-    assert store.get_many(1, ["a"], NOW) == [None] and store.offset(1) is None
-    assert store.get_many(2, ["b"], NOW) == [b"2"] and store.offset(2) == 2
+    assert store.get_many([(1, "a")], NOW) == [None] and store.offset(1) is None
+    assert store.get_many([(2, "b")], NOW) == [b"2"] and store.offset(2) == 2
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_a_directory_written_for_another_app_topic_or_partition_count_is_wiped(t
     store.close()
 
     again = _store(tmp_path, other)
-    assert again.get_many(0, ["e1"], NOW) == [None]
+    assert again.get_many([(0, "e1")], NOW) == [None]
     assert again.offset(0) is None
 
 
@@ -87,3 +87,11 @@ def test_compaction_drops_what_has_expired(tmp_path):
     store.compact()
 
     assert store.estimated_entries() == 0, "expired entries leave the disk without a sweep of ours"
+
+
+def test_one_transactions_partitions_are_written_in_one_batch(tmp_path):
+    store = _store(tmp_path)
+    written = store.write_many([(1, [("a", b"1", NOW), ("b", b"2", NOW)], 5), (2, [], 9), (3, [("c", b"3", NOW)], None)])
+    assert written == 3
+    assert store.get_many([(1, "a"), (1, "b"), (3, "c"), (2, "a")], NOW) == [b"1", b"2", b"3", None]
+    assert (store.offset(1), store.offset(2), store.offset(3)) == (5, 9, None)
