@@ -91,7 +91,9 @@ def test_compaction_drops_what_has_expired(tmp_path):
 
 def test_one_transactions_partitions_are_written_in_one_batch(tmp_path):
     store = _store(tmp_path)
-    written = store.write_many([(1, [("a", b"1", NOW), ("b", b"2", NOW)], 5), (2, [], 9), (3, [("c", b"3", NOW)], None)])
+    written = store.write_many(
+        [(1, [("a", b"1", NOW), ("b", b"2", NOW)], 5), (2, [], 9), (3, [("c", b"3", NOW)], None)]
+    )
     assert written == 3
     assert store.get_many([(1, "a"), (1, "b"), (3, "c"), (2, "a")], NOW) == [b"1", b"2", b"3", None]
     assert (store.offset(1), store.offset(2), store.offset(3)) == (5, 9, None)
