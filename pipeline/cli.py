@@ -148,6 +148,9 @@ def bench(
     state_rebuild_entries: Annotated[
         int, typer.Option(help="Results the state group's cold rebuild restores from one partition.")
     ] = 500_000,
+    state_restart_events: Annotated[
+        int, typer.Option(help="Requests the worker restarted on the state group's store scores.")
+    ] = 20_000,
     state_micro_entries: Annotated[
         int, typer.Option(help="Entries held by the dict and the store of the dedup microbenchmark.")
     ] = 1_000_000,
@@ -173,6 +176,7 @@ def bench(
         soak_rate=soak_rate,
         state_entries=state_entries,
         state_rebuild_entries=state_rebuild_entries,
+        state_restart_events=state_restart_events,
         state_micro_entries=state_micro_entries,
     )
     figures = runner.run(get_settings(), options, groups)
@@ -184,10 +188,16 @@ def bench(
 
 @app.command("bench-peer", hidden=True)
 def bench_peer(kind: str) -> None:
-    """One of the bench's peer consumers (see pipeline/bench/peers.py); started by `pipeline bench`."""
+    """One of the bench's peers (pipeline/bench/peers.py; `request-response`, the HTTP bridge's:
+    pipeline/bench/request_response.py); started by `pipeline bench`."""
+    _configure_logging()
+    if kind == "request-response":
+        from pipeline.bench import request_response
+
+        request_response.run(get_settings())
+        return
     from pipeline.bench import peers
 
-    _configure_logging()
     peers.run(get_settings(), kind)
 
 

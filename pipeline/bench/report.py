@@ -88,6 +88,10 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
         f"CPU {w['cpu_us_per_entry']:.1f} µs per entry, all threads ({w['making_us_per_entry']:.1f} making it)",
         f"  warm restart: open + first lookup {s['warm_restart_s']:.3f} s; then {v['lookups']:,} lookups "
         f"({v['hits']:,} hits) at {s['lookup_us_per_event']:.2f} µs each",
+        f"  worker restarted on it: ready {s['worker_ready_s']:.2f} s after its start ("
+        f"{s['worker_ready_s_empty']:.2f} s on an empty state), first result {s['worker_first_result_s']:.3f} s "
+        f"after the first request, peak RSS {s['rss_mib_worker']:.0f} MiB ({s['rss_mib_worker_empty']:.0f} empty) "
+        f"through {state['restart']['full']['events']:,} requests",
         f"  cold rebuild of one partition: {state['rebuild']['entries']:,} results at "
         f"{s['rebuild_entries_per_s']:,.0f} entries/s",
         f"  dedup per event, {m['entries']:,} held, batches of 1,024, {m['hit_share']:.0%} hits (read + write):",

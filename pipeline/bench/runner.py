@@ -28,6 +28,7 @@ from pipeline.bench.stats import (
     median,
     median_figures,
     ratio,
+    sample_total,
     stage_summary,
     stage_totals,
     state_summary,
@@ -83,6 +84,7 @@ class Options:
     state_micro_entries: int = 1_000_000
     state_micro_batches: int = 100
     state_micro_rounds: int = 5
+    state_restart_events: int = 20_000  # requests scored by the worker restarted on the full store
 
 
 @dataclass
@@ -233,42 +235,49 @@ class Bench:
 
     # -- dedup state on disk ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """The store at full size, each memory figure from a process of its own (pipeline/bench/state.py)."""
+        """The store at full size, each memory figure from a process of its own (pipeline/bench/state.py),
+        then a worker restarted on it."""
         o = self.options
         root = self.stack.run_dir / "bench-state"
         shutil.rmtree(root, ignore_errors=True)
+        # The topics and app id of the worker restarted on the store: what it is written for.
+        restart = load.fresh_topics(self.settings, "state").updated(worker={"state_dir": str(root)})
         try:
-            store = root / "store"
-            written = self._state_process("write", store, entries=o.state_entries)
+            store = root / restart.worker.app_id
+            written = self._state_process("write", store, restart, entries=o.state_entries)
             disk = state.disk_bytes(store / "rocksdb")
-            served = self._state_process("serve", store, entries=o.state_entries, lookups=o.state_lookups)
-            shutil.rmtree(store)
+            served = self._state_process("serve", store, restart, entries=o.state_entries, lookups=o.state_lookups)
             log.info("bench_run", scenario="state", rss_mib=served["rss_mib"], disk_mib=round(disk / 2**20))
+            restarted = self._state_restart(restart, root)
+            shutil.rmtree(store)
             micro = self._state_process(
                 "micro",
                 root / "micro",
+                self.settings,
                 entries=o.state_micro_entries,
                 batches=o.state_micro_batches,
                 rounds=o.state_micro_rounds,
             )
             rebuilt = self._state_rebuild(root / "rebuild")
         finally:
+            load.drop_topics(restart)
             shutil.rmtree(root, ignore_errors=True)
         return {
             "write": written,
             "serve": served,
+            "restart": restarted,
             "disk_bytes": disk,
             "rebuild": rebuilt,
             "dedup_cost": micro,
-            "summary": state_summary(written, served, disk, rebuilt, micro),
+            "summary": state_summary(written, served, disk, rebuilt, micro, restarted),
         }
 
-    def _state_process(self, role: str, directory: Path, **options: int) -> dict[str, Any]:
+    def _state_process(self, role: str, directory: Path, settings: Settings, **options: int) -> dict[str, Any]:
         """Run `pipeline bench-state ROLE DIR` to its end; its figures."""
         name = f"bench-state-{role}"
         directory.mkdir(parents=True, exist_ok=True)
         flags = [part for key, value in options.items() for part in (f"--{key}", str(value))]
-        process = self.stack.spawn(name, self.settings, "bench-state", role, str(directory), *flags)
+        process = self.stack.spawn(name, settings, "bench-state", role, str(directory), *flags)
         try:
             returncode = process.wait(timeout=300 + options.get("entries", 0) / 10_000)
         finally:
@@ -277,8 +286,47 @@ class Bench:
             raise RuntimeError(f"{name} exited {returncode}; see {self.stack.run_dir / name}.log")
         return dict(orjson.loads((directory / f"{role}.json").read_bytes()))
 
+    def _state_restart(self, restart: Settings, root: Path) -> dict[str, Any]:
+        """A worker started on the full store (every partition warm, nothing to read back), and, as the
+        baseline, one on an empty state directory and topics of its own: from start to ready (every
+        partition's state restored), its first result and its RSS through a run of requests."""
+        empty = load.fresh_topics(self.settings, "state-empty").updated(worker={"state_dir": str(root / "empty")})
+        try:
+            baseline = self._restarted_worker(empty, "bench-state-empty")
+        finally:
+            load.drop_topics(empty)
+        full = self._restarted_worker(restart, "bench-state-worker")
+        return {"empty": baseline, "full": full, "ready_s_over_empty": round(full["ready_s"] - baseline["ready_s"], 3)}
+
+    def _restarted_worker(self, settings: Settings, name: str) -> dict[str, Any]:
+        port = free_port()
+        own = settings.updated(worker={"metrics_port": port})
+        counter = load.OutputCounter(own, own.topics.results)
+        began = time.monotonic()
+        process = self.stack.start_worker(own, name)
+        try:
+            ready_s = time.monotonic() - began
+            restores = _scrape(port)
+            sampler = RssSampler({name: process.pid}, interval_s=0.5)
+            run = load.drive(own, counter, load.requests(self.options.state_restart_events, name), timeout_s=300)
+            peaks = sampler.stop()
+            rss = status_mib(process.pid) or 0.0
+        finally:
+            counter.close()
+            self._stop({name: process})
+        first = run.timeline[0][0] - run.produced_at if run.timeline else float("nan")
+        return {
+            "ready_s": round(ready_s, 3),
+            "restores": {m: int(sample_total(restores, RESTORES, mode=m)) for m in ("warm", "cold")},
+            "first_result_s": round(first, 3),
+            "events": run.count,
+            "events_per_s": round(run.events_per_s, 1),
+            "peak_rss_mib": peaks[name],
+            "rss_mib": round(rss, 1),
+        }
+
     def _state_rebuild(self, directory: Path) -> dict[str, Any]:
-        """A cold `changelog.restore` of one partition of a fresh results topic, in this process."""
+        """A cold `changelog.Restorer` rebuild of one partition of a fresh results topic, in this process."""
         entries = self.options.state_rebuild_entries
         settings = load.fresh_topics(self.settings, "state")
         try:
@@ -465,6 +513,9 @@ def _measured(load: Coroutine[Any, Any, http.LoadResult]) -> http.LoadResult:
     """One HTTP load run, with the load generator's collector quiet first."""
     _quiet_collector()
     return asyncio.run(load)
+
+
+RESTORES = "pipeline_state_restores_total"
 
 
 def _scrape(port: int) -> str:

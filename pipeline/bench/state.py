@@ -5,7 +5,7 @@ bench), so the bench's own heap stays out of it: `write` fills a store with `ent
 of real ones, `serve` opens it again (a restarted worker: the time to its first lookup) and answers
 batches of lookups, mostly misses, and `micro` times the dedup reads and writes of a batch against a
 plain dict, the in-memory state the store replaced, in one process. Each writes its figures as JSON to
-DIR/<role>.json. `rebuild` (in the bench's process) times a cold `changelog.restore` of one partition
+DIR/<role>.json. `rebuild` (in the bench's process) times a cold `changelog.Restorer` rebuild of one partition
 from the bench's broker. What each measures: docs/performance.md#state.
 """
 
@@ -38,7 +38,6 @@ PARTITIONS = 12  # the requests topic's (topics/topics.yaml)
 WRITE_BATCH = 1_024  # entries per store write: one partition's share of a commit
 LOOKUP_BATCH = 1_024  # a worker's batch (PIPELINE_WORKER__BATCH_SIZE)
 HIT_SHARE = 0.2  # of a batch's lookups: most events are new
-IDENTITY = {"app_id": "bench-state", "requests": "bench-state.requests", "partitions": PARTITIONS}
 _MIX = 0x9E3779B97F4A7C15F39CC0605CEDC835  # odd: index → key is a bijection that scatters neighbours
 _MASK = (1 << 128) - 1
 _STAMP = struct.Struct("<d")
@@ -113,7 +112,8 @@ def keys(indexes: Sequence[int]) -> list[tuple[int, str]]:
 
 # -- the child processes ----------------------------------------------------------------------------
 def open_store(directory: Path, settings: Settings) -> StateStore:
-    return StateStore(directory, IDENTITY, settings.worker.dedup_window_s, settings.worker.state_cache_mib << 20)
+    """A store written for `settings`' worker: the state group restarts one on it."""
+    return changelog.open_store(settings, PARTITIONS, directory)
 
 
 def write(directory: Path, entries: int, settings: Settings) -> dict[str, Any]:
@@ -124,6 +124,9 @@ def write(directory: Path, entries: int, settings: Settings) -> dict[str, Any]:
     store = open_store(directory, settings)
     cpu, began = _cpu_s(), time.monotonic()
     written = sum(store.write(partition, chunk, None) for partition, chunk in batches(entries))
+    # Each partition's changelog offset, as commits record it: the results topic the worker restarted
+    # on this store reads is empty, so 0 is its end (a warm restart with nothing to read back).
+    store.write_many((partition, (), 0) for partition in range(PARTITIONS))
     seconds = time.monotonic() - began
     rss_written = _rss()
     settled = settle(store)
@@ -347,12 +350,14 @@ def publish_results(settings: Settings, entries: int, partition: int = 0) -> Non
 
 
 async def rebuild(settings: Settings, directory: Path, entries: int, partition: int = 0) -> dict[str, Any]:
-    """Time `changelog.restore` rebuilding `partition` into an empty store (cold) from what
+    """Time `changelog.Restorer` rebuilding `partition` into an empty store (cold) from what
     `publish_results` left on the results topic."""
     store = open_store(directory, settings)
+    restorer = changelog.Restorer(settings, store)
     try:
-        restored = await changelog.restore(settings, store, partition)
+        [(_, restored)] = [r async for r in restorer.restore([partition])]
     finally:
+        await restorer.close()
         store.close()
     if restored.mode != "cold" or restored.entries != entries:
         raise AssertionError(f"restored {restored.fields()}, expected {entries} entries cold")

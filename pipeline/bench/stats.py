@@ -64,6 +64,16 @@ _PER_EVENT = {
 Totals = dict[str, tuple[float, float]]  # key → (sum of seconds, count)
 
 
+def sample_total(metrics_text: str, sample: str, **labels: str) -> float:
+    """The sum of one sample's values on a /metrics page, over the series with these labels."""
+    return sum(
+        value.value
+        for family in text_string_to_metric_families(metrics_text)
+        for value in family.samples
+        if value.name == sample and all(value.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def stage_totals(metrics_texts: Sequence[str]) -> Totals:
     """Per-stage time sums and batch counts (and queue wait, consume → produce per event), summed over
     the workers' /metrics pages."""
@@ -105,17 +115,27 @@ def per_million(amount: float, count: int) -> float:
 
 
 def state_summary(
-    written: dict[str, Any], served: dict[str, Any], disk_bytes: int, rebuilt: dict[str, Any], micro: dict[str, Any]
+    written: dict[str, Any],
+    served: dict[str, Any],
+    disk_bytes: int,
+    rebuilt: dict[str, Any],
+    micro: dict[str, Any],
+    restarted: dict[str, Any],
 ) -> dict[str, Any]:
-    """The state group's headline figures from its parts (pipeline/bench/state.py): the larger peak
-    RSS of the process that wrote the store and of the one that served from it, disk per million
-    entries, a restart's wait for its first lookup, the cold rebuild's rate, and the dedup cost per
-    event against a dict."""
+    """The state group's headline figures from its parts (pipeline/bench/state.py): the largest peak
+    RSS of the process that wrote the store, the one that served from it and the worker restarted on
+    it, disk per million entries, a restart's wait for its first lookup and a worker's till ready, the
+    cold rebuild's rate, and the dedup cost per event against a dict."""
     entries = int(written["entries"])
     disk_mib = disk_bytes / 2**20
     return {
         "entries": entries,
-        "rss_mib": max(written["peak_rss_mib"], served["peak_rss_mib"]),
+        "rss_mib": max(written["peak_rss_mib"], served["peak_rss_mib"], restarted["full"]["peak_rss_mib"]),
+        "rss_mib_worker": restarted["full"]["peak_rss_mib"],
+        "rss_mib_worker_empty": restarted["empty"]["peak_rss_mib"],
+        "worker_ready_s": restarted["full"]["ready_s"],
+        "worker_ready_s_empty": restarted["empty"]["ready_s"],
+        "worker_first_result_s": restarted["full"]["first_result_s"],
         "rss_mib_writer": written["rss_mib"],
         "rss_mib_serving": served["rss_mib"],
         "rss_mib_serving_over_baseline": round(served["rss_mib"] - served["rss_mib_before_open"], 1),

@@ -12,7 +12,9 @@ tombstones. (Kafka Streams reuses a source topic as a table's changelog in the s
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -59,14 +61,19 @@ def retention_gap(config: dict[str, str], window_s: float) -> str | None:
     return None
 
 
-async def high_watermarks(settings: Settings, partitions: list[int]) -> dict[int, int]:
-    """The end of each results partition including records of transactions still open."""
-    consumer = await _reader(settings, "changelog", "read_uncommitted")
-    try:
-        tps = [TopicPartition(settings.topics.results, p) for p in partitions]
-        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
+def open_store(settings: Settings, partitions: int, directory: Path | None = None) -> StateStore:
+    """The worker's store, under PIPELINE_WORKER__STATE_DIR/<app_id> unless given a directory, for
+    what its content must have been written for: a directory of another app id, topic or partition
+    count is not trusted (StateStore wipes it)."""
+    worker = settings.worker
+    identity = {
+        "app_id": worker.app_id,
+        "requests": settings.topics.requests,
+        "results": settings.topics.results,
+        "partitions": partitions,
+    }
+    path = directory or worker.state_dir / worker.app_id
+    return StateStore(path, identity, worker.dedup_window_s, worker.state_cache_mib << 20)
 
 
 @dataclass(frozen=True)
@@ -80,47 +87,92 @@ class Restored:
         return {"mode": self.mode, "entries": self.entries, "seconds": round(self.seconds, 3), "per_s": round(rate)}
 
 
-async def restore(settings: Settings, store: StateStore, partition: int, timeout_s: float = 600.0) -> Restored:
-    """Bring one partition's store up to its results partition's end: from the offset the store
+class Restorer:
+    """Brings partitions' stores up to their results partitions' ends: from the offset the store
     recorded (warm), or, without one or with one the partition no longer has (a recreated or
-    truncated topic), from the start of the dedup window (cold). Reading to the high watermark rather
-    than to the last stable offset waits out any transaction open there (a crashed worker's, aborted
-    by the broker after its timeout), so results committed behind it are not missed."""
-    began = time.monotonic()
-    tp = TopicPartition(settings.topics.results, partition)
-    consumer = await _reader(settings, f"changelog-{partition}", "read_committed")
-    try:
-        consumer.assign([tp])
-        end = (await high_watermarks(settings, [partition]))[partition]
-        first = (await consumer.beginning_offsets([tp]))[tp]
-        start = store.offset(partition)
-        mode = "warm"
-        if start is None or not first <= start <= end:
-            mode = "cold"
-            if start is not None:  # recorded for a partition the topic no longer has: not to be trusted
-                store.forget(partition)
-            since = time.time() - store.window_s
-            found = (await consumer.offsets_for_times({tp: int(since * 1000)}))[tp]
-            start = end if found is None else found.offset
-        consumer.seek(tp, start)
-        entries = 0
-        deadline = time.monotonic() + timeout_s
-        position = start
-        while position < end:
-            if time.monotonic() > deadline:
-                raise ConfigurationError(f"{tp.topic}[{partition}] not restored within {timeout_s:g} s")
-            chunk = [
-                (r.key.decode(), r.value, r.timestamp / 1000)
-                for batch in (await consumer.getmany(tp, timeout_ms=200, max_records=10_000)).values()
-                for r in batch
-                if r.key is not None and r.value is not None
-            ]
-            position = await consumer.position(tp)
-            entries += store.write(partition, chunk, min(position, end))
-        store.write(partition, (), end)
-        return Restored(mode, entries, time.monotonic() - began)
-    finally:
-        await consumer.stop()
+    truncated topic), from the start of the dedup window (cold). One read_committed consumer reads
+    every partition of an assignment; one read_uncommitted consumer, kept for the worker's life, gives
+    the high watermarks (starting a consumer takes about a second: docs/performance.md#state-restore).
+    Reading to the high watermark rather than to the last stable offset waits out any transaction
+    open there (a crashed worker's, aborted by the broker after its timeout), so results committed
+    behind it are not missed."""
+
+    def __init__(self, settings: Settings, store: StateStore) -> None:
+        self.settings, self.store = settings, store
+        self._watermarks: AIOKafkaConsumer | None = None
+
+    async def high_watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The end of each results partition including records of transactions still open."""
+        if self._watermarks is None:
+            self._watermarks = await _reader(self.settings, "changelog", "read_uncommitted")
+        tps = [TopicPartition(self.settings.topics.results, p) for p in partitions]
+        return {tp.partition: offset for tp, offset in (await self._watermarks.end_offsets(tps)).items()}
+
+    async def restore(
+        self, partitions: Iterable[int], wanted: Callable[[int], bool] | None = None, timeout_s: float = 600.0
+    ) -> AsyncIterator[tuple[int, Restored]]:
+        """Each partition once restored, as soon as it is (empty tails first). Partitions no longer
+        `wanted` meanwhile (revoked) are no longer read; what they restored stays in the store."""
+        began = time.monotonic()
+        topic, store = self.settings.topics.results, self.store
+        tps = {p: TopicPartition(topic, p) for p in sorted(partitions)}
+        if not tps:
+            return
+        consumer = await _reader(self.settings, f"changelog-{min(tps)}", "read_committed")
+        try:
+            consumer.assign(list(tps.values()))
+            ends = await self.high_watermarks(tps)
+            firsts = await consumer.beginning_offsets(list(tps.values()))
+            modes: dict[int, str] = {}
+            starts: dict[int, int] = {}
+            for p, tp in tps.items():
+                start = store.offset(p)
+                if start is not None and firsts[tp] <= start <= ends[p]:
+                    modes[p], starts[p] = "warm", start
+                else:
+                    modes[p] = "cold"
+                    if start is not None:  # recorded for a partition the topic no longer has: not to be trusted
+                        store.forget(p)
+            cold = [tps[p] for p, mode in modes.items() if mode == "cold"]
+            if cold:
+                since = int((time.time() - store.window_s) * 1000)
+                for tp, found in (await consumer.offsets_for_times(dict.fromkeys(cold, since))).items():
+                    starts[tp.partition] = ends[tp.partition] if found is None else found.offset
+            for p, tp in tps.items():
+                consumer.seek(tp, starts[p])
+            entries = dict.fromkeys(tps, 0)
+            reading = set(tps)
+            deadline = began + timeout_s
+            while reading:
+                for p in sorted(reading):
+                    if wanted is not None and not wanted(p):
+                        reading.discard(p)
+                        consumer.pause(tps[p])
+                    elif await consumer.position(tps[p]) >= ends[p]:
+                        reading.discard(p)
+                        consumer.pause(tps[p])
+                        store.write(p, (), ends[p])
+                        yield p, Restored(modes[p], entries[p], time.monotonic() - began)
+                if not reading:
+                    break
+                if time.monotonic() > deadline:
+                    raise ConfigurationError(f"{topic}{sorted(reading)} not restored within {timeout_s:g} s")
+                fetched = await consumer.getmany(*(tps[p] for p in reading), timeout_ms=200, max_records=10_000)
+                for tp, records in fetched.items():
+                    chunk = [
+                        (r.key.decode(), r.value, r.timestamp / 1000)
+                        for r in records
+                        if r.key is not None and r.value is not None
+                    ]
+                    position = min(await consumer.position(tp), ends[tp.partition])
+                    entries[tp.partition] += store.write(tp.partition, chunk, position)
+        finally:
+            await consumer.stop()
+
+    async def close(self) -> None:
+        if self._watermarks is not None:
+            await self._watermarks.stop()
+            self._watermarks = None
 
 
 async def _reader(settings: Settings, name: str, isolation_level: str) -> AIOKafkaConsumer:

@@ -39,7 +39,6 @@ from pipeline.worker.dedup import DedupState
 from pipeline.worker.lane import Lane
 from pipeline.worker.processor import BatchProcessor, Features, Inbound, Outbound, Scorer, Validated
 from pipeline.worker.retry import Backoff
-from pipeline.worker.store import StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +52,7 @@ class Worker:
         self._scorer, self._features = scorer, features
         self.requests = settings.topics.requests
         self.state: DedupState | None = None  # opened by run(), once the topics are checked
+        self._restorer: changelog.Restorer | None = None
         self._consumer: Consumer | None = None
         self._metadata: Any = None
         self.lanes = [
@@ -85,19 +85,8 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         partitions = changelog.check_copartitioned(settings)
         changelog.check_retention(settings)
-        self.state = DedupState(
-            StateStore(
-                worker.state_dir / worker.app_id,
-                {
-                    "app_id": worker.app_id,
-                    "requests": settings.topics.requests,
-                    "results": settings.topics.results,
-                    "partitions": partitions,
-                },
-                worker.dedup_window_s,
-                worker.state_cache_mib << 20,
-            )
-        )
+        self.state = DedupState(changelog.open_store(settings, partitions))
+        self._restorer = changelog.Restorer(settings, self.state.store)
         for lane in self.lanes:
             lane.on_entries_committed = self.state.committed
         scorer = self._scorer or TritonScorer(settings.triton)
@@ -215,8 +204,10 @@ class Worker:
                 self._answers.close()
             features.close()
             await scorer.close()
-            for task in self._restoring.values():
+            for task in set(self._restoring.values()):
                 task.cancel()
+            if self._restorer is not None:
+                await self._restorer.close()
             self.state.store.close()
 
     async def _start_scoring(self, processor: BatchProcessor, batch: list[Message]) -> None:
@@ -347,12 +338,13 @@ class Worker:
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     async def acquire(self, partitions: list[int]) -> None:
-        """Restore each assigned partition's state in the background, then take its records."""
+        """Restore the assigned partitions' state in the background, then take each one's records as
+        soon as its own state is in."""
         metrics.REBALANCES.labels("assigned").inc(len(partitions))
         log.info("partitions_assigned", partitions=partitions)
+        task = asyncio.create_task(self._restore(partitions), name=f"restore-{partitions}")
+        task.add_done_callback(self._restored)
         for partition in partitions:
-            task = asyncio.create_task(self._restore(partition), name=f"restore-{partition}")
-            task.add_done_callback(self._restored)
             self._restoring[partition] = task
 
     def _restored(self, task: asyncio.Task[None]) -> None:
@@ -361,20 +353,20 @@ class Worker:
             log.error("state_restore_failed", task=task.get_name(), error=str(error))
             self._failed = error
 
-    async def _restore(self, partition: int) -> None:
-        assert self.state is not None and self._consumer is not None
-        try:
-            restored = await changelog.restore(self.settings, self.state.store, partition)
-        finally:
+    async def _restore(self, partitions: list[int]) -> None:
+        assert self._restorer is not None and self._consumer is not None
+        task = asyncio.current_task()
+        restoring = self._restorer.restore(partitions, lambda p: self._restoring.get(p) is task)
+        async for partition, restored in restoring:
             self._restoring.pop(partition, None)
-        log.info("state_restored", partition=partition, **restored.fields())
-        metrics.STATE_RESTORES.labels(restored.mode).inc()
-        metrics.STATE_RESTORED_ENTRIES.labels(restored.mode).inc(restored.entries)
-        self._owned.add(partition)
-        await self._on_consumer(self._consumer.resume, [TopicPartition(self.requests, partition)])
-        if not self.ready.is_set() and not self._restoring:
-            self.ready.set()
-            log.info("worker_ready", app_id=self.settings.worker.app_id)
+            log.info("state_restored", partition=partition, **restored.fields())
+            metrics.STATE_RESTORES.labels(restored.mode).inc()
+            metrics.STATE_RESTORED_ENTRIES.labels(restored.mode).inc(restored.entries)
+            self._owned.add(partition)
+            await self._on_consumer(self._consumer.resume, [TopicPartition(self.requests, partition)])
+            if not self.ready.is_set() and not self._restoring:
+                self.ready.set()
+                log.info("worker_ready", app_id=self.settings.worker.app_id)
 
     async def revoke(self, partitions: list[int]) -> None:
         if not partitions:
@@ -383,9 +375,10 @@ class Worker:
         # over (their next owner scores it again). What is scored carries offsets of these
         # partitions: it is committed now, while the group still lets us.
         self._owned.difference_update(partitions)
-        for partition in partitions:  # a restore cut short keeps its progress in the store
-            if (task := self._restoring.pop(partition, None)) is not None:
-                task.cancel()
+        # A restore cut short keeps its progress in the store; one still restoring others goes on.
+        cut = {task for p in partitions if (task := self._restoring.pop(p, None)) is not None}
+        for task in cut - set(self._restoring.values()):
+            task.cancel()
         await asyncio.gather(*(lane.flush() for lane in self.lanes))
         assert self.state is not None
         for partition in partitions:

@@ -34,6 +34,7 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         state_micro_entries=5_000,
         state_micro_batches=2,
         state_micro_rounds=2,
+        state_restart_events=500,
     )
 
     figures = runner.run(stack.settings(), options, {"throughput", "http", "state"}, stack=stack)
@@ -74,11 +75,16 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     for figure in ("rss_mib", "disk_mib_per_million", "rebuild_entries_per_s", "dedup_store_over_dict"):
         assert headline[figure] > 0, figure
     assert headline["warm_restart_s"] >= 0
+    restarted = state["restart"]
+    assert restarted["full"]["restores"] == {"warm": 12, "cold": 0}, "every partition read back from its offset"
+    assert restarted["empty"]["restores"] == {"warm": 0, "cold": 12}
+    assert restarted["full"]["events"] == 500 and restarted["full"]["first_result_s"] > 0
+    assert headline["worker_ready_s"] > 0 and headline["rss_mib_worker"] > 0
     assert "state 10M RSS MiB" not in summary["targets"], "the RSS target is for 10M entries"
     assert written["services_peak_rss_mib"]
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert "pipeline/limit" in table and "direct Triton" in table and "at commit" in table
-    assert "dedup state on disk" in table and "cold rebuild" in table
+    assert "dedup state on disk" in table and "cold rebuild" in table and "worker restarted on it" in table
 
 
 def test_an_unknown_scenario_group_is_a_one_line_error():

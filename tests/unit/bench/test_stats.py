@@ -127,7 +127,9 @@ def test_per_event_and_per_million_figures_and_nan_without_a_count():
     assert math.isnan(per_event_us(1.0, 0)) and math.isnan(per_million(1.0, 0))
 
 
-def _state_parts(entries: int, writer_peak: float, serving_peak: float) -> tuple[dict, dict, int, dict, dict]:
+def _state_parts(
+    entries: int, writer_peak: float, serving_peak: float, worker_peak: float = 150.0
+) -> tuple[dict, dict, int, dict, dict, dict]:
     written = {"entries": entries, "rss_mib": 150.0, "peak_rss_mib": writer_peak}
     served = {
         "rss_mib": 130.0,
@@ -137,7 +139,11 @@ def _state_parts(entries: int, writer_peak: float, serving_peak: float) -> tuple
         "lookup_us_per_event": 3.5,
     }
     micro = {"dict_us_per_event": 0.4, "store_us_per_event": 3.0}
-    return written, served, 800 << 20, {"per_s": 120_000}, micro
+    restarted = {
+        "full": {"peak_rss_mib": worker_peak, "ready_s": 2.5, "first_result_s": 0.05},
+        "empty": {"peak_rss_mib": 140.0, "ready_s": 2.3, "first_result_s": 0.04},
+    }
+    return written, served, 800 << 20, {"per_s": 120_000}, micro, restarted
 
 
 def test_the_state_summary_takes_the_larger_peak_and_puts_disk_and_cost_per_entry_and_event():
@@ -148,6 +154,11 @@ def test_the_state_summary_takes_the_larger_peak_and_puts_disk_and_cost_per_entr
     assert summary["disk_bytes_per_entry"] == 83.9  # 800 MiB / 10M
     assert (summary["warm_restart_s"], summary["rebuild_entries_per_s"]) == (0.08, 120_000)
     assert summary["dedup_store_over_dict"] == 7.5
+    assert (summary["worker_ready_s"], summary["worker_ready_s_empty"], summary["rss_mib_worker"]) == (2.5, 2.3, 150.0)
+
+
+def test_the_state_rss_is_the_largest_peak_the_restarted_worker_included():
+    assert state_summary(*_state_parts(10_000_000, 160.0, 170.0, worker_peak=380.0))["rss_mib"] == 380.0
 
 
 def test_the_state_rss_target_is_judged_only_for_a_store_of_ten_million_entries():
