@@ -1,0 +1,74 @@
+"""CPU time of processes, from /proc: what a scenario's work costs, the figure that travels between
+machines where rates move with the host's speed and load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of every thread of a live process and of its live descendants (a
+    Triton backend's stub processes, say); None once the process is gone."""
+    own = _stat(pid)
+    if own is None:
+        return None
+    return parse_stat(own) + sum(parse_stat(text) for child in descendants(pid) if (text := _stat(child)))
+
+
+def descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (text := _stat(int(entry.name))) is not None:
+            parents.setdefault(parse_ppid(text), []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        children = parents.get(frontier.pop(), [])
+        found += children
+        frontier += children
+    return found
+
+
+def parse_stat(text: str) -> float:
+    """Pure: utime + stime of a /proc/<pid>/stat line, in seconds. The command name (in parentheses)
+    may hold spaces, so fields are counted after its closing one."""
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # fields 14 and 15 of proc(5)
+
+
+def parse_ppid(text: str) -> int:
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def _stat(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+
+
+class CpuMeter:
+    """CPU seconds each named process spends between `start()` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._began: dict[str, float] = {}
+
+    def start(self) -> CpuMeter:
+        self._began = {name: s for name, pid in self.pids.items() if (s := cpu_seconds(pid)) is not None}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        spent = {}
+        for name, pid in self.pids.items():
+            now = cpu_seconds(pid)
+            if now is not None and name in self._began:
+                spent[name] = round(now - self._began[name], 3)
+        return spent
+
+
+def per_million(spent: dict[str, float], events: int) -> dict[str, float]:
+    """Pure: CPU seconds per million events of each entry."""
+    return {name: round(seconds * 1e6 / events, 2) if events else float("nan") for name, seconds in spent.items()}
