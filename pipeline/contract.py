@@ -6,6 +6,7 @@ Pure functions only; see ../shared/CONTRACT.md (and docs/contract.md for the add
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -140,9 +141,11 @@ def result_record(
     threshold: float,
     latency_ms: float,
     scored_at: str | None = None,
+    entity: Mapping[str, int | str] | None = None,
 ) -> dict[str, Any]:
-    """`scored_at` defaults to now; a batch scored in one call passes one stamp for all its results."""
-    return {
+    """`scored_at` defaults to now; a batch scored in one call passes one stamp for all its results.
+    `entity`: the request's entity keys, so the results' consumers need no join back to the requests."""
+    record = {
         "event_id": event_id,
         "model": model,
         "model_version": model_version,
@@ -151,6 +154,9 @@ def result_record(
         "scored_at": scored_at or utc_timestamp(),
         "latency_ms": round(latency_ms, 3),
     }
+    if entity is not None:
+        record["entity"] = dict(entity)
+    return record
 
 
 def dead_letter_record(

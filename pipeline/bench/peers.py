@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from confluent_kafka import Consumer, Message, Producer
 
-from pipeline.contract import parse_request, result_record
+from pipeline.contract import InferenceRequest, parse_request, result_record
 from pipeline.errors import PipelineError, UnknownModel
 from pipeline.features.demo_data import PARQUET
 from pipeline.inference import scoring
@@ -161,7 +161,7 @@ def _sync_handler(settings: Settings, kind: str) -> SyncHandler:
         with torch.inference_mode():
             scores = model(torch.from_numpy(matrix)).reshape(-1).numpy()
         for request, score in zip(requests, scores, strict=True):
-            producer.produce(results, _result(spec, request.event_id, float(score)), request.event_id.encode())
+            producer.produce(results, _result(spec, request, float(score)), request.event_id.encode())
 
     return score_batch
 
@@ -232,7 +232,7 @@ async def _handler(settings: Settings, kind: str) -> tuple[Handler, Callable[[],
                 infer_input.set_data_from_numpy(matrix)
                 response = await client.infer(spec.name, [infer_input])
                 score = float(response.as_numpy(spec.output_name).reshape(-1)[0])
-                value = _result(spec, request.event_id, score)
+                value = _result(spec, request, score)
                 await producer.send_and_wait(results, value, key=request.event_id.encode())
 
         return one_by_one, client.close
@@ -261,8 +261,15 @@ class FeatureTable:
         return None if index is None else self._values[index]
 
 
-def _result(spec: ModelSpec, event_id: str, score: float) -> bytes:
+def _result(spec: ModelSpec, request: InferenceRequest, score: float) -> bytes:
+    """The result record the worker writes (its entity included), so every peer produces the same bytes."""
     record = result_record(
-        event_id=event_id, model=spec.name, model_version="1", score=score, threshold=spec.threshold, latency_ms=0.0
+        event_id=request.event_id,
+        model=spec.name,
+        model_version="1",
+        score=score,
+        threshold=spec.threshold,
+        latency_ms=0.0,
+        entity=request.entity,
     )
     return orjson.dumps(record)

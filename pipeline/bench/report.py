@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.bench.stats import median
+
 
 def table(report: dict[str, Any]) -> str:
     lines = [
@@ -19,19 +21,33 @@ def table(report: dict[str, Any]) -> str:
     runs = report.get("throughput_runs", {})
     if runs:
         lines.append(
-            f"{'throughput scenario':<22}{'median ev/s':>14}{'runs (ev/s)':>34}{'steady ev/s':>14}{'peak RSS MiB':>16}"
+            f"{'throughput scenario':<24}{'median ev/s':>12}{'runs (ev/s)':>30}{'steady ev/s':>13}"
+            f"{'CPU s/M ev':>12}{'load gen':>10}{'peak RSS MiB':>14}"
         )
         steady = summary.get("steady_events_per_s_median", {})
+        cpu = summary.get("cpu_s_per_million_median", {})
         for name, figures in runs.items():
             each = ", ".join(f"{r['events_per_s']:,.0f}" for r in figures)
             rss = max((v for r in figures for v in r["peak_rss_mib"].values()), default=float("nan"))
-            lines.append(
-                f"{name:<22}{summary['events_per_s_median'][name]:>14,.0f}{each:>34}"
-                f"{steady.get(name, math.nan):>14,.0f}{rss:>16,.0f}"
+            generator = median(
+                [
+                    v
+                    for r in figures
+                    if math.isfinite(v := r.get("cpu_s_per_million", {}).get("load_generator", math.nan))
+                ]
             )
-        lines.append("")
+            lines.append(
+                f"{name:<24}{summary['events_per_s_median'][name]:>12,.0f}{each:>30}"
+                f"{steady.get(name, math.nan):>13,.0f}{cpu.get(name, math.nan):>12,.1f}{generator:>10,.1f}"
+                f"{rss:>14,.0f}"
+            )
+        lines += [
+            "  -1w/-2w: pipeline workers; -1p/-2p: peer processes. CPU s/M ev: CPU seconds per million events",
+            "  of every process on the path (consumers, broker, Triton where used); load gen apart.",
+            "",
+        ]
         for name, value in summary["ratios"].items():
-            lines.append(f"ratio {name:<32}{value:>10.2f}")
+            lines.append(f"ratio {name:<44}{value:>8.2f}")
         stages = _pipeline_stages(runs)
         if stages:
             lines.append("")
@@ -42,24 +58,29 @@ def table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"HTTP POST /v1/predict, medians of {len(h['closed_loop'].get('repetitions', [None]))} repetitions:",
-            f"{'':<24}{'ok/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'errors':>8}",
+            f"{'':<30}{'ok/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'errors':>8}{'CPU ms/req':>12}",
         ]
         rows = [(f"closed, {h['closed_loop']['offered']:g} users", h["closed_loop"])]
         rows += [(f"open, {f['offered']:g} req/s", f) for f in h["open_loop"]]
+        rows += [(f"request-response, {f['offered']:g} req/s", f) for f in h.get("request_response_open_loop") or []]
         if committed := h.get("open_loop_answered_once_committed"):
             rows.append((f"  same, {committed['offered']:g}, at commit", committed))
         rows.append((f"capacity, {h['capacity']['offered']:g} users", h["capacity"]))
         rows.append((f"overload, {h['overload']['offered']:g} req/s", h["overload"]))
         for label, f in rows:
+            cpu_ms = f.get("cpu_ms_per_request")
             lines.append(
-                f"{label:<24}{f['achieved_per_s']:>8,.0f}{f['p50']:>8.1f}{f['p90']:>8.1f}{f['p99']:>8.1f}"
-                f"{f['p99.9']:>8.1f}{f['errors']:>8}"
+                f"{label:<30}{f['achieved_per_s']:>8,.0f}{f['p50']:>8.1f}{f['p90']:>8.1f}{f['p99']:>8.1f}"
+                f"{f['p99.9']:>8.1f}{f['errors']:>8}{'' if cpu_ms is None else f'{cpu_ms:>12.2f}'}"
             )
         d = h["direct_triton_one_row"]
         lines.append(
-            f"{'direct Triton, 1 row':<24}{'':>8}{d['p50']:>8.1f}{d['p90']:>8.1f}{d['p99']:>8.1f}{d['p99.9']:>8.1f}"
+            f"{'direct Triton, 1 row':<30}{'':>8}{d['p50']:>8.1f}{d['p90']:>8.1f}{d['p99']:>8.1f}{d['p99.9']:>8.1f}"
         )
         lines.append(f"overload statuses: {h['overload']['statuses']}")
+        lines.append("  CPU ms/req: bridge, worker, broker and Triton; request-response: the service and Triton")
+        for name, value in summary.get("http", {}).items():
+            lines.append(f"ratio {name:<44}{value:>8.2f}")
     if "state" in report:
         lines += ["", *_state_lines(report["state"])]
     if "soak" in report:
@@ -72,7 +93,7 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     for name, t in summary["targets"].items():
         lines.append(
-            f"target {name:<20} {'met ' if t['met'] else 'MISSED'}  measured {t['measured']:g}, target {t['target']:g}"
+            f"target {name:<36} {'met ' if t['met'] else 'MISSED'}  measured {t['measured']:g}, target {t['target']:g}"
         )
     return "\n".join(lines)
 
@@ -134,6 +155,10 @@ def chart(report: dict[str, Any], path: Path) -> None:
         rates = [f["offered"] for f in points]
         for q in ("p50", "p90", "p99", "p99.9"):
             right.plot(rates, [f[q] for f in points], marker="o", label=q)
+        if peer := report["http"].get("request_response_open_loop"):
+            for q, color in (("p50", "C0"), ("p99", "C2")):
+                label = f"{q}, request-response peer"
+                right.plot([f["offered"] for f in peer], [f[q] for f in peer], linestyle="--", color=color, label=label)
         if committed := report["http"].get("open_loop_answered_once_committed"):
             for q, color in (("p50", "C0"), ("p99", "C2")):
                 label = f"{q}, answered at commit"

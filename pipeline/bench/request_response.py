@@ -30,19 +30,27 @@ from pipeline.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+class _Clients:
+    """Made on the server's event loop: the gRPC client is bound to the loop it is made on."""
+
+    scorer: TritonScorer
+    features: FeatureLookup
+
+
 def create_app(settings: Settings) -> FastAPI:
-    scorer = TritonScorer(settings.triton)
-    features = FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
+    clients = _Clients()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await scorer.spec(settings.default_model)  # connected and the model's config read before the first call
+        clients.scorer = TritonScorer(settings.triton)
+        clients.features = FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
+        await clients.scorer.spec(settings.default_model)  # connected and the model's config read up front
         log.info("peer_ready", kind="request-response", port=settings.gateway.port)
         try:
             yield
         finally:
-            features.close()
-            await scorer.close()
+            clients.features.close()
+            await clients.scorer.close()
 
     app = FastAPI(title="Request-response scoring (the bench's peer)", lifespan=lifespan)
 
@@ -54,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/v1/predict")
     async def predict(body: PredictBody) -> Response:
         started = time.perf_counter()
+        scorer, features = clients.scorer, clients.features
         spec = await scorer.spec(body.model or settings.default_model)
         entity = scoring.entity_id(body, spec)
         rows = await features.fetch(spec, [entity])
@@ -68,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             score=float(scores[0]),
             threshold=spec.threshold,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            entity=body.entity,
         )
         return Response(orjson.dumps(record), media_type="application/json")
 

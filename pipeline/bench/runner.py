@@ -4,7 +4,6 @@ repetitions; medians, ratios and targets in a table, a JSON file and a PNG chart
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import platform
 import shutil
@@ -23,6 +22,7 @@ import structlog
 
 from pipeline import heap, topics
 from pipeline.bench import http, load, state
+from pipeline.bench.cpu import CpuMeter, per_million
 from pipeline.bench.memory import RssSampler, status_mib
 from pipeline.bench.stats import (
     median,
@@ -34,23 +34,13 @@ from pipeline.bench.stats import (
     state_summary,
     steady_rate,
 )
+from pipeline.bench.summary import PIPELINE, peer_kind, summarise, throughput_scenarios
 from pipeline.local import traffic
 from pipeline.local.stack import LocalStack, free_port
 from pipeline.models.spec import load_spec_file
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-PIPELINE = "pipeline"
-TARGETS = {
-    "pipeline/limit": 0.5,
-    "pipeline/naive": 10.0,
-    "pipeline/monolith": 1.0,
-    "http@500 p50 ms": 10.0,
-    "http@500 p99 ms": 50.0,
-    "state 10M RSS MiB": 400.0,
-}
-STATE_TARGET_ENTRIES = 10_000_000  # the RSS target is stated for a store of this many entries
 
 
 @dataclass(frozen=True)
@@ -103,7 +93,7 @@ class Bench:
         # Round -1 is not recorded: a fresh broker's JIT compiler takes minutes to reach steady state,
         # and on two cores its compile threads would slow whichever scenario happens to run first.
         for rep in range(-1, o.repetitions):
-            for scenario, processes in throughput_scenarios(o):
+            for scenario, processes in throughput_scenarios(o.workers):
                 if rep < 0 and scenario == "naive":
                     continue
                 events = timed[: o.naive_events] if scenario == "naive" else timed
@@ -134,12 +124,15 @@ class Bench:
                     processes[name] = self.stack.start_worker(own, name)
                     metrics_ports.append(port)
                 else:
-                    processes[name] = self.stack.spawn(name, own, "bench-peer", scenario)
+                    processes[name] = self.stack.spawn(name, own, "bench-peer", peer_kind(scenario))
                     self.stack.wait_for_log(name, "peer_ready", processes[name])
             load.drive(settings, counter, warmup, timeout_s=300)
             before = stage_totals([_scrape(p) for p in metrics_ports])
             sampler = RssSampler({name: p.pid for name, p in processes.items()}, interval_s=0.5)
+            path = self._path_meter(processes, triton=scenario.startswith(PIPELINE) or scenario == "naive")
+            generator = CpuMeter({"load_generator": os.getpid()}).start()
             run = load.drive(settings, counter, events, timeout_s=120 + len(events) / 100)
+            cpu = {"path": path.stop(), **generator.stop()}
             peaks = sampler.stop()
             after = stage_totals([_scrape(p) for p in metrics_ports])
         finally:
@@ -152,8 +145,31 @@ class Bench:
             "events_per_s": round(run.events_per_s, 1),
             "steady_events_per_s": steady_rate(run.timeline, run.count),
             "peak_rss_mib": peaks,
+            "cpu_s": cpu,
+            "cpu_s_per_million": {
+                "path": per_million(cpu["path"], run.count),
+                "path_total": per_million({"all": sum(cpu["path"].values())}, run.count)["all"],
+                "load_generator": per_million({"g": cpu.get("load_generator", 0.0)}, run.count)["g"],
+            },
             "stages": stage_summary(after, before) if metrics_ports else {},
         }
+
+    def _path_meter(self, processes: dict[str, subprocess.Popen[bytes]], triton: bool) -> CpuMeter:
+        """A meter of the CPU of these processes and of the services on their path, started."""
+        pids = {name: p.pid for name, p in processes.items()}
+        services = self.service_pids()
+        pids["kafka"] = services["kafka"]
+        if triton:
+            pids["tritonserver"] = services["tritonserver"]
+        return CpuMeter(pids).start()
+
+    def service_pids(self) -> dict[str, int]:
+        pids = {}
+        for name, pid_file in (("kafka", "kafka/kafka.pid"), ("tritonserver", "triton/triton.pid")):
+            path = self.stack.run_dir / pid_file
+            if path.exists():
+                pids[name] = int(path.read_text().strip())
+        return pids
 
     # -- HTTP bridge ------------------------------------------------------------------------------
     def http(self) -> dict[str, Any]:
@@ -172,6 +188,14 @@ class Bench:
             )
             for role, start in (("worker", self.stack.start_worker), ("gateway", self.stack.start_gateway)):
                 processes[f"bench-http-committed-{role}"] = start(strict, f"bench-http-committed-{role}")
+        # The request-response peer, served at the same route, loaded at the same rates in the same rounds.
+        peer = settings.updated(gateway={"port": free_port()})
+        name = "bench-http-request-response"
+        processes[name] = self.stack.spawn(name, peer, "bench-peer", "request-response")
+        self.stack.wait_for_http(name, processes[name], peer.gateway.port)
+        services = self.service_pids()
+        bridge_path = {n: processes[n].pid for n in ("bench-http-worker", "bench-http-gateway")} | services
+        peer_path = {name: processes[name].pid, "tritonserver": services["tritonserver"]}
         spec = load_spec_file(settings.triton.model_repository / settings.default_model / "config.pbtxt")
         # Every body unique (a repeat is answered from dedup, which is cheaper); the overload run,
         # mostly refused with 429, is the only one that may wrap around.
@@ -185,10 +209,14 @@ class Bench:
             # fall on every level alike; medians reported, each repetition kept.
             closed_runs: list[dict[str, Any]] = []
             open_runs: dict[float, list[dict[str, Any]]] = {r: [] for r in o.http_rates}
+            peer_runs: dict[float, list[dict[str, Any]]] = {r: [] for r in o.http_rates}
             committed_runs: list[dict[str, Any]] = []
             for rep in range(-1, o.repetitions):
                 closed_run = _measured(http.closed_loop(settings, bodies, o.closed_concurrency, o.http_seconds))
-                opened_runs = [_measured(http.open_loop(settings, bodies, r, o.http_seconds)) for r in o.http_rates]
+                opened_runs, peered_runs = [], []
+                for rate in o.http_rates:  # each rate on the bridge, then on the peer
+                    opened_runs.append(_metered(http.open_loop(settings, bodies, rate, o.http_seconds), bridge_path))
+                    peered_runs.append(_metered(http.open_loop(peer, bodies, rate, o.http_seconds), peer_path))
                 committed_run = None
                 if strict is not None:
                     committed_run = _measured(http.open_loop(strict, bodies, o.committed_answer_rate, o.http_seconds))
@@ -196,15 +224,18 @@ class Bench:
                     log.info("bench_warmup_round", scenario="http", p50_ms=closed_run.figures()["p50"])
                     continue
                 closed_runs.append(closed_run.figures())
-                for rate, run in zip(o.http_rates, opened_runs, strict=True):
-                    open_runs[rate].append(run.figures())
+                for rate, run, peered in zip(o.http_rates, opened_runs, peered_runs, strict=True):
+                    open_runs[rate].append(run)
+                    peer_runs[rate].append(peered)
                 p50s = {f"p50_ms@{rate:g}": runs[-1]["p50"] for rate, runs in open_runs.items()}
+                p50s |= {f"request_response_p50_ms@{rate:g}": runs[-1]["p50"] for rate, runs in peer_runs.items()}
                 if committed_run is not None:
                     committed_runs.append(committed_run.figures())
                     p50s["p50_ms_answered_once_committed"] = committed_runs[-1]["p50"]
                 log.info("bench_run", scenario="http", repetition=rep, **p50s)
             closed = median_figures(closed_runs)
             opened = [median_figures(open_runs[r]) for r in o.http_rates]
+            peered = [median_figures(peer_runs[r]) for r in o.http_rates]
             saturated = _measured(http.closed_loop(settings, bodies, o.capacity_concurrency, o.http_seconds)).figures()
             capacity = max(1.0, saturated["achieved_per_s"])
             shedding = settings.updated(gateway={"port": free_port(), "max_in_flight": o.overload_max_in_flight})
@@ -224,6 +255,8 @@ class Bench:
         return {
             "closed_loop": closed,
             "open_loop": opened,
+            # The request-response peer at the same rates, in the same rounds.
+            "request_response_open_loop": peered,
             # The same open loop, callers answered only once their result is committed (reference).
             "open_loop_answered_once_committed": median_figures(committed_runs) if committed_runs else None,
             "capacity": saturated,
@@ -310,7 +343,7 @@ class Bench:
             sampler = RssSampler({name: process.pid}, interval_s=0.5)
             run = load.drive(own, counter, load.requests(self.options.state_restart_events, name), timeout_s=300)
             peaks = sampler.stop()
-            rss = status_mib(process.pid) or 0.0
+            rss = status_mib(process.pid, "VmRSS") or 0.0
         finally:
             counter.close()
             self._stop({name: process})
@@ -378,74 +411,10 @@ class Bench:
     # -- the whole report -----------------------------------------------------------------------
     def services_rss(self) -> dict[str, float]:
         peaks = {}
-        for name, pid_file in (("kafka", "kafka/kafka.pid"), ("tritonserver", "triton/triton.pid")):
-            path = self.stack.run_dir / pid_file
-            if path.exists() and (peak := status_mib(int(path.read_text().strip()), "VmHWM")) is not None:
+        for name, pid in self.service_pids().items():
+            if (peak := status_mib(pid, "VmHWM")) is not None:
                 peaks[name] = round(peak, 1)
         return peaks
-
-
-def throughput_scenarios(options: Options) -> list[tuple[str, int]]:
-    """Each throughput scenario, in run order, with how many consumer processes it runs."""
-    pipelines = [(f"{PIPELINE}-{n}w", n) for n in options.workers]
-    peers = [("monolith", 1), ("monolith-at-least-once", 1), ("naive", 1)]
-    return [("passthrough", 1), ("passthrough-librdkafka", 1), *pipelines, *peers]
-
-
-def summarise(
-    runs: dict[str, list[dict[str, Any]]],
-    http_figures: dict[str, Any] | None,
-    state_figures: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Medians per scenario, the ratios the issue names, and each target met or not."""
-    medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
-    best = max((v for k, v in medians.items() if k.startswith(PIPELINE)), default=float("nan"))
-    # A run too short to have a steady span has none (NaN), and NaN has no place in a sorted median.
-    steady = {
-        name: median([v for r in rs if math.isfinite(v := r.get("steady_events_per_s", math.nan))])
-        for name, rs in runs.items()
-    }
-    best_steady = max((v for k, v in steady.items() if k.startswith(PIPELINE) and math.isfinite(v)), default=math.nan)
-    ratios = {
-        "pipeline/limit": ratio(best, medians.get("passthrough", 0.0)),
-        "pipeline/naive": ratio(best, medians.get("naive", 0.0)),
-        "pipeline/monolith": ratio(best, medians.get("monolith", 0.0)),
-        # Not targets, for reference: the same copy on the pipeline's own client (librdkafka), and a
-        # monolith without the pipeline's guarantee (no dedup, no transactions).
-        "pipeline/limit-librdkafka": ratio(best, medians.get("passthrough-librdkafka", 0.0)),
-        "pipeline/monolith-at-least-once": ratio(best, medians.get("monolith-at-least-once", 0.0)),
-        # The same comparison on the drain rates, without the run's start (the backlog being
-        # published, which takes the box for the first part of a run) and its tail.
-        "pipeline/monolith-steady": ratio(best_steady, steady.get("monolith", 0.0)),
-    }
-    measured: dict[str, float] = dict(ratios)
-    if http_figures:
-        at_500 = next((f for f in http_figures["open_loop"] if f["offered"] == 500), None)
-        if at_500 is not None:
-            measured["http@500 p50 ms"] = at_500["p50"]
-            measured["http@500 p99 ms"] = at_500["p99"]
-            measured["http@500 errors"] = at_500["errors"]
-    if state_figures and state_figures["write"]["entries"] >= STATE_TARGET_ENTRIES:
-        measured["state 10M RSS MiB"] = state_figures["summary"]["rss_mib"]
-    targets = {}
-    for name, target in TARGETS.items():
-        if name in measured and math.isfinite(measured[name]):
-            value = measured[name]
-            met = value >= target if "/" in name else value <= target
-            targets[name] = {"target": target, "measured": value, "met": bool(met)}
-    if "http@500 errors" in measured:
-        targets["http@500 errors"] = {
-            "target": 0,
-            "measured": measured["http@500 errors"],
-            "met": not measured["http@500 errors"],
-        }
-    return {
-        "events_per_s_median": medians,
-        "steady_events_per_s_median": steady,
-        "best_pipeline_events_per_s": best,
-        "ratios": ratios,
-        "targets": targets,
-    }
 
 
 def machine() -> dict[str, Any]:
@@ -507,6 +476,19 @@ def _quiet_collector() -> None:
     from its scheduled start, so each pause would be charged to the bridge
     (docs/performance.md#bench-load-generator-gc)."""
     heap.freeze_startup()
+
+
+def _metered(load: Coroutine[Any, Any, http.LoadResult], pids: dict[str, int]) -> dict[str, Any]:
+    """One load level's figures, with the CPU every process on its path spent per request answered."""
+    meter = CpuMeter(pids).start()
+    figures = _measured(load).figures()
+    spent = meter.stop()
+    answered = figures["statuses"].get("200", 0)
+    figures["cpu_ms_per_request"] = round(sum(spent.values()) * 1000 / answered, 3) if answered else float("nan")
+    figures["cpu_ms_per_request_by_process"] = {
+        n: round(s * 1000 / answered, 3) if answered else float("nan") for n, s in spent.items()
+    }
+    return figures
 
 
 def _measured(load: Coroutine[Any, Any, http.LoadResult]) -> http.LoadResult:

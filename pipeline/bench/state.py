@@ -70,6 +70,7 @@ class Results:
             threshold=0.5,
             latency_ms=0.222,
             scored_at=scored_at or utc_timestamp(),
+            entity={"account_id": 4242},
         )
         text = orjson.dumps(record).decode().replace("%", "%%")
         self._format = text.replace("<event>", "%s").replace("0.111111", "%s").replace('"legit"', '"%s"')
@@ -244,11 +245,12 @@ class _StoreState:
 
     def remember(self, batch: _Batch, found: list[bytes | None], now: float) -> None:
         state = self.state
-        scored = []
-        for (partition, event_id_), value, result_ in zip(batch.keys, found, batch.results, strict=True):
-            if value is None:
-                state.put(partition, event_id_, result_, now)
-                scored.append((event_id_, partition, result_))
+        scored = [
+            (event_id_, partition, result_)
+            for (partition, event_id_), value, result_ in zip(batch.keys, found, batch.results, strict=True)
+            if value is None
+        ]
+        state.put_many(scored, now)
         touched = {partition for _, partition, _ in scored}
         for partition in touched:
             self.offsets[partition] += 1

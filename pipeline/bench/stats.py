@@ -25,7 +25,7 @@ def median(values: Sequence[float]) -> float:
 
 
 _SUMMED = ("requests", "errors", "server_errors_5xx")
-_PER_RUN = ("achieved_per_s", "p50", "p90", "p99", "p99.9", "errors")
+_PER_RUN = ("achieved_per_s", "p50", "p90", "p99", "p99.9", "errors", "cpu_ms_per_request")
 
 
 def median_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -39,7 +39,9 @@ def median_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = dict(sum((Counter(run[key]) for run in runs), Counter()))
         elif key != "offered" and isinstance(value, float):
             merged[key] = median([run[key] for run in runs])
-    merged["repetitions"] = [{key: run[key] for key in _PER_RUN} for run in runs]
+        elif isinstance(value, dict) and all(isinstance(v, float) for v in value.values()):
+            merged[key] = {k: median([run[key][k] for run in runs if k in run[key]]) for k in value}
+    merged["repetitions"] = [{key: run[key] for key in _PER_RUN if key in run} for run in runs]
     return merged
 
 

@@ -185,7 +185,11 @@ class LocalStack:
         self, settings: Settings, name: str = "gateway", timeout_s: float = 60
     ) -> subprocess.Popen[bytes]:
         process = self.spawn(name, settings, "gateway")
-        port = settings.gateway.port
+        self.wait_for_http(name, process, settings.gateway.port, timeout_s)
+        return process
+
+    def wait_for_http(self, name: str, process: subprocess.Popen[bytes], port: int, timeout_s: float = 60) -> None:
+        """Until the process answers 200 on /readyz."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -193,7 +197,7 @@ class LocalStack:
             try:
                 with urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
                     if response.status == 200:
-                        return process
+                        return
             except (URLError, OSError):
                 pass
             time.sleep(0.2)

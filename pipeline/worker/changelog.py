@@ -23,6 +23,8 @@ from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 from pipeline.worker.store import StateStore
 
+_CHUNK = 10_000  # records of one partition written to the store at a time while restoring
+
 
 def check_copartitioned(settings: Settings) -> int:
     """The requests topic's partition count; the results topic must have at least as many."""
@@ -91,8 +93,8 @@ class Restorer:
     """Brings partitions' stores up to their results partitions' ends: from the offset the store
     recorded (warm), or, without one or with one the partition no longer has (a recreated or
     truncated topic), from the start of the dedup window (cold). One read_committed consumer reads
-    every partition of an assignment; one read_uncommitted consumer, kept for the worker's life, gives
-    the high watermarks (starting a consumer takes about a second: docs/performance.md#state-restore).
+    every partition of an assignment; one read_uncommitted consumer, kept for the worker's life, looks
+    up the offsets to read from and to (docs/performance.md#state-restore).
     Reading to the high watermark rather than to the last stable offset waits out any transaction
     open there (a crashed worker's, aborted by the broker after its timeout), so results committed
     behind it are not missed."""
@@ -103,10 +105,15 @@ class Restorer:
 
     async def high_watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
         """The end of each results partition including records of transactions still open."""
+        tps = [TopicPartition(self.settings.topics.results, p) for p in partitions]
+        return {tp.partition: offset for tp, offset in (await (await self._lookups()).end_offsets(tps)).items()}
+
+    async def _lookups(self) -> AIOKafkaConsumer:
+        """The consumer offsets are looked up with: assigned nothing, since a consumer's own position
+        resets for partitions just assigned hold its lookups back (~0.4 s each)."""
         if self._watermarks is None:
             self._watermarks = await _reader(self.settings, "changelog", "read_uncommitted")
-        tps = [TopicPartition(self.settings.topics.results, p) for p in partitions]
-        return {tp.partition: offset for tp, offset in (await self._watermarks.end_offsets(tps)).items()}
+        return self._watermarks
 
     async def restore(
         self, partitions: Iterable[int], wanted: Callable[[int], bool] | None = None, timeout_s: float = 600.0
@@ -118,11 +125,11 @@ class Restorer:
         tps = {p: TopicPartition(topic, p) for p in sorted(partitions)}
         if not tps:
             return
+        lookups = await self._lookups()
+        ends = await self.high_watermarks(tps)
+        firsts = await lookups.beginning_offsets(list(tps.values()))
         consumer = await _reader(self.settings, f"changelog-{min(tps)}", "read_committed")
         try:
-            consumer.assign(list(tps.values()))
-            ends = await self.high_watermarks(tps)
-            firsts = await consumer.beginning_offsets(list(tps.values()))
             modes: dict[int, str] = {}
             starts: dict[int, int] = {}
             for p, tp in tps.items():
@@ -136,8 +143,9 @@ class Restorer:
             cold = [tps[p] for p, mode in modes.items() if mode == "cold"]
             if cold:
                 since = int((time.time() - store.window_s) * 1000)
-                for tp, found in (await consumer.offsets_for_times(dict.fromkeys(cold, since))).items():
+                for tp, found in (await lookups.offsets_for_times(dict.fromkeys(cold, since))).items():
                     starts[tp.partition] = ends[tp.partition] if found is None else found.offset
+            consumer.assign(list(tps.values()))
             for p, tp in tps.items():
                 consumer.seek(tp, starts[p])
             entries = dict.fromkeys(tps, 0)
@@ -157,7 +165,13 @@ class Restorer:
                     break
                 if time.monotonic() > deadline:
                     raise ConfigurationError(f"{topic}{sorted(reading)} not restored within {timeout_s:g} s")
-                fetched = await consumer.getmany(*(tps[p] for p in reading), timeout_ms=200, max_records=10_000)
+                # A chunk of each partition's fetched records in turn, so that a long tail does not keep
+                # the others waiting behind it; when none has any yet, wait for the first to come.
+                fetched = {}
+                for p in sorted(reading):
+                    fetched |= await consumer.getmany(tps[p], timeout_ms=0, max_records=_CHUNK)
+                if not fetched:
+                    fetched = await consumer.getmany(*(tps[p] for p in reading), timeout_ms=200, max_records=_CHUNK)
                 for tp, records in fetched.items():
                     chunk = [
                         (r.key.decode(), r.value, r.timestamp / 1000)

@@ -13,14 +13,13 @@ is committed. Pure bookkeeping over the store: no Kafka here.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 
-from pipeline.worker.store import StateStore
+from pipeline.worker.store import StateStore, decode_result, encode_value
 
-# An overlay entry is the time it was stored (8 bytes) followed by the result: bytes under string keys
-# keep the overlay out of the garbage collector's sight (docs/performance.md#garbage-collector).
-_STAMP = struct.Struct("<d")
+# An overlay entry is the value the store will hold (the time it was stored, then the result): bytes
+# under string keys keep the overlay out of the garbage collector's sight
+# (docs/performance.md#garbage-collector), and a commit hands them to the store as they are.
 _EMPTY: dict[str, bytes] = {}
 
 
@@ -38,7 +37,7 @@ class DedupState:
         for index, (partition, event_id) in enumerate(keys):
             entry = overlay.get(partition, _EMPTY).get(event_id)
             if entry is not None:
-                found[index] = entry[_STAMP.size :]
+                found[index] = decode_result(entry)
             else:
                 missing.append(index)
         if len(missing) == len(keys):
@@ -50,19 +49,27 @@ class DedupState:
 
     def put(self, partition: int, event_id: str, result: bytes, stored_at: float) -> None:
         """A scored, not yet committed entry."""
-        self._overlay.setdefault(partition, {})[event_id] = _STAMP.pack(stored_at) + result
+        self._overlay.setdefault(partition, {})[event_id] = encode_value(result, stored_at)
+
+    def put_many(self, entries: Iterable[tuple[str, int, bytes]], stored_at: float) -> None:
+        """A scored batch's (event_id, partition, result), not yet committed, all stored at one time."""
+        overlay, stamp = self._overlay, encode_value(b"", stored_at)
+        for event_id, partition, result in entries:
+            if (entries_of := overlay.get(partition)) is None:
+                entries_of = overlay[partition] = {}
+            entries_of[event_id] = stamp + result
 
     def committed(self, entries: Iterable[tuple[str, int, bytes]], offsets: dict[int, int]) -> None:
         """A transaction committed these (event_id, partition, result) and brought each results
         partition to `offsets`: into the store, out of the overlay."""
-        by_partition: dict[int, list[tuple[str, bytes, float]]] = {}
-        for event_id, partition, _ in entries:
-            entry = self._overlay.get(partition, {}).pop(event_id, None)
-            if entry is not None:
-                by_partition.setdefault(partition, []).append((event_id, entry[_STAMP.size :], _stamp(entry)))
-        self.store.write_many(
-            (partition, by_partition.get(partition, ()), offsets.get(partition))
-            for partition in by_partition.keys() | offsets.keys()
+        overlay = self._overlay
+        self.store.write_values(
+            (
+                (partition, event_id, value)
+                for event_id, partition, _ in entries
+                if (value := overlay.get(partition, _EMPTY).pop(event_id, None)) is not None
+            ),
+            offsets,
         )
 
     def discard(self, partitions: Iterable[int]) -> int:
@@ -72,7 +79,3 @@ class DedupState:
 
     def uncommitted(self) -> int:
         return sum(len(entries) for entries in self._overlay.values())
-
-
-def _stamp(entry: bytes) -> float:
-    return float(_STAMP.unpack_from(entry)[0])

@@ -241,9 +241,7 @@ class Worker:
             batch = [record for record in batch if record.partition() in self._owned]
             outcome = outcome.keep(self._owned)
         assert self.state is not None
-        now = time.time()
-        for event_id, partition, result in outcome.remembered:
-            self.state.put(partition, event_id, result, now)
+        self.state.put_many(outcome.remembered, time.time())
         entries = outcome.remembered
         if self._answers is None:
             self._hand_to_lanes(batch, outcome.messages + outcome.replies, entries)

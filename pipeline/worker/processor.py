@@ -256,6 +256,7 @@ class BatchProcessor:
             threshold=spec.threshold,
             latency_ms=latency * 1000,
             scored_at=scored_at,
+            entity=item.request.entity,
         )
         value = orjson.dumps(record)
         key = item.request.event_id.encode()

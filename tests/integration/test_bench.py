@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from pipeline.bench import report, runner
+from pipeline.bench.summary import throughput_scenarios
 
 pytestmark = pytest.mark.integration
 
@@ -45,18 +46,30 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     written = orjson.loads((tmp_path / "bench.json").read_bytes())
     assert written["machine"]["cores"] >= 1
     runs = written["throughput_runs"]
-    assert list(runs) == [name for name, _ in runner.throughput_scenarios(options)]
+    assert list(runs) == [name for name, _ in throughput_scenarios(options.workers)]
     for name, each in runs.items():
         assert each[0]["events"] == (20 if name == "naive" else 400)
         assert each[0]["events_per_s"] > 0
         assert each[0]["peak_rss_mib"], f"{name}: peak RSS of its processes"
+        path = each[0]["cpu_s_per_million"]["path"]
+        assert "kafka" in path and ("tritonserver" in path) == (name.startswith("pipeline") or name == "naive")
+        assert each[0]["cpu_s_per_million"]["path_total"] > 0 and "load_generator" in each[0]["cpu_s_per_million"]
+    assert len([p for p in runs["monolith-2p"][0]["cpu_s"]["path"] if p.startswith("bench-monolith-2p")]) == 2
     stages = runs["pipeline-1w"][0]["stages"]
     assert {"validate", "dedup", "features", "inference", "produce", "event:queue_wait"} <= set(stages)
     summary = written["summary"]
     # The steady drain rate needs outputs spread over time; a run this small may commit them at once.
     assert all(math.isfinite(v) and v > 0 for k, v in summary["ratios"].items() if not k.endswith("-steady"))
     assert all("steady_events_per_s" in run for each in runs.values() for run in each)
-    assert set(summary["targets"]) >= {"pipeline/limit", "pipeline/naive", "pipeline/monolith"}
+    assert set(summary["targets"]) >= {
+        "pipeline-1w/passthrough-1p",
+        "pipeline-2w/passthrough-2p",
+        "pipeline-1w/monolith-1p",
+        "pipeline-2w/monolith-2p",
+        "pipeline-1w/monolith-1p per CPU s",
+        "pipeline-1w/naive",
+    }
+    assert all(summary["cpu_s_per_million_median"][name] > 0 for name in runs)
     http = written["http"]
     assert [f["offered"] for f in http["open_loop"]] == [20.0, 40.0]
     assert http["open_loop_answered_once_committed"]["offered"] == 30.0
@@ -65,6 +78,12 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         assert level["requests"] > 0 and level["server_errors_5xx"] == 0
         assert level["p50"] is not None and level["p99.9"] >= level["p50"]
     assert http["direct_triton_one_row"]["calls"] == 20
+    peer = http["request_response_open_loop"]
+    assert [f["offered"] for f in peer] == [20.0, 40.0] and all(f["statuses"] == {"200": f["requests"]} for f in peer)
+    assert all(f["cpu_ms_per_request"] > 0 for f in [*peer, *http["open_loop"]])
+    assert set(summary["http"]) == {
+        f"bridge/request-response {figure}@{rate}" for figure in ("p50", "p99", "CPU per request") for rate in (20, 40)
+    }
     assert written["soak"]["rss_mib_samples"] and written["soak"]["rss_mib_baseline"] > 0
     state = written["state"]
     assert state["write"]["entries"] == 20_000 and state["write"]["peak_rss_mib"] > 0
@@ -83,7 +102,8 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     assert "state 10M RSS MiB" not in summary["targets"], "the RSS target is for 10M entries"
     assert written["services_peak_rss_mib"]
     assert (tmp_path / "bench.png").stat().st_size > 10_000
-    assert "pipeline/limit" in table and "direct Triton" in table and "at commit" in table
+    assert "pipeline-1w/passthrough-1p" in table and "direct Triton" in table and "at commit" in table
+    assert "request-response, 40 req/s" in table and "CPU s/M ev" in table
     assert "dedup state on disk" in table and "cold rebuild" in table and "worker restarted on it" in table
 
 

@@ -85,6 +85,7 @@ def test_every_distinct_event_scored_once_with_the_models_score(pipeline_setting
     assert first["model"] == "fraud_scorer" and first["model_version"] == "1"
     assert {res[0]["label"] for res in collected.results.values()} <= {"fraud", "legit"}
     assert all((res[0]["label"] == "fraud") == (res[0]["score"] >= 0.5) for res in collected.results.values())
+    assert all(collected.results[r["event_id"]][0]["entity"] == r["entity"] for r in requests), "the request's entity"
 
 
 def test_repeats_get_no_second_result_even_after_a_worker_restart(pipeline_settings, start_worker):

@@ -102,3 +102,9 @@ def test_dead_letters_keep_the_payload_as_text_or_base64():
 )
 def test_reply_addresses(value, expected):
     assert parse_reply_to(value) == expected
+
+
+def test_a_result_carries_the_requests_entity_when_given():
+    common = {"event_id": "e", "model": "m", "model_version": "1", "score": 0.1, "threshold": 0.5, "latency_ms": 1.0}
+    assert result_record(**common, entity={"account_id": 42})["entity"] == {"account_id": 42}
+    assert "entity" not in result_record(**common)

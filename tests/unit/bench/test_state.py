@@ -20,7 +20,14 @@ def test_results_are_real_result_records_varied_per_entry():
     results = state.Results("2026-01-01T00:00:00.000Z")
     records = [orjson.loads(results(i)) for i in range(2_000)]
     real = result_record(
-        event_id="e", model="m", model_version="1", score=0.1, threshold=0.5, latency_ms=1.0, scored_at="t"
+        event_id="e",
+        model="m",
+        model_version="1",
+        score=0.1,
+        threshold=0.5,
+        latency_ms=1.0,
+        scored_at="t",
+        entity={"account_id": 1},
     )
 
     assert all(r.keys() == real.keys() for r in records)

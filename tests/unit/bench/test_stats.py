@@ -1,7 +1,6 @@
 import math
 
 from pipeline.bench.memory import parse_status
-from pipeline.bench.runner import summarise
 from pipeline.bench.stats import (
     median_figures,
     per_event_us,
@@ -67,58 +66,9 @@ def test_stage_summary_is_the_mean_between_two_scrapes_summed_over_workers():
     assert summary["event:queue_wait"] == {"mean_ms": 20.0, "count": 100}
 
 
-def test_summary_takes_the_best_pipeline_median_and_judges_each_target():
-    runs = {
-        "passthrough": [{"events_per_s": v} for v in (20_000, 24_000, 22_000)],
-        "passthrough-librdkafka": [{"events_per_s": 40_000}],
-        "pipeline-1w": [{"events_per_s": 6_000}],
-        "pipeline-2w": [{"events_per_s": v, "steady_events_per_s": v * 2} for v in (11_000, 12_000, 13_000)],
-        "monolith": [{"events_per_s": 20_000, "steady_events_per_s": 30_000}],
-        "monolith-at-least-once": [{"events_per_s": 30_000}],
-        "naive": [{"events_per_s": 100}],
-    }
-    http = {"open_loop": [{"offered": 500, "p50": 8.0, "p99": 60.0, "errors": 0}]}
-
-    summary = summarise(runs, http)
-
-    assert summary["best_pipeline_events_per_s"] == 12_000
-    assert summary["ratios"] == {
-        "pipeline/limit": 0.545,
-        "pipeline/naive": 120.0,
-        "pipeline/monolith": 0.6,
-        "pipeline/limit-librdkafka": 0.3,
-        "pipeline/monolith-at-least-once": 0.4,
-        "pipeline/monolith-steady": 0.8,
-    }
-    met = {name: t["met"] for name, t in summary["targets"].items()}
-    assert met == {
-        "pipeline/limit": True,
-        "pipeline/naive": True,
-        "pipeline/monolith": False,
-        "http@500 p50 ms": True,
-        "http@500 p99 ms": False,
-        "http@500 errors": True,
-    }
-
-
-def test_unmeasured_figures_judge_no_target():
-    assert summarise({}, None)["targets"] == {}
-
-
 def test_proc_status_lines_are_read_in_mib():
     assert parse_status("Name:\tpython\nVmHWM:\t  204800 kB\n", "VmHWM") == 200.0
     assert parse_status("Name:\tpython\n", "VmHWM") is None
-
-
-def test_a_run_without_a_steady_span_does_not_skew_the_steady_median():
-    runs = {
-        "pipeline-2w": [{"events_per_s": 10_000, "steady_events_per_s": v} for v in (math.nan, 30_000, 10_000)],
-        "monolith": [{"events_per_s": 10_000, "steady_events_per_s": 20_000}],
-    }
-
-    summary = summarise(runs, None)
-    assert summary["steady_events_per_s_median"]["pipeline-2w"] == 20_000  # of 30,000 and 10,000
-    assert summary["ratios"]["pipeline/monolith-steady"] == 1.0
 
 
 def test_per_event_and_per_million_figures_and_nan_without_a_count():
@@ -159,14 +109,3 @@ def test_the_state_summary_takes_the_larger_peak_and_puts_disk_and_cost_per_entr
 
 def test_the_state_rss_is_the_largest_peak_the_restarted_worker_included():
     assert state_summary(*_state_parts(10_000_000, 160.0, 170.0, worker_peak=380.0))["rss_mib"] == 380.0
-
-
-def test_the_state_rss_target_is_judged_only_for_a_store_of_ten_million_entries():
-    def target(entries: int, peak: float) -> dict | None:
-        parts = _state_parts(entries, peak, 100.0)
-        state = {"write": parts[0], "summary": state_summary(*parts)}
-        return summarise({}, None, state)["targets"].get("state 10M RSS MiB")
-
-    assert target(10_000_000, 390.0) == {"target": 400.0, "measured": 390.0, "met": True}
-    assert target(10_000_000, 410.0)["met"] is False
-    assert target(20_000, 90.0) is None

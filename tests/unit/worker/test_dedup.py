@@ -37,6 +37,17 @@ def test_a_commit_moves_its_entries_to_the_store_with_the_offsets_it_reached(sta
     assert state.get_many([(3, "e1"), (3, "e2"), (4, "e3")], NOW) == [b"r1", b"r2", b"r3"]
 
 
+def test_a_scored_batch_put_at_once_is_committed_with_its_stored_time(state):
+    state.put_many([("a", 1, b"ra"), ("b", 2, b"rb")], stored_at=NOW - 60)
+    assert state.get_many([(1, "a"), (2, "b")], NOW) == [b"ra", b"rb"]
+
+    state.committed([("a", 1, b"ra"), ("b", 2, b"rb"), ("never-put", 2, b"x")], {1: 3})
+
+    assert state.uncommitted() == 0
+    assert state.store.get_many([(1, "a"), (2, "b"), (2, "never-put")], NOW) == [b"ra", b"rb", None]
+    assert state.store.get_many([(1, "a")], NOW + 41) == [None], "stored 60 s before NOW: expired 100 s after"
+
+
 def test_an_abort_drops_what_is_uncommitted_of_its_partitions_and_keeps_what_is_committed(state):
     state.put(1, "kept", b"k", stored_at=NOW)
     state.committed([("kept", 1, b"k")], {1: 1})

@@ -1,0 +1,158 @@
+"""The bench's summary: medians per scenario, ratios that pair like with like, and the targets.
+
+Every throughput ratio divides scenarios of the same number of consumer processes (the pipeline's
+`-1w` against a peer's `-1p`, `-2w` against `-2p`) or of the same CPU (events per CPU second of every
+process on each one's path), and is named by the two scenarios it divides. What each scenario is:
+docs/performance.md#throughput.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.bench.stats import median, ratio
+
+PIPELINE = "pipeline"
+LIMIT, MONOLITH = "passthrough", "monolith"
+STATE_TARGET_ENTRIES = 10_000_000  # the RSS target is stated for a store of this many entries
+HTTP_RATE = 500.0  # req/s: the open-loop level the HTTP targets are judged at
+
+
+@dataclass(frozen=True)
+class Target:
+    value: float
+    at_least: bool  # a floor (ratios of rates); otherwise a ceiling (latencies, memory, latency ratios)
+
+    def met(self, measured: float) -> bool:
+        return measured >= self.value if self.at_least else measured <= self.value
+
+
+TARGETS = {
+    "pipeline-1w/passthrough-1p": Target(0.5, True),
+    "pipeline-2w/passthrough-2p": Target(0.5, True),
+    "pipeline-1w/monolith-1p": Target(1.0, True),
+    "pipeline-2w/monolith-2p": Target(1.0, True),
+    "pipeline-1w/monolith-1p per CPU s": Target(0.8, True),
+    "pipeline-1w/naive": Target(10.0, True),
+    "http@500 p50 ms": Target(10.0, False),
+    "http@500 p99 ms": Target(50.0, False),
+    "bridge/request-response p50@500": Target(1.5, False),
+    "bridge/request-response p99@500": Target(2.0, False),
+    "state 10M RSS MiB": Target(400.0, False),
+}
+
+
+def pipeline_scenario(workers: int) -> str:
+    return f"{PIPELINE}-{workers}w"
+
+
+def peer_scenario(kind: str, processes: int) -> str:
+    return f"{kind}-{processes}p"
+
+
+def throughput_scenarios(workers: Sequence[int]) -> list[tuple[str, int]]:
+    """Each throughput scenario, in run order, with how many consumer processes it runs: the limit,
+    the pipeline and the monolith at each process count, and three references of one process."""
+    scenarios = [(peer_scenario(LIMIT, n), n) for n in workers]
+    scenarios.append(("passthrough-librdkafka", 1))
+    scenarios += [(pipeline_scenario(n), n) for n in workers]
+    scenarios += [(peer_scenario(MONOLITH, n), n) for n in workers]
+    return [*scenarios, ("monolith-at-least-once", 1), ("naive", 1)]
+
+
+def peer_kind(scenario: str) -> str:
+    """The `pipeline bench-peer` kind a peer scenario runs: its name less the process count."""
+    head, _, tail = scenario.rpartition("-")
+    return head if head and tail[:-1].isdigit() and tail.endswith("p") else scenario
+
+
+def path_cpu_s(run: dict[str, Any]) -> float:
+    """CPU seconds of every process on one run's path (its consumers and the services it uses); the
+    load generator's apart."""
+    return sum(run.get("cpu_s", {}).get("path", {}).values())
+
+
+def summarise(
+    runs: dict[str, list[dict[str, Any]]],
+    http_figures: dict[str, Any] | None,
+    state_figures: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Medians per scenario, the ratios, and each target met or not."""
+    medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
+    # A run too short to have a steady span has none (NaN), and NaN has no place in a sorted median.
+    steady = {
+        name: median([v for r in rs if math.isfinite(v := r.get("steady_events_per_s", math.nan))])
+        for name, rs in runs.items()
+    }
+    per_cpu = {
+        name: median([r["events"] / cpu for r in rs if (cpu := path_cpu_s(r)) > 0 and "events" in r])
+        for name, rs in runs.items()
+    }
+    cpu_per_million = {name: ratio(1e6, rate) for name, rate in per_cpu.items()}
+    ratios: dict[str, float] = {}
+    counts = sorted({int(name[len(PIPELINE) + 1 : -1]) for name in runs if name.startswith(f"{PIPELINE}-")})
+    for n in counts:
+        pipeline = pipeline_scenario(n)
+        for kind in (LIMIT, MONOLITH):
+            peer = peer_scenario(kind, n)
+            if peer in medians:
+                ratios[f"{pipeline}/{peer}"] = ratio(medians[pipeline], medians[peer])
+        monolith = peer_scenario(MONOLITH, n)
+        if monolith in per_cpu:
+            ratios[f"{pipeline}/{monolith} per CPU s"] = ratio(per_cpu[pipeline], per_cpu[monolith])
+        if monolith in steady:
+            # The drain rates, without the run's start (the backlog being published) and its tail.
+            ratios[f"{pipeline}/{monolith} steady"] = ratio(steady[pipeline], steady[monolith])
+    one = pipeline_scenario(1)
+    # References of one process: the naive per-event loop, the copy on the pipeline's own client
+    # (librdkafka), a monolith without the pipeline's guarantee (no dedup, no transactions).
+    for peer in ("naive", "passthrough-librdkafka", "monolith-at-least-once"):
+        if one in medians and peer in medians:
+            ratios[f"{one}/{peer}"] = ratio(medians[one], medians[peer])
+    ratios = {name: value for name, value in ratios.items() if math.isfinite(value)}  # unmeasured: left out
+    measured = dict(ratios)
+    http_summary = summarise_http(http_figures) if http_figures else {}
+    measured |= http_summary.get("judged", {})
+    if state_figures and state_figures["write"]["entries"] >= STATE_TARGET_ENTRIES:
+        measured["state 10M RSS MiB"] = state_figures["summary"]["rss_mib"]
+    targets: dict[str, dict[str, Any]] = {}
+    for name, target in TARGETS.items():
+        if name in measured and math.isfinite(measured[name]):
+            value = measured[name]
+            targets[name] = {"target": target.value, "measured": value, "met": target.met(value)}
+    if "http@500 errors" in measured:
+        errors = measured["http@500 errors"]
+        targets["http@500 errors"] = {"target": 0, "measured": errors, "met": not errors}
+    return {
+        "events_per_s_median": medians,
+        "steady_events_per_s_median": steady,
+        "events_per_cpu_s_median": per_cpu,
+        "cpu_s_per_million_median": cpu_per_million,
+        "ratios": ratios,
+        "http": http_summary.get("ratios", {}),
+        "targets": targets,
+    }
+
+
+def summarise_http(http_figures: dict[str, Any]) -> dict[str, Any]:
+    """The bridge against the request-response peer at each open-loop rate (latency and CPU per
+    request), and the figures judged at HTTP_RATE."""
+    bridge = {f["offered"]: f for f in http_figures["open_loop"]}
+    peer = {f["offered"]: f for f in http_figures.get("request_response_open_loop") or []}
+    ratios: dict[str, float] = {}
+    for rate in sorted(bridge.keys() & peer.keys()):
+        b, p = bridge[rate], peer[rate]
+        for q in ("p50", "p99"):
+            ratios[f"bridge/request-response {q}@{rate:g}"] = ratio(b[q], p[q])
+        ratios[f"bridge/request-response CPU per request@{rate:g}"] = ratio(
+            b.get("cpu_ms_per_request", math.nan), p.get("cpu_ms_per_request", math.nan)
+        )
+    judged: dict[str, float] = {}
+    at = bridge.get(HTTP_RATE)
+    if at is not None:
+        judged |= {"http@500 p50 ms": at["p50"], "http@500 p99 ms": at["p99"], "http@500 errors": at["errors"]}
+    judged |= {k: v for k, v in ratios.items() if k.endswith(f"@{HTTP_RATE:g}") and "CPU" not in k}
+    return {"ratios": ratios, "judged": judged}

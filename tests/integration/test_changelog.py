@@ -1,0 +1,90 @@
+"""Restoring partitions' dedup state from their results partitions, on the real broker: the partitions
+of one assignment come back as each one's tail is in (a long one does not hold the others back), a
+partition no longer wanted stops being read and keeps its progress, and a warm restore reads only what
+was written after the store's recorded offset."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from confluent_kafka import Producer
+
+from pipeline.worker import changelog
+
+pytestmark = pytest.mark.integration
+
+LONG = 30_000  # results on partition 0; partitions 1 and 2 hold a few
+RESULT = b'{"score":0.5}'
+
+
+def _publish(settings, partition: int, count: int, prefix: str) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 20})
+    for i in range(count):
+        while True:
+            try:
+                producer.produce(settings.topics.results, RESULT, f"{prefix}{i}".encode(), partition=partition)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+
+
+def _restore(settings, store, partitions, wanted=None) -> list[tuple[int, changelog.Restored]]:
+    async def run() -> list[tuple[int, changelog.Restored]]:
+        restorer = changelog.Restorer(settings, store)
+        try:
+            return [r async for r in restorer.restore(partitions, wanted)]
+        finally:
+            await restorer.close()
+
+    return asyncio.run(run())
+
+
+def test_short_tails_are_restored_before_a_long_one_ends_and_a_warm_restore_reads_only_the_rest(
+    pipeline_settings, tmp_path
+):
+    settings = pipeline_settings(state_dir=tmp_path)
+    _publish(settings, 0, LONG, "long-")
+    _publish(settings, 1, 5, "p1-")
+    store = changelog.open_store(settings, 12)
+    try:
+        restored = _restore(settings, store, [0, 1, 2])
+
+        assert [p for p, _ in restored][-1] == 0, "the long partition is the last one in"
+        assert {p: (r.mode, r.entries) for p, r in restored} == {0: ("cold", LONG), 1: ("cold", 5), 2: ("cold", 0)}
+        keys = [(0, "long-0"), (0, f"long-{LONG - 1}"), (1, "p1-4"), (2, "p1-4")]
+        assert store.get_many(keys, time.time()) == [RESULT, RESULT, RESULT, None], "entries stay in their partition"
+        assert (store.offset(0), store.offset(1), store.offset(2)) == (LONG, 5, 0)
+
+        _publish(settings, 1, 3, "p1-more-")
+        again = dict(_restore(settings, store, [0, 1]))
+        assert (again[0].mode, again[0].entries) == ("warm", 0)
+        assert (again[1].mode, again[1].entries) == ("warm", 3), "only what came after the recorded offset"
+    finally:
+        store.close()
+
+
+def test_a_partition_no_longer_wanted_stops_being_read_and_keeps_its_progress(pipeline_settings, tmp_path):
+    settings = pipeline_settings(state_dir=tmp_path)
+    _publish(settings, 0, LONG, "long-")
+    _publish(settings, 1, 5, "p1-")
+    store = changelog.open_store(settings, 12)
+    wanted = {0, 1}
+
+    def still_wanted(partition: int) -> bool:
+        if partition == 0 and (store.offset(0) or 0) > 0:
+            wanted.discard(0)  # revoked once it has made some progress
+        return partition in wanted
+
+    try:
+        restored = _restore(settings, store, [0, 1], still_wanted)
+
+        assert [p for p, _ in restored] == [1], "a revoked partition is not reported restored"
+        kept = store.offset(0)
+        assert kept is not None and 0 < kept < LONG, f"partition 0 kept its progress ({kept})"
+        resumed = dict(_restore(settings, store, [0]))
+        assert resumed[0].mode == "warm" and resumed[0].entries == LONG - kept
+    finally:
+        store.close()
