@@ -177,22 +177,28 @@ class Bench:
         settings = load.fresh_topics(self.settings, "http")
         # Ports of its own: the bench can run beside `pipeline stack up`.
         settings = settings.updated(gateway={"port": free_port()}, worker={"metrics_port": free_port()})
-        processes = {
-            "bench-http-worker": self.stack.start_worker(settings, "bench-http-worker"),
-            "bench-http-gateway": self.stack.start_gateway(settings, "bench-http-gateway"),
-        }
+        processes: dict[str, subprocess.Popen[bytes]] = {}
         strict: Settings | None = None
-        if o.committed_answer_rate:
-            strict = load.fresh_topics(self.settings, "http-committed").updated(
-                gateway={"port": free_port()}, worker={"metrics_port": free_port(), "reply_when": "committed"}
-            )
-            for role, start in (("worker", self.stack.start_worker), ("gateway", self.stack.start_gateway)):
-                processes[f"bench-http-committed-{role}"] = start(strict, f"bench-http-committed-{role}")
-        # The request-response peer, served at the same route, loaded at the same rates in the same rounds.
         peer = settings.updated(gateway={"port": free_port()})
         name = "bench-http-request-response"
-        processes[name] = self.stack.spawn(name, peer, "bench-peer", "request-response")
-        self.stack.wait_for_http(name, processes[name], peer.gateway.port)
+        try:  # what started is stopped even when a later start fails
+            processes["bench-http-worker"] = self.stack.start_worker(settings, "bench-http-worker")
+            processes["bench-http-gateway"] = self.stack.start_gateway(settings, "bench-http-gateway")
+            if o.committed_answer_rate:
+                strict = load.fresh_topics(self.settings, "http-committed").updated(
+                    gateway={"port": free_port()}, worker={"metrics_port": free_port(), "reply_when": "committed"}
+                )
+                for role, start in (("worker", self.stack.start_worker), ("gateway", self.stack.start_gateway)):
+                    processes[f"bench-http-committed-{role}"] = start(strict, f"bench-http-committed-{role}")
+            # The request-response peer, served at the same route, loaded at the same rates in the same rounds.
+            processes[name] = self.stack.spawn(name, peer, "bench-peer", "request-response")
+            self.stack.wait_for_http(name, processes[name], peer.gateway.port)
+        except BaseException:
+            self._stop(processes)
+            load.drop_topics(settings)
+            if strict is not None:
+                load.drop_topics(strict)
+            raise
         services = self.service_pids()
         bridge_path = {n: processes[n].pid for n in ("bench-http-worker", "bench-http-gateway")} | services
         peer_path = {name: processes[name].pid, "tritonserver": services["tritonserver"]}
