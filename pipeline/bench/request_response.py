@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pipeline.contract import PredictBody, result_record
 from pipeline.errors import PipelineError
 from pipeline.features.lookup import FeatureLookup
+from pipeline.gateway.app import serve
 from pipeline.inference import scoring
 from pipeline.inference.triton import TritonScorer
 from pipeline.settings import Settings
@@ -89,13 +90,4 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def run(settings: Settings) -> None:
-    import uvicorn
-
-    gateway = settings.gateway
-    uvicorn.run(
-        create_app(settings),
-        host=gateway.host,
-        port=gateway.port,
-        log_level="warning",
-        timeout_keep_alive=int(gateway.keep_alive_s),
-    )
+    serve(create_app(settings), settings.gateway)

@@ -127,7 +127,7 @@ def write(directory: Path, entries: int, settings: Settings) -> dict[str, Any]:
     written = sum(store.write(partition, chunk, None) for partition, chunk in batches(entries))
     # Each partition's changelog offset, as commits record it: the results topic the worker restarted
     # on this store reads is empty, so 0 is its end (a warm restart with nothing to read back).
-    store.write_many((partition, (), 0) for partition in range(PARTITIONS))
+    store.write_values((), dict.fromkeys(range(PARTITIONS), 0))
     seconds = time.monotonic() - began
     rss_written = _rss()
     settled = settle(store)

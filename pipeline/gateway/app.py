@@ -23,7 +23,7 @@ from pipeline.contract import PredictBody, describe_error
 from pipeline.gateway.auth import ApiKeys
 from pipeline.gateway.bridge import Answer, Bridge
 from pipeline.gateway.limits import BodySizeLimit, InFlight, RateLimits
-from pipeline.settings import Settings
+from pipeline.settings import GatewaySettings, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -217,11 +217,16 @@ def _batch_body(answers: list[Answer]) -> bytes:
 
 
 def run(settings: Settings) -> None:
+    serve(create_app(settings), settings.gateway)
+
+
+def serve(app: Any, gateway: GatewaySettings) -> None:
+    """Serve an ASGI app on the gateway's host and port, with its keep-alive (the bridge; the bench's
+    request-response peer alike)."""
     import uvicorn
 
-    gateway = settings.gateway
     uvicorn.run(
-        create_app(settings),
+        app,
         host=gateway.host,
         port=gateway.port,
         log_level="warning",

@@ -101,7 +101,7 @@ class Restorer:
 
     def __init__(self, settings: Settings, store: StateStore) -> None:
         self.settings, self.store = settings, store
-        self._watermarks: AIOKafkaConsumer | None = None
+        self._lookup_consumer: AIOKafkaConsumer | None = None
 
     async def high_watermarks(self, partitions: Iterable[int]) -> dict[int, int]:
         """The end of each results partition including records of transactions still open."""
@@ -111,9 +111,9 @@ class Restorer:
     async def _lookups(self) -> AIOKafkaConsumer:
         """The consumer offsets are looked up with: assigned nothing, since a consumer's own position
         resets for partitions just assigned hold its lookups back (~0.4 s each)."""
-        if self._watermarks is None:
-            self._watermarks = await _reader(self.settings, "changelog", "read_uncommitted")
-        return self._watermarks
+        if self._lookup_consumer is None:
+            self._lookup_consumer = await _reader(self.settings, "changelog", "read_uncommitted")
+        return self._lookup_consumer
 
     async def restore(
         self, partitions: Iterable[int], wanted: Callable[[int], bool] | None = None, timeout_s: float = 600.0
@@ -184,9 +184,9 @@ class Restorer:
             await consumer.stop()
 
     async def close(self) -> None:
-        if self._watermarks is not None:
-            await self._watermarks.stop()
-            self._watermarks = None
+        if self._lookup_consumer is not None:
+            await self._lookup_consumer.stop()
+            self._lookup_consumer = None
 
 
 async def _reader(settings: Settings, name: str, isolation_level: str) -> AIOKafkaConsumer:

@@ -49,7 +49,7 @@ class DedupState:
 
     def put(self, partition: int, event_id: str, result: bytes, stored_at: float) -> None:
         """A scored, not yet committed entry."""
-        self._overlay.setdefault(partition, {})[event_id] = encode_value(result, stored_at)
+        self.put_many([(event_id, partition, result)], stored_at)
 
     def put_many(self, entries: Iterable[tuple[str, int, bytes]], stored_at: float) -> None:
         """A scored batch's (event_id, partition, result), not yet committed, all stored at one time."""

@@ -65,10 +65,6 @@ def decode_result(value: bytes) -> bytes:
     return value[_STAMP.size :]
 
 
-def _offsets(partition: int, offset: int | None) -> dict[int, int]:
-    return {} if offset is None else {partition: offset}
-
-
 class StoreInUse(ConfigurationError):
     """Another live worker holds this state directory."""
 
@@ -115,16 +111,7 @@ class StateStore:
         """Committed entries (event_id, result, time) of one partition and, when known, the results
         offset they bring the partition up to, in one atomic batch. Returns the entries written."""
         values = ((partition, e, encode_value(r, t)) for e, r, t in entries)
-        return self.write_values(values, _offsets(partition, offset))
-
-    def write_many(self, partitions: Iterable[tuple[int, Iterable[tuple[str, bytes, float]], int | None]]) -> int:
-        """Several partitions' entries and offsets in one atomic batch. Returns the entries written."""
-        entries: list[tuple[int, str, bytes]] = []
-        offsets: dict[int, int] = {}
-        for partition, chunk, offset in partitions:
-            entries += ((partition, e, encode_value(r, t)) for e, r, t in chunk)
-            offsets |= _offsets(partition, offset)
-        return self.write_values(entries, offsets)
+        return self.write_values(values, {} if offset is None else {partition: offset})
 
     def write_values(self, entries: Iterable[tuple[int, str, bytes]], offsets: dict[int, int]) -> int:
         """What one transaction committed: (partition, event_id, value as `encode_value` made it) and

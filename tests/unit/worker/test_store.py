@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline.worker.store import StateStore, StoreInUse
+from pipeline.worker.store import StateStore, StoreInUse, encode_value
 
 IDENTITY = {"app_id": "a", "requests": "inference.requests", "partitions": 12}
 WINDOW_S = 100.0
@@ -91,9 +91,8 @@ def test_compaction_drops_what_has_expired(tmp_path):
 
 def test_one_transactions_partitions_are_written_in_one_batch(tmp_path):
     store = _store(tmp_path)
-    written = store.write_many(
-        [(1, [("a", b"1", NOW), ("b", b"2", NOW)], 5), (2, [], 9), (3, [("c", b"3", NOW)], None)]
-    )
+    values = [(1, "a", encode_value(b"1", NOW)), (1, "b", encode_value(b"2", NOW)), (3, "c", encode_value(b"3", NOW))]
+    written = store.write_values(values, {1: 5, 2: 9})
     assert written == 3
     assert store.get_many([(1, "a"), (1, "b"), (3, "c"), (2, "a")], NOW) == [b"1", b"2", b"3", None]
     assert (store.offset(1), store.offset(2), store.offset(3)) == (5, 9, None)
