@@ -50,5 +50,11 @@ class FeatureStoreUnavailable(PipelineError):
     retriable = True
 
 
+class ResultsUnreadable(PipelineError):
+    """A committed result could not be read back from the results topic (a repeat's original answer)."""
+
+    retriable = True
+
+
 class ConfigurationError(PipelineError):
     code = "configuration_error"

@@ -97,6 +97,13 @@ def batches(entries: int) -> Iterator[tuple[int, list[tuple[str, bytes, float]]]
         yield partition_of(start), chunk
 
 
+def stored(chunk: list[tuple[str, bytes, float]], index: int) -> Iterator[tuple[str, int, float]]:
+    """A batch's entries as the store holds them: each with where its result is (as if its batch were
+    the `index`-th write of its results partition)."""
+    offset = index * WRITE_BATCH
+    return ((key, offset + i, at) for i, (key, _, at) in enumerate(chunk))
+
+
 def lookup_indexes(entries: int, batch: int, rng: random.Random, fresh: Iterator[int]) -> list[int]:
     """One batch of entry indexes: HIT_SHARE of them stored (below `entries`), the rest never stored
     (`fresh`, at or past `entries`), shuffled."""
@@ -124,7 +131,7 @@ def write(directory: Path, entries: int, settings: Settings) -> dict[str, Any]:
     baseline = _rss()
     store = open_store(directory, settings)
     cpu, began = _cpu_s(), time.monotonic()
-    written = sum(store.write(partition, chunk, None) for partition, chunk in batches(entries))
+    written = sum(store.write(p, stored(chunk, i), None) for i, (p, chunk) in enumerate(batches(entries)))
     # Each partition's changelog offset, as commits record it: the results topic the worker restarted
     # on this store reads is empty, so 0 is its end (a warm restart with nothing to read back).
     store.write_values((), dict.fromkeys(range(PARTITIONS), 0))
@@ -218,11 +225,11 @@ class _DictState:
             for key, value, _ in chunk:
                 self.entries[key] = _STAMP.pack(now) + value
 
-    def lookup(self, batch: _Batch, now: float) -> list[bytes | None]:
+    def lookup(self, batch: _Batch, now: float) -> Sequence[object | None]:
         values = self.entries
         return [None if (v := values.get(e)) is None else v[_STAMP.size :] for _, e in batch.keys]
 
-    def remember(self, batch: _Batch, found: list[bytes | None], now: float) -> None:
+    def remember(self, batch: _Batch, found: Sequence[object | None], now: float) -> None:
         values = self.entries
         for (_, event_id_), value, result_ in zip(batch.keys, found, batch.results, strict=True):
             if value is None:
@@ -235,32 +242,32 @@ class _StoreState:
 
     def __init__(self, directory: Path, entries: int, settings: Settings) -> None:
         self.state = DedupState(open_store(directory, settings))
-        for partition, chunk in batches(entries):
-            self.state.store.write(partition, chunk, None)
+        for i, (partition, chunk) in enumerate(batches(entries)):
+            self.state.store.write(partition, stored(chunk, i), None)
         settle(self.state.store)
         self.offsets = dict.fromkeys(range(PARTITIONS), 0)
 
-    def lookup(self, batch: _Batch, now: float) -> list[bytes | None]:
+    def lookup(self, batch: _Batch, now: float) -> Sequence[object | None]:
         return self.state.get_many(batch.keys, now)
 
-    def remember(self, batch: _Batch, found: list[bytes | None], now: float) -> None:
+    def remember(self, batch: _Batch, found: Sequence[object | None], now: float) -> None:
         state = self.state
         scored = [
             (event_id_, partition, result_)
             for (partition, event_id_), value, result_ in zip(batch.keys, found, batch.results, strict=True)
             if value is None
         ]
-        state.put_many(scored, now)
+        state.put_many(scored)
         touched = {partition for _, partition, _ in scored}
         for partition in touched:
             self.offsets[partition] += 1
-        state.committed(scored, {p: self.offsets[p] for p in touched})
+        state.committed(scored, {p: self.offsets[p] for p in touched}, now)
 
 
 class _State(Protocol):
-    def lookup(self, batch: _Batch, now: float) -> list[bytes | None]: ...
+    def lookup(self, batch: _Batch, now: float) -> Sequence[object | None]: ...
 
-    def remember(self, batch: _Batch, found: list[bytes | None], now: float) -> None: ...
+    def remember(self, batch: _Batch, found: Sequence[object | None], now: float) -> None: ...
 
 
 def micro(directory: Path, entries: int, batches_per_round: int, rounds: int, settings: Settings) -> dict[str, Any]:

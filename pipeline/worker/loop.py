@@ -92,7 +92,10 @@ class Worker:
         scorer = self._scorer or TritonScorer(settings.triton)
         features = self._features or FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
-        processor = BatchProcessor(settings.topics, settings.default_model, scorer, features, self.state, backoff)
+        stored = changelog.StoredResults(settings)
+        processor = BatchProcessor(
+            settings.topics, settings.default_model, scorer, features, self.state, stored, backoff
+        )
         await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
         if self._answer_when_scored or worker.direct_answers:
             self._answers = AnswerProducer(settings)
@@ -208,6 +211,7 @@ class Worker:
                 task.cancel()
             if self._restorer is not None:
                 await self._restorer.close()
+            await stored.close()
             self.state.store.close()
 
     async def _start_scoring(self, processor: BatchProcessor, batch: list[Message]) -> None:
@@ -241,7 +245,7 @@ class Worker:
             batch = [record for record in batch if record.partition() in self._owned]
             outcome = outcome.keep(self._owned)
         assert self.state is not None
-        self.state.put_many(outcome.remembered, time.time())
+        self.state.put_many(outcome.remembered)
         entries = outcome.remembered
         if self._answers is None:
             self._hand_to_lanes(batch, outcome.messages + outcome.replies, entries)

@@ -37,13 +37,21 @@ from pipeline.inference.scoring import EntityId
 from pipeline.models.spec import ModelSpec
 from pipeline.settings import TopicSettings
 from pipeline.worker.retry import Backoff, RetriesExhausted, retrying
+from pipeline.worker.store import Located
 
 log = structlog.get_logger(__name__)
 
 
 class DedupLookup(Protocol):
-    def get_many(self, keys: Sequence[tuple[int, str]], now: float) -> list[bytes | None]:
-        """The stored result of each (input partition, event_id), or None."""
+    def get_many(self, keys: Sequence[tuple[int, str]], now: float) -> list[bytes | Located | None]:
+        """For each (input partition, event_id) already scored, its result or where it is; else None."""
+        ...
+
+
+class StoredResults(Protocol):
+    async def read(self, located: Sequence[tuple[int, str, Located]]) -> Mapping[tuple[int, str], bytes]:
+        """The committed result of each (input partition, event_id) where the dedup state says it is
+        (`changelog.StoredResults`); those it cannot find are left out."""
         ...
 
 
@@ -128,6 +136,7 @@ class BatchProcessor:
         scorer: Scorer,
         features: Features,
         dedup: DedupLookup,
+        stored: StoredResults,
         backoff: Backoff,
     ) -> None:
         self._topics = topics
@@ -135,6 +144,7 @@ class BatchProcessor:
         self._scorer = scorer
         self._features = features
         self._dedup = dedup
+        self._stored = stored
         self._backoff = backoff
 
     def validate(self, batch: Sequence[Inbound]) -> Validated:
@@ -149,7 +159,9 @@ class BatchProcessor:
         """Dedup, features, scores: the outcome of a validated batch."""
         outcome = validated.outcome
         with metrics.STAGE_SECONDS.labels("dedup").time():
-            pending = self._admit(validated.parsed, outcome)
+            pending, located = self._admit(validated.parsed, outcome)
+        if located:
+            await self._answer_from_results(located, outcome)
         by_model: dict[str, list[_Pending]] = defaultdict(list)
         for item in pending.values():
             by_model[item.request.model or self._default_model].append(item)
@@ -171,9 +183,13 @@ class BatchProcessor:
                 self._dead_letter(e, inbound, outcome)
         return parsed
 
-    def _admit(self, parsed: list[tuple[InferenceRequest, Inbound]], outcome: Outcome) -> dict[str, _Pending]:
-        """Answer repeats from the dedup state, skip work past its deadline; the rest is to score."""
+    def _admit(
+        self, parsed: list[tuple[InferenceRequest, Inbound]], outcome: Outcome
+    ) -> tuple[dict[str, _Pending], list[tuple[Inbound, str, Located]]]:
+        """Answer repeats from the dedup state, skip work past its deadline; the rest is to score.
+        Also returns the repeats with a reply address whose result is to be read back."""
         pending: dict[str, _Pending] = {}
+        located: list[tuple[Inbound, str, Located]] = []
         now = time.time()
         now_ms = int(now * 1000)
         # One lookup for the batch: the first occurrence of each event_id in it.
@@ -185,13 +201,34 @@ class BatchProcessor:
             if (first := pending.get(request.event_id)) is not None:
                 first.repeats.append(inbound)
             elif (stored := stored_results[request.event_id]) is not None:
-                self._duplicate(inbound, stored, outcome)
+                if isinstance(stored, bytes):
+                    self._duplicate(inbound, stored, outcome)
+                elif REPLY_TO in inbound.headers:
+                    located.append((inbound, request.event_id, stored))
+                else:
+                    outcome.events["duplicate"] += 1
             elif deadline_passed(inbound.headers, now_ms):
                 expired = DeadlineExceeded("the caller's deadline passed before scoring", event_id=request.event_id)
                 self._dead_letter(expired, inbound, outcome)
             else:
                 pending[request.event_id] = _Pending(request, inbound)
-        return pending
+        return pending, located
+
+    async def _answer_from_results(self, located: list[tuple[Inbound, str, Located]], outcome: Outcome) -> None:
+        """Repeats of committed events whose callers wait: the original result, read back from the
+        results topic (one read for all of them)."""
+        with metrics.STAGE_SECONDS.labels("stored_result").time():
+            try:
+                found = await self._stored.read([(i.source.partition, e, where) for i, e, where in located])
+            except PipelineError as e:
+                log.warning("stored_results_unreadable", error=e.message, repeats=len(located))
+                found = {}
+        for inbound, event_id, where in located:
+            if (value := found.get((inbound.source.partition, event_id))) is not None:
+                self._duplicate(inbound, value, outcome)
+            else:  # the caller is not answered (it times out and may ask again); nothing is scored twice
+                log.warning("stored_result_not_found", event_id=event_id, start=where.start, end=where.end)
+                outcome.events["duplicate"] += 1
 
     async def _score_model(self, model: str, items: list[_Pending], outcome: Outcome) -> None:
         try:

@@ -1,7 +1,9 @@
 """The committed dedup entries of a worker's input partitions, on local disk (RocksDB, via rocksdict).
 
 One store per state directory, one worker per store. An entry is keyed by its input partition and
-`event_id` and holds the time it was stored and the result. Per partition, the store also records the
+`event_id` and holds the time it was stored and where its result is: the results offsets between
+which the transaction that committed it wrote it (a repeat with a reply address reads the record
+back; docs/performance.md#dedup-store-on-the-hot-path). Per partition, the store also records the
 results offset up to which it holds the changelog, written in the same batch as the entries of a
 commit, so after any crash the two agree. Expiry is RocksDB's TTL (compaction drops entries older than
 the window, nothing per entry in Python); a read also checks an entry's own time. A directory written
@@ -16,7 +18,7 @@ import shutil
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from rocksdict import (
@@ -35,7 +37,8 @@ from pipeline.errors import ConfigurationError
 
 log = structlog.get_logger(__name__)
 
-_STAMP = struct.Struct("<d")  # an entry's value: the time it was stored, then the result
+_VALUE = struct.Struct("<dqq")  # an entry's value: the time it was stored, where its result is
+_FORMAT = 2  # of the entries' values: a directory written in another is rebuilt
 _PARTITION = struct.Struct(">H")
 _OFFSET = struct.Struct("<q")
 _OFFSETS = "offsets"  # the column family of per-partition offsets, apart from the entries
@@ -56,13 +59,20 @@ _PROPERTIES = (
 _PREFIXES = [_PARTITION.pack(p) for p in range(1 << 16)]  # every partition's key prefix, made once
 
 
-def encode_value(result: bytes, stored_at: float) -> bytes:
-    """An entry's value: the time it was stored, then the result."""
-    return _STAMP.pack(stored_at) + result
+UNBOUNDED = 1 << 62  # a result's end offset when not known: read up to the partition's end
 
 
-def decode_result(value: bytes) -> bytes:
-    return value[_STAMP.size :]
+class Located(NamedTuple):
+    """Where a stored entry's result is: among the records of its results partition from `start` up to
+    (not including) `end`, keyed by its event_id."""
+
+    start: int
+    end: int
+
+
+def encode_value(stored_at: float, start: int, end: int) -> bytes:
+    """An entry's value: the time it was stored, and the results offsets its result lies between."""
+    return _VALUE.pack(stored_at, start, end)
 
 
 class StoreInUse(ConfigurationError):
@@ -74,7 +84,7 @@ class StateStore:
         """`identity`: what the directory's content must have been written for; a mismatch wipes it."""
         self.directory = directory
         self.window_s = window_s
-        self._identity = identity
+        self._identity = identity | {"format": _FORMAT}
         directory.mkdir(parents=True, exist_ok=True)
         self._db = self._open(cache_bytes)
         self._offsets = self._db.get_column_family_handle(_OFFSETS)
@@ -84,13 +94,13 @@ class StateStore:
         self._write = WriteOptions()
 
     # -- reads ---------------------------------------------------------------------------------
-    def get_many(self, keys: Sequence[tuple[int, str]], now: float) -> list[bytes | None]:
-        """Each (partition, event_id)'s stored result, or None (never stored, or older than the
+    def get_many(self, keys: Sequence[tuple[int, str]], now: float) -> list[Located | None]:
+        """Where each (partition, event_id)'s result is, or None (never stored, or older than the
         window): one multi-get for the whole batch, whatever partitions it spans."""
         prefixes = _PREFIXES
         values = self._db.get([prefixes[partition] + e.encode() for partition, e in keys])
         cutoff = now - self.window_s
-        return [None if v is None or _STAMP.unpack_from(v)[0] < cutoff else v[_STAMP.size :] for v in values]
+        return [None if v is None else _located(v, cutoff) for v in values]
 
     def estimated_entries(self) -> int:
         """RocksDB's estimate: entries expired but not yet compacted away count too."""
@@ -107,16 +117,17 @@ class StateStore:
         return None if value is None else int(_OFFSET.unpack(value)[0])
 
     # -- writes --------------------------------------------------------------------------------
-    def write(self, partition: int, entries: Iterable[tuple[str, bytes, float]], offset: int | None) -> int:
-        """Committed entries (event_id, result, time) of one partition and, when known, the results
-        offset they bring the partition up to, in one atomic batch. Returns the entries written."""
-        values = ((partition, e, encode_value(r, t)) for e, r, t in entries)
+    def write(self, partition: int, entries: Iterable[tuple[str, int, float]], offset: int | None) -> int:
+        """Entries read back from one results partition (event_id, the result's offset, its time) and,
+        when known, the results offset they bring the partition up to, in one atomic batch. Returns
+        the entries written."""
+        values = ((partition, e, _VALUE.pack(t, o, o + 1)) for e, o, t in entries)
         return self.write_values(values, {} if offset is None else {partition: offset})
 
     def write_values(self, entries: Iterable[tuple[int, str, bytes]], offsets: dict[int, int]) -> int:
         """What one transaction committed: (partition, event_id, value as `encode_value` made it) and
         the results offsets, in one atomic batch (one write-ahead-log append per commit); the values
-        go in as they are, with no decoding or copying per entry in Python. Returns the entries written."""
+        go in as they are. Returns the entries written."""
         batch = WriteBatch(raw_mode=True)
         put, prefixes = batch.put, _PREFIXES
         count = 0
@@ -177,6 +188,11 @@ class StateStore:
         return db
 
 
+def _located(value: bytes, cutoff: float) -> Located | None:
+    stored_at, start, end = _VALUE.unpack(value)
+    return None if stored_at < cutoff else Located(start, end)
+
+
 def _options(cache: Cache) -> Options:
     """Memory bounded whatever the entries: a shared block cache holding the index and filter blocks too,
     small memtables; bloom filters, since most lookups are misses (new events). Index and filters are
@@ -196,7 +212,12 @@ def _options(cache: Cache) -> Options:
     table.set_metadata_block_size(4096)
     table.set_pin_top_level_index_and_filter(True)
     options.set_block_based_table_factory(table)
-    options.set_write_buffer_size(16 << 20)
+    # Most lookups miss (new events): a whole-key bloom filter over the memtables answers them without
+    # searching the skiplists, and 32 MiB memtables leave fewer level-0 files for each miss to probe
+    # (docs/performance.md#dedup-store-on-the-hot-path).
+    options.set_memtable_prefix_bloom_ratio(0.1)
+    options.set_memtable_whole_key_filtering(True)
+    options.set_write_buffer_size(32 << 20)
     options.set_max_write_buffer_number(2)
     options.set_compression_type(DBCompressionType.lz4())
     options.set_max_background_jobs(2)

@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from pipeline.worker import changelog
+from pipeline.worker.store import UNBOUNDED, Located
 
 pytestmark = pytest.mark.integration
 
@@ -19,12 +20,12 @@ LONG = 30_000  # results on partition 0; partitions 1 and 2 hold a few
 RESULT = b'{"score":0.5}'
 
 
-def _publish(settings, partition: int, count: int, prefix: str) -> None:
+def _publish(settings, partition: int, count: int, prefix: str, value=lambda i: RESULT) -> None:
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 20})
     for i in range(count):
         while True:
             try:
-                producer.produce(settings.topics.results, RESULT, f"{prefix}{i}".encode(), partition=partition)
+                producer.produce(settings.topics.results, value(i), f"{prefix}{i}".encode(), partition=partition)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -55,7 +56,8 @@ def test_short_tails_are_restored_before_a_long_one_ends_and_a_warm_restore_read
         assert [p for p, _ in restored][-1] == 0, "the long partition is the last one in"
         assert {p: (r.mode, r.entries) for p, r in restored} == {0: ("cold", LONG), 1: ("cold", 5), 2: ("cold", 0)}
         keys = [(0, "long-0"), (0, f"long-{LONG - 1}"), (1, "p1-4"), (2, "p1-4")]
-        assert store.get_many(keys, time.time()) == [RESULT, RESULT, RESULT, None], "entries stay in their partition"
+        expected = [Located(0, 1), Located(LONG - 1, LONG), Located(4, 5), None]
+        assert store.get_many(keys, time.time()) == expected, "each entry where its result is, in its partition"
         assert (store.offset(0), store.offset(1), store.offset(2)) == (LONG, 5, 0)
 
         _publish(settings, 1, 3, "p1-more-")
@@ -88,3 +90,27 @@ def test_a_partition_no_longer_wanted_stops_being_read_and_keeps_its_progress(pi
         assert resumed[0].mode == "warm" and resumed[0].entries == LONG - kept
     finally:
         store.close()
+
+
+def test_a_committed_result_is_read_back_from_where_the_store_says_it_is(pipeline_settings):
+    settings = pipeline_settings()
+    _publish(settings, 3, 200, "r3-", value=lambda i: b'{"n":%d}' % i)
+    _publish(settings, 4, 10, "r4-", value=lambda i: b'{"m":%d}' % i)
+    located = [
+        (3, "r3-7", Located(0, 50)),  # one transaction's span of the partition
+        (3, "r3-199", Located(199, 200)),
+        (4, "r4-9", Located(5, UNBOUNDED)),  # no end known: up to the partition's end
+        (4, "r4-2", Located(5, 10)),  # not where it is said to be
+        (3, "never", Located(0, 200)),
+    ]
+
+    async def run() -> dict[tuple[int, str], bytes]:
+        stored = changelog.StoredResults(settings)
+        try:
+            first = await stored.read(located)
+            assert await stored.read(located[:1]) == {(3, "r3-7"): b'{"n":7}'}, "the reader is used again"
+            return first
+        finally:
+            await stored.close()
+
+    assert asyncio.run(run()) == {(3, "r3-7"): b'{"n":7}', (3, "r3-199"): b'{"n":199}', (4, "r4-9"): b'{"m":9}'}
