@@ -18,11 +18,13 @@ models_app = typer.Typer(no_args_is_help=True, help="Train and export models for
 features_app = typer.Typer(no_args_is_help=True, help="Feast feature data.")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Triton, worker, gateway.")
+consumers_app = typer.Typer(no_args_is_help=True, help="Consumers of the results: fraud alerts.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
 app.add_typer(stack_app, name="stack")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(consumers_app, name="consumers")
 
 
 def _configure_logging() -> None:
@@ -107,6 +109,30 @@ def worker() -> None:
 
     _configure_logging()
     worker_module.run(get_settings())
+
+
+@consumers_app.command("fraud")
+def consumers_fraud(
+    group_id: Annotated[
+        str, typer.Option(help="Kafka group (and prefix of its tables' changelogs); default pipeline-fraud.")
+    ] = "",
+    from_beginning: Annotated[
+        bool, typer.Option(help="Without committed offsets, start at the results' start, not their end.")
+    ] = False,
+) -> None:
+    """Fraud alerts from the results, to fraud.alerts, until stopped (SIGTERM: offsets committed, exit 0)."""
+    from pipeline import topics
+    from pipeline.consumers import app as consumer_app
+    from pipeline.consumers import fraud
+
+    _configure_logging()
+    settings = get_settings()
+    partitions = consumer_app.check_partitions(settings, settings.topics.alerts)
+    faust_app = consumer_app.make_app(
+        settings, group_id or settings.consumers.group_id or "pipeline-fraud", from_beginning, partitions
+    )
+    topics.apply(settings, fraud.install(faust_app, settings, partitions))
+    consumer_app.run(faust_app, settings, "fraud")
 
 
 @app.command()

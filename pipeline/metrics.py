@@ -73,6 +73,19 @@ GATEWAY_ANSWERS = Counter(
     "gateway_answers_total", "Answers received, by route (direct from a worker, or the replies topic)", ["route"]
 )
 GATEWAY_PENDING = Gauge("gateway_pending_replies", "Correlation ids waiting for a reply on this instance")
+CONSUMED_RESULTS = Counter(
+    "pipeline_consumer_results_total", "Results read by a consumer, by consumer and outcome", ["consumer", "outcome"]
+)
+ALERTS = Counter("pipeline_alerts_total", "Alerts published, by kind and rule", ["kind", "rule"])
+ALERTS_SKIPPED = Counter(
+    "pipeline_alerts_repeated_total", "Alerts decided again and not published twice (already on the topic)", ["kind"]
+)
+ALERT_LATENCY = Histogram(
+    "pipeline_alert_latency_seconds",
+    "From the deciding result's record time to its alert's publishing",
+    ["kind"],
+    buckets=_LATENCY_BUCKETS,
+)
 
 
 def kafka_error_callback(client: str) -> Callable[[KafkaError], None]:

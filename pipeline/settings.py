@@ -33,6 +33,7 @@ class TopicSettings(_Block):
     dlq: str = "inference.dlq"
     replies: str = "inference.replies"
     alerts: str = "fraud.alerts"
+    drift_alerts: str = "drift.alerts"
     definitions: Path = PROJECT_ROOT / "topics" / "topics.yaml"
 
 
@@ -94,6 +95,37 @@ class WorkerSettings(_Block):
     answer_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536)
 
 
+class FraudRuleSettings(_Block):
+    """The fraud consumer's rules (`pipeline/consumers/fraud_rules.py`)."""
+
+    model: str = "fraud_scorer"  # the model whose results the rules read
+    # high_score: one score at or above this alerts at once.
+    hard_threshold: float = Field(default=0.95, ge=0, le=1)
+    # repeated_high_scores: at least this many scores at or above `high_score` for one account
+    # within one tumbling window of `high_score_window_s` alert once for that window.
+    high_score: float = Field(default=0.7, ge=0, le=1)
+    high_score_count: int = Field(default=3, ge=1)
+    high_score_window_s: float = Field(default=600.0, gt=0)
+    # velocity: at least this many results of one account within one tumbling window, any score.
+    velocity_count: int = Field(default=10, ge=1)
+    velocity_window_s: float = Field(default=60.0, gt=0)
+
+
+class ConsumerSettings(_Block):
+    """The results' consumers (`pipeline consumers ...`, a Faust app)."""
+
+    # The Kafka group, also the prefix of the Faust tables' changelog topics; empty: pipeline-<consumer>.
+    group_id: str = ""
+    metrics_port: int = 9101
+    metrics_host: str = "127.0.0.1"
+    # Offsets are committed this often (and at shutdown).
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    # After SIGTERM, the process exits within this long even when the broker is gone (Faust's own
+    # stop has no bound: docs/architecture.md#consumers).
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    fraud: FraudRuleSettings = FraudRuleSettings()
+
+
 class TritonSettings(_Block):
     grpc_url: str = "127.0.0.1:8001"
     http_url: str = "127.0.0.1:8000"
@@ -148,6 +180,7 @@ class Settings(BaseSettings):
     triton: TritonSettings = TritonSettings()
     feast: FeastSettings = FeastSettings()
     gateway: GatewaySettings = GatewaySettings()
+    consumers: ConsumerSettings = ConsumerSettings()
     default_model: str = "fraud_scorer"
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

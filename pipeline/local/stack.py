@@ -181,6 +181,14 @@ class LocalStack:
         self.wait_for_log(name, "worker_ready", process)
         return process
 
+    def start_consumer(
+        self, settings: Settings, consumer: str, name: str, *options: str, timeout_s: float = 90
+    ) -> subprocess.Popen[bytes]:
+        """`pipeline consumers CONSUMER OPTIONS`, once its partitions' tables are recovered."""
+        process = self.spawn(name, settings, "consumers", consumer, *options)
+        self.wait_for_log(name, "consumer_ready", process, timeout_s)
+        return process
+
     def start_gateway(
         self, settings: Settings, name: str = "gateway", timeout_s: float = 60
     ) -> subprocess.Popen[bytes]:

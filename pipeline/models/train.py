@@ -1,6 +1,7 @@
 """`pipeline models train`: fit the fraud scorer on synthetic data and export it for Triton.
 
-Writes `<repository>/fraud_scorer/1/model.pt` (TorchScript) and `metrics.json` beside it.
+Writes `<repository>/fraud_scorer/1/model.pt` (TorchScript), `metrics.json` and the drift monitor's
+training reference `reference.json` beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.models import reference
 from pipeline.models.fraud_scorer import FraudScorer
 from pipeline.models.spec import ModelSpec, load_spec_file
 from pipeline.synthetic import cards
@@ -75,7 +77,10 @@ def train(
         holdout_rows=rows - split,
         seconds=round(time.perf_counter() - started, 2),
     )
-    _export(model, repository / "fraud_scorer" / "1", report)
+    version_dir = repository / "fraud_scorer" / "1"
+    _export(model, version_dir, report)
+    columns = {name: data.features[name].to_numpy()[:split] for name in spec.request_features}
+    reference.write(version_dir, columns | {"score": scores})
     return report
 
 

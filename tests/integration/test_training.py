@@ -5,10 +5,15 @@ import shutil
 import pytest
 import torch
 
-from pipeline.models import train
+from pipeline.models import reference, train
+from pipeline.models.spec import load_spec_file
 from pipeline.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+
+def spec_features(config) -> list[str]:
+    return load_spec_file(config).request_features
 
 
 def test_training_reaches_the_holdout_auc_and_exports_torchscript(tmp_path):
@@ -25,3 +30,7 @@ def test_training_reaches_the_holdout_auc_and_exports_torchscript(tmp_path):
     scores = model(torch.zeros(4, 12))
     assert scores.shape == (4,) and bool(((scores >= 0) & (scores <= 1)).all())
     assert (repository / "fraud_scorer" / "1" / "metrics.json").exists()
+    frozen = reference.load(repository / "fraud_scorer" / "1")
+    assert set(frozen) == {*spec_features(source), "score"}, "every request feature and the score"
+    assert len(frozen["amount"].edges) == 9 and frozen["amount"].percentiles is not None
+    assert frozen["is_foreign"].percentiles is None, "a flag: two bins, no KS"

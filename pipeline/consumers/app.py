@@ -1,0 +1,137 @@
+"""The consumers' Faust app and how it runs (`pipeline consumers NAME`).
+
+Faust reads with `read_committed` only under its exactly-once mode, which also makes a transactional
+producer per partition; the consumers need neither, only to never see a result of an aborted
+transaction, so the app's consumer is aiokafka's with its isolation level set (a private attribute
+of aiokafka 0.14, read when the consumer starts). Faust's own stop has no time bound: with the
+broker gone its last commit retries for ever, so a SIGTERM also arms a timer that ends the process
+after `shutdown_timeout_s` (docs/architecture.md#consumers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import faust
+import structlog
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from prometheus_client import start_http_server
+
+from pipeline import topics
+from pipeline.errors import ConfigurationError
+from pipeline.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+EX_SHUTDOWN_TIMED_OUT = 75  # EX_TEMPFAIL: stopped on time, but the last offsets may not be committed
+EX_AGENT_FAILED = 70  # EX_SOFTWARE: an agent failed on a record, which is left uncommitted
+
+
+def crash(code: int) -> None:
+    """End the process now, committing nothing more: what was not committed is read again on restart."""
+    logging.shutdown()
+    os._exit(code)
+
+
+class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+
+class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _ReadCommittedConsumer
+
+
+class ConsumerApp(faust.App):
+    """A Faust app whose consumer reads committed records only."""
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+def check_partitions(settings: Settings, output: str) -> int:
+    """The results topic's partition count; `output` (where a consumer's alerts go, numbered like the
+    results' partitions) must have as many."""
+    results = topics.partition_count(settings, settings.topics.results)
+    found = topics.partition_count(settings, output)
+    if found != results:
+        raise ConfigurationError(
+            f"{output} has {found} partitions, {settings.topics.results} {results}: an alert goes to the partition "
+            "numbered like its result's; set them alike in topics/topics.yaml and run `pipeline topics apply`"
+        )
+    return results
+
+
+def make_app(settings: Settings, group_id: str, from_beginning: bool, partitions: int) -> ConsumerApp:
+    """`group_id` is Faust's app id: the Kafka group and the prefix of its tables' changelog topics.
+    `from_beginning`: a group with no committed offsets starts at the topics' start, else at their end."""
+    consumers = settings.consumers
+    brokers = [f"kafka://{server.strip()}" for server in settings.kafka.bootstrap_servers.split(",")]
+    return ConsumerApp(
+        group_id,
+        broker=brokers,
+        env={},  # Faust's own environment variables would override these
+        store="memory://",
+        topic_partitions=partitions,
+        consumer_auto_offset_reset="earliest" if from_beginning else "latest",
+        web_enabled=False,
+        topic_disable_leader=True,
+        autodiscover=False,
+        producer_acks=-1,
+        producer_request_timeout=30.0,
+        broker_commit_interval=consumers.commit_interval_s,
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+    )
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, its stop bounded: a SIGTERM or SIGINT arms a timer that ends the process."""
+
+    shutdown_timeout_s = 15.0
+
+    def _arm(self) -> None:
+        def expire() -> None:
+            log.error("consumer_stop_timed_out", seconds=self.shutdown_timeout_s)
+            crash(EX_SHUTDOWN_TIMED_OUT)
+
+        timer = threading.Timer(self.shutdown_timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        log.info("consumer_ready", group_id=self.app.conf.id)
+
+    def _on_sigterm(self) -> None:
+        self._arm()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._arm()
+        super()._on_sigint()
+
+
+def run(app: ConsumerApp, settings: Settings, name: str) -> None:
+    """Run the app's agents until SIGTERM or SIGINT; exits the process (0 once stopped cleanly)."""
+    consumers = settings.consumers
+    server, _ = start_http_server(consumers.metrics_port, addr=consumers.metrics_host)
+    log.info("consumer_starting", consumer=name, group_id=app.conf.id, metrics_port=server.server_port)
+    app.finalize()
+    app.worker_init()
+    app.worker_init_post_autodiscover()
+    worker = _Worker(
+        app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False, override_logging=False
+    )
+    worker.shutdown_timeout_s = consumers.shutdown_timeout_s
+    worker.execute_from_commandline()  # exits
