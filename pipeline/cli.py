@@ -18,7 +18,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Train and export models for
 features_app = typer.Typer(no_args_is_help=True, help="Feast feature data.")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Triton, worker, gateway.")
-consumers_app = typer.Typer(no_args_is_help=True, help="Consumers of the results: fraud alerts.")
+consumers_app = typer.Typer(no_args_is_help=True, help="Consumers of the results: fraud alerts, drift.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
@@ -133,6 +133,29 @@ def consumers_fraud(
     )
     topics.apply(settings, fraud.install(faust_app, settings, partitions))
     consumer_app.run(faust_app, settings, "fraud")
+
+
+@consumers_app.command("drift")
+def consumers_drift(
+    group_id: Annotated[str, typer.Option(help="Kafka group; default pipeline-drift.")] = "",
+    from_beginning: Annotated[
+        bool, typer.Option(help="Without committed offsets, start at the topics' start, not their end.")
+    ] = False,
+) -> None:
+    """Drift of request features and scores against the training reference: gauges, drift.alerts."""
+    from pipeline import topics
+    from pipeline.consumers import app as consumer_app
+    from pipeline.consumers import drift
+
+    _configure_logging()
+    settings = get_settings()
+    drift.check_reference(settings)
+    partitions = topics.partition_count(settings, settings.topics.requests)
+    faust_app = consumer_app.make_app(
+        settings, group_id or settings.consumers.group_id or "pipeline-drift", from_beginning, partitions
+    )
+    drift.install(faust_app, settings)
+    consumer_app.run(faust_app, settings, "drift")
 
 
 @app.command()

@@ -86,6 +86,10 @@ ALERT_LATENCY = Histogram(
     ["kind"],
     buckets=_LATENCY_BUCKETS,
 )
+DRIFT_PSI = Gauge("pipeline_drift_psi", "PSI of a window against the training reference", ["model", "feature"])
+DRIFT_KS = Gauge(
+    "pipeline_drift_ks", "Kolmogorov-Smirnov D of a window against the training reference", ["model", "feature"]
+)
 
 
 def kafka_error_callback(client: str) -> Callable[[KafkaError], None]:

@@ -111,6 +111,17 @@ class FraudRuleSettings(_Block):
     velocity_window_s: float = Field(default=60.0, gt=0)
 
 
+class DriftSettings(_Block):
+    """The drift monitor (`pipeline/consumers/drift.py`)."""
+
+    # Each feature's sliding window: at 10 bins, PSI over 100 events averages ~0.09 with no drift at
+    # all, so windows hold at least 1,000.
+    window_events: int = Field(default=1000, ge=1000)
+    every_events: int = Field(default=100, ge=1)  # measured this often once a window is full
+    warning: float = Field(default=0.1, gt=0)
+    alert: float = Field(default=0.25, gt=0)
+
+
 class ConsumerSettings(_Block):
     """The results' consumers (`pipeline consumers ...`, a Faust app)."""
 
@@ -124,6 +135,7 @@ class ConsumerSettings(_Block):
     # stop has no bound: docs/architecture.md#consumers).
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
     fraud: FraudRuleSettings = FraudRuleSettings()
+    drift: DriftSettings = DriftSettings()
 
 
 class TritonSettings(_Block):

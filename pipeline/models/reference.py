@@ -55,7 +55,7 @@ def write(version_dir: Path, columns: Mapping[str, np.ndarray]) -> Path:
     """`reference.json` for these columns (each request feature, and `score`)."""
     path = version_dir / FILE
     frozen = {name: reference_for(values).to_json() for name, values in columns.items()}
-    data = {"rows": len(next(iter(columns.values()))), "columns": frozen}
+    data = {"rows": {name: len(values) for name, values in columns.items()}, "columns": frozen}
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
 
@@ -63,3 +63,11 @@ def write(version_dir: Path, columns: Mapping[str, np.ndarray]) -> Path:
 def load(version_dir: Path) -> dict[str, Reference]:
     data = json.loads((version_dir / FILE).read_text())
     return {name: Reference.from_json(column) for name, column in data["columns"].items()}
+
+
+def latest(model_dir: Path) -> tuple[str, dict[str, Reference]] | None:
+    """The newest version of a model that has a training reference, and that reference."""
+    versions = sorted((int(d.name) for d in model_dir.glob("[0-9]*") if (d / FILE).exists()), reverse=True)
+    if not versions:
+        return None
+    return str(versions[0]), load(model_dir / str(versions[0]))

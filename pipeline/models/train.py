@@ -107,4 +107,6 @@ def _export(model: FraudScorer, version_dir: Path, report: TrainingReport) -> No
 
 
 def is_trained(repository: Path) -> bool:
-    return (repository / "fraud_scorer" / "1" / "model.pt").exists()
+    """The model and its training reference for drift monitoring are there."""
+    version_dir = repository / "fraud_scorer" / "1"
+    return (version_dir / "model.pt").exists() and (version_dir / reference.FILE).exists()
