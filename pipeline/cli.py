@@ -111,51 +111,44 @@ def worker() -> None:
     worker_module.run(get_settings())
 
 
-@consumers_app.command("fraud")
-def consumers_fraud(
-    group_id: Annotated[
-        str, typer.Option(help="Kafka group (and prefix of its tables' changelogs); default pipeline-fraud.")
-    ] = "",
-    from_beginning: Annotated[
-        bool, typer.Option(help="Without committed offsets, start at the results' start, not their end.")
-    ] = False,
-) -> None:
-    """Fraud alerts from the results, to fraud.alerts, until stopped (SIGTERM: offsets committed, exit 0)."""
-    from pipeline import topics
-    from pipeline.consumers import app as consumer_app
-    from pipeline.consumers import fraud
+_GroupId = Annotated[str, typer.Option(help="Kafka group (and prefix of its tables' changelogs).")]
+_FromBeginning = Annotated[
+    bool, typer.Option(help="Without committed offsets, start at the topics' start, not their end.")
+]
 
-    _configure_logging()
-    settings = get_settings()
-    partitions = consumer_app.check_partitions(settings, settings.topics.alerts)
-    faust_app = consumer_app.make_app(
-        settings, group_id or settings.consumers.group_id or "pipeline-fraud", from_beginning, partitions
-    )
-    topics.apply(settings, fraud.install(faust_app, settings, partitions))
-    consumer_app.run(faust_app, settings, "fraud")
+
+@consumers_app.command("fraud")
+def consumers_fraud(group_id: _GroupId = "", from_beginning: _FromBeginning = False) -> None:
+    """Fraud alerts from the results, to fraud.alerts, until stopped (SIGTERM: offsets committed, exit 0)."""
+    _run_consumer("fraud", group_id, from_beginning)
 
 
 @consumers_app.command("drift")
-def consumers_drift(
-    group_id: Annotated[str, typer.Option(help="Kafka group; default pipeline-drift.")] = "",
-    from_beginning: Annotated[
-        bool, typer.Option(help="Without committed offsets, start at the topics' start, not their end.")
-    ] = False,
-) -> None:
+def consumers_drift(group_id: _GroupId = "", from_beginning: _FromBeginning = False) -> None:
     """Drift of request features and scores against the training reference: gauges, drift.alerts."""
+    _run_consumer("drift", group_id, from_beginning)
+
+
+def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
+    """Build the Faust app of consumer `name` (group default pipeline-NAME) and run it until stopped."""
     from pipeline import topics
     from pipeline.consumers import app as consumer_app
-    from pipeline.consumers import drift
+    from pipeline.consumers import drift, fraud
 
     _configure_logging()
     settings = get_settings()
-    drift.check_reference(settings)
-    partitions = topics.partition_count(settings, settings.topics.requests)
-    faust_app = consumer_app.make_app(
-        settings, group_id or settings.consumers.group_id or "pipeline-drift", from_beginning, partitions
-    )
-    drift.install(faust_app, settings)
-    consumer_app.run(faust_app, settings, "drift")
+    if name == "fraud":
+        partitions = consumer_app.check_partitions(settings, settings.topics.alerts)
+    else:
+        drift.check_reference(settings)
+        partitions = topics.partition_count(settings, settings.topics.requests)
+    group = group_id or settings.consumers.group_id or f"pipeline-{name}"
+    faust_app = consumer_app.make_app(settings, group, from_beginning, partitions)
+    if name == "fraud":
+        topics.apply(settings, fraud.install(faust_app, settings, partitions))
+    else:
+        drift.install(faust_app, settings)
+    consumer_app.run(faust_app, settings, name)
 
 
 @app.command()
