@@ -49,6 +49,8 @@ class FeatureLookup:
         self._provider = get_provider(self._store.config)
         self._views: dict[str, Any] = {}
         self._sqlite = _SqliteRead(self._store.config) if self._store.config.online_store.type == "sqlite" else None
+        if self._store.config.online_store.type == "redis":
+            _fail_fast(self._provider.online_store, self._store.config.online_store)
         self._cache = TtlCache(cache_ttl_s)
         # Feast's SQLite connection belongs to the thread that opened it: use one thread, always.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
@@ -150,6 +152,16 @@ class _SqliteRead:
                 value = parse(blob)
                 if (kind := value.WhichOneof("val")) is not None:
                     matrix[rows[key], column] = getattr(value, kind)
+
+
+def _fail_fast(online_store: Any, config: Any) -> None:
+    """One immediate retry in the Redis client (a pooled connection that died with a restart), no
+    more: redis-py's default backs off for up to 14 s inside one call, which hides an outage from the
+    worker's own retry policy (its budget, its metrics and its dead letters)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    online_store._get_client(config).set_retry(Retry(NoBackoff(), 1))
 
 
 def _by_view(spec: ModelSpec) -> dict[str, list[tuple[str, int]]]:
