@@ -183,7 +183,9 @@ def bench(
     committed_answer_rate: Annotated[
         float, typer.Option(help="Also this rate with callers answered once committed (reply_when); 0: skip.")
     ] = 500.0,
-    only: Annotated[str, typer.Option(help="Scenario groups to run: throughput,http,state")] = "throughput,http,state",
+    only: Annotated[
+        str, typer.Option(help="Scenario groups to run: throughput,http,state,consumers")
+    ] = "throughput,http,state,consumers",
     soak: Annotated[float, typer.Option(help="Also run a worker this many seconds at a steady rate; RSS sampled.")] = 0,
     soak_rate: Annotated[float, typer.Option(help="Requests per second during the soak.")] = 1000.0,
     state_entries: Annotated[int, typer.Option(help="Entries of the dedup store the state group fills.")] = 10_000_000,
@@ -196,6 +198,13 @@ def bench(
     state_micro_entries: Annotated[
         int, typer.Option(help="Entries held by the dict and the store of the dedup microbenchmark.")
     ] = 1_000_000,
+    consumer_results: Annotated[
+        int, typer.Option(help="Results in the backlog the consumer group's fraud consumer reads through.")
+    ] = 200_000,
+    consumer_rate: Annotated[
+        float, typer.Option(help="Results/s fed to the fraud consumer for its alert latency.")
+    ] = 1000.0,
+    consumer_seconds: Annotated[float, typer.Option(help="Seconds of that steady feed.")] = 30.0,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
 ) -> None:
     """Benchmark the pipeline beside its peers and the machine's limit, in one run; table, JSON, PNG."""
@@ -204,7 +213,7 @@ def bench(
     _configure_logging()
     rates = tuple(float(r) for r in http_rates.split(",") if r.strip())
     groups = {g.strip() for g in only.split(",") if g.strip()}
-    if unknown := groups - {"throughput", "http", "state"}:
+    if unknown := groups - {"throughput", "http", "state", "consumers"}:
         raise typer.BadParameter(f"unknown scenario group(s): {', '.join(sorted(unknown))}", param_hint="--only")
     options = runner.Options(
         events=events,
@@ -220,6 +229,9 @@ def bench(
         state_rebuild_entries=state_rebuild_entries,
         state_restart_events=state_restart_events,
         state_micro_entries=state_micro_entries,
+        consumer_results=consumer_results,
+        consumer_rate=consumer_rate,
+        consumer_seconds=consumer_seconds,
     )
     figures = runner.run(get_settings(), options, groups)
     report.write_json(figures, out / "bench.json")

@@ -83,6 +83,8 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"ratio {name:<44}{value:>8.2f}")
     if "state" in report:
         lines += ["", *_state_lines(report["state"])]
+    if "consumers" in report:
+        lines += ["", *_consumer_lines(report["consumers"], summary.get("consumers", {}))]
     if "soak" in report:
         s = report["soak"]
         lines += [
@@ -121,6 +123,24 @@ def _state_lines(state: dict[str, Any]) -> list[str]:
         f"    store {m['store_us_per_event']:>7.2f} µs ({m['store_read_us_per_event']:.2f} + "
         f"{m['store_write_us_per_event']:.2f}), {s['dedup_store_over_dict']:.1f} times the dict's",
     ]
+
+
+def _consumer_lines(consumers: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    c, a = consumers["fraud_capacity"], consumers["fraud_alert_latency"]
+    lines = [
+        "fraud consumer, one process:",
+        f"  capacity {c['results_per_s']:,.0f} results/s through a backlog of {c['results']:,} "
+        f"({c['alerts']:,} alerts; CPU {c['cpu_s_per_million']:,.1f} s per million; "
+        f"peak RSS {c['peak_rss_mib']:.0f} MiB)",
+        f"  alert latency at {a['achieved_per_s']:,.0f} results/s, result committed → alert read "
+        f"({a['alerts']:,} alerts): p50 {a['p50']:.1f} ms, p90 {a['p90']:.1f}, p99 {a['p99']:.1f}",
+    ]
+    if (needed := summary.get("fraud_consumers_for_two_workers")) is not None:
+        lines.append(
+            f"  {summary['fraud_consumer/pipeline-2w steady']:.2f} of two workers' steady output: "
+            f"{needed} consumer process{'es' if needed > 1 else ''} keep up with them"
+        )
+    return lines
 
 
 def _pipeline_stages(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:

@@ -21,12 +21,13 @@ import orjson
 import structlog
 
 from pipeline import heap, topics
-from pipeline.bench import http, load, state
+from pipeline.bench import consumers, http, load, state
 from pipeline.bench.cpu import CpuMeter, per_million
 from pipeline.bench.memory import RssSampler, status_mib
 from pipeline.bench.stats import (
     median,
     median_figures,
+    percentiles_ms,
     ratio,
     sample_total,
     stage_summary,
@@ -75,6 +76,11 @@ class Options:
     state_micro_batches: int = 100
     state_micro_rounds: int = 5
     state_restart_events: int = 20_000  # requests scored by the worker restarted on the full store
+    # The consumer group: one fraud consumer through a backlog of this many results, then fed this
+    # many results per second for this long (alert latency).
+    consumer_results: int = 200_000
+    consumer_rate: float = 1000.0
+    consumer_seconds: float = 30.0
 
 
 @dataclass
@@ -376,6 +382,87 @@ class Bench:
         log.info("bench_run", scenario="state-rebuild", entries_per_s=figures["per_s"])
         return figures
 
+    # -- consumers --------------------------------------------------------------------------------
+    def consumers(self) -> dict[str, Any]:
+        """One fraud consumer process: its capacity through a backlog, its alert latency at a steady rate."""
+        o = self.options
+        capacity = self._consumer_capacity(o.consumer_results)
+        log.info("bench_run", scenario="consumer-capacity", results_per_s=capacity["results_per_s"])
+        latency = self._consumer_latency(o.consumer_rate, o.consumer_seconds)
+        log.info("bench_run", scenario="consumer-latency", p50_ms=latency["p50"], p99_ms=latency["p99"])
+        return {"fraud_capacity": capacity, "fraud_alert_latency": latency}
+
+    def _consumer_capacity(self, count: int) -> dict[str, Any]:
+        """A backlog of `count` committed results, then one consumer from the beginning: results/s
+        while its count went from 20% to 80% of them (start-up and tail apart), by its own metric."""
+        settings = load.fresh_topics(self.settings, "consumer")
+        group = f"{settings.worker.app_id}-fraud"
+        port = free_port()
+        own = settings.updated(consumers={"metrics_port": port})
+        partitions = topics.partition_count(own, own.topics.results)
+        rows = consumers.results(own, count, prefix=f"{group}-")
+        publisher = consumers.ResultsPublisher(own, partitions)
+        for start in range(0, count, 10_000):
+            publisher.commit(rows[start : start + 10_000])
+        name = "bench-consumer-fraud"
+        timeline: list[tuple[float, int]] = []
+        try:
+            process = self.stack.start_consumer(own, "fraud", name, "--group-id", group, "--from-beginning")
+            meter = CpuMeter({name: process.pid}).start()
+            sampler = RssSampler({name: process.pid}, interval_s=0.5)
+            deadline = time.monotonic() + 120 + count / 1000
+            while (read := int(sample_total(_scrape(port), CONSUMED, consumer="fraud"))) < count:
+                timeline.append((time.time(), read))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the fraud consumer read {read} of {count} results")
+                time.sleep(1.0)  # a scrape costs the consumer CPU: not too often
+            timeline.append((time.time(), read))
+            cpu, peaks = meter.stop(), sampler.stop()
+            alerts = int(sample_total(_scrape(port), ALERTS, kind="fraud"))
+        finally:
+            self.stack.stop_process(name)
+            load.drop_topics(settings)
+            _drop_group_topics(settings, group)
+        return {
+            "results": count,
+            "results_per_s": round(steady_rate(timeline, count), 1),
+            "alerts": alerts,
+            "cpu_s_per_million": per_million(cpu, count)[name],
+            "peak_rss_mib": peaks[name],
+        }
+
+    def _consumer_latency(self, rate: float, seconds: float) -> dict[str, Any]:
+        """One consumer fed `rate` results/s for `seconds`: each alert's latency from the commit of
+        the result that decided it to its being read by a read_committed reader."""
+        settings = load.fresh_topics(self.settings, "consumer-latency")
+        group = f"{settings.worker.app_id}-fraud"
+        own = settings.updated(consumers={"metrics_port": free_port()})
+        rows = consumers.results(own, int(rate * seconds), prefix=f"{group}-", seed=12)
+        publisher = consumers.ResultsPublisher(own, topics.partition_count(own, own.topics.results))
+        name = "bench-consumer-fraud-latency"
+        reader: consumers.AlertReader | None = None
+        try:
+            self.stack.start_consumer(own, "fraud", name, "--group-id", group)
+            reader = consumers.AlertReader(own)
+            began = time.monotonic()
+            committed = consumers.steady(publisher, rows, rate)
+            achieved = len(rows) / (time.monotonic() - began)
+            reader.wait_quiet(quiet_s=3.0, timeout_s=60)
+            latencies = consumers.alert_latencies_s(reader.seen, committed)
+        finally:
+            if reader is not None:
+                reader.close()
+            self.stack.stop_process(name)
+            load.drop_topics(settings)
+            _drop_group_topics(settings, group)
+        return {
+            "offered_per_s": rate,
+            "achieved_per_s": round(achieved, 1),
+            "seconds": seconds,
+            "alerts": len(latencies),
+            **percentiles_ms(latencies),
+        }
+
     # -- soak ---------------------------------------------------------------------------------------
     def soak(self) -> dict[str, Any]:
         o = self.options
@@ -468,10 +555,13 @@ def run(base: Settings, options: Options, scenarios: set[str], stack: LocalStack
         state_figures = bench.state() if "state" in scenarios else None
         if state_figures:
             report["state"] = state_figures
+        consumer_figures = bench.consumers() if "consumers" in scenarios else None
+        if consumer_figures:
+            report["consumers"] = consumer_figures
         if options.soak_s > 0:
             report["soak"] = bench.soak()
         report["services_peak_rss_mib"] = bench.services_rss()
-    report["summary"] = summarise(bench.runs, http_figures, state_figures)
+    report["summary"] = summarise(bench.runs, http_figures, state_figures, consumer_figures)
     report["seconds"] = round(time.time() - started_at, 1)
     return report
 
@@ -504,11 +594,21 @@ def _measured(load: Coroutine[Any, Any, http.LoadResult]) -> http.LoadResult:
 
 
 RESTORES = "pipeline_state_restores_total"
+CONSUMED, ALERTS = "pipeline_consumer_results_total", "pipeline_alerts_total"
 
 
 def _scrape(port: int) -> str:
     with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return response.read().decode()
+
+
+def _drop_group_topics(settings: Settings, group: str) -> None:
+    """A bench consumer's own topics (its tables' changelogs, Faust's leader topic), named for its group."""
+    admin = topics.admin_client(settings)
+    names = [name for name in admin.list_topics(timeout=10).topics if name.startswith(f"{group}-")]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            future.result()
 
 
 def _steady_load(settings: Settings, rate: float, stop: threading.Event) -> None:

@@ -79,6 +79,7 @@ def summarise(
     runs: dict[str, list[dict[str, Any]]],
     http_figures: dict[str, Any] | None,
     state_figures: dict[str, Any] | None = None,
+    consumer_figures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Medians per scenario, the ratios, and each target met or not."""
     medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
@@ -127,6 +128,9 @@ def summarise(
         errors = measured["http@500 errors"]
         targets["http@500 errors"] = {"target": 0, "measured": errors, "met": not errors}
     return {
+        "consumers": summarise_consumers(consumer_figures, steady.get(pipeline_scenario(2), math.nan))
+        if consumer_figures
+        else {},
         "events_per_s_median": medians,
         "steady_events_per_s_median": steady,
         "events_per_cpu_s_median": per_cpu,
@@ -156,3 +160,18 @@ def summarise_http(http_figures: dict[str, Any]) -> dict[str, Any]:
         judged |= {"http@500 p50 ms": at["p50"], "http@500 p99 ms": at["p99"], "http@500 errors": at["errors"]}
     judged |= {k: v for k, v in ratios.items() if k.endswith(f"@{HTTP_RATE:g}") and "CPU" not in k}
     return {"ratios": ratios, "judged": judged}
+
+
+def summarise_consumers(consumer_figures: dict[str, Any], two_workers_per_s: float) -> dict[str, Any]:
+    """One fraud consumer's capacity against two workers' steady output (measured in the same run,
+    NaN without it), and how many consumer processes keep up with them: they scale by partitions."""
+    capacity = consumer_figures["fraud_capacity"]["results_per_s"]
+    latency = consumer_figures["fraud_alert_latency"]
+    share = ratio(capacity, two_workers_per_s)
+    return {
+        "fraud_results_per_s": capacity,
+        "fraud_alert_latency_p50_ms": latency["p50"],
+        "fraud_alert_latency_p99_ms": latency["p99"],
+        "fraud_consumer/pipeline-2w steady": share,
+        "fraud_consumers_for_two_workers": math.ceil(1 / share) if math.isfinite(share) and share > 0 else None,
+    }

@@ -88,6 +88,7 @@ def make_app(settings: Settings, group_id: str, from_beginning: bool, partitions
         topic_disable_leader=True,
         autodiscover=False,
         producer_acks=-1,
+        producer_linger_ms=consumers.producer_linger_ms,
         producer_request_timeout=30.0,
         broker_commit_interval=consumers.commit_interval_s,
         stream_wait_empty=False,
@@ -125,7 +126,13 @@ class _Worker(faust.Worker):
 def run(app: ConsumerApp, settings: Settings, name: str) -> None:
     """Run the app's agents until SIGTERM or SIGINT; exits the process (0 once stopped cleanly)."""
     consumers = settings.consumers
-    server, _ = start_http_server(consumers.metrics_port, addr=consumers.metrics_host)
+    try:
+        server, _ = start_http_server(consumers.metrics_port, addr=consumers.metrics_host)
+    except OSError as e:
+        raise ConfigurationError(
+            f"metrics port {consumers.metrics_port} unavailable ({e.strerror}): give each consumer process "
+            "its own PIPELINE_CONSUMERS__METRICS_PORT"
+        ) from e
     log.info("consumer_starting", consumer=name, group_id=app.conf.id, metrics_port=server.server_port)
     app.finalize()
     app.worker_init()

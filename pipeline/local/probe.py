@@ -125,6 +125,32 @@ def collect(
         consumer.close()
 
 
+def read_json(
+    settings: Settings,
+    start: dict[TopicPartition, int],
+    done: Callable[[list[dict[str, Any]]], bool],
+    timeout_s: float = 60.0,
+    settle_s: float = 1.0,
+) -> list[dict[str, Any]]:
+    """The JSON values committed on the topics of `start` from those offsets, once `done` holds (then
+    `settle_s` more) or at the timeout."""
+    consumer = Consumer(consumer_config(settings))
+    consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in start.items()])
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            for message in consumer.consume(num_messages=1000, timeout=0.2):
+                if message.error() is None and message.value() is not None:
+                    found.append(orjson.loads(message.value()))
+            if settle_until is None and done(found):
+                settle_until = time.monotonic() + settle_s
+        return found
+    finally:
+        consumer.close()
+
+
 def _record(settings: Settings, collected: Collected, message: Any) -> None:
     value = orjson.loads(message.value())
     if message.topic() == settings.topics.dlq:

@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka" / "kafka.sh"
 TRITON_SCRIPT = PROJECT_ROOT / "deploy" / "triton" / "triton.sh"
 REDIS_SCRIPT = PROJECT_ROOT / "deploy" / "redis" / "redis.sh"
+CONSUMERS = ("fraud", "drift")  # `pipeline consumers NAME` run beside the worker by `stack up` and the demo
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,23 @@ class LocalStack:
         self.wait_for_log(name, "consumer_ready", process, timeout_s)
         return process
 
+    def start_consumers(self, settings: Settings, timeout_s: float = 90) -> list[str]:
+        """Each of CONSUMERS not running yet, started side by side (from the beginning of the topics
+        when its group has no offsets) and waited for; the names of those started."""
+        started = {}
+        for i, consumer in enumerate(CONSUMERS):  # metrics on consecutive ports from the configured one
+            own = settings.updated(consumers={"metrics_port": settings.consumers.metrics_port + i})
+            if not self.is_running(name := f"{consumer}-consumer"):
+                started[name] = self.spawn(name, own, "consumers", consumer, "--from-beginning")
+        try:
+            for name, process in started.items():
+                self.wait_for_log(name, "consumer_ready", process, timeout_s)
+        except BaseException:
+            for name in started:
+                self.stop_process(name)
+            raise
+        return list(started)
+
     def start_gateway(
         self, settings: Settings, name: str = "gateway", timeout_s: float = 60
     ) -> subprocess.Popen[bytes]:
@@ -273,6 +291,7 @@ class LocalStack:
             self.start_worker(settings)
         if not self.is_running("gateway"):
             self.start_gateway(settings)
+        self.start_consumers(settings)
         log.info(
             "stack_up",
             kafka=f"127.0.0.1:{self.ports.kafka}",
@@ -282,7 +301,7 @@ class LocalStack:
         )
 
     def down(self) -> None:
-        for name in ("gateway", "worker"):
+        for name in (*(f"{c}-consumer" for c in CONSUMERS), "gateway", "worker"):
             self.stop_process(name)
         self.stop_triton()
         self.stop_kafka()

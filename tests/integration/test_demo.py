@@ -1,4 +1,4 @@
-"""`make demo`'s job runs to completion (on the session's stack), so it cannot rot."""
+"""`make demo`'s job runs to completion (on the session's stack), alerts shown, so it cannot rot."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 def test_demo_runs_to_completion_and_scores_every_distinct_event(stack):
     settings = stack.settings()
-    settings = settings.updated(gateway={"port": free_port()}, worker={"app_id": "demo-worker"})
+    settings = settings.updated(
+        gateway={"port": free_port()}, worker={"app_id": "demo-worker"}, consumers={"metrics_port": free_port()}
+    )
     env = {**os.environ, **settings_env(settings)}
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "demo", "--events", "3000"],
@@ -29,3 +31,7 @@ def test_demo_runs_to_completion_and_scores_every_distinct_event(stack):
     assert "scored (distinct results)    2,820 of 2,820" in result.stdout
     assert "(0 repeated results)" in result.stdout
     assert "→ 200 {" in result.stdout
+    # The fraud consumer's alerts, those of the patterns played after the stream among them.
+    alerts = next(line for line in result.stdout.splitlines() if line.strip().startswith("fraud alerts"))
+    assert "'velocity'" in alerts and "'repeated_high_scores'" in alerts, alerts
+    assert "drift alerts                 0" in result.stdout
