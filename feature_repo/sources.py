@@ -7,3 +7,11 @@ account_stats_source = FileSource(
     timestamp_field="event_timestamp",
     created_timestamp_column="created",
 )
+
+# Written by `pipeline features apply` (synthetic baselines for devices 1..N).
+device_baselines_source = FileSource(
+    name="device_baselines_source",
+    path="data/device_baselines.parquet",
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created",
+)

@@ -1,9 +1,9 @@
 from datetime import timedelta
 
-from entities import account
+from entities import account, device
 from feast import FeatureView, Field
 from feast.types import Float32, Int64
-from sources import account_stats_source
+from sources import account_stats_source, device_baselines_source
 
 account_stats = FeatureView(
     name="account_stats",
@@ -19,4 +19,18 @@ account_stats = FeatureView(
     ],
     online=True,
     source=account_stats_source,
+)
+
+# Each sensor's mean and spread over the device's last day of normal operation.
+device_baselines = FeatureView(
+    name="device_baselines",
+    entities=[device],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(name=f"{sensor}_{stat}", dtype=Float32)
+        for sensor in ("temperature", "vibration", "pressure", "rpm")
+        for stat in ("mean", "std")
+    ],
+    online=True,
+    source=device_baselines_source,
 )

@@ -49,25 +49,26 @@ def topics_apply() -> None:
 
 @models_app.command("train")
 def models_train(
+    model: Annotated[str | None, typer.Argument(help="fraud_scorer or anomaly_detector; default: both.")] = None,
     force: Annotated[bool, typer.Option(help="Retrain even when a model is already exported.")] = True,
     repository: Annotated[Path | None, typer.Option(help="Triton model repository.")] = None,
 ) -> None:
-    """Train the fraud scorer on synthetic data and export it to the Triton model repository."""
+    """Train models on synthetic data and export them to the Triton model repository."""
     import torch
 
     from pipeline.models import train
 
-    repo = repository or get_settings().triton.model_repository
-    if not force and train.is_trained(repo):
-        typer.echo(f"model already exported in {repo}/fraud_scorer/1 (use --force to retrain)")
-        return
+    settings = get_settings()
+    repo = repository or settings.triton.model_repository
+    if model is not None and model not in train.MODELS:
+        raise typer.BadParameter(f"unknown model {model!r}: one of {', '.join(train.MODELS)}", param_hint="MODEL")
     torch.set_num_threads(2)
-    report = train.train(repo, accounts=get_settings().feast.accounts)
-    typer.echo(
-        f"fraud_scorer: holdout ROC-AUC {report.holdout_auc:.4f}, fraud rate {report.fraud_rate:.3f}, "
-        f"precision {report.precision_at_threshold:.3f} / recall {report.recall_at_threshold:.3f} "
-        f"at threshold {report.threshold}, {report.train_rows} training rows, {report.seconds:.1f} s"
-    )
+    for name in [model] if model else train.MODELS:
+        if not force and train.is_trained(repo, name):
+            typer.echo(f"{name} already exported in {repo}/{name}/1 (use --force to retrain)")
+            continue
+        report = train.train_model(name, repo, accounts=settings.feast.accounts, devices=settings.feast.devices)
+        typer.echo(train.describe(name, report))
 
 
 @features_app.command("apply")
@@ -76,7 +77,7 @@ def features_apply(force: Annotated[bool, typer.Option(help="Regenerate and relo
     from pipeline.features import demo_data
 
     settings = get_settings()
-    done = demo_data.apply(settings.feast.repo_path, settings.feast.accounts, force=force)
+    done = demo_data.apply(settings.feast.repo_path, settings.feast.accounts, settings.feast.devices, force=force)
     typer.echo("features: applied and materialised" if done else "features: online store already loaded")
 
 
@@ -123,6 +124,12 @@ def consumers_fraud(group_id: _GroupId = "", from_beginning: _FromBeginning = Fa
     _run_consumer("fraud", group_id, from_beginning)
 
 
+@consumers_app.command("anomaly")
+def consumers_anomaly(group_id: _GroupId = "", from_beginning: _FromBeginning = False) -> None:
+    """Anomaly alerts from the anomaly detector's results, one per device episode, to anomaly.alerts."""
+    _run_consumer("anomaly", group_id, from_beginning)
+
+
 @consumers_app.command("drift")
 def consumers_drift(group_id: _GroupId = "", from_beginning: _FromBeginning = False) -> None:
     """Drift of request features and scores against the training reference: gauges, drift.alerts."""
@@ -132,13 +139,14 @@ def consumers_drift(group_id: _GroupId = "", from_beginning: _FromBeginning = Fa
 def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
     """Build the Faust app of consumer `name` (group default pipeline-NAME) and run it until stopped."""
     from pipeline import topics
+    from pipeline.consumers import anomaly, drift, fraud
     from pipeline.consumers import app as consumer_app
-    from pipeline.consumers import drift, fraud
 
     _configure_logging()
     settings = get_settings()
-    if name == "fraud":
-        partitions = consumer_app.check_partitions(settings, settings.topics.alerts)
+    if name in ("fraud", "anomaly"):
+        output = settings.topics.alerts if name == "fraud" else settings.topics.anomaly_alerts
+        partitions = consumer_app.check_partitions(settings, output)
     else:
         drift.check_reference(settings)
         partitions = topics.partition_count(settings, settings.topics.requests)
@@ -146,6 +154,8 @@ def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
     faust_app = consumer_app.make_app(settings, group, from_beginning, partitions)
     if name == "fraud":
         topics.apply(settings, fraud.install(faust_app, settings, partitions))
+    elif name == "anomaly":
+        topics.apply(settings, anomaly.install(faust_app, settings, partitions))
     else:
         drift.install(faust_app, settings)
     consumer_app.run(faust_app, settings, name)

@@ -142,15 +142,17 @@ def result_record(
     latency_ms: float,
     scored_at: str | None = None,
     entity: Mapping[str, int | str] | None = None,
+    labels: tuple[str, str] = ("legit", "fraud"),
 ) -> dict[str, Any]:
     """`scored_at` defaults to now; a batch scored in one call passes one stamp for all its results.
-    `entity`: the request's entity keys, so the results' consumers need no join back to the requests."""
+    `entity`: the request's entity keys, so the results' consumers need no join back to the requests.
+    `labels`: the model's label below its threshold and at or above it."""
     record = {
         "event_id": event_id,
         "model": model,
         "model_version": model_version,
         "score": round(float(score), 6),
-        "label": "fraud" if score >= threshold else "legit",
+        "label": labels[1] if score >= threshold else labels[0],
         "scored_at": scored_at or utc_timestamp(),
         "latency_ms": round(latency_ms, 3),
     }

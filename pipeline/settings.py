@@ -34,6 +34,7 @@ class TopicSettings(_Block):
     replies: str = "inference.replies"
     alerts: str = "fraud.alerts"
     drift_alerts: str = "drift.alerts"
+    anomaly_alerts: str = "anomaly.alerts"
     definitions: Path = PROJECT_ROOT / "topics" / "topics.yaml"
 
 
@@ -111,6 +112,17 @@ class FraudRuleSettings(_Block):
     velocity_window_s: float = Field(default=60.0, gt=0)
 
 
+class AnomalySettings(_Block):
+    """The anomaly consumer (`pipeline/consumers/anomaly_rules.py`)."""
+
+    model: str = "anomaly_detector"  # the model whose results it reads
+    threshold: float = Field(default=0.5, ge=0, le=1)  # a reading scored at or above this is anomalous
+    # One alert per device per this long; further anomalous readings of the device within it are
+    # counted in that alert's follow-up, republished with the count at most every `follow_up_s`.
+    suppress_s: float = Field(default=600.0, gt=0)
+    follow_up_s: float = Field(default=60.0, ge=0)
+
+
 class DriftSettings(_Block):
     """The drift monitor (`pipeline/consumers/drift.py`)."""
 
@@ -138,6 +150,7 @@ class ConsumerSettings(_Block):
     # stop has no bound: docs/architecture.md#consumers).
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
     fraud: FraudRuleSettings = FraudRuleSettings()
+    anomaly: AnomalySettings = AnomalySettings()
     drift: DriftSettings = DriftSettings()
 
 
@@ -150,7 +163,8 @@ class TritonSettings(_Block):
 
 class FeastSettings(_Block):
     repo_path: Path = PROJECT_ROOT / "feature_repo"
-    accounts: int = 10_000
+    accounts: int = 10_000  # synthetic card accounts 1..N (fraud_scorer's entity)
+    devices: int = 1_000  # synthetic machines 1..N (anomaly_detector's entity)
     # Feature rows are reused this long per entity (0: every batch reads the store). The online
     # store only changes on materialisation, so a few seconds are invisible to the model.
     cache_ttl_s: float = Field(default=5.0, ge=0)

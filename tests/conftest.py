@@ -54,7 +54,9 @@ def make_settings(stack: LocalStack, **worker: object) -> Settings:
     uid = uuid.uuid4().hex[:10]
     base = stack.settings()
     settings = base.updated(
-        topics={name: f"t{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts")},
+        topics={
+            name: f"t{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts", "anomaly_alerts")
+        },
         worker={"app_id": f"worker-{uid}", **worker},
         gateway={"port": free_port()},
     )

@@ -269,6 +269,7 @@ def _result(spec: ModelSpec, request: InferenceRequest, score: float) -> bytes:
         model_version="1",
         score=score,
         threshold=spec.threshold,
+        labels=spec.labels,
         latency_ms=0.0,
         entity=request.entity,
     )

@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             model_version=version,
             score=float(scores[0]),
             threshold=spec.threshold,
+            labels=spec.labels,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
             entity=body.entity,
         )

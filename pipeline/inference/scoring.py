@@ -26,6 +26,7 @@ def entity_id(request: InferenceRequest, spec: ModelSpec) -> int:
 
 
 def check_features(request: InferenceRequest, spec: ModelSpec) -> None:
+    """Every feature the model reads is there and within its declared domain."""
     missing = [name for name in spec.request_features if name not in request.features]
     if missing:
         raise InvalidRequest(
@@ -33,6 +34,12 @@ def check_features(request: InferenceRequest, spec: ModelSpec) -> None:
             + (f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""),
             event_id=request.event_id,
         )
+    for name, domain in spec.domains.items():
+        if (value := request.features[name]) not in domain:
+            raise InvalidRequest(
+                f"features.{name}: {value:g} is outside its domain {domain} (model {spec.name})",
+                event_id=request.event_id,
+            )
 
 
 def feature_matrix(

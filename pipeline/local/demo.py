@@ -17,6 +17,7 @@ from pipeline.local import probe, traffic
 from pipeline.local.probe import Collected
 from pipeline.local.stack import LocalStack
 from pipeline.settings import Settings
+from pipeline.synthetic import telemetry
 
 
 def run(base: Settings, events: int, keep_running: bool) -> None:
@@ -44,11 +45,44 @@ def run(base: Settings, events: int, keep_running: bool) -> None:
                 stack.stop_process(name)
 
 
+TELEMETRY_DEVICES = 100  # machines reporting in the demo, each a reading per simulated five minutes
+
+
 def _run_stream(settings: Settings, events: int) -> None:
-    alerts_start = probe.end_offsets(settings, [settings.topics.alerts, settings.topics.drift_alerts])
+    topics = [settings.topics.alerts, settings.topics.drift_alerts, settings.topics.anomaly_alerts]
+    alerts_start = probe.end_offsets(settings, topics)
     demo, collected = _stream(settings, events)
     expected = _patterns(settings, demo, collected)
-    _show_alerts(settings, alerts_start, expected)
+    devices = _telemetry(settings, max(TELEMETRY_DEVICES, events // 10))
+    _show_alerts(settings, alerts_start, expected, devices)
+
+
+def _telemetry(settings: Settings, count: int) -> int:
+    """Publish `count` readings of TELEMETRY_DEVICES machines beside the transactions; print how the
+    anomaly detector did against the known labels; the number of devices flagged."""
+    prefix = f"demo-telemetry-{uuid.uuid4().hex[:8]}-"
+    data = telemetry.readings(count, TELEMETRY_DEVICES, seed=41)
+    requests = traffic.telemetry_requests(count, prefix, devices=TELEMETRY_DEVICES, seed=41)
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    typer.echo(
+        f"\npublishing {count:,} telemetry readings of {TELEMETRY_DEVICES} machines "
+        f"({data.label.mean():.1%} anomalous, labels known)"
+    )
+    probe.publish(settings, [traffic.message_for(r) for r in requests])
+    ids = [str(r["event_id"]) for r in requests]
+    collected = probe.collect(settings, start, lambda c: all(e in c.results for e in ids), timeout_s=120)
+    scored = sum(1 for e in ids if e in collected.results)
+    if scored != count:
+        typer.echo(f"only {scored:,} of {count:,} readings scored", err=True)
+        raise typer.Exit(1)
+    flagged = np.array([collected.results[r["event_id"]][0]["label"] == "anomaly" for r in requests])
+    hits = int((flagged & (data.label == 1)).sum())
+    typer.echo(
+        f"  {'readings scored':<28} {scored:,} of {count:,}\n"
+        f"  {'flagged anomalous':<28} {int(flagged.sum()):,}: {hits:,} of the {int(data.label.sum()):,} "
+        f"injected anomalies, {int(flagged.sum()) - hits:,} false alarms"
+    )
+    return len(set(data.device_id[flagged].tolist()))
 
 
 def _stream(settings: Settings, events: int) -> tuple[traffic.Traffic, Collected]:
@@ -111,24 +145,34 @@ def _patterns(settings: Settings, demo: traffic.Traffic, collected: Collected) -
     return expected
 
 
-def _show_alerts(settings: Settings, start: dict, expected: dict[str, object]) -> None:
+def _show_alerts(settings: Settings, start: dict, expected: dict[str, object], devices: int) -> None:
     def raised(alerts: list[dict[str, object]]) -> bool:
         found = {(a.get("rule"), a.get("account_id")) for a in alerts}
-        return all(pair in found for pair in expected.items())
+        episodes = {a.get("device_id") for a in alerts if a.get("kind") == "anomaly"}
+        return all(pair in found for pair in expected.items()) and len(episodes) >= devices
 
-    alerts = probe.read_json(settings, start, raised, timeout_s=60, settle_s=2)
+    alerts = probe.read_json(settings, start, raised, timeout_s=120, settle_s=2)
     fraud = [a for a in alerts if a.get("kind") == "fraud"]
-    drift = [a for a in alerts if a.get("kind") != "fraud"]
+    anomaly = [a for a in alerts if a.get("kind") == "anomaly"]
+    drift = [a for a in alerts if a.get("kind") == "drift"]
+    latest = {str(a["alert_id"]): a for a in anomaly}  # each episode as it stands (follow-ups replace it)
+    typer.echo("\nalerts raised")
     rules = Counter(str(a["rule"]) for a in fraud)
     typer.echo(f"  {'fraud alerts':<28} {len(fraud):,}  {dict(sorted(rules.items()))}")
     for rule in sorted(rules):
         example = next(a for a in fraud if a["rule"] == rule)
         typer.echo(f"    {rule:<22} {example['reason']}")
+    counted = sum(int(a["follow_up"]["count"]) for a in latest.values())  # type: ignore[index]
     typer.echo(
-        f"  {'drift alerts':<28} {len(drift):,}" + ("" if drift else "  (the stream is drawn like the training data)")
+        f"  {'anomaly alerts':<28} {len(latest):,} (one per machine with an anomaly; {counted:,} further "
+        f"anomalous readings in their follow-ups)"
     )
-    for alert in drift[:5]:
-        typer.echo(f"    {alert.get('feature')}: {alert.get('level')}, PSI {alert.get('psi')}")
+    typer.echo(f"  {'drift alerts':<28} {len(drift):,}")
+    for model in sorted({str(a.get("model")) for a in drift}):
+        features = ", ".join(f"{a.get('feature')} ({a.get('level')})" for a in drift if a.get("model") == model)
+        typer.echo(f"    {model}: {features}")
+    if any(a.get("model") == "anomaly_detector" for a in drift):
+        typer.echo("    (the telemetry covers a few hours, the training data days: its hours and loads differ)")
     if example := next((a for a in fraud if a["rule"] == "repeated_high_scores"), None):
         typer.echo(f"  one alert on {settings.topics.alerts}:\n    {orjson.dumps(example).decode()}")
     if not raised(alerts):

@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka" / "kafka.sh"
 TRITON_SCRIPT = PROJECT_ROOT / "deploy" / "triton" / "triton.sh"
 REDIS_SCRIPT = PROJECT_ROOT / "deploy" / "redis" / "redis.sh"
-CONSUMERS = ("fraud", "drift")  # `pipeline consumers NAME` run beside the worker by `stack up` and the demo
+CONSUMERS = ("fraud", "drift", "anomaly")  # `pipeline consumers NAME` run beside the worker by `stack up` and the demo
 
 
 @dataclass(frozen=True)
@@ -252,14 +252,16 @@ class LocalStack:
         from pipeline.features import demo_data
         from pipeline.models import train
 
-        if not train.is_trained(settings.triton.model_repository):
-            import torch
+        repository, feast = settings.triton.model_repository, settings.feast
+        for name in train.MODELS:
+            if not train.is_trained(repository, name):
+                import torch
 
-            torch.set_num_threads(2)
-            report = train.train(settings.triton.model_repository, accounts=settings.feast.accounts)
-            log.info("model_trained", holdout_auc=round(report.holdout_auc, 4), seconds=report.seconds)
-        if demo_data.apply(settings.feast.repo_path, settings.feast.accounts):
-            log.info("features_materialised", accounts=settings.feast.accounts)
+                torch.set_num_threads(2)
+                report = train.train_model(name, repository, accounts=feast.accounts, devices=feast.devices)
+                log.info("model_trained", model=name, summary=train.describe(name, report))
+        if demo_data.apply(feast.repo_path, feast.accounts, feast.devices):
+            log.info("features_materialised", accounts=feast.accounts, devices=feast.devices)
 
     @contextmanager
     def services(self, settings: Settings) -> Iterator[None]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from pipeline.synthetic import cards
+from pipeline.synthetic import cards, telemetry
 
 # Each kind of bad input, and the dead-letter code it must get.
 MALFORMED_KINDS = (
@@ -56,10 +56,29 @@ def valid_requests(count: int, prefix: str, accounts: int = 10_000, seed: int = 
     ]
 
 
+def telemetry_requests(
+    count: int, prefix: str, devices: int = 1_000, seed: int = 29, anomaly_rate: float = 0.05
+) -> list[dict[str, object]]:
+    """`count` readings for the anomaly detector, `devices` machines reporting in turn (about
+    `anomaly_rate` of them anomalous: `pipeline.synthetic.telemetry`)."""
+    data = telemetry.readings(count, devices, seed=seed, anomaly_rate=anomaly_rate)
+    rows = data.features.to_dict(orient="records")
+    return [
+        {
+            "event_id": f"{prefix}{i:07d}",
+            "model": "anomaly_detector",
+            "entity": {"device_id": int(device)},
+            "features": {k: float(v) for k, v in row.items()},
+        }
+        for i, (device, row) in enumerate(zip(data.device_id, rows, strict=True))
+    ]
+
+
 def message_for(request: dict[str, object], kind: str = "valid") -> Message:
+    """Keyed as the contract keys requests: by the entity's value (`contract.request_key`)."""
     entity = request["entity"]
     assert isinstance(entity, dict)
-    return Message(str(entity["account_id"]).encode(), orjson.dumps(request), str(request["event_id"]), kind)
+    return Message(str(next(iter(entity.values()))).encode(), orjson.dumps(request), str(request["event_id"]), kind)
 
 
 def malformed(kind: str, base: dict[str, object], event_id: str) -> Message:

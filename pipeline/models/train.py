@@ -1,4 +1,5 @@
-"""`pipeline models train`: fit the fraud scorer on synthetic data and export it for Triton.
+"""`pipeline models train`: fit the fraud scorer on synthetic data and export it for Triton (the anomaly
+detector's training: `anomaly_training`).
 
 Writes `<repository>/fraud_scorer/1/model.pt` (TorchScript), `metrics.json` and the drift monitor's
 training reference `reference.json` beside it.
@@ -10,11 +11,13 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.errors import ConfigurationError
 from pipeline.models import reference
 from pipeline.models.fraud_scorer import FraudScorer
 from pipeline.models.spec import ModelSpec, load_spec_file
@@ -78,7 +81,7 @@ def train(
         seconds=round(time.perf_counter() - started, 2),
     )
     version_dir = repository / "fraud_scorer" / "1"
-    _export(model, version_dir, report)
+    export(model, version_dir, report)
     columns = {name: data.features[name].to_numpy()[:split] for name in spec.request_features}
     reference.write(version_dir, columns | {"score": scores})
     return report
@@ -100,13 +103,44 @@ def _fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, epochs: int) -> FraudSco
     return model.eval()
 
 
-def _export(model: FraudScorer, version_dir: Path, report: TrainingReport) -> None:
+def export(model: torch.nn.Module, version_dir: Path, report: Any) -> None:
+    """The model as TorchScript (`model.pt`) and its training report (`metrics.json`, a dataclass)."""
     version_dir.mkdir(parents=True, exist_ok=True)
     torch.jit.script(model).save(str(version_dir / "model.pt"))
     (version_dir / "metrics.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
 
 
-def is_trained(repository: Path) -> bool:
+MODELS = ("fraud_scorer", "anomaly_detector")
+
+
+def train_model(name: str, repository: Path, accounts: int, devices: int) -> Any:
+    """Train and export one of MODELS; its training report."""
+    if name == "fraud_scorer":
+        return train(repository, accounts=accounts)
+    if name == "anomaly_detector":
+        from pipeline.models import anomaly_training
+
+        return anomaly_training.train(repository, devices=devices)
+    raise ConfigurationError(f"unknown model {name!r}: one of {', '.join(MODELS)}")
+
+
+def describe(name: str, report: Any) -> str:
+    """One line of a training report, as `pipeline models train` prints it."""
+    if name == "fraud_scorer":
+        return (
+            f"fraud_scorer: holdout ROC-AUC {report.holdout_auc:.4f}, fraud rate {report.fraud_rate:.3f}, "
+            f"precision {report.precision_at_threshold:.3f} / recall {report.recall_at_threshold:.3f} "
+            f"at threshold {report.threshold}, {report.train_rows} training rows, {report.seconds:.1f} s"
+        )
+    kinds = ", ".join(f"{kind} {recall:.2f}" for kind, recall in report.recall_by_kind.items())
+    return (
+        f"anomaly_detector: holdout precision {report.precision:.3f} / recall {report.recall:.3f} / "
+        f"F1 {report.f1:.3f} (recall by kind: {kinds}), anomaly rate {report.anomaly_rate:.3f}, "
+        f"{report.train_rows} training rows, {report.seconds:.1f} s"
+    )
+
+
+def is_trained(repository: Path, model: str = "fraud_scorer") -> bool:
     """The model and its training reference for drift monitoring are there."""
-    version_dir = repository / "fraud_scorer" / "1"
+    version_dir = repository / model / "1"
     return (version_dir / "model.pt").exists() and (version_dir / reference.FILE).exists()

@@ -2,5 +2,6 @@
 
 Kept apart from `local` because the models' training draws on it and the local stack drives training.
 
-- `cards`: accounts and card transactions with a known fraud rule.
+- `cards`: accounts and card transactions with a known fraud rule;
+- `telemetry`: devices and their sensor readings, with labelled anomalies of four kinds.
 """

@@ -291,6 +291,7 @@ class BatchProcessor:
             model_version=version,
             score=score,
             threshold=spec.threshold,
+            labels=spec.labels,
             latency_ms=latency * 1000,
             scored_at=scored_at,
             entity=item.request.entity,

@@ -84,6 +84,24 @@ def test_invalid_bodies_get_422_naming_the_problem(bridge, body, code, field):
     assert field in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hour_of_day": 99.0}, "features.hour_of_day: 99 is outside its domain [0, 23]"),
+        ({"is_foreign": 7.0}, "features.is_foreign: 7 is outside its domain one of 0, 1"),
+        ({"amount": -40.0}, "features.amount: -40 is outside its domain [0, 1e+06]"),
+    ],
+)
+def test_a_feature_outside_the_models_domain_gets_422_naming_field_and_domain(bridge, change, message):
+    _, client = bridge
+    request = traffic.valid_requests(1, prefix=f"domain-{next(iter(change))}-", seed=31)[0]
+    response = client.post("/v1/predict", json=request | {"features": request["features"] | change})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"]["code"] == "invalid_request" and message in body["error"]["message"]
+    assert body["event_id"] == request["event_id"]
+
+
 def test_a_body_that_is_not_json_gets_422(bridge):
     _, client = bridge
     response = client.post("/v1/predict", content=b"{nope", headers={"content-type": "application/json"})

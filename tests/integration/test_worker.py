@@ -45,11 +45,11 @@ def _declared_features(config: Path) -> tuple[str, list[str], list[str], int]:
     return params["entity_key"], split[0], split[1], int(width.group(1))
 
 
-def _reference_scores(settings, requests, model_path):
+def _reference_scores(settings, requests, model_path, model: str = "fraud_scorer"):
     """The same TorchScript model run in-process, on a matrix built here: each request's features, then
-    its account's features from Feast's get_online_features, in the order config.pbtxt declares."""
+    its entity's features from Feast's get_online_features, in the order config.pbtxt declares."""
     entity_key, request_features, store_features, width = _declared_features(
-        settings.triton.model_repository / "fraud_scorer" / "config.pbtxt"
+        settings.triton.model_repository / model / "config.pbtxt"
     )
     assert len(request_features) + len(store_features) == width
     store = FeatureStore(repo_path=str(settings.feast.repo_path))
@@ -63,7 +63,7 @@ def _reference_scores(settings, requests, model_path):
         ],
         dtype=np.float32,
     )
-    assert matrix.shape == (len(requests), width) and not np.isnan(matrix).any(), "every account has its features"
+    assert matrix.shape == (len(requests), width) and not np.isnan(matrix).any(), "every entity has its features"
     model = torch.jit.load(str(model_path))
     with torch.inference_mode():
         return model(torch.from_numpy(matrix)).numpy().reshape(-1)
@@ -86,6 +86,56 @@ def test_every_distinct_event_scored_once_with_the_models_score(pipeline_setting
     assert {res[0]["label"] for res in collected.results.values()} <= {"fraud", "legit"}
     assert all((res[0]["label"] == "fraud") == (res[0]["score"] >= 0.5) for res in collected.results.values())
     assert all(collected.results[r["event_id"]][0]["entity"] == r["entity"] for r in requests), "the request's entity"
+
+
+def test_two_models_on_one_topic_are_each_scored_by_their_own_model(pipeline_settings, start_worker):
+    settings = pipeline_settings()
+    start_worker(settings)
+    cards = traffic.valid_requests(400, prefix="two-models-card-")
+    readings = traffic.telemetry_requests(400, prefix="two-models-device-")
+    mixed = [request for pair in zip(cards, readings, strict=True) for request in pair]  # interleaved
+    collected = _run(settings, [traffic.message_for(r) for r in mixed], results=len(mixed))
+
+    assert collected.distinct_results == len(mixed) and collected.repeated_results == 0
+    assert collected.dead_letters == []
+    repository = settings.triton.model_repository
+    for model, requests, (below, above) in (
+        ("fraud_scorer", cards, ("legit", "fraud")),
+        ("anomaly_detector", readings, ("normal", "anomaly")),
+    ):
+        expected = _reference_scores(settings, requests, repository / model / "1" / "model.pt", model)
+        results = [collected.results[r["event_id"]][0] for r in requests]
+        np.testing.assert_allclose([r["score"] for r in results], expected, atol=1e-5, rtol=0, err_msg=model)
+        assert {(r["model"], r["model_version"]) for r in results} == {(model, "1")}
+        assert {r["label"] for r in results} == {below, above}, f"{model}: both labels among 400 results"
+        assert all(r["label"] == (above if r["score"] >= 0.5 else below) for r in results), model
+        assert [r["entity"] for r in results] == [r["entity"] for r in requests]
+
+
+def test_bad_telemetry_is_dead_lettered_with_the_contracts_codes(pipeline_settings, start_worker):
+    settings = pipeline_settings()
+    start_worker(settings)
+    good = traffic.telemetry_requests(10, prefix="bad-telemetry-")
+    base = good[0]
+    features = dict(base["features"])
+    bad = {
+        "unknown_device": (base | {"event_id": "bad-t-1", "entity": {"device_id": 9_999_999}}, "missing_features"),
+        "missing_reading": (
+            base | {"event_id": "bad-t-2", "features": {k: v for k, v in features.items() if k != "vibration"}},
+            "invalid_request",
+        ),
+        "not_a_number": (base | {"event_id": "bad-t-3", "features": features | {"rpm": "fast"}}, "invalid_request"),
+        "outside_domain": (base | {"event_id": "bad-t-4", "features": features | {"load": 1.7}}, "invalid_request"),
+    }
+    stream = [traffic.message_for(r) for r in good] + [traffic.message_for(r) for r, _ in bad.values()]
+    collected = _run(settings, stream, results=len(good), dead_letters=len(bad))
+
+    letters = {letter["event_id"]: letter["error"] for letter in collected.dead_letters}
+    assert {e: letters[r["event_id"]]["code"] for e, (r, _) in bad.items()} == {e: c for e, (_, c) in bad.items()}
+    assert "features.vibration: required by model anomaly_detector" in letters["bad-t-2"]["message"]
+    assert "features.load: 1.7 is outside its domain [0, 1]" in letters["bad-t-4"]["message"]
+    assert "device_id=9999999" in letters["bad-t-1"]["message"]
+    assert collected.distinct_results == len(good)
 
 
 def test_repeats_get_no_second_result_even_after_a_worker_restart(pipeline_settings, start_worker):

@@ -48,3 +48,32 @@ def test_feast_rows_become_float_rows_and_gaps_become_none():
     rows = rows_by_entity(SPEC, [1, 2], response)
     assert rows[1] is not None and rows[1].tolist() == [1.0] * len(names)
     assert rows[2] is None
+
+
+IN_DOMAIN = {
+    "amount": 120.0,
+    "merchant_category": 5411.0,
+    "hour_of_day": 13.0,
+    "is_foreign": 0.0,
+    "card_present": 1.0,
+    "distance_from_home_km": 4.2,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hour_of_day": 99.0}, r"features\.hour_of_day: 99 is outside its domain \[0, 23\] \(model fraud_scorer\)"),
+        ({"is_foreign": 7.0}, r"features\.is_foreign: 7 is outside its domain one of 0, 1"),
+        ({"amount": -12.5}, r"features\.amount: -12\.5 is outside its domain \[0, 1e\+06\]"),
+    ],
+)
+def test_a_feature_outside_its_domain_is_refused_naming_the_field_and_domain(change, message):
+    with pytest.raises(InvalidRequest, match=message) as refused:
+        check_features(request(features=IN_DOMAIN | change), SPEC)
+    assert refused.value.code == "invalid_request" and refused.value.event_id == "e1"
+
+
+def test_features_within_their_domains_pass():
+    check_features(request(features=IN_DOMAIN), SPEC)
+    check_features(request(features=IN_DOMAIN | {"hour_of_day": 0.0, "amount": 0.0}), SPEC)

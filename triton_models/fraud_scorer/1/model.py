@@ -1,4 +1,5 @@
-"""Triton Python-backend model: runs the TorchScript fraud scorer beside this file.
+"""Triton Python-backend model: runs the TorchScript model beside this file (every model of the
+repository: `anomaly_detector/1/model.py` is a link to this file).
 
 Dynamic batching hands `execute` several requests at once; they are scored in one forward pass.
 """

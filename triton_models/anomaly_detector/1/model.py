@@ -1,0 +1,1 @@
+../../fraud_scorer/1/model.py
