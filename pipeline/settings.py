@@ -144,7 +144,8 @@ class ConsumerSettings(_Block):
     # Offsets are committed this often (and at shutdown).
     commit_interval_s: float = Field(default=1.0, gt=0)
     # Table changelog writes (one per result the rules count) and alerts wait this long to be sent in
-    # batches: a third more results/s for this much more alert latency (docs/performance.md#consumers).
+    # batches: a third more results/s for this much more alert latency
+    # (docs/performance.md#consumer-producer-linger).
     producer_linger_ms: int = Field(default=50, ge=0)
     # After SIGTERM, the process exits within this long even when the broker is gone (Faust's own
     # stop has no bound: docs/architecture.md#consumers).

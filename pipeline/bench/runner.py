@@ -4,6 +4,7 @@ repetitions; medians, ratios and targets in a table, a JSON file and a PNG chart
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import platform
 import shutil
@@ -423,9 +424,12 @@ class Bench:
             self.stack.stop_process(name)
             load.drop_topics(settings)
             _drop_group_topics(settings, group)
+        rate = steady_rate(timeline, count)
+        if not math.isfinite(rate):  # read too fast for two scrapes past a fifth: the whole run's rate
+            rate = round(count / max(1e-3, timeline[-1][0] - timeline[0][0]), 1)
         return {
             "results": count,
-            "results_per_s": round(steady_rate(timeline, count), 1),
+            "results_per_s": rate,
             "alerts": alerts,
             "cpu_s_per_million": per_million(cpu, count)[name],
             "peak_rss_mib": peaks[name],

@@ -20,7 +20,7 @@ import structlog
 
 from pipeline import metrics
 from pipeline.consumers.anomaly_rules import Suppression, decide, parse_reading
-from pipeline.consumers.app import EX_AGENT_FAILED, crash
+from pipeline.consumers.app import EX_AGENT_FAILED, crash, published_alerts, results_topic
 from pipeline.errors import InvalidRequest
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec
@@ -33,20 +33,8 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
     before the app starts (see `fraud.install`)."""
     anomaly = settings.consumers.anomaly
     rule = Suppression(anomaly.threshold, anomaly.suppress_s, anomaly.follow_up_s)
-    results = app.topic(
-        settings.topics.results, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
-    alerts_topic = app.topic(
-        settings.topics.anomaly_alerts,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
-    )
-    published = app.Table(
-        "anomaly_alerts", key_type=bytes, value_type=bytes, partitions=partitions, changelog_topic=alerts_topic
-    )
+    results = results_topic(app, settings)
+    published = published_alerts(app, "anomaly_alerts", settings.topics.anomaly_alerts, partitions)
     episodes = app.Table("anomaly_episodes", partitions=partitions)
 
     @app.agent(results, name="anomaly")

@@ -59,6 +59,24 @@ class ConsumerApp(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def results_topic(app: faust.App, settings: Settings) -> Any:
+    """The results topic as the consumers read it: raw bytes, parsed by each consumer's rules."""
+    return app.topic(
+        settings.topics.results, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+def published_alerts(app: faust.App, table: str, topic: str, partitions: int) -> Any:
+    """A table keyed by `alert_id` whose changelog is the alerts topic `topic` itself: writing an
+    alert publishes it, to the partition numbered like the result that decided it, and the member that
+    owns a results partition reads back the alerts already published from it before it reads results
+    (docs/architecture.md#consumers)."""
+    changelog = app.topic(
+        topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
+    )
+    return app.Table(table, key_type=bytes, value_type=bytes, partitions=partitions, changelog_topic=changelog)
+
+
 def check_partitions(settings: Settings, output: str) -> int:
     """The results topic's partition count; `output` (where a consumer's alerts go, numbered like the
     results' partitions) must have as many."""

@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from pipeline import metrics
-from pipeline.consumers.app import EX_AGENT_FAILED, crash
+from pipeline.consumers.app import EX_AGENT_FAILED, crash, published_alerts, results_topic
 from pipeline.consumers.fraud_rules import WindowRule, high_score, parse_result, windowed
 from pipeline.errors import InvalidRequest
 from pipeline.settings import Settings
@@ -42,20 +42,8 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
     against the partition counts it saw when it joined: a changelog it created itself after that
     reads as 0 partitions)."""
     fraud = settings.consumers.fraud
-    results = app.topic(
-        settings.topics.results, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
-    alerts_topic = app.topic(
-        settings.topics.alerts,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
-    )
-    published = app.Table(
-        "fraud_alerts", key_type=bytes, value_type=bytes, partitions=partitions, changelog_topic=alerts_topic
-    )
+    results = results_topic(app, settings)
+    published = published_alerts(app, "fraud_alerts", settings.topics.alerts, partitions)
     windows: list[tuple[WindowRule, Any]] = [
         (
             rule,

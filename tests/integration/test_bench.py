@@ -36,9 +36,12 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         state_micro_batches=2,
         state_micro_rounds=2,
         state_restart_events=500,
+        consumer_results=6_000,
+        consumer_rate=300.0,
+        consumer_seconds=3.0,
     )
 
-    figures = runner.run(stack.settings(), options, {"throughput", "http", "state"}, stack=stack)
+    figures = runner.run(stack.settings(), options, {"throughput", "http", "state", "consumers"}, stack=stack)
     report.write_json(figures, tmp_path / "bench.json")
     report.chart(figures, tmp_path / "bench.png")
     table = report.table(figures)
@@ -105,6 +108,11 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     assert "pipeline-1w/passthrough-1p" in table and "direct Triton" in table and "at commit" in table
     assert "request-response, 40 req/s" in table and "CPU s/M ev" in table
     assert "dedup state on disk" in table and "cold rebuild" in table and "worker restarted on it" in table
+    capacity, latency = written["consumers"]["fraud_capacity"], written["consumers"]["fraud_alert_latency"]
+    assert capacity["results"] == 6_000 and capacity["results_per_s"] > 0 and capacity["alerts"] > 0
+    assert latency["alerts"] > 0 and 0 < latency["p50"] <= latency["p99"]
+    assert summary["consumers"]["fraud_consumers_for_two_workers"] >= 1, "against pipeline-2w in the same run"
+    assert "fraud consumer, one process" in table and "alert latency" in table
 
 
 def test_an_unknown_scenario_group_is_a_one_line_error():
