@@ -143,10 +143,12 @@ def result_record(
     scored_at: str | None = None,
     entity: Mapping[str, int | str] | None = None,
     labels: tuple[str, str] = ("legit", "fraud"),
+    features: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """`scored_at` defaults to now; a batch scored in one call passes one stamp for all its results.
     `entity`: the request's entity keys, so the results' consumers need no join back to the requests.
-    `labels`: the model's label below its threshold and at or above it."""
+    `labels`: the model's label below its threshold and at or above it. `features`: the request
+    features the model's results carry (its `result_features`)."""
     record = {
         "event_id": event_id,
         "model": model,
@@ -158,6 +160,8 @@ def result_record(
     }
     if entity is not None:
         record["entity"] = dict(entity)
+    if features:
+        record["features"] = dict(features)
     return record
 
 

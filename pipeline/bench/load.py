@@ -17,6 +17,14 @@ def requests(count: int, prefix: str, seed: int = 5) -> list[traffic.Message]:
     return [traffic.message_for(r) for r in traffic.valid_requests(count, prefix=prefix, seed=seed)]
 
 
+def mixed(requests: list[traffic.Message], prefix: str, seed: int = 31) -> list[traffic.Message]:
+    """As many messages as `requests`, alternating: one of theirs (the fraud scorer's), one reading
+    for the anomaly detector."""
+    readings = traffic.telemetry_requests(len(requests) - len(requests) // 2, prefix=prefix, seed=seed)
+    telemetry = iter(traffic.message_for(r) for r in readings)
+    return [message if i % 2 else next(telemetry) for i, message in enumerate(requests)]
+
+
 @dataclass
 class Run:
     produced_at: float  # epoch s of the first request produced

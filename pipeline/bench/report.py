@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from pipeline.bench.stats import median
+from pipeline.bench.summary import runs_workers
 
 
 def table(report: dict[str, Any]) -> str:
@@ -42,7 +43,8 @@ def table(report: dict[str, Any]) -> str:
                 f"{rss:>14,.0f}"
             )
         lines += [
-            "  -1w/-2w: pipeline workers; -1p/-2p: peer processes. CPU s/M ev: CPU seconds per million events",
+            "  -1w/-2w: pipeline workers (model-mix: half the events for each model); -1p/-2p: peer processes.",
+            "  CPU s/M ev: CPU seconds per million events",
             "  of every process on the path (consumers, broker, Triton where used); load gen apart.",
             "",
         ]
@@ -164,7 +166,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     runs = report.get("throughput_runs", {})
     names = list(runs)
     medians = [report["summary"]["events_per_s_median"][n] for n in names]
-    left.bar(names, medians, color=["#888" if not n.startswith("pipeline") else "#2a7" for n in names])
+    left.bar(names, medians, color=["#2a7" if runs_workers(n) else "#888" for n in names])
     for i, name in enumerate(names):
         left.scatter([i] * len(runs[name]), [r["events_per_s"] for r in runs[name]], color="black", s=10, zorder=3)
     left.set_ylabel("events/s (median of runs)")

@@ -36,7 +36,7 @@ from pipeline.bench.stats import (
     state_summary,
     steady_rate,
 )
-from pipeline.bench.summary import PIPELINE, peer_kind, summarise, throughput_scenarios
+from pipeline.bench.summary import MIX, peer_kind, runs_workers, summarise, throughput_scenarios
 from pipeline.local import traffic
 from pipeline.local.stack import LocalStack, free_port
 from pipeline.models.spec import load_spec_file
@@ -94,8 +94,11 @@ class Bench:
     # -- throughput -------------------------------------------------------------------------------
     def throughput(self) -> None:
         o = self.options
-        messages = load.requests(o.events + o.warmup, prefix=f"bench-{uuid.uuid4().hex[:6]}-")
+        prefix = f"bench-{uuid.uuid4().hex[:6]}-"
+        messages = load.requests(o.events + o.warmup, prefix=prefix)
         warm, timed = messages[: o.warmup], messages[o.warmup :]
+        mixed = load.mixed(messages, prefix=f"{prefix}device-")
+        mixed_warm, mixed_timed = mixed[: o.warmup], mixed[o.warmup :]
         _quiet_collector()
         # Round -1 is not recorded: a fresh broker's JIT compiler takes minutes to reach steady state,
         # and on two cores its compile threads would slow whichever scenario happens to run first.
@@ -105,6 +108,8 @@ class Bench:
                     continue
                 events = timed[: o.naive_events] if scenario == "naive" else timed
                 warmup = warm[: max(1, o.warmup // 20)] if scenario == "naive" else warm
+                if scenario.startswith(MIX):
+                    events, warmup = mixed_timed, mixed_warm
                 if rep < 0:
                     events = events[: max(1, len(events) // 2)]
                 figures = self._throughput_run(scenario, processes, warmup, events)
@@ -127,7 +132,7 @@ class Bench:
                 port = free_port()
                 own = settings.updated(worker={"metrics_port": port})
                 name = f"bench-{scenario}-{i}"
-                if scenario.startswith(PIPELINE):
+                if runs_workers(scenario):
                     processes[name] = self.stack.start_worker(own, name)
                     metrics_ports.append(port)
                 else:
@@ -136,7 +141,7 @@ class Bench:
             load.drive(settings, counter, warmup, timeout_s=300)
             before = stage_totals([_scrape(p) for p in metrics_ports])
             sampler = RssSampler({name: p.pid for name, p in processes.items()}, interval_s=0.5)
-            path = self._path_meter(processes, triton=scenario.startswith(PIPELINE) or scenario == "naive")
+            path = self._path_meter(processes, triton=runs_workers(scenario) or scenario == "naive")
             generator = CpuMeter({"load_generator": os.getpid()}).start()
             run = load.drive(settings, counter, events, timeout_s=120 + len(events) / 100)
             cpu = {"path": path.stop(), **generator.stop()}

@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.bench.stats import median, ratio
 
 PIPELINE = "pipeline"
+MIX = "model-mix"  # the pipeline fed requests for both models, half each
 LIMIT, MONOLITH = "passthrough", "monolith"
 STATE_TARGET_ENTRIES = 10_000_000  # the RSS target is stated for a store of this many entries
 HTTP_RATE = 500.0  # req/s: the open-loop level the HTTP targets are judged at
@@ -49,16 +50,27 @@ def pipeline_scenario(workers: int) -> str:
     return f"{PIPELINE}-{workers}w"
 
 
+def mix_scenario(workers: int) -> str:
+    return f"{MIX}-{workers}w"
+
+
+def runs_workers(scenario: str) -> bool:
+    """The scenario runs the pipeline's own workers (not a peer)."""
+    return scenario.startswith((f"{PIPELINE}-", f"{MIX}-"))
+
+
 def peer_scenario(kind: str, processes: int) -> str:
     return f"{kind}-{processes}p"
 
 
 def throughput_scenarios(workers: Sequence[int]) -> list[tuple[str, int]]:
     """Each throughput scenario, in run order, with how many consumer processes it runs: the limit,
-    the pipeline and the monolith at each process count, and three references of one process."""
+    the pipeline and the monolith at each process count, the pipeline on a mix of both models, and
+    three references of one process."""
     scenarios = [(peer_scenario(LIMIT, n), n) for n in workers]
     scenarios.append(("passthrough-librdkafka", 1))
     scenarios += [(pipeline_scenario(n), n) for n in workers]
+    scenarios.append((mix_scenario(1), 1))
     scenarios += [(peer_scenario(MONOLITH, n), n) for n in workers]
     return [*scenarios, ("monolith-at-least-once", 1), ("naive", 1)]
 
@@ -113,6 +125,10 @@ def summarise(
     for peer in ("naive", "passthrough-librdkafka", "monolith-at-least-once"):
         if one in medians and peer in medians:
             ratios[f"{one}/{peer}"] = ratio(medians[one], medians[peer])
+    # Both models through one worker (a batch split by model: two feature reads, two Triton calls)
+    # against the fraud scorer alone, the same number of events.
+    if one in medians and (mix := mix_scenario(1)) in medians:
+        ratios[f"{mix}/{one}"] = ratio(medians[mix], medians[one])
     ratios = {name: value for name, value in ratios.items() if math.isfinite(value)}  # unmeasured: left out
     measured = dict(ratios)
     http_summary = summarise_http(http_figures) if http_figures else {}

@@ -20,7 +20,7 @@ import structlog
 
 from pipeline import metrics
 from pipeline.consumers.anomaly_rules import Suppression, decide, parse_reading
-from pipeline.consumers.app import EX_AGENT_FAILED, crash, published_alerts, results_topic
+from pipeline.consumers.app import guarded, published_alerts, results_topic
 from pipeline.errors import InvalidRequest
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec
@@ -37,27 +37,15 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
     published = published_alerts(app, "anomaly_alerts", settings.topics.anomaly_alerts, partitions)
     episodes = app.Table("anomaly_episodes", partitions=partitions)
 
-    @app.agent(results, name="anomaly")
-    async def watch(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                handle(event)
-            except Exception:  # any failure: Faust would skip the result in silence
-                log.exception("anomaly_agent_failed", partition=event.message.partition, offset=event.message.offset)
-                crash(EX_AGENT_FAILED)  # restarted, the consumer reads the result again (uncommitted)
-
     def handle(event: Any) -> None:
         message = event.message
         try:
-            reading = parse_reading(event.value, message.timestamp, message.offset)
+            reading = parse_reading(event.value, message.timestamp, message.offset, anomaly.model)
         except InvalidRequest as e:
-            if b'"model":"' + anomaly.model.encode() + b'"' in (event.value or b""):
-                metrics.CONSUMED_RESULTS.labels("anomaly", "invalid").inc()
-                log.warning("result_unreadable", partition=message.partition, offset=message.offset, error=e.message)
-            else:
-                metrics.CONSUMED_RESULTS.labels("anomaly", "other_model").inc()
+            metrics.CONSUMED_RESULTS.labels("anomaly", "invalid").inc()
+            log.warning("result_unreadable", partition=message.partition, offset=message.offset, error=e.message)
             return
-        if reading.model != anomaly.model:
+        if reading is None:
             metrics.CONSUMED_RESULTS.labels("anomaly", "other_model").inc()
             return
         metrics.CONSUMED_RESULTS.labels("anomaly", "read").inc()
@@ -82,4 +70,5 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
             follow_ups=alert["follow_up"]["count"],
         )
 
+    app.agent(results, name="anomaly")(guarded("anomaly", handle))
     return [TopicSpec(episodes.changelog_topic_name, partitions, {"cleanup.policy": "compact"})]

@@ -40,6 +40,7 @@ class Reading:
     model_version: str
     at: float  # epoch seconds: the result record's time
     offset: int  # its offset in its results partition
+    readings: dict[str, float]  # the request features the result carries (the model's result_features)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +50,24 @@ class Suppression:
     follow_up_s: float
 
 
-def parse_reading(value: bytes, at: float, offset: int, entity_key: str = "device_id") -> Reading:
-    """A result record (the contract's shape) as the rule reads it; InvalidRequest when it is not one
-    or names no device."""
+def parse_reading(
+    value: bytes | None, at: float, offset: int, model: str, entity_key: str = "device_id"
+) -> Reading | None:
+    """A result record (the contract's shape) as the rule reads it; None when it is another model's;
+    InvalidRequest when it is not a result, or is `model`'s and names no device."""
     try:
-        record = orjson.loads(value)
+        record = orjson.loads(value or b"")
+        if str(record["model"]) != model:
+            return None
         return Reading(
             event_id=str(record["event_id"]),
             device_id=(record.get("entity") or {})[entity_key],
             score=float(record["score"]),
-            model=str(record["model"]),
+            model=model,
             model_version=str(record.get("model_version", "")),
             at=at,
             offset=offset,
+            readings=dict(record.get("features") or {}),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise InvalidRequest(f"not a result with entity.{entity_key}: {e!r}") from e
@@ -83,7 +89,7 @@ def decide(
                 f"anomaly|{reading.model}|{reading.device_id}|{reading.event_id}".encode()
             ).hexdigest()[:32],
             "started_at": reading.at,
-            "first": {"event_id": reading.event_id, "score": round(reading.score, 6)},
+            "first": {"event_id": reading.event_id, "score": round(reading.score, 6), "readings": reading.readings},
             "model_version": reading.model_version,
             "follow_ups": 0,
             "last": None,
@@ -94,7 +100,12 @@ def decide(
     counted = {
         **episode,
         "follow_ups": episode["follow_ups"] + 1,
-        "last": {"event_id": reading.event_id, "score": round(reading.score, 6), "at": _stamp(reading.at)},
+        "last": {
+            "event_id": reading.event_id,
+            "score": round(reading.score, 6),
+            "at": _stamp(reading.at),
+            "readings": reading.readings,
+        },
         "offset": reading.offset,
     }
     count = counted["follow_ups"]
@@ -120,6 +131,7 @@ def alert(rule: Suppression, episode: Episode, reading: Reading, now: float) -> 
         "device_id": reading.device_id,
         "event_id": episode["first"]["event_id"],
         "score": episode["first"]["score"],
+        "readings": episode["first"].get("readings", {}),
         "window": {"start": _stamp(start), "end": _stamp(start + rule.suppress_s)},
         "follow_up": {"count": episode["follow_ups"], "last": episode["last"]},
     }

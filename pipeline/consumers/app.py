@@ -10,9 +10,11 @@ after `shutdown_timeout_s` (docs/architecture.md#consumers).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -57,6 +59,30 @@ class ConsumerApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+
+def guarded(name: str, handle: Callable[[Any], Awaitable[None] | None]) -> Callable[[Any], Awaitable[None]]:
+    """An agent body that passes each event of its stream to `handle` (sync or async) and ends the
+    process on any failure: Faust would log it and go on, skipping the record in silence; restarted,
+    the consumer reads the record again, its offset uncommitted."""
+    is_async = inspect.iscoroutinefunction(handle)
+
+    async def agent(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            try:
+                if is_async:
+                    await handle(event)  # type: ignore[misc]
+                else:
+                    handle(event)
+            except Exception:  # any failure: see above
+                message = event.message
+                log.exception(
+                    f"{name}_agent_failed", topic=message.topic, partition=message.partition, offset=message.offset
+                )
+                crash(EX_AGENT_FAILED)
+
+    agent.__name__ = agent.__qualname__ = name.replace("-", "_")
+    return agent
 
 
 def results_topic(app: faust.App, settings: Settings) -> Any:

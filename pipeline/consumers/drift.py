@@ -16,7 +16,7 @@ import orjson
 import structlog
 
 from pipeline import metrics
-from pipeline.consumers.app import EX_AGENT_FAILED, crash
+from pipeline.consumers.app import guarded
 from pipeline.consumers.drift_window import Measured, ModelDrift
 from pipeline.consumers.fraud_rules import alert_id
 from pipeline.contract import parse_request, utc_timestamp
@@ -88,35 +88,26 @@ def install(app: faust.App, settings: Settings) -> None:
                     metrics.DRIFT_KS.labels(model, m.feature).set(m.ks)
             await publish(model, version, crossed, event)
 
-    @app.agent(requests, name="drift-features")
-    async def request_features(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                request = parse_request(event.value)
-            except PipelineError:
-                metrics.CONSUMED_RESULTS.labels("drift", "invalid").inc()
-                continue
-            metrics.CONSUMED_RESULTS.labels("drift", "read").inc()
-            try:
-                await observe(features, request.model or settings.default_model, request.features, event)
-            except Exception:  # Faust would skip the record in silence
-                log.exception("drift_agent_failed", topic=event.message.topic, offset=event.message.offset)
-                crash(EX_AGENT_FAILED)
+    async def request_features(event: Any) -> None:
+        try:
+            request = parse_request(event.value)
+        except PipelineError:
+            metrics.CONSUMED_RESULTS.labels("drift", "invalid").inc()
+            return
+        metrics.CONSUMED_RESULTS.labels("drift", "read").inc()
+        await observe(features, request.model or settings.default_model, request.features, event)
 
-    @app.agent(results, name="drift-scores")
-    async def result_scores(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                record = orjson.loads(event.value)
-                model, score = str(record["model"]), float(record["score"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                metrics.CONSUMED_RESULTS.labels("drift", "invalid").inc()
-                continue
-            try:
-                await observe(scores, model, {"score": score}, event)
-            except Exception:  # Faust would skip the record in silence
-                log.exception("drift_agent_failed", topic=event.message.topic, offset=event.message.offset)
-                crash(EX_AGENT_FAILED)
+    async def result_scores(event: Any) -> None:
+        try:
+            record = orjson.loads(event.value)
+            model, score = str(record["model"]), float(record["score"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            metrics.CONSUMED_RESULTS.labels("drift", "invalid").inc()
+            return
+        await observe(scores, model, {"score": score}, event)
+
+    app.agent(requests, name="drift-features")(guarded("drift-features", request_features))
+    app.agent(results, name="drift-scores")(guarded("drift-scores", result_scores))
 
 
 def _alert(model: str, version: str, m: Measured, source: dict[str, Any]) -> dict[str, Any]:

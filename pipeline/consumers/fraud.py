@@ -19,7 +19,7 @@ import orjson
 import structlog
 
 from pipeline import metrics
-from pipeline.consumers.app import EX_AGENT_FAILED, crash, published_alerts, results_topic
+from pipeline.consumers.app import guarded, published_alerts, results_topic
 from pipeline.consumers.fraud_rules import WindowRule, high_score, parse_result, windowed
 from pipeline.errors import InvalidRequest
 from pipeline.settings import Settings
@@ -53,15 +53,6 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
         )
         for rule in rules(settings)
     ]
-
-    @app.agent(results, name="fraud")
-    async def score_rules(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                decide(event)
-            except Exception:  # any failure: Faust would skip the result in silence
-                log.exception("fraud_agent_failed", partition=event.message.partition, offset=event.message.offset)
-                crash(EX_AGENT_FAILED)  # restarted, the consumer reads the result again (uncommitted)
 
     def decide(event: Any) -> None:
         at = event.message.timestamp
@@ -104,6 +95,7 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
                 metrics.ALERTS.labels("fraud", rule).inc()
             metrics.ALERT_LATENCY.labels("fraud").observe(max(0.0, time.time() - at))
 
+    app.agent(results, name="fraud")(guarded("fraud", decide))
     return [
         TopicSpec(
             table.table.changelog_topic_name,

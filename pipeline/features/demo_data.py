@@ -1,8 +1,14 @@
 """`pipeline features apply`: write the account aggregates and the device baselines, register them with
-Feast, load the online store."""
+Feast, load the online store.
+
+The store is loaded again whenever the generated data differ from what was loaded (a fingerprint of
+both tables is kept beside them), so a changed generator or entity count never leaves a model trained
+on one set of baselines reading another.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -18,14 +24,6 @@ DEVICE_PARQUET = Path("data") / "device_baselines.parquet"
 ONLINE_MARKER = Path("data") / ".materialized"
 
 
-def write_account_stats(repo_path: Path, accounts: int) -> Path:
-    return _write(cards.accounts(accounts), repo_path / PARQUET)
-
-
-def write_device_baselines(repo_path: Path, devices: int) -> Path:
-    return _write(telemetry.devices(devices), repo_path / DEVICE_PARQUET)
-
-
 def _write(frame: pd.DataFrame, path: Path) -> Path:
     now = datetime.now(UTC).replace(microsecond=0)
     frame["event_timestamp"] = now - timedelta(hours=1)
@@ -33,6 +31,15 @@ def _write(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
     return path
+
+
+def fingerprint(*frames: pd.DataFrame) -> str:
+    """A digest of the tables' contents (columns and values, in order)."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(",".join(map(str, frame.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def use_redis(source_repo: Path, target: Path, connection: str) -> Path:
@@ -50,13 +57,15 @@ def use_redis(source_repo: Path, target: Path, connection: str) -> Path:
 
 
 def apply(repo_path: Path, accounts: int, devices: int = 1_000, force: bool = False) -> bool:
-    """Generate, `feast apply` and materialise; returns False when the online store was already loaded
-    (with the device baselines: a store loaded before they existed is loaded again)."""
+    """Generate, `feast apply` and materialise; returns False when the online store already holds
+    exactly these data."""
+    account_stats, baselines = cards.accounts(accounts), telemetry.devices(devices)
+    loaded = fingerprint(account_stats, baselines)
     marker = repo_path / ONLINE_MARKER
-    if marker.exists() and (repo_path / DEVICE_PARQUET).exists() and not force:
+    if not force and marker.exists() and marker.read_text().split()[-1:] == [loaded]:
         return False
-    write_account_stats(repo_path, accounts)
-    write_device_baselines(repo_path, devices)
+    _write(account_stats, repo_path / PARQUET)
+    _write(baselines, repo_path / DEVICE_PARQUET)
     # `feast apply` imports the repo's definition files; run it as Feast's own CLI does.
     subprocess.run(
         [sys.executable, "-m", "feast.cli.cli", "--chdir", str(repo_path), "apply"],
@@ -68,5 +77,5 @@ def apply(repo_path: Path, accounts: int, devices: int = 1_000, force: bool = Fa
     store = FeatureStore(repo_path=str(repo_path))
     end = datetime.now(UTC) + timedelta(minutes=1)
     store.materialize(start_date=end - timedelta(days=3650), end_date=end)
-    marker.write_text(end.isoformat() + "\n")
+    marker.write_text(f"{end.isoformat()} {loaded}\n")
     return True

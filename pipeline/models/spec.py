@@ -3,7 +3,8 @@
 The same parsing serves the worker (config fetched from Triton) and training (config file on disk),
 so feature order is written down once. `domains` names each request feature's domain,
 `name:[low,high]` (a closed range) or `name:{a,b}` (allowed values), separated by `;`; `labels` the
-result's label below and at or above the threshold.
+result's label below and at or above the threshold; `result_features` the request features a result
+carries back (the readings an anomaly alert shows), none by default.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ModelSpec:
     output_name: str
     domains: Mapping[str, Domain] = field(default_factory=dict)
     labels: tuple[str, str] = ("legit", "fraud")  # below the threshold, at or above it
+    result_features: tuple[str, ...] = ()  # request features echoed in each result
 
     @property
     def width(self) -> int:
@@ -70,6 +72,9 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
         labels = _split(params.get("labels", "legit,fraud"))
         if len(labels) != 2:
             raise ValueError(f"labels: two names expected, got {params['labels']!r}")
+        echoed = _split(params.get("result_features", ""))
+        if unknown := [name for name in echoed if name not in request_features]:
+            raise ValueError(f"result_features: {', '.join(unknown)} not request features")
         return ModelSpec(
             name=config["name"],
             entity_key=params["entity_key"],
@@ -81,6 +86,7 @@ def spec_from_config(config: dict[str, Any]) -> ModelSpec:
             output_name=config["output"][0]["name"],
             domains=parse_domains(params.get("domains", ""), request_features),
             labels=(labels[0], labels[1]),
+            result_features=echoed,
         )
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigurationError(f"model {config.get('name')!r}: incomplete or invalid config ({e})") from e

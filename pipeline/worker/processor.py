@@ -295,6 +295,7 @@ class BatchProcessor:
             latency_ms=latency * 1000,
             scored_at=scored_at,
             entity=item.request.entity,
+            features={name: item.request.features[name] for name in spec.result_features},
         )
         value = orjson.dumps(record)
         key = item.request.event_id.encode()

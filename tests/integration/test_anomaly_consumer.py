@@ -45,6 +45,7 @@ class Results:
                 latency_ms=1.0,
                 entity={"device_id": device} if model == "anomaly_detector" else {"account_id": device},
                 labels=("normal", "anomaly"),
+                features={"temperature": 60.0 + at_s / 10} if model == "anomaly_detector" else None,
             )
             self.producer.produce(
                 self.settings.topics.results,
@@ -118,6 +119,8 @@ def test_one_alert_per_device_episode_with_a_running_follow_up_count(pipeline_se
     # Counts 1, 2, 4, 8, 16 at once; 14 and 18 a minute after the publication before.
     assert [a["follow_up"]["count"] for a in device_1] == [0, 1, 2, 4, 8, 14, 16, 18]
     assert device_1[0]["event_id"] == "s-d1-0" and device_1[-1]["follow_up"]["last"]["event_id"] == "s-d1-late"
+    assert device_1[-1]["readings"] == {"temperature": 60.0}, "the opening reading's values"
+    assert device_1[-1]["follow_up"]["last"]["readings"] == {"temperature": 83.0}, "and the latest one's"
     assert all(a["_key"] == a["alert_id"] and a["kind"] == "anomaly" for a in alerts)
     assert all(a["model"] == "anomaly_detector" for a in alerts), "the fraud scorer's result is not a device's"
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from pipeline.bench import report, runner
-from pipeline.bench.summary import throughput_scenarios
+from pipeline.bench.summary import runs_workers, throughput_scenarios
 
 pytestmark = pytest.mark.integration
 
@@ -55,9 +55,11 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         assert each[0]["events_per_s"] > 0
         assert each[0]["peak_rss_mib"], f"{name}: peak RSS of its processes"
         path = each[0]["cpu_s_per_million"]["path"]
-        assert "kafka" in path and ("tritonserver" in path) == (name.startswith("pipeline") or name == "naive")
+        assert "kafka" in path and ("tritonserver" in path) == (runs_workers(name) or name == "naive")
         assert each[0]["cpu_s_per_million"]["path_total"] > 0 and "load_generator" in each[0]["cpu_s_per_million"]
     assert len([p for p in runs["monolith-2p"][0]["cpu_s"]["path"] if p.startswith("bench-monolith-2p")]) == 2
+    assert runs["model-mix-1w"][0]["events"] == 400, "both models' results counted"
+    assert written["summary"]["ratios"]["model-mix-1w/pipeline-1w"] > 0
     stages = runs["pipeline-1w"][0]["stages"]
     assert {"validate", "dedup", "features", "inference", "produce", "event:queue_wait"} <= set(stages)
     summary = written["summary"]

@@ -63,3 +63,21 @@ async def test_rows_read_once_are_served_from_the_cache_and_counted(stack, spec)
     for entity in entities:
         np.testing.assert_array_equal(second[entity], first[entity])
     assert (counted("cache") - before[0], counted("store") - before[1]) == (40, 41)
+
+
+def test_the_online_store_is_reloaded_when_the_generated_data_change(stack, tmp_path):
+    from feast import FeatureStore
+
+    from pipeline.features import demo_data
+
+    source = stack.settings().feast.repo_path
+    for item in [*source.glob("*.py"), source / ".feastignore", source / "feature_store.yaml"]:
+        (tmp_path / item.name).write_bytes(item.read_bytes())
+
+    assert demo_data.apply(tmp_path, accounts=30, devices=10) is True
+    assert demo_data.apply(tmp_path, accounts=30, devices=10) is False, "the same data: nothing reloaded"
+    assert demo_data.apply(tmp_path, accounts=30, devices=12) is True, "two devices more: loaded again"
+    online = FeatureStore(repo_path=str(tmp_path)).get_online_features(
+        features=["device_baselines:rpm_mean"], entity_rows=[{"device_id": 12}, {"device_id": 13}]
+    )
+    assert [v is not None for v in online.to_dict()["rpm_mean"]] == [True, False]

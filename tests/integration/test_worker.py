@@ -110,6 +110,10 @@ def test_two_models_on_one_topic_are_each_scored_by_their_own_model(pipeline_set
         assert {r["label"] for r in results} == {below, above}, f"{model}: both labels among 400 results"
         assert all(r["label"] == (above if r["score"] >= 0.5 else below) for r in results), model
         assert [r["entity"] for r in results] == [r["entity"] for r in requests]
+    echoed = ("temperature", "vibration", "pressure", "rpm", "load")  # the anomaly alerts' readings
+    for request in readings:
+        assert collected.results[request["event_id"]][0]["features"] == {k: request["features"][k] for k in echoed}
+    assert all("features" not in collected.results[r["event_id"]][0] for r in cards), "fraud results echo nothing"
 
 
 def test_bad_telemetry_is_dead_lettered_with_the_contracts_codes(pipeline_settings, start_worker):

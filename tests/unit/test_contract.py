@@ -108,3 +108,9 @@ def test_a_result_carries_the_requests_entity_when_given():
     common = {"event_id": "e", "model": "m", "model_version": "1", "score": 0.1, "threshold": 0.5, "latency_ms": 1.0}
     assert result_record(**common, entity={"account_id": 42})["entity"] == {"account_id": 42}
     assert "entity" not in result_record(**common)
+
+
+def test_a_result_carries_the_features_its_model_echoes():
+    common = {"event_id": "e", "model": "m", "model_version": "1", "score": 0.1, "threshold": 0.5, "latency_ms": 1.0}
+    assert result_record(**common, features={"rpm": 1500.0})["features"] == {"rpm": 1500.0}
+    assert "features" not in result_record(**common, features={})

@@ -3,7 +3,7 @@
 import math
 
 from pipeline.bench.stats import state_summary
-from pipeline.bench.summary import peer_kind, summarise, throughput_scenarios
+from pipeline.bench.summary import peer_kind, runs_workers, summarise, throughput_scenarios
 
 
 def _run(events_per_s: float, cpu_s: dict[str, float] | None = None, steady: float = math.nan) -> dict:
@@ -19,6 +19,7 @@ RUNS = {
     "passthrough-librdkafka": [_run(40_000)],
     "pipeline-1w": [_run(12_000, {"pipeline-1w-0": 6.0, "kafka": 3.0, "tritonserver": 1.0}, steady=18_000)],
     "pipeline-2w": [_run(v) for v in (11_000, 18_000, 13_000)],
+    "model-mix-1w": [_run(10_800)],
     "monolith-1p": [_run(20_000, {"monolith-1p-0": 5.0, "kafka": 3.0}, steady=30_000)],
     "monolith-2p": [_run(26_000)],
     "monolith-at-least-once": [_run(30_000)],
@@ -39,6 +40,7 @@ def test_every_ratio_pairs_the_same_number_of_processes_or_the_same_cpu():
         "pipeline-1w/naive": 120.0,
         "pipeline-1w/passthrough-librdkafka": 0.3,
         "pipeline-1w/monolith-at-least-once": 0.4,
+        "model-mix-1w/pipeline-1w": 0.9,  # both models, half each, against the fraud scorer alone
     }
     assert summary["cpu_s_per_million_median"]["pipeline-1w"] == 100.0  # 10 CPU s over 100,000 events
     assert summary["events_per_cpu_s_median"]["monolith-1p"] == 12_500
@@ -96,12 +98,13 @@ def test_the_limit_and_the_monolith_run_at_each_process_count_beside_the_pipelin
         ("passthrough-librdkafka", 1),
         ("pipeline-1w", 1),
         ("pipeline-2w", 2),
+        ("model-mix-1w", 1),
         ("monolith-1p", 1),
         ("monolith-2p", 2),
         ("monolith-at-least-once", 1),
         ("naive", 1),
     ]
-    kinds = {peer_kind(name) for name, _ in scenarios if not name.startswith("pipeline")}
+    kinds = {peer_kind(name) for name, _ in scenarios if not runs_workers(name)}
     assert kinds == {"passthrough", "passthrough-librdkafka", "monolith", "monolith-at-least-once", "naive"}
 
 

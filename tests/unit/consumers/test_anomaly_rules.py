@@ -11,7 +11,7 @@ RULE = Suppression(threshold=0.5, suppress_s=600.0, follow_up_s=60.0)
 
 
 def reading(offset: int, at: float, score: float = 0.9, device: int = 7) -> Reading:
-    return Reading(f"r{offset}", device, score, "anomaly_detector", "1", at, offset)
+    return Reading(f"r{offset}", device, score, "anomaly_detector", "1", at, offset, {"temperature": 60.0 + offset})
 
 
 def run(readings: list[Reading]) -> tuple[dict | None, list[dict]]:
@@ -39,6 +39,9 @@ def test_one_alert_per_episode_then_follow_ups_at_powers_of_two_and_each_minute(
     first = alerts[0]
     assert first["kind"] == "anomaly" and first["device_id"] == 7 and first["event_id"] == "r0"
     assert first["window"] == {"start": "1970-01-01T00:16:40.000Z", "end": "1970-01-01T00:26:40.000Z"}
+    assert first["readings"] == {"temperature": 60.0}, "the opening reading's values"
+    assert alerts[-1]["readings"] == {"temperature": 60.0}
+    assert alerts[-1]["follow_up"]["last"]["readings"] == {"temperature": 88.0}, "and the latest one's"
 
 
 def test_the_next_anomaly_after_the_suppression_window_is_a_new_alert():
@@ -67,9 +70,18 @@ def test_results_parse_and_bad_ones_are_refused():
             latency_ms=1.0,
             entity={"device_id": 3},
             labels=("normal", "anomaly"),
+            features={"temperature": 71.5, "rpm": 1500.0},
         )
     )
-    parsed = parse_reading(value, at=5.0, offset=9)
+    parsed = parse_reading(value, at=5.0, offset=9, model="anomaly_detector")
+    assert parsed is not None
     assert (parsed.device_id, parsed.score, parsed.offset) == (3, 0.8, 9)
+    assert parsed.readings == {"temperature": 71.5, "rpm": 1500.0}
+    fraud = orjson.dumps({"event_id": "x", "score": 1, "model": "fraud_scorer", "entity": {"account_id": 1}})
+    assert parse_reading(fraud, 0.0, 0, model="anomaly_detector") is None, "another model's result"
+    no_device = orjson.dumps({"event_id": "x", "score": 1, "model": "anomaly_detector", "entity": {"account_id": 1}})
     with pytest.raises(InvalidRequest, match=r"entity\.device_id"):
-        parse_reading(orjson.dumps({"event_id": "x", "score": 1, "model": "m", "entity": {"account_id": 1}}), 0.0, 0)
+        parse_reading(no_device, 0.0, 0, model="anomaly_detector")
+    for unreadable in (b"{not json", b"", b'{"event_id": "x"}'):
+        with pytest.raises(InvalidRequest):
+            parse_reading(unreadable, 0.0, 0, model="anomaly_detector")

@@ -52,6 +52,15 @@ def test_the_anomaly_detector_names_its_device_features_and_labels():
     assert spec.width == 14
     assert spec.labels == ("normal", "anomaly")
     assert spec.store_feature_names[:2] == ("temperature_mean", "temperature_std")
+    assert spec.result_features == ("temperature", "vibration", "pressure", "rpm", "load"), "its alerts' readings"
+    assert spec_from_config(load_config_file(CONFIG)).result_features == (), "fraud results echo nothing"
+
+
+def test_echoed_features_must_be_request_features():
+    config = load_config_file(ANOMALY)
+    config["parameters"]["result_features"] = {"string_value": "temperature,humidity"}
+    with pytest.raises(ConfigurationError, match="humidity not request features"):
+        spec_from_config(config)
 
 
 @pytest.mark.parametrize(
