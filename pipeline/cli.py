@@ -10,6 +10,7 @@ import typer
 
 from pipeline.contract import ERROR_CODES
 from pipeline.errors import PipelineError
+from pipeline.replay import command as replay_command
 from pipeline.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming inference pipeline.")
@@ -25,6 +26,7 @@ app.add_typer(features_app, name="features")
 app.add_typer(stack_app, name="stack")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(consumers_app, name="consumers")
+app.add_typer(replay_command.app, name="replay")
 
 
 def _configure_logging() -> None:
@@ -104,12 +106,16 @@ def _aware(when: datetime | None) -> datetime | None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    backfill: Annotated[
+        bool, typer.Option(help="Score replayed requests (pipeline replay), behind the live workers.")
+    ] = False,
+) -> None:
     """Run a scoring worker until stopped."""
     from pipeline.worker import loop as worker_module
 
     _configure_logging()
-    worker_module.run(get_settings())
+    worker_module.run(get_settings(), backfill=backfill)
 
 
 _GroupId = Annotated[str, typer.Option(help="Kafka group (and prefix of its tables' changelogs).")]

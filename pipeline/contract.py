@@ -36,6 +36,7 @@ REPLY_TO = "reply-to"
 DEADLINE = "deadline"
 ANSWER_TO = "answer-to"  # host:port/token where the bridge takes answers directly (see answer_wire)
 REPLY_KIND = "reply-kind"  # "result" or "dead_letter", on messages sent to a reply address
+REPLAY_ID = "replay-id"  # set by `pipeline replay` on the requests it publishes, and on their results
 
 
 # Entity ids are 64-bit integers or strings (Kafka keys, Feast INT64 entities).
@@ -122,6 +123,12 @@ def request_key(request: _Request) -> bytes:
     if len(request.entity) == 1:
         return str(next(iter(request.entity.values()))).encode()
     return "|".join(f"{k}={request.entity[k]}" for k in sorted(request.entity)).encode()
+
+
+def dedup_key(event_id: str, replay_id: bytes | None) -> str:
+    """What a repeat is recognised by: the `event_id`, within its replay when it has one, so a
+    deliberate re-score is not a repeat of the live event, and each replay scores it once."""
+    return event_id if not replay_id else f"{replay_id.decode(errors='replace')}\x00{event_id}"
 
 
 def utc_timestamp(when: datetime | None = None) -> str:

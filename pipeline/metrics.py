@@ -91,6 +91,9 @@ DRIFT_KS = Gauge(
     "pipeline_drift_ks", "Kolmogorov-Smirnov D of a window against the training reference", ["model", "feature"]
 )
 
+LIVE_LAG = Gauge("pipeline_backfill_live_lag", "The live workers' lag in requests, as a backfill worker last read it")
+BACKFILL_YIELDING = Gauge("pipeline_backfill_yielding", "1 while a backfill worker pauses for the live workers' lag")
+
 
 def kafka_error_callback(client: str) -> Callable[[KafkaError], None]:
     """An `error_cb` for a librdkafka client: counts what it reports and logs it."""

@@ -35,6 +35,11 @@ class TopicSettings(_Block):
     alerts: str = "fraud.alerts"
     drift_alerts: str = "drift.alerts"
     anomaly_alerts: str = "anomaly.alerts"
+    # Replays (`pipeline replay`): their requests, read by the backfill workers only; their results,
+    # never mixed into `results`; each replay's checkpoint.
+    backfill_requests: str = "inference.requests.backfill"
+    backfill_results: str = "inference.results.backfill"
+    replay_checkpoints: str = "replay.checkpoints"
     definitions: Path = PROJECT_ROOT / "topics" / "topics.yaml"
 
 
@@ -94,6 +99,20 @@ class WorkerSettings(_Block):
     answer_retry_s: float = Field(default=5.0, ge=0)
     # Answers queued to a bridge that reads none: beyond this the connection is dropped (then retried).
     answer_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536)
+
+
+class ReplaySettings(_Block):
+    """Replays and the backfill workers that score them (`pipeline worker --backfill`)."""
+
+    # The backfill workers' group (and state directory), and their metrics port.
+    backfill_app_id: str = "pipeline-worker-backfill"
+    backfill_metrics_port: int = 9104
+    # Live traffic first: backfill workers pause while the live workers' lag is above this many
+    # requests, and resume below half of it; checked this often.
+    live_max_lag: int = Field(default=1_000, ge=0)
+    live_check_s: float = Field(default=1.0, gt=0)
+    # Backfill workers run at this CPU niceness (0-19), behind the live workers on a shared machine.
+    backfill_nice: int = Field(default=10, ge=0, le=19)
 
 
 class FraudRuleSettings(_Block):
@@ -211,9 +230,17 @@ class Settings(BaseSettings):
     feast: FeastSettings = FeastSettings()
     gateway: GatewaySettings = GatewaySettings()
     consumers: ConsumerSettings = ConsumerSettings()
+    replay: ReplaySettings = ReplaySettings()
     default_model: str = "fraud_scorer"
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    def backfill(self) -> Settings:
+        """The settings of a backfill worker: the backfill topics, its own group and metrics port."""
+        return self.updated(
+            topics={"requests": self.topics.backfill_requests, "results": self.topics.backfill_results},
+            worker={"app_id": self.replay.backfill_app_id, "metrics_port": self.replay.backfill_metrics_port},
+        )
 
     def updated(self, **blocks: dict[str, Any]) -> Settings:
         """A copy with some fields of nested blocks replaced: `updated(worker={"app_id": "w2"})`."""

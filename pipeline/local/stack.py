@@ -177,8 +177,9 @@ class LocalStack:
             time.sleep(0.2)
         raise ConfigurationError(f"{name} not ready after {timeout_s:g} s; see {path}")
 
-    def start_worker(self, settings: Settings, name: str = "worker") -> subprocess.Popen[bytes]:
-        process = self.spawn(name, settings, "worker")
+    def start_worker(self, settings: Settings, name: str = "worker", backfill: bool = False) -> subprocess.Popen[bytes]:
+        """`pipeline worker` (`--backfill`: of replayed requests), once its partitions' state is in."""
+        process = self.spawn(name, settings, "worker", *(["--backfill"] if backfill else []))
         self.wait_for_log(name, "worker_ready", process)
         return process
 
@@ -291,6 +292,8 @@ class LocalStack:
         topics.apply(settings)
         if not self.is_running("worker"):
             self.start_worker(settings)
+        if not self.is_running("backfill-worker"):
+            self.start_worker(settings, "backfill-worker", backfill=True)
         if not self.is_running("gateway"):
             self.start_gateway(settings)
         self.start_consumers(settings)
@@ -303,7 +306,7 @@ class LocalStack:
         )
 
     def down(self) -> None:
-        for name in (*(f"{c}-consumer" for c in CONSUMERS), "gateway", "worker"):
+        for name in (*(f"{c}-consumer" for c in CONSUMERS), "gateway", "backfill-worker", "worker"):
             self.stop_process(name)
         self.stop_triton()
         self.stop_kafka()

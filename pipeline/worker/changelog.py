@@ -18,11 +18,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from pipeline import topics
+from pipeline.contract import REPLAY_ID, dedup_key
 from pipeline.errors import ConfigurationError, ResultsUnreadable
 from pipeline.settings import Settings
 from pipeline.worker.store import UNBOUNDED, Located, StateStore
@@ -178,7 +180,7 @@ class Restorer:
                     fetched = await consumer.getmany(*(tps[p] for p in reading), timeout_ms=200, max_records=_CHUNK)
                 for tp, records in fetched.items():
                     chunk = [
-                        (r.key.decode(), r.offset, r.timestamp / 1000)
+                        (_dedup_key(r), r.offset, r.timestamp / 1000)
                         for r in records
                         if r.key is not None and r.value is not None
                     ]
@@ -238,7 +240,7 @@ class StoredResults:
                 for tp, records in fetched.items():
                     p, end, ids = tp.partition, ranges[tp.partition][1], wanted[tp.partition]
                     for r in records:
-                        key = r.key.decode() if r.key is not None and r.offset < end else None
+                        key = _dedup_key(r) if r.key is not None and r.offset < end else None
                         if key in ids and r.value is not None:
                             found[p, key] = r.value
                 for p in list(reading):
@@ -253,6 +255,14 @@ class StoredResults:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+def _dedup_key(record: Any) -> str:
+    """A result record's dedup key: its key (the event_id), within the replay its header names."""
+    for name, value in record.headers or ():
+        if name == REPLAY_ID:
+            return dedup_key(record.key.decode(), value)
+    return record.key.decode()
 
 
 async def _reader(settings: Settings, name: str, isolation_level: str) -> AIOKafkaConsumer:

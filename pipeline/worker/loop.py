@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import sys
 import time
@@ -37,6 +38,7 @@ from pipeline.worker import changelog
 from pipeline.worker.answers import AnswerProducer
 from pipeline.worker.dedup import DedupState
 from pipeline.worker.lane import Lane
+from pipeline.worker.priority import LiveFirst
 from pipeline.worker.processor import BatchProcessor, Features, Inbound, Outbound, Scorer, Validated
 from pipeline.worker.retry import Backoff
 
@@ -46,10 +48,19 @@ T = TypeVar("T")
 
 
 class Worker:
-    def __init__(self, settings: Settings, scorer: Scorer | None = None, features: Features | None = None) -> None:
-        """Scores on Triton with Feast features unless given others (the bench's in-process monolith)."""
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: Scorer | None = None,
+        features: Features | None = None,
+        live_first: LiveFirst | None = None,
+    ) -> None:
+        """Scores on Triton with Feast features unless given others (the bench's in-process monolith).
+        `live_first`: a backfill worker's gate; its partitions are paused while it yields."""
         self.settings = settings
         self._scorer, self._features = scorer, features
+        self._live_first = live_first
+        self._yielding = False  # the owned partitions are paused for the live workers
         self.requests = settings.topics.requests
         self.state: DedupState | None = None  # opened by run(), once the topics are checked
         self._restorer: changelog.Restorer | None = None
@@ -137,6 +148,8 @@ class Worker:
                 if self._failed is not None:
                     raise self._failed
                 self._report_state()
+                if self._live_first is not None and self._live_first.yielding != self._yielding:
+                    await self._yield_to_live(consumer, self._live_first.yielding)
                 if self._scoring is not None and self._scoring.done():
                     self._scoring.result()  # raises what scoring raised
                     self._scoring = None
@@ -313,6 +326,14 @@ class Worker:
         await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
         return set(rewind)
 
+    async def _yield_to_live(self, consumer: Consumer, yielding: bool) -> None:
+        """Pause (or resume) every owned partition: the consumer stays in its group, polled, so a
+        long pause is no rebalance."""
+        self._yielding = yielding
+        owned = [TopicPartition(self.requests, p) for p in sorted(self._owned)]
+        if owned:
+            await self._on_consumer(consumer.pause if yielding else consumer.resume, owned)
+
     def _report_state(self) -> None:
         """The state's size, once a second (expiry itself is the store's)."""
         now = time.time()
@@ -365,7 +386,8 @@ class Worker:
             metrics.STATE_RESTORES.labels(restored.mode).inc()
             metrics.STATE_RESTORED_ENTRIES.labels(restored.mode).inc(restored.entries)
             self._owned.add(partition)
-            await self._on_consumer(self._consumer.resume, [TopicPartition(self.requests, partition)])
+            if not self._yielding:  # else resumed when the live workers have caught up
+                await self._on_consumer(self._consumer.resume, [TopicPartition(self.requests, partition)])
             if not self.ready.is_set() and not self._restoring:
                 self.ready.set()
                 log.info("worker_ready", app_id=self.settings.worker.app_id)
@@ -436,7 +458,13 @@ def _inbounds(batch: list[Message]) -> list[Inbound]:
     ]
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, backfill: bool = False) -> None:
+    """A worker of the live requests, or (`backfill`) of replayed ones: on the backfill topics, in
+    its own group, at a lower CPU priority, paused while the live workers lag (see `priority`)."""
+    live = settings
+    if backfill:
+        settings = settings.backfill()
+        os.nice(settings.replay.backfill_nice)
     # Feast imports torch eagerly when it is installed (for its PyTorch retrieval API, unused here),
     # at a cost in RSS and start-up (docs/performance.md#no-torch-in-workers). Scoring happens in
     # Triton, so the worker process declines the import; Feast runs without it, as without torch.
@@ -449,7 +477,12 @@ def run(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await Worker(settings).run(stop)
+        gate = LiveFirst(settings, live.worker.app_id, live.topics.requests).start() if backfill else None
+        try:
+            await Worker(settings, live_first=gate).run(stop)
+        finally:
+            if gate is not None:
+                gate.stop()
         log.info("worker_stopped")
 
     asyncio.run(main())

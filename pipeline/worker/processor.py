@@ -20,12 +20,14 @@ from pipeline import metrics
 from pipeline.contract import (
     ANSWER_TO,
     CORRELATION_ID,
+    REPLAY_ID,
     REPLY_KIND,
     REPLY_TO,
     InferenceRequest,
     Source,
     dead_letter_record,
     deadline_passed,
+    dedup_key,
     parse_reply_to,
     parse_request,
     result_record,
@@ -94,7 +96,8 @@ class Outbound:
 class Outcome:
     messages: list[Outbound] = field(default_factory=list)  # results and dead letters
     replies: list[Outbound] = field(default_factory=list)  # answers to reply-to addresses (HTTP callers)
-    remembered: list[tuple[str, int, bytes]] = field(default_factory=list)  # event_id, partition, result
+    # dedup key (the event_id, within its replay if any), partition, result
+    remembered: list[tuple[str, int, bytes]] = field(default_factory=list)
     events: Counter[str] = field(default_factory=Counter)  # by outcome, added to the metric once per batch
     latencies: list[float] = field(default_factory=list)  # seconds from consume to result, per scored event
 
@@ -125,7 +128,8 @@ class Validated:
 class _Pending:
     request: InferenceRequest
     inbound: Inbound
-    repeats: list[Inbound] = field(default_factory=list)  # same event_id later in this batch
+    key: str  # its dedup key (`contract.dedup_key`)
+    repeats: list[Inbound] = field(default_factory=list)  # same key later in this batch
 
 
 class BatchProcessor:
@@ -192,26 +196,27 @@ class BatchProcessor:
         located: list[tuple[Inbound, str, Located]] = []
         now = time.time()
         now_ms = int(now * 1000)
-        # One lookup for the batch: the first occurrence of each event_id in it.
-        firsts = list({request.event_id: inbound.source.partition for request, inbound in parsed}.items())
+        keyed = [(dedup_key(r.event_id, inbound.headers.get(REPLAY_ID)), r, inbound) for r, inbound in parsed]
+        # One lookup for the batch: the first occurrence of each key in it.
+        firsts = list({key: inbound.source.partition for key, _, inbound in keyed}.items())
         stored_results = dict(
-            zip((e for e, _ in firsts), self._dedup.get_many([(p, e) for e, p in firsts], now), strict=True)
+            zip((k for k, _ in firsts), self._dedup.get_many([(p, k) for k, p in firsts], now), strict=True)
         )
-        for request, inbound in parsed:
-            if (first := pending.get(request.event_id)) is not None:
+        for key, request, inbound in keyed:
+            if (first := pending.get(key)) is not None:
                 first.repeats.append(inbound)
-            elif (stored := stored_results[request.event_id]) is not None:
+            elif (stored := stored_results[key]) is not None:
                 if isinstance(stored, bytes):
                     self._duplicate(inbound, stored, outcome)
                 elif REPLY_TO in inbound.headers:
-                    located.append((inbound, request.event_id, stored))
+                    located.append((inbound, key, stored))
                 else:
                     outcome.events["duplicate"] += 1
             elif deadline_passed(inbound.headers, now_ms):
                 expired = DeadlineExceeded("the caller's deadline passed before scoring", event_id=request.event_id)
                 self._dead_letter(expired, inbound, outcome)
             else:
-                pending[request.event_id] = _Pending(request, inbound)
+                pending[key] = _Pending(request, inbound, key)
         return pending, located
 
     async def _answer_from_results(self, located: list[tuple[Inbound, str, Located]], outcome: Outcome) -> None:
@@ -223,11 +228,11 @@ class BatchProcessor:
             except PipelineError as e:
                 log.warning("stored_results_unreadable", error=e.message, repeats=len(located))
                 found = {}
-        for inbound, event_id, where in located:
-            if (value := found.get((inbound.source.partition, event_id))) is not None:
+        for inbound, key, where in located:
+            if (value := found.get((inbound.source.partition, key))) is not None:
                 self._duplicate(inbound, value, outcome)
             else:  # the caller is not answered (it times out and may ask again); nothing is scored twice
-                log.warning("stored_result_not_found", event_id=event_id, start=where.start, end=where.end)
+                log.warning("stored_result_not_found", key=key, start=where.start, end=where.end)
                 outcome.events["duplicate"] += 1
 
     async def _score_model(self, model: str, items: list[_Pending], outcome: Outcome) -> None:
@@ -301,8 +306,10 @@ class BatchProcessor:
         key = item.request.event_id.encode()
         # To the results partition numbered like the request's: the dedup state's changelog (see `changelog`).
         partition = item.inbound.source.partition
-        outcome.messages.append(Outbound(partition, self._topics.results, key, value, partition))
-        outcome.remembered.append((item.request.event_id, item.inbound.source.partition, value))
+        replay = item.inbound.headers.get(REPLAY_ID)
+        headers = ((REPLAY_ID, replay),) if replay else ()
+        outcome.messages.append(Outbound(partition, self._topics.results, key, value, partition, headers))
+        outcome.remembered.append((item.key, partition, value))
         self._reply(item.inbound, key, value, "result", outcome)
         for repeat in item.repeats:
             self._duplicate(repeat, value, outcome)

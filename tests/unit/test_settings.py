@@ -30,3 +30,17 @@ def test_topic_specs_take_their_names_from_settings(monkeypatch):
     specs = {spec.name: spec for spec in load_specs(Settings())}
     assert specs["inference.requests"].partitions == 12
     assert "my.dlq" in specs
+
+
+def test_a_backfill_worker_reads_the_backfill_topics_in_a_group_of_its_own():
+    live = Settings()
+    backfill = live.backfill()
+    assert (backfill.topics.requests, backfill.topics.results) == (
+        "inference.requests.backfill",
+        "inference.results.backfill",
+    )
+    assert backfill.worker.app_id == "pipeline-worker-backfill" != live.worker.app_id
+    assert backfill.worker.metrics_port == 9104
+    specs = {spec.name: spec for spec in load_specs(live)}
+    assert specs["inference.requests.backfill"].partitions == specs["inference.requests"].partitions
+    assert specs["replay.checkpoints"].config["cleanup.policy"] == "compact"

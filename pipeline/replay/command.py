@@ -1,0 +1,194 @@
+"""`pipeline replay`, `pipeline replay export` and `pipeline replay diff`: the CLI of backfills."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import orjson
+import typer
+
+from pipeline.errors import ConfigurationError
+from pipeline.settings import get_settings
+
+if TYPE_CHECKING:
+    from pipeline.replay.publisher import Summary
+
+app = typer.Typer(help="Re-score history: publish past requests for the backfill workers, export, diff.")
+
+_REPLAY_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+Since = Annotated[datetime | None, typer.Option(help="Records of the topic at or after this time (UTC if naive).")]
+Until = Annotated[
+    datetime | None, typer.Option(help="Records before this time (default: the topic's end when the replay began).")
+]
+Ranges = Annotated[
+    list[str] | None, typer.Option("--range", help="PARTITION:START-END offsets, end exclusive (repeatable).")
+]
+Topic = Annotated[str | None, typer.Option(help="The topic to read (default: the live requests topic).")]
+
+
+@app.callback(invoke_without_command=True)
+def replay(
+    ctx: typer.Context,
+    replay_id: Annotated[
+        str | None, typer.Option(help="Names the replay: its checkpoint, and the scope its events are scored once in.")
+    ] = None,
+    since: Since = None,
+    until: Until = None,
+    ranges: Ranges = None,
+    topic: Topic = None,
+    file: Annotated[
+        Path | None, typer.Option(help="A .jsonl or .parquet file of requests, instead of a topic.")
+    ] = None,
+    results_topic: Annotated[
+        str | None,
+        typer.Option(help="Where the backfill workers put the results (default inference.results.backfill)."),
+    ] = None,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="FIELD=VALUE on model or an entity key; event_time>=/</... a time (repeatable)."),
+    ] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Publish at most this many events/s.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Publish at most this many requests in this run.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Read and validate; count what would be published; publish nothing.")
+    ] = False,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Where invalid rows go (JSON Lines; default replay-<id>.rejects.jsonl).")
+    ] = None,
+) -> None:
+    """Re-publish past requests, from a topic range or a file, to be scored again into the backfill
+    results. Resumable: run it again with the same --replay-id to continue; a finished replay adds nothing."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pipeline.replay import checkpoint, publisher, selection
+    from pipeline.replay.sources import PartitionRange, TopicSource, open_file
+
+    settings = get_settings()
+    if replay_id is None:
+        raise typer.BadParameter("a replay needs a name: --replay-id (resume it by running it again)")
+    if not _REPLAY_ID.match(replay_id):
+        raise typer.BadParameter("letters, digits, '.', '_' and '-' only, at most 100", param_hint="--replay-id")
+    results = results_topic or settings.topics.backfill_results
+    if results != settings.topics.backfill_results:
+        raise ConfigurationError(
+            f"--results-topic {results}: the backfill workers write to {settings.topics.backfill_results} "
+            "(PIPELINE_TOPICS__BACKFILL_RESULTS); set it for them and for this command alike"
+        )
+    filters = [selection.parse_filter(f) for f in filter_ or ()]
+    if file is not None and (topic or since or until or ranges):
+        raise typer.BadParameter("a file, or a topic range (--topic/--since/--until/--range): not both")
+    explicit = [PartitionRange.parse(r) for r in ranges or ()]
+    opened = open_file(file) if file is not None else None  # a bad file fails before the broker is asked
+    previous = checkpoint.latest(settings, replay_id)
+    source = opened or TopicSource(
+        settings,
+        topic or settings.topics.requests,
+        _utc(since),
+        _utc(until),
+        explicit,
+        previous.ranges if previous is not None else None,
+    )
+    options = publisher.Options(
+        replay_id=replay_id,
+        results_topic=results,
+        filters=filters,
+        rate=rate,
+        limit=limit,
+        dry_run=dry_run,
+        rejects=rejects or Path(f"replay-{replay_id}.rejects.jsonl"),
+    )
+    try:
+        summary = publisher.run(settings, source, options, previous)
+    finally:
+        source.close()
+    _print_summary(summary, dry_run)
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command("export")
+def export(
+    output: Annotated[Path, typer.Option(help="The Parquet file to write (replaced).")],
+    since: Since = None,
+    until: Until = None,
+    ranges: Ranges = None,
+    topic: Topic = None,
+) -> None:
+    """Write a topic range to a Parquet file (requests byte for byte, with where they were)."""
+    from pipeline.replay import export as exporting
+    from pipeline.replay.sources import PartitionRange, TopicSource
+
+    settings = get_settings()
+    if output.suffix != ".parquet":
+        raise typer.BadParameter("a .parquet file", param_hint="--output")
+    explicit = [PartitionRange.parse(r) for r in ranges or ()]
+    source = TopicSource(settings, topic or settings.topics.requests, _utc(since), _utc(until), explicit)
+    try:
+        written = exporting.export(source, output)
+    finally:
+        source.close()
+    typer.echo(f"exported {written} record(s) to {output}")
+
+
+@app.command("diff")
+def diff(
+    replay_id: Annotated[str, typer.Argument(help="The replay to compare with the original results.")],
+    output: Annotated[Path | None, typer.Option(help="The JSON file (default replay-<id>.diff.json).")] = None,
+) -> None:
+    """A replay's results against the original results of the same event_ids."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.replay import diff as diffing
+
+    figures = diffing.diff(get_settings(), replay_id)
+    path = output or Path(f"replay-{replay_id}.diff.json")
+    path.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    table = Table(title=f"replay {replay_id} against the original results")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in figures.items():
+        if name != "replay_id":
+            table.add_row(name.replace("_", " "), _cell(value))
+    Console().print(table)
+    typer.echo(f"written to {path}")
+
+
+def _print_summary(summary: Summary, dry_run: bool) -> None:
+    state = summary.checkpoint
+    if summary.already_done:
+        typer.echo(
+            f"replay {state.replay_id} is complete: {state.counts['published']} published of "
+            f"{state.counts['read']} read; nothing more to publish"
+        )
+        return
+    verb = "would publish" if dry_run else "published"
+    reasons = ", ".join(f"{code} {n}" for code, n in sorted(state.rejected.items()))
+    typer.echo(
+        f"replay {state.replay_id}: read {summary.read}, {verb} {summary.published}, "
+        f"skipped {summary.rejected} invalid{f' ({reasons})' if reasons else ''}, filtered out {summary.filtered}, "
+        f"in {summary.seconds:.1f} s ({summary.per_s:,.0f} events/s)"
+    )
+    if summary.rejects is not None:
+        typer.echo(f"invalid rows written to {summary.rejects}")
+    if dry_run:
+        return
+    if state.done:
+        typer.echo(f"complete: {state.counts['published']} published in all; results on {state.results_topic}")
+    else:
+        left = state.remaining()
+        typer.echo(f"stopped with {left} row(s) left: run the same command again to continue")
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)

@@ -1,0 +1,247 @@
+"""`pipeline replay` on the real broker, with a live worker and a backfill worker: a time range and
+files are re-scored into the backfill results, once per replay id, never into the live results;
+a second run of a replay adds nothing, a SIGKILLed one resumes without duplicates; live traffic
+during a replay is scored once and its repeats dropped; the diff's figures are the expected ones."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline import topics
+from pipeline.contract import REPLAY_ID
+from pipeline.local import probe, traffic
+from pipeline.local.stack import PROJECT_ROOT, free_port, settings_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def replay_settings(pipeline_settings):
+    """Fresh live and backfill topics, a live group and a backfill group of their own."""
+    settings = pipeline_settings()
+    settings = settings.updated(
+        topics={
+            "backfill_requests": f"{settings.topics.requests}.backfill",
+            "backfill_results": f"{settings.topics.results}.backfill",
+            "replay_checkpoints": f"{settings.topics.requests}.checkpoints",
+        },
+        replay={"backfill_app_id": f"{settings.worker.app_id}-backfill", "backfill_metrics_port": free_port()},
+    )
+    topics.apply(settings)
+    return settings
+
+
+def _backfill_worker(processes, settings):
+    process = processes.stack.start_worker(settings, f"backfill-{uuid.uuid4().hex[:8]}", backfill=True)
+    processes.started.append(process)
+    return process
+
+
+def _cli(settings, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "replay", *args],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        cwd=cwd or PROJECT_ROOT,
+        timeout=300,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def _live(settings, requests, expect: int):
+    """Publish live requests and wait for `expect` distinct live results."""
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    probe.publish(settings, [traffic.message_for(r) for r in requests])
+    return probe.collect(settings, start, lambda c: c.distinct_results >= expect, timeout_s=120, settle_s=1.0)
+
+
+def _replayed(settings, expect: int, timeout_s: float = 120, settle_s: float = 3.0) -> Counter[tuple[str, str]]:
+    """(replay id, event_id) of every committed backfill result, once `expect` are there (and a settle)."""
+    topic = settings.topics.backfill_results
+    consumer = Consumer(probe.consumer_config(settings))
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(12)])
+    found: Counter[tuple[str, str]] = Counter()
+    deadline, settle_until = time.monotonic() + timeout_s, None
+    try:
+        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            for message in consumer.consume(num_messages=1000, timeout=0.2):
+                if message.error() is None:
+                    replay = dict(message.headers() or {}).get(REPLAY_ID, b"").decode()
+                    found[replay, orjson.loads(message.value())["event_id"]] += 1
+            if settle_until is None and sum(found.values()) >= expect:
+                settle_until = time.monotonic() + settle_s
+        return found
+    finally:
+        consumer.close()
+
+
+def _live_results(settings) -> Counter[str]:
+    """How many live results each event_id has, from the start of the results topic."""
+    start = {TopicPartition(settings.topics.results, p): 0 for p in range(12)}
+    collected = probe.collect(settings, start, lambda c: False, timeout_s=3, settle_s=0)
+    return Counter({e: len(r) for e, r in collected.results.items()})
+
+
+def test_a_time_range_is_scored_once_per_replay_id_never_into_the_live_results(replay_settings, processes):
+    settings = replay_settings
+    processes.worker(settings)
+    _backfill_worker(processes, settings)
+    early = traffic.valid_requests(300, prefix="range-early-")
+    late = traffic.valid_requests(200, prefix="range-late-", seed=11)
+    live_scores = _live(settings, early, 300).results
+    time.sleep(1.0)
+    since = datetime.now(UTC)
+    time.sleep(0.5)
+    live_scores |= _live(settings, late, 200).results
+
+    first = _cli(settings, "--replay-id", "r1", "--since", since.isoformat())
+    assert "published 200" in first.stdout and "complete: 200 published" in first.stdout
+    replayed = _replayed(settings, 200)
+    assert replayed == Counter({("r1", r["event_id"]): 1 for r in late}), "the range, each event once"
+
+    again = _cli(settings, "--replay-id", "r1", "--since", since.isoformat())
+    assert "is complete" in again.stdout
+    other = _cli(settings, "--replay-id", "r2", "--since", since.isoformat())
+    assert "published 200" in other.stdout
+    replayed = _replayed(settings, 400)
+    assert replayed == Counter({(rid, r["event_id"]): 1 for r in late for rid in ("r1", "r2")}), (
+        "r1 run twice added nothing; r2 scored each event once more"
+    )
+
+    # Live dedup is untouched: a live repeat of a replayed event gets no second live result.
+    start = probe.end_offsets(settings, [settings.topics.results])
+    probe.publish(settings, [traffic.message_for(late[0])])
+    assert probe.collect(settings, start, lambda c: False, timeout_s=5, settle_s=0).distinct_results == 0
+    assert _live_results(settings) == Counter({r["event_id"]: 1 for r in early + late}), "live results untouched"
+
+    # The same model, the same features: the diff finds every event matched with no shift.
+    diff = _cli(settings, "diff", "r1", "--output", str(Path(processes.stack.run_dir) / "r1.diff.json"))
+    figures = orjson.loads((Path(processes.stack.run_dir) / "r1.diff.json").read_bytes())
+    assert figures["published"] == figures["replayed"] == figures["matched"] == 200, diff.stdout
+    assert figures["missing_in_replay"] == figures["missing_in_original"] == 0
+    assert figures["mean_abs_shift"] == 0.0 and figures["label_flips"] == {}
+    assert len({live_scores[e][0]["score"] for _, e in replayed}) > 1, "real, varied scores"
+
+
+def test_a_parquet_replay_counts_its_rejects_and_the_diff_finds_what_was_never_scored_live(
+    replay_settings, processes, tmp_path
+):
+    settings = replay_settings
+    processes.worker(settings)
+    _backfill_worker(processes, settings)
+    scored_live = traffic.valid_requests(100, prefix="pq-live-")
+    never_live = traffic.valid_requests(50, prefix="pq-outage-", seed=13)  # dead-lettered in an outage, say
+    _live(settings, scored_live, 100)
+    rows = [
+        {
+            "event_id": r["event_id"],
+            "model": None,
+            "entity": orjson.dumps(r["entity"]).decode(),
+            "features": orjson.dumps(r["features"]).decode(),
+        }
+        for r in scored_live + never_live
+    ]
+    bad = [dict(rows[0], event_id=f"pq-bad-{i}", features='{"amount": "ten"}') for i in range(5)]
+    path = tmp_path / "history.parquet"
+    pq.write_table(pa.Table.from_pylist(rows[:60] + bad + rows[60:]), path)
+
+    dry = _cli(settings, "--replay-id", "p1", "--file", str(path), "--dry-run", cwd=tmp_path)
+    assert "would publish 150" in dry.stdout and "skipped 5 invalid (invalid_request 5)" in dry.stdout
+    done = _cli(settings, "--replay-id", "p1", "--file", str(path), cwd=tmp_path)
+    assert "published 150" in done.stdout, done.stdout
+    rejects = [orjson.loads(line) for line in (tmp_path / "replay-p1.rejects.jsonl").read_bytes().splitlines()]
+    assert [r["position"] for r in rejects] == [60, 61, 62, 63, 64]
+    assert {r["reason"] for r in rejects} == {"invalid_request: features.amount: not a number"}
+    assert _replayed(settings, 150) == Counter({("p1", r["event_id"]): 1 for r in scored_live + never_live})
+
+    _cli(settings, "diff", "p1", "--output", str(tmp_path / "p1.json"))
+    figures = orjson.loads((tmp_path / "p1.json").read_bytes())
+    assert (figures["published"], figures["replayed"], figures["matched"]) == (150, 150, 100)
+    assert (figures["missing_in_original"], figures["missing_in_replay"]) == (50, 0)
+    assert figures["mean_shift"] == 0.0 and figures["label_flips"] == {}
+
+
+def test_an_exported_range_replays_in_parts_with_a_limit_and_resumes(replay_settings, processes, tmp_path):
+    settings = replay_settings
+    processes.worker(settings)
+    _backfill_worker(processes, settings)
+    requests = traffic.valid_requests(120, prefix="export-")
+    _live(settings, requests, 120)
+    exported = tmp_path / "requests.parquet"
+    out = _cli(settings, "export", "--output", str(exported))
+    assert "exported 120 record(s)" in out.stdout
+    table = pq.read_table(exported)
+    assert sorted(table.column("event_id").to_pylist()) == sorted(r["event_id"] for r in requests)
+
+    part = _cli(settings, "--replay-id", "e1", "--file", str(exported), "--limit", "45", cwd=tmp_path)
+    assert "published 45" in part.stdout and "75 row(s) left" in part.stdout
+    rest = _cli(settings, "--replay-id", "e1", "--file", str(exported), cwd=tmp_path)
+    assert "published 75" in rest.stdout and "complete: 120 published" in rest.stdout
+    assert _replayed(settings, 120) == Counter({("e1", r["event_id"]): 1 for r in requests})
+
+
+def test_a_replay_killed_midway_resumes_and_live_traffic_meanwhile_is_scored_once(replay_settings, processes, tmp_path):
+    settings = replay_settings
+    processes.worker(settings)
+    _backfill_worker(processes, settings)
+    history = traffic.valid_requests(20_000, prefix="kill-")
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in history))
+    args = [sys.executable, "-m", "pipeline", "replay", "--replay-id", "k1", "--file", str(path), "--rate", "4000"]
+    env = {**os.environ, **settings_env(settings)}
+    replay = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    live = traffic.valid_requests(400, prefix="kill-live-", seed=17)
+    repeats = live[:40]
+    time.sleep(2.5)
+    probe.publish(settings, [traffic.message_for(r) for r in live + repeats], rate=400)
+    replay.send_signal(signal.SIGKILL)
+    replay.wait(10)
+    partial = _replayed(settings, 1, settle_s=2.0)
+    assert 0 < sum(partial.values()) < 20_000, "killed midway"
+
+    resumed = _cli(settings, "--replay-id", "k1", "--file", str(path), cwd=tmp_path)
+    assert "complete: 20000 published" in resumed.stdout, resumed.stdout
+    assert _replayed(settings, 20_000) == Counter({("k1", r["event_id"]): 1 for r in history}), (
+        "every event scored exactly once for the replay, across the kill"
+    )
+    assert _live_results(settings) == Counter({r["event_id"]: 1 for r in live}), "live: once each, repeats dropped"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--replay-id", "x", "--file", "/no/such/file.parquet"], "no such file"),
+        (["--replay-id", "x", "--range", "3:10"], "PARTITION:START-END"),
+        (["--replay-id", "x", "--filter", "account_id>=3"], "only = and !="),
+        (["--replay-id", "bad id!"], "letters, digits"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_and_a_non_zero_exit(stack, args, message):
+    done = _cli(stack.settings(), *args, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_an_unreachable_broker_is_a_one_line_error(stack):
+    settings = stack.settings().updated(kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    done = _cli(settings, "--replay-id", "x", "--since", "2026-01-01T00:00:00Z", check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broker unreachable" in lines[0], done.stderr
