@@ -200,8 +200,8 @@ def bench(
         float, typer.Option(help="Also this rate with callers answered once committed (reply_when); 0: skip.")
     ] = 500.0,
     only: Annotated[
-        str, typer.Option(help="Scenario groups to run: throughput,http,state,consumers")
-    ] = "throughput,http,state,consumers",
+        str, typer.Option(help="Scenario groups to run: throughput,http,state,consumers,replay")
+    ] = "throughput,http,state,consumers,replay",
     soak: Annotated[float, typer.Option(help="Also run a worker this many seconds at a steady rate; RSS sampled.")] = 0,
     soak_rate: Annotated[float, typer.Option(help="Requests per second during the soak.")] = 1000.0,
     state_entries: Annotated[int, typer.Option(help="Entries of the dedup store the state group fills.")] = 10_000_000,
@@ -221,6 +221,12 @@ def bench(
         float, typer.Option(help="Results/s fed to the fraud consumer for its alert latency.")
     ] = 1000.0,
     consumer_seconds: Annotated[float, typer.Option(help="Seconds of that steady feed.")] = 30.0,
+    replay_events: Annotated[
+        int, typer.Option(help="Requests in the Parquet file the replay group publishes.")
+    ] = 1_000_000,
+    replay_scored_events: Annotated[
+        int, typer.Option(help="Of those, how many a backfill worker scores (published → scored).")
+    ] = 200_000,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
 ) -> None:
     """Benchmark the pipeline beside its peers and the machine's limit, in one run; table, JSON, PNG."""
@@ -229,7 +235,7 @@ def bench(
     _configure_logging()
     rates = tuple(float(r) for r in http_rates.split(",") if r.strip())
     groups = {g.strip() for g in only.split(",") if g.strip()}
-    if unknown := groups - {"throughput", "http", "state", "consumers"}:
+    if unknown := groups - {"throughput", "http", "state", "consumers", "replay"}:
         raise typer.BadParameter(f"unknown scenario group(s): {', '.join(sorted(unknown))}", param_hint="--only")
     options = runner.Options(
         events=events,
@@ -248,6 +254,8 @@ def bench(
         consumer_results=consumer_results,
         consumer_rate=consumer_rate,
         consumer_seconds=consumer_seconds,
+        replay_events=replay_events,
+        replay_scored_events=replay_scored_events,
     )
     figures = runner.run(get_settings(), options, groups)
     report.write_json(figures, out / "bench.json")

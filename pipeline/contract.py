@@ -120,9 +120,14 @@ def describe_error(first: dict[str, Any]) -> str:
 
 def request_key(request: _Request) -> bytes:
     """The requests topic key: the entity key as UTF-8 (all requests of an entity share a partition)."""
-    if len(request.entity) == 1:
-        return str(next(iter(request.entity.values()))).encode()
-    return "|".join(f"{k}={request.entity[k]}" for k in sorted(request.entity)).encode()
+    return entity_key(request.entity)
+
+
+def entity_key(entity: Mapping[str, int | str]) -> bytes:
+    """`{"account_id": 42}` → `42`; with several keys, `k1=v1|k2=v2` in key order."""
+    if len(entity) == 1:
+        return str(next(iter(entity.values()))).encode()
+    return "|".join(f"{k}={entity[k]}" for k in sorted(entity)).encode()
 
 
 def dedup_key(event_id: str, replay_id: bytes | None) -> str:

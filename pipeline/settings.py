@@ -104,6 +104,11 @@ class WorkerSettings(_Block):
 class ReplaySettings(_Block):
     """Replays and the backfill workers that score them (`pipeline worker --backfill`)."""
 
+    # `pipeline replay` commits a transaction (requests and checkpoint) every this many source rows
+    # (with --rate: every half second of it): each commit stalls publishing while the broker
+    # writes its markers (docs/performance.md#replay-publishing).
+    transaction_rows: int = Field(default=50_000, ge=1)
+
     # The backfill workers' group (and state directory), and their metrics port.
     backfill_app_id: str = "pipeline-worker-backfill"
     backfill_metrics_port: int = 9104

@@ -87,6 +87,8 @@ def table(report: dict[str, Any]) -> str:
         lines += ["", *_state_lines(report["state"])]
     if "consumers" in report:
         lines += ["", *_consumer_lines(report["consumers"], summary.get("consumers", {}))]
+    if "replay" in report:
+        lines += ["", *_replay_lines(report["replay"])]
     if "soak" in report:
         s = report["soak"]
         lines += [
@@ -143,6 +145,21 @@ def _consumer_lines(consumers: dict[str, Any], summary: dict[str, Any]) -> list[
             f"{needed} consumer process{'es' if needed > 1 else ''} keep up with them"
         )
     return lines
+
+
+def _replay_lines(replay: dict[str, Any]) -> list[str]:
+    p, scored, live = replay["publish"], replay["scored"], replay["live_http"]
+    quiet, busy = live["without_replay"], live["during_replay"]
+    return [
+        f"replay of a Parquet file of {replay['events']:,} requests:",
+        f"  published {p['published']:,.0f} in {p['seconds']:.2f} s: {p['per_s']:,.0f} events/s "
+        f"(the command, start-up included: {p['command_s']:.1f} s)",
+        f"  published → scored by one backfill worker: {scored['events']:,} in {scored['seconds']:.1f} s, "
+        f"{scored['events_per_s']:,.0f} events/s (steady {scored['steady_events_per_s']:,.0f})",
+        f"  live HTTP at {live['rate']:g} req/s, p50 / p99 ms: {quiet['p50']:.1f} / {quiet['p99']:.1f} without a "
+        f"replay, {busy['p50']:.1f} / {busy['p99']:.1f} during one of {live['replay_events']:,} "
+        f"(p99 ratio {live['p99_ratio']:.2f})",
+    ]
 
 
 def _pipeline_stages(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:

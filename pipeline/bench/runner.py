@@ -22,7 +22,7 @@ import orjson
 import structlog
 
 from pipeline import heap, topics
-from pipeline.bench import consumers, http, load, state
+from pipeline.bench import consumers, http, load, replay, state
 from pipeline.bench.cpu import CpuMeter, per_million
 from pipeline.bench.memory import RssSampler, status_mib
 from pipeline.bench.stats import (
@@ -82,6 +82,13 @@ class Options:
     consumer_results: int = 200_000
     consumer_rate: float = 1000.0
     consumer_seconds: float = 30.0
+    # The replay group: `pipeline replay` publishing a Parquet file of this many requests; scoring
+    # this many of them with a backfill worker; the live HTTP p99 at this rate (for http_seconds)
+    # with and without a replay of this many requests.
+    replay_events: int = 1_000_000
+    replay_scored_events: int = 200_000
+    replay_live_events: int = 100_000
+    replay_http_rate: float = 100.0
 
 
 @dataclass
@@ -473,6 +480,136 @@ class Bench:
         }
 
     # -- soak ---------------------------------------------------------------------------------------
+    # -- replay -----------------------------------------------------------------------------------
+    def replay(self) -> dict[str, Any]:
+        """`pipeline replay` from a Parquet file: its publishing rate, the backfill rate (published →
+        scored by a backfill worker), and the live HTTP p99 during a replay against without one."""
+        o = self.options
+        settings = load.fresh_topics(self.settings, "replay")
+        path = self.stack.run_dir / "bench-replay.parquet"
+        replay.write_requests(path, o.replay_events, prefix=f"{settings.worker.app_id}-")
+        parts: list[Settings] = []
+
+        def part(label: str) -> Settings:
+            parts.append(replay.backfill_settings(settings, label, free_port()))
+            return parts[-1]
+
+        try:
+            publishing = self._replay_publish(part("publish"), path)
+            log.info("bench_run", scenario="replay-publish", events_per_s=publishing["per_s"])
+            scored = self._replay_scored(part("scored"), path, min(o.replay_scored_events, o.replay_events))
+            log.info("bench_run", scenario="replay-scored", events_per_s=scored["events_per_s"])
+            live = self._replay_live(part("live"), path, min(o.replay_live_events, o.replay_events))
+            log.info("bench_run", scenario="replay-live-http", p99_ratio=live["p99_ratio"])
+        finally:
+            load.drop_topics(settings)
+            for each in parts:
+                replay.drop_topics(each)
+            path.unlink(missing_ok=True)
+        return {"events": o.replay_events, "publish": publishing, "scored": scored, "live_http": live}
+
+    def _replay_command(
+        self, settings: Settings, name: str, replay_id: str, path: Path, *options: str
+    ) -> subprocess.Popen[bytes]:
+        rejects = self.stack.run_dir / f"{name}.rejects.jsonl"
+        return self.stack.spawn(
+            name, settings, "replay", "--replay-id", replay_id, "--file", str(path), "--rejects", str(rejects), *options
+        )
+
+    def _replay_publish(self, settings: Settings, path: Path) -> dict[str, Any]:
+        """The whole file, no backfill worker running: the replay's own publishing rate, after an
+        unrecorded run (a fresh broker's JIT compiler takes a million records to warm up)."""
+        warm = self._replay_command(settings, "bench-replay-warmup", f"{settings.worker.app_id}-warmup", path)
+        replay.wait_exit(warm, timeout_s=900)
+        name, replay_id = "bench-replay-publish", f"{settings.worker.app_id}-publish"
+        process = self._replay_command(settings, name, replay_id, path)
+        meter = CpuMeter({name: process.pid, **self.service_pids()}).start()
+        wall = replay.wait_exit(process, timeout_s=900)
+        cpu = meter.stop()
+        figures = replay.published(settings, replay_id)
+        return figures | {
+            "command_s": round(wall, 3),  # with the command's start-up and the checkpoint read
+            "cpu_s_per_million": per_million(cpu, int(figures["published"])),
+        }
+
+    def _replay_scored(self, settings: Settings, path: Path, count: int) -> dict[str, Any]:
+        """The first `count` requests of the file replayed with one backfill worker: from the
+        command's start to the last result committed on the backfill results topic."""
+        name = "bench-replay-backfill-worker"
+        self.stack.start_worker(settings, name, backfill=True)
+        counter = load.OutputCounter(settings, settings.topics.backfill_results)
+        try:
+            counter.expect(count)
+            began = time.time()
+            process = self._replay_command(
+                settings, "bench-replay-scored", f"{settings.worker.app_id}-scored", path, "--limit", str(count)
+            )
+            replay.wait_exit(process, timeout_s=900)
+            published_at = time.time()
+            if not counter.wait(120 + count / 500):
+                raise TimeoutError(f"{counter.count} of {count} replayed requests scored")
+            seconds = counter.reached_at - began
+            timeline = list(counter.timeline)
+        finally:
+            counter.close()
+            self.stack.stop_process(name)
+        return {
+            "events": count,
+            "seconds": round(seconds, 3),
+            "events_per_s": round(count / max(1e-6, seconds), 1),
+            "steady_events_per_s": steady_rate(timeline, count),
+            "published_after_s": round(published_at - began, 3),
+        }
+
+    def _replay_live(self, settings: Settings, path: Path, count: int) -> dict[str, Any]:
+        """A live worker and bridge with a backfill worker beside them: the open-loop HTTP latency at
+        `replay_http_rate` with no replay, then while a replay of `count` requests is published and
+        scored, in interleaved rounds (one unrecorded)."""
+        o = self.options
+        live = settings.updated(gateway={"port": free_port()}, worker={"metrics_port": free_port()})
+        names = ("bench-replay-live-worker", "bench-replay-live-gateway", "bench-replay-live-backfill")
+        processes: dict[str, subprocess.Popen[bytes]] = {}
+        counter = load.OutputCounter(live, live.topics.backfill_results)
+        bodies = http.Bodies(f"{live.worker.app_id}-http-", int(o.replay_http_rate * o.http_seconds * 2 * 4) + 100)
+        quiet_runs: list[dict[str, Any]] = []
+        busy_runs: list[dict[str, Any]] = []
+        try:
+            processes[names[0]] = self.stack.start_worker(live, names[0])
+            processes[names[1]] = self.stack.start_gateway(live, names[1])
+            processes[names[2]] = self.stack.start_worker(live, names[2], backfill=True)
+            for rep in range(-1, o.repetitions):
+                quiet = _measured(http.open_loop(live, bodies, o.replay_http_rate, o.http_seconds)).figures()
+                before = counter.count
+                counter.expect(before + count)
+                name = f"bench-replay-live-{rep + 1}"
+                command = self._replay_command(
+                    live, name, f"{name}-{uuid.uuid4().hex[:6]}", path, "--limit", str(count)
+                )
+                deadline = time.monotonic() + 60
+                while counter.count == before and time.monotonic() < deadline:  # measured once scoring has begun
+                    time.sleep(0.05)
+                busy = _measured(http.open_loop(live, bodies, o.replay_http_rate, o.http_seconds)).figures()
+                replay.wait_exit(command, timeout_s=600)
+                if not counter.wait(120 + count / 500):  # the next quiet run starts with no backfill work
+                    raise TimeoutError(f"{counter.count} replayed requests scored")
+                if rep >= 0:
+                    quiet_runs.append(quiet)
+                    busy_runs.append(busy)
+                log.info("bench_run", scenario="replay-live-http", repetition=rep, p99_quiet=quiet["p99"],
+                         p99_replaying=busy["p99"])  # fmt: skip
+        finally:
+            counter.close()
+            self._stop(processes)
+        without, during = median_figures(quiet_runs), median_figures(busy_runs)
+        return {
+            "rate": o.replay_http_rate,
+            "replay_events": count,
+            "without_replay": without,
+            "during_replay": during,
+            "p99_ratio": ratio(during["p99"], without["p99"]),
+            "p50_ratio": ratio(during["p50"], without["p50"]),
+        }
+
     def soak(self) -> dict[str, Any]:
         o = self.options
         settings = load.fresh_topics(self.settings, "soak")
@@ -567,10 +704,13 @@ def run(base: Settings, options: Options, scenarios: set[str], stack: LocalStack
         consumer_figures = bench.consumers() if "consumers" in scenarios else None
         if consumer_figures:
             report["consumers"] = consumer_figures
+        replay_figures = bench.replay() if "replay" in scenarios else None
+        if replay_figures:
+            report["replay"] = replay_figures
         if options.soak_s > 0:
             report["soak"] = bench.soak()
         report["services_peak_rss_mib"] = bench.services_rss()
-    report["summary"] = summarise(bench.runs, http_figures, state_figures, consumer_figures)
+    report["summary"] = summarise(bench.runs, http_figures, state_figures, consumer_figures, replay_figures)
     report["seconds"] = round(time.time() - started_at, 1)
     return report
 

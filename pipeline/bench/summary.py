@@ -20,6 +20,7 @@ MIX = "model-mix"  # the pipeline fed requests for both models, half each
 LIMIT, MONOLITH = "passthrough", "monolith"
 STATE_TARGET_ENTRIES = 10_000_000  # the RSS target is stated for a store of this many entries
 HTTP_RATE = 500.0  # req/s: the open-loop level the HTTP targets are judged at
+REPLAY_TARGET_EVENTS = 1_000_000  # the replay publishing target is stated for a file this large
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ TARGETS = {
     "bridge/request-response p50@500": Target(1.5, False),
     "bridge/request-response p99@500": Target(2.0, False),
     "state 10M RSS MiB": Target(400.0, False),
+    "replay publish events/s": Target(100_000.0, True),
 }
 
 
@@ -92,6 +94,7 @@ def summarise(
     http_figures: dict[str, Any] | None,
     state_figures: dict[str, Any] | None = None,
     consumer_figures: dict[str, Any] | None = None,
+    replay_figures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Medians per scenario, the ratios, and each target met or not."""
     medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
@@ -135,6 +138,8 @@ def summarise(
     measured |= http_summary.get("judged", {})
     if state_figures and state_figures["write"]["entries"] >= STATE_TARGET_ENTRIES:
         measured["state 10M RSS MiB"] = state_figures["summary"]["rss_mib"]
+    if replay_figures and replay_figures["events"] >= REPLAY_TARGET_EVENTS:
+        measured["replay publish events/s"] = replay_figures["publish"]["per_s"]
     targets: dict[str, dict[str, Any]] = {}
     for name, target in TARGETS.items():
         if name in measured and math.isfinite(measured[name]):
@@ -146,6 +151,13 @@ def summarise(
     return {
         "consumers": summarise_consumers(consumer_figures, steady.get(pipeline_scenario(2), math.nan))
         if consumer_figures
+        else {},
+        "replay": {
+            "publish_events_per_s": replay_figures["publish"]["per_s"],
+            "backfill_events_per_s": replay_figures["scored"]["events_per_s"],
+            "live_http_p99_ratio": replay_figures["live_http"]["p99_ratio"],
+        }
+        if replay_figures
         else {},
         "events_per_s_median": medians,
         "steady_events_per_s_median": steady,

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.replay.progress import Progress
-from pipeline.replay.sources import Row, TopicSource
+from pipeline.replay.sources import Chunk, TopicSource
 
 SCHEMA = pa.schema(
     [
@@ -37,28 +37,36 @@ def export(source: TopicSource, output: Path) -> int:
     written = 0
     with pq.ParquetWriter(partial, SCHEMA, compression="zstd") as writer, Progress("export", total) as progress:
         for chunk in source.chunks({}):
-            writer.write_table(pa.Table.from_pylist([_row(r) for r in chunk], schema=SCHEMA))
-            written += len(chunk)
-            progress.advance(len(chunk))
+            writer.write_table(_table(chunk))
+            written += chunk.size
+            progress.advance(chunk.size)
     partial.replace(output)
     return written
 
 
-def _row(row: Row) -> dict[str, object]:
-    event_id = model = None
+def _table(chunk: Chunk) -> pa.Table:
+    described = [_described(value) for value in chunk.values]
+    return pa.Table.from_pydict(
+        {
+            "key": chunk.keys,
+            "value": chunk.values,
+            "event_id": [event_id for event_id, _ in described],
+            "model": [model for _, model in described],
+            "partition": chunk.partitions,
+            "offset": chunk.positions,
+            "timestamp": chunk.timestamps,
+        },
+        schema=SCHEMA,
+    )
+
+
+def _described(value: bytes | None) -> tuple[str | None, str | None]:
+    """The event_id and model of a readable request; None for what is not one."""
     try:
-        request = orjson.loads(row.value or b"")
-        if isinstance(request, dict):
-            event_id = request.get("event_id") if isinstance(request.get("event_id"), str) else None
-            model = request.get("model") if isinstance(request.get("model"), str) else None
+        request = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
-        pass
-    return {
-        "key": row.key,
-        "value": row.value,
-        "event_id": event_id,
-        "model": model,
-        "partition": row.partition,
-        "offset": row.position,
-        "timestamp": row.timestamp_ms,
-    }
+        return None, None
+    if not isinstance(request, dict):
+        return None, None
+    event_id, model = request.get("event_id"), request.get("model")
+    return (event_id if isinstance(event_id, str) else None), (model if isinstance(model, str) else None)

@@ -27,14 +27,15 @@ import orjson
 import structlog
 from confluent_kafka import KafkaException, Producer
 
-from pipeline.contract import REPLAY_ID, REQUESTS_PARTITIONER, payload_text, request_key
+from pipeline import heap
+from pipeline.contract import REPLAY_ID, REQUESTS_PARTITIONER, entity_key, payload_text
 from pipeline.errors import ConfigurationError
 from pipeline.replay import pacing
 from pipeline.replay.checkpoint import Checkpoint
 from pipeline.replay.clients import client_config
 from pipeline.replay.progress import Progress
-from pipeline.replay.selection import Filter, judge
-from pipeline.replay.sources import CHUNK, Row, Source
+from pipeline.replay.selection import Filter, judge, plain_entity
+from pipeline.replay.sources import CHUNK, Chunk, Source
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -115,53 +116,80 @@ def run(
     if state.done:
         return Summary(state, 0, 0, 0, 0, 0.0, already_done=True)
     stop = stop or _stop_on_signals()
-    producer = None if options.dry_run else _producer(settings, options.replay_id)
-    rows_per_transaction = pacing.transaction_rows(options.rate, CHUNK)
+    outbox = _Outbox(None if options.dry_run else _producer(settings, options.replay_id), settings, options.replay_id)
+    chunk_rows = pacing.transaction_rows(options.rate, CHUNK)
+    transaction_rows = settings.replay.transaction_rows if not options.rate else chunk_rows
     read = published = rejected = filtered = 0
     # A replay begun afresh (or a dry run) starts its rejects file anew; a resumed one adds to it.
     rejects = _Rejects(options.rejects, fresh=options.dry_run or previous is None)
+    filters, default_model, positions = options.filters, settings.default_model, state.positions
+    plain = None if filters else plain_entity  # filters need the request's fields: `judge`
+    topic, headers = settings.topics.backfill_requests, [(REPLAY_ID, options.replay_id.encode())]
+    pending: list[tuple[Chunk, list[tuple[int, str]]]] = []  # rejects of the open transaction's chunks
+    heap.freeze_startup()  # the collector's full passes would walk start-up's objects again and again
+
+    def commit() -> None:
+        state.seconds = previous_seconds(previous) + time.monotonic() - began
+        outbox.commit(state)
+        for chunk, rows in pending:  # once the transaction that moved past them is in
+            rejects.write(chunk, rows)
+        pending.clear()
+
     total = state.total()
     with Progress(f"replay {options.replay_id}", total, total - state.remaining()) as progress:
-        for chunk in _split(source.chunks(state.positions), rows_per_transaction):
+        for chunk in _split(source.chunks(state.positions), chunk_rows):
             if stop.is_set():
                 break
             if options.limit is not None:
-                chunk = _up_to_limit(chunk, options.limit - published, settings.default_model, options.filters)
-                if not chunk:
+                chunk = _up_to_limit(chunk, options.limit - published, default_model, filters)
+                if not chunk.size:
                     break
-            to_publish, chunk_rejects = [], []
-            for row in chunk:
-                verdict = judge(row.value, options.filters, settings.default_model)
-                if verdict.request is None:
-                    chunk_rejects.append((row, verdict.reason or ""))
-                elif verdict.selected:
-                    to_publish.append((row.key or request_key(verdict.request), row.value))
-                else:
-                    filtered += 1
-                state.positions[row.partition] = row.position + 1
-            read += len(chunk)
+            if not outbox.open:
+                outbox.begin()
+            chunk_rejects: list[tuple[int, str]] = []
+            sent = skipped = 0
+            produce, send = outbox.produce, outbox.send
+            # The hot loop: checking and producing a row costs ~10 µs of the 2-core box's time; most rows
+            # take the plain path (docs/performance.md#replay-publishing).
+            for index, (key, value) in enumerate(zip(chunk.keys, chunk.values, strict=True)):
+                entity = plain(value) if plain is not None else None
+                if entity is None:
+                    verdict = judge(value, filters, default_model)
+                    if verdict.entity is None:
+                        chunk_rejects.append((index, verdict.reason or ""))
+                        continue
+                    if not verdict.selected:
+                        skipped += 1
+                        continue
+                    entity = verdict.entity
+                try:
+                    produce(topic, value, key or entity_key(entity), headers=headers)
+                except BufferError:  # the client's queue is full
+                    send(key or entity_key(entity), value)
+                sent += 1
+            positions.update(chunk.ends())
             for _, reason in chunk_rejects:
                 state.rejected[reason.split(":", 1)[0]] += 1
-            state.counts.update(
-                read=len(chunk), published=len(to_publish), rejected=len(chunk_rejects),
-                filtered=len(chunk) - len(to_publish) - len(chunk_rejects),
-            )  # fmt: skip
-            if producer is not None:
-                state.seconds = previous_seconds(previous) + time.monotonic() - began
-                _transaction(producer, settings, options.replay_id, to_publish, state)
-            published += len(to_publish)
+            state.counts.update(read=chunk.size, published=sent, rejected=len(chunk_rejects), filtered=skipped)
+            pending.append((chunk, chunk_rejects))
+            outbox.rows += chunk.size
+            read, published, filtered = read + chunk.size, published + sent, filtered + skipped
             rejected += len(chunk_rejects)
-            rejects.write(chunk_rejects)
-            progress.advance(len(chunk), published=published)
+            if outbox.rows >= transaction_rows:
+                commit()
+            progress.advance(chunk.size, published=published)
             if (wait := pacing.wait_s(published, options.rate, time.monotonic() - began)) > 0:
+                if outbox.open:
+                    commit()
                 stop.wait(wait)
         else:
             if options.limit is None or published < options.limit:
                 state.done = True
         interrupted = stop.is_set()
-        if state.done and producer is not None:
-            state.seconds = previous_seconds(previous) + time.monotonic() - began
-            _transaction(producer, settings, options.replay_id, [], state)
+        if outbox.open or state.done:
+            if not outbox.open:
+                outbox.begin()
+            commit()
     rejects.close()
     seconds = time.monotonic() - began
     if options.dry_run:
@@ -173,27 +201,53 @@ def previous_seconds(previous: Checkpoint | None) -> float:
     return previous.seconds if previous is not None else 0.0
 
 
-def _transaction(
-    producer: Producer,
-    settings: Settings,
-    replay_id: str,
-    messages: list[tuple[bytes, bytes | None]],
-    state: Checkpoint,
-) -> None:
-    topic, header = settings.topics.backfill_requests, [(REPLAY_ID, replay_id.encode())]
-    try:
-        producer.begin_transaction()
-        for key, value in messages:
-            while True:
-                try:
-                    producer.produce(topic, value, key, headers=header)
-                    break
-                except BufferError:  # the client's queue is full: let it send
-                    producer.poll(0.05)
-        producer.produce(settings.topics.replay_checkpoints, state.encode(), replay_id.encode())
-        producer.commit_transaction(60)
-    except KafkaException as e:
-        raise ConfigurationError(f"replay {replay_id!r}: a transaction failed ({e}); run it again to resume") from e
+class _Outbox:
+    """One transaction at a time: requests, then the checkpoint they bring the replay to. Without a
+    producer (a dry run), nothing is sent."""
+
+    def __init__(self, producer: Producer | None, settings: Settings, replay_id: str) -> None:
+        self._producer, self._replay_id = producer, replay_id
+        self._topic, self._checkpoints = settings.topics.backfill_requests, settings.topics.replay_checkpoints
+        self._headers = [(REPLAY_ID, replay_id.encode())]
+        # The producer's own produce (the hot loop calls it directly); a dry run's does nothing.
+        self.produce: Callable[..., None] = producer.produce if producer is not None else _nothing
+        self.open = False
+        self.rows = 0  # source rows the open transaction moves past
+
+    def begin(self) -> None:
+        if self._producer is not None:
+            self._guarded(self._producer.begin_transaction)
+        self.open, self.rows = True, 0
+
+    def send(self, key: bytes, value: bytes | None) -> None:
+        """Produce once the client's queue has room."""
+        while self._producer is not None:
+            self._producer.poll(0.05)
+            try:
+                self._producer.produce(self._topic, value, key, headers=self._headers)
+                return
+            except BufferError:
+                continue
+
+    def commit(self, state: Checkpoint) -> None:
+        self.open = False
+        if self._producer is None:
+            return
+        producer = self._producer
+        self._guarded(lambda: producer.produce(self._checkpoints, state.encode(), self._replay_id.encode()))
+        self._guarded(lambda: producer.commit_transaction(60))
+
+    def _guarded(self, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except KafkaException as e:
+            raise ConfigurationError(
+                f"replay {self._replay_id!r}: a transaction failed ({e}); run it again to resume"
+            ) from e
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    pass
 
 
 def _producer(settings: Settings, replay_id: str) -> Producer:
@@ -204,8 +258,10 @@ def _producer(settings: Settings, replay_id: str) -> Producer:
                 "client.id": f"{settings.kafka.client_id}-replay",
                 # The replay's own: a new run of it fences an old one and aborts what that left open.
                 "transactional.id": f"{settings.kafka.client_id}-replay-{replay_id}",
-                "linger.ms": 20,
-                "batch.size": 1_000_000,
+                # Large batches: the broker's cost is mostly per request (docs/performance.md#replay-publishing).
+                "linger.ms": 100,
+                "batch.size": 4_000_000,
+                "batch.num.messages": 100_000,
                 "compression.type": "lz4",
                 "queue.buffering.max.messages": 200_000,
                 **REQUESTS_PARTITIONER,
@@ -219,23 +275,24 @@ def _producer(settings: Settings, replay_id: str) -> Producer:
     return producer
 
 
-def _split(chunks: Iterator[list[Row]], size: int) -> Iterator[list[Row]]:
+def _split(chunks: Iterator[Chunk], size: int) -> Iterator[Chunk]:
     for chunk in chunks:
-        for start in range(0, len(chunk), size):
-            yield chunk[start : start + size]
+        if chunk.size <= size:
+            yield chunk
+            continue
+        for start in range(0, chunk.size, size):
+            yield chunk.part(start, start + size)
 
 
-def _up_to_limit(chunk: list[Row], left: int, default_model: str, filters: Sequence[Filter]) -> list[Row]:
+def _up_to_limit(chunk: Chunk, left: int, default_model: str, filters: Sequence[Filter]) -> Chunk:
     """The rows of `chunk` up to the one that publishes the `left`-th request."""
-    if left <= 0:
-        return []
     kept = 0
-    for index, row in enumerate(chunk):
-        verdict = judge(row.value, filters, default_model)
-        if verdict.request is not None and verdict.selected:
+    for index, value in enumerate(chunk.values):
+        if kept >= left:
+            return chunk.part(0, index)
+        verdict = judge(value, filters, default_model)
+        if verdict.entity is not None and verdict.selected:
             kept += 1
-            if kept == left:
-                return chunk[: index + 1]
     return chunk
 
 
@@ -249,15 +306,16 @@ class _Rejects:
         if fresh and path is not None:
             path.unlink(missing_ok=True)
 
-    def write(self, rows: list[tuple[Row, str]]) -> None:
+    def write(self, chunk: Chunk, rows: list[tuple[int, str]]) -> None:
+        """Rows of `chunk` (by index) and why each was rejected."""
         if not rows or self.path is None:
             return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")
-        for row, reason in rows:
-            line = {"partition": row.partition, "position": row.position, "reason": reason}
-            self._file.write(orjson.dumps(line | {"payload": payload_text(row.value)}) + b"\n")
+        for index, reason in rows:
+            line = {"partition": chunk.partitions[index], "position": chunk.positions[index], "reason": reason}
+            self._file.write(orjson.dumps(line | {"payload": payload_text(chunk.values[index])}) + b"\n")
         self._file.flush()
         self.written += len(rows)
 

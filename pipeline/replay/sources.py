@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -30,13 +30,32 @@ from pipeline.settings import Settings
 CHUNK = 10_000  # rows per chunk (and at most per replay transaction)
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    key: bytes | None  # the record's key (topic sources); None: keyed as the contract keys requests
-    value: bytes | None
-    partition: int
-    position: int  # offset on a topic, row index in a file
-    timestamp_ms: int | None = None  # the record's time (topic sources)
+class Chunk(NamedTuple):
+    """Rows of a source column by column: an object per row would cost more than publishing it
+    (docs/performance.md#replay-publishing)."""
+
+    keys: list[bytes | None]  # a record's key; None: keyed as the contract keys requests
+    values: list[bytes | None]
+    partitions: list[int]
+    positions: list[int]  # offset on a topic, row index in a file
+    timestamps: list[int | None]  # the record's time (epoch ms; topic sources)
+
+    @property
+    def size(self) -> int:
+        return len(self.values)
+
+    def part(self, start: int, stop: int) -> Chunk:
+        return Chunk(*(column[start:stop] for column in self))
+
+    def ends(self) -> dict[int, int]:
+        """The next position of each partition after this chunk (a partition's rows are in order)."""
+        return {partition: position + 1 for partition, position in zip(self.partitions, self.positions, strict=True)}
+
+
+def file_chunk(keys: list[bytes | None], values: list[bytes | None], first: int) -> Chunk:
+    """Rows `first`, `first + 1`, ... of a file (partition 0)."""
+    count = len(values)
+    return Chunk(keys, values, [0] * count, list(range(first, first + count)), [None] * count)
 
 
 class Source(Protocol):
@@ -48,7 +67,7 @@ class Source(Protocol):
         """[start, end) of positions per partition, as resolved when the replay began."""
         ...
 
-    def chunks(self, positions: dict[int, int]) -> Iterator[list[Row]]:
+    def chunks(self, positions: dict[int, int]) -> Iterator[Chunk]:
         """Rows from each partition's next position to its end, in chunks."""
         ...
 
@@ -144,7 +163,7 @@ class TopicSource:
         # -1: no record at or after that time, so the partition's end.
         return {tp.partition: tp.offset if tp.offset >= 0 else marks[tp.partition][1] for tp in found}
 
-    def chunks(self, positions: dict[int, int]) -> Iterator[list[Row]]:
+    def chunks(self, positions: dict[int, int]) -> Iterator[Chunk]:
         todo = {p: (positions.get(p, start), end) for p, (start, end) in self._ranges.items()}
         todo = {p: (s, e) for p, (s, e) in todo.items() if s < e}
         if not todo:
@@ -154,21 +173,26 @@ class TopicSource:
         idle_since = time.monotonic()
         try:
             while remaining:
-                rows: list[Row] = []
+                chunk = Chunk([], [], [], [], [])
+                keys, values, partitions, offsets, times = chunk
                 for message in self._consumer.consume(num_messages=CHUNK, timeout=0.5):
                     if message.error() is not None:
                         raise ConfigurationError(f"{self.topic}: {message.error()}")
                     p, offset = message.partition(), message.offset()
                     if p in remaining and offset < todo[p][1]:
-                        rows.append(Row(message.key(), message.value(), p, offset, message.timestamp()[1]))
+                        keys.append(message.key())
+                        values.append(message.value())
+                        partitions.append(p)
+                        offsets.append(offset)
+                        times.append(message.timestamp()[1])
                 # Done with a partition once its position passes the range's end (markers included).
                 for tp in self._consumer.position([TopicPartition(self.topic, p) for p in remaining]):
                     if tp.offset >= todo[tp.partition][1]:
                         remaining.discard(tp.partition)
                         self._consumer.pause([TopicPartition(self.topic, tp.partition)])
-                if rows:
+                if values:
                     idle_since = time.monotonic()
-                    yield rows
+                    yield chunk
                 elif time.monotonic() - idle_since > 60:
                     raise ConfigurationError(f"{self.topic}{sorted(remaining)}: no records for 60 s before the end")
         finally:
@@ -191,20 +215,20 @@ class JsonLinesSource:
         with self.path.open("rb") as f:
             return {0: (0, sum(1 for line in f if line.strip()))}
 
-    def chunks(self, positions: dict[int, int]) -> Iterator[list[Row]]:
-        start, index, rows = positions.get(0, 0), 0, []
+    def chunks(self, positions: dict[int, int]) -> Iterator[Chunk]:
+        start, index, values = positions.get(0, 0), 0, []
         with self.path.open("rb") as f:
             for line in f:
                 if not line.strip():
                     continue
                 if index >= start:
-                    rows.append(Row(None, line.rstrip(b"\r\n"), 0, index))
-                    if len(rows) >= CHUNK:
-                        yield rows
-                        rows = []
+                    values.append(line.rstrip(b"\r\n"))
+                    if len(values) >= CHUNK:
+                        yield file_chunk([None] * len(values), values, index + 1 - len(values))
+                        values = []
                 index += 1
-        if rows:
-            yield rows
+        if values:
+            yield file_chunk([None] * len(values), values, index - len(values))
 
     def close(self) -> None:
         pass
@@ -232,7 +256,7 @@ class ParquetSource:
     def ranges(self) -> dict[int, tuple[int, int]]:
         return {0: (0, self._file.metadata.num_rows)}
 
-    def chunks(self, positions: dict[int, int]) -> Iterator[list[Row]]:
+    def chunks(self, positions: dict[int, int]) -> Iterator[Chunk]:
         start, index = positions.get(0, 0), 0
         columns = ["value", *(["key"] if "key" in self._file.schema_arrow.names else [])] if self._raw else None
         for batch in self._file.iter_batches(batch_size=CHUNK, columns=columns):
@@ -242,17 +266,13 @@ class ParquetSource:
                 continue
             skip = max(0, start - index)
             if self._raw:
-                values = batch.column("value").to_pylist()[skip:]
-                keys = batch.column("key").to_pylist()[skip:] if "key" in batch.schema.names else [None] * len(values)
-                rows = [
-                    Row(_bytes(k), _bytes(v), 0, index + skip + i)
-                    for i, (k, v) in enumerate(zip(keys, values, strict=True))
-                ]
+                values = _binary(batch.column("value"))[skip:]
+                keys = _binary(batch.column("key"))[skip:] if "key" in batch.schema.names else [None] * len(values)
             else:
-                records = batch.to_pylist()[skip:]
-                rows = [Row(None, _request_bytes(r), 0, index + skip + i) for i, r in enumerate(records)]
+                values = [_request_bytes(r) for r in batch.to_pylist()[skip:]]
+                keys = [None] * len(values)
+            yield file_chunk(keys, values, index + skip)
             index += size
-            yield rows
 
     def close(self) -> None:
         self._file.close()
@@ -277,8 +297,13 @@ def _readable(path: Path) -> Path:
     return path
 
 
-def _bytes(value: bytes | str | None) -> bytes | None:
-    return value.encode() if isinstance(value, str) else value
+def _binary(column: Any) -> list[bytes | None]:
+    """A binary or string column's values as bytes."""
+    import pyarrow as pa
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return [v.encode() if v is not None else None for v in column.to_pylist()]
+    return column.to_pylist()
 
 
 def _request_bytes(record: dict[str, Any]) -> bytes:

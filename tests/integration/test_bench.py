@@ -39,9 +39,13 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         consumer_results=6_000,
         consumer_rate=300.0,
         consumer_seconds=3.0,
+        replay_events=3_000,
+        replay_scored_events=1_000,
+        replay_live_events=500,
+        replay_http_rate=20.0,
     )
 
-    figures = runner.run(stack.settings(), options, {"throughput", "http", "state", "consumers"}, stack=stack)
+    figures = runner.run(stack.settings(), options, {"throughput", "http", "state", "consumers", "replay"}, stack=stack)
     report.write_json(figures, tmp_path / "bench.json")
     report.chart(figures, tmp_path / "bench.png")
     table = report.table(figures)
@@ -114,6 +118,11 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     assert capacity["results"] == 6_000 and capacity["results_per_s"] > 0 and capacity["alerts"] > 0
     assert latency["alerts"] > 0 and 0 < latency["p50"] <= latency["p99"]
     assert summary["consumers"]["fraud_consumers_for_two_workers"] >= 1, "against pipeline-2w in the same run"
+    replayed = written["replay"]
+    assert replayed["publish"]["published"] == 3_000 and replayed["publish"]["per_s"] > 0
+    assert replayed["scored"]["events"] == 1_000 and replayed["scored"]["events_per_s"] > 0
+    assert replayed["live_http"]["during_replay"]["errors"] == 0 and replayed["live_http"]["p99_ratio"] > 0
+    assert "replay of a Parquet file of 3,000 requests" in table
     assert "fraud consumer, one process" in table and "alert latency" in table
 
 

@@ -5,8 +5,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from pipeline.errors import ConfigurationError
-from pipeline.replay.selection import judge, parse_filter
+from pipeline.contract import parse_request
+from pipeline.errors import ConfigurationError, PipelineError
+from pipeline.replay.selection import _plainly_valid, judge, parse_filter
 
 REQUEST = {
     "event_id": "e-1",
@@ -22,7 +23,7 @@ def verdict(filters: list[str], request: dict | None = None):
 
 def test_a_valid_request_with_no_filter_is_published():
     found = verdict([])
-    assert found.request is not None and found.request.event_id == "e-1" and found.selected
+    assert found.entity == {"account_id": 42} and found.selected
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,7 @@ def test_a_request_without_event_time_is_outside_any_time_filter():
 def test_invalid_rows_are_rejected_with_the_contracts_code():
     assert judge(b"{not json", [], "m").reason.startswith("invalid_json: ")
     bad = judge(orjson.dumps(REQUEST | {"features": {"amount": "ten"}}), [], "m")
-    assert bad.request is None and bad.reason == "invalid_request: features.amount: not a number"
+    assert bad.entity is None and bad.reason == "invalid_request: features.amount: not a number"
 
 
 @pytest.mark.parametrize(
@@ -68,3 +69,41 @@ def test_filter_values_are_typed():
     assert parse_filter("account_id=42").value == 42
     assert parse_filter("merchant=abc").value == "abc"
     assert parse_filter("event_time<2026-11-25T10:00:00").value == datetime(2026, 11, 25, 10, tzinfo=UTC)
+
+
+VARIANTS = [
+    REQUEST,
+    REQUEST | {"features": {"amount": 10}},  # an integer feature: pydantic decides
+    REQUEST | {"features": {"amount": True}},
+    REQUEST | {"features": {}},
+    REQUEST | {"entity": {}},
+    REQUEST | {"entity": {"account_id": 2**63}},
+    REQUEST | {"entity": {"account_id": "acct-9"}},
+    REQUEST | {"entity": {"account_id": 1.5}},
+    REQUEST | {"event_id": ""},
+    REQUEST | {"event_id": "x" * 129},
+    REQUEST | {"event_id": 7},
+    REQUEST | {"model": ""},
+    REQUEST | {"model": "anomaly_detector", "extra": [1, 2]},
+    REQUEST | {"event_time": "2026-02-30T10:00:00Z"},  # no such day
+    REQUEST | {"event_time": "2026-11-25T10:00:00.123456+02:00"},
+    REQUEST | {"event_time": "2026-11-25"},
+    REQUEST | {"event_time": "yesterday"},
+    REQUEST | {"event_time": None},
+    REQUEST | {"event_time": 1764064800},
+    [REQUEST],
+    "text",
+]
+
+
+@pytest.mark.parametrize("request_", VARIANTS, ids=range(len(VARIANTS)))
+def test_the_quick_check_accepts_only_what_the_contract_accepts_and_the_verdict_is_the_contracts(request_):
+    value = orjson.dumps(request_)
+    try:
+        parse_request(value)
+        valid = True
+    except PipelineError:
+        valid = False
+    if _plainly_valid(value) is not None:
+        assert valid, "accepted quickly, so the contract accepts it"
+    assert (judge(value, [], "fraud_scorer").entity is not None) is valid

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ConfigurationError
-from pipeline.replay.sources import JsonLinesSource, ParquetSource, PartitionRange, open_file
+from pipeline.replay.sources import Chunk, JsonLinesSource, ParquetSource, PartitionRange, open_file
 
 
 def test_partition_ranges_parse_and_bad_ones_are_refused():
@@ -21,8 +21,9 @@ def test_json_lines_resume_from_a_position_and_skip_blank_lines(tmp_path):
     path.write_bytes(b'{"event_id": "a"}\n\n{"event_id": "b"}\r\n{"event_id": "c"}')
     source = JsonLinesSource(path)
     assert source.ranges() == {0: (0, 3)}
-    rows = [row for chunk in source.chunks({0: 1}) for row in chunk]
-    assert [(r.position, r.value) for r in rows] == [(1, b'{"event_id": "b"}'), (2, b'{"event_id": "c"}')]
+    (chunk,) = source.chunks({0: 1})
+    assert chunk.positions == [1, 2] and chunk.values == [b'{"event_id": "b"}', b'{"event_id": "c"}']
+    assert chunk.ends() == {0: 3}
 
 
 def test_parquet_of_contract_columns_becomes_requests(tmp_path):
@@ -34,18 +35,18 @@ def test_parquet_of_contract_columns_becomes_requests(tmp_path):
         ]
     )
     pq.write_table(table, path)
-    rows = [row for chunk in ParquetSource(path).chunks({0: 1}) for row in chunk]
-    assert [orjson.loads(r.value) for r in rows] == [
+    (chunk,) = ParquetSource(path).chunks({0: 1})
+    assert [orjson.loads(v) for v in chunk.values] == [
         {"event_id": "b", "model": "fraud_scorer", "entity": {"account_id": 2}, "features": {"amount": 7.5}}
     ]
-    assert rows[0].position == 1 and rows[0].key is None
+    assert chunk.positions == [1] and chunk.keys == [None]
 
 
 def test_parquet_of_raw_values_keeps_them_byte_for_byte(tmp_path):
     path = tmp_path / "raw.parquet"
     pq.write_table(pa.Table.from_pylist([{"key": b"42", "value": b'{"event_id":"x"}'}]), path)
-    (row,) = [row for chunk in ParquetSource(path).chunks({}) for row in chunk]
-    assert (row.key, row.value) == (b"42", b'{"event_id":"x"}')
+    (chunk,) = ParquetSource(path).chunks({})
+    assert (chunk.keys, chunk.values, chunk.partitions) == ([b"42"], [b'{"event_id":"x"}'], [0])
 
 
 def test_unreadable_files_are_one_line_errors(tmp_path):
@@ -60,3 +61,9 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
     (tmp_path / "requests.csv").write_text("a,b\n")
     with pytest.raises(ConfigurationError, match=r"\.jsonl or \.parquet"):
         open_file(tmp_path / "requests.csv")
+
+
+def test_a_chunk_splits_by_rows_and_knows_where_each_partition_ends():
+    chunk = Chunk([None] * 4, [b"a", b"b", b"c", b"d"], [3, 5, 3, 5], [10, 7, 11, 8], [None] * 4)
+    assert chunk.ends() == {3: 12, 5: 9}
+    assert chunk.part(1, 3).values == [b"b", b"c"] and chunk.part(1, 3).ends() == {5: 8, 3: 12}
