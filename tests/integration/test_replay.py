@@ -45,10 +45,11 @@ def replay_settings(pipeline_settings):
     return settings
 
 
-def _backfill_worker(processes, settings):
-    process = processes.stack.start_worker(settings, f"backfill-{uuid.uuid4().hex[:8]}", backfill=True)
-    processes.started.append(process)
-    return process
+def _backfill_worker(processes, settings) -> Path:
+    """A backfill worker, started and ready; the path of its log."""
+    name = f"backfill-{uuid.uuid4().hex[:8]}"
+    processes.started.append(processes.stack.start_worker(settings, name, backfill=True))
+    return processes.stack.run_dir / f"{name}.log"
 
 
 def _cli(settings, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -222,6 +223,44 @@ def test_a_replay_killed_midway_resumes_and_live_traffic_meanwhile_is_scored_onc
         "every event scored exactly once for the replay, across the kill"
     )
     assert _live_results(settings) == Counter({r["event_id"]: 1 for r in live}), "live: once each, repeats dropped"
+
+
+def test_ctrl_c_commits_what_is_under_way_and_says_how_to_go_on(replay_settings, processes, tmp_path):
+    settings = replay_settings
+    _backfill_worker(processes, settings)
+    history = traffic.valid_requests(10_000, prefix="sigint-")
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in history))
+    args = [sys.executable, "-m", "pipeline", "replay", "--replay-id", "c1", "--file", str(path), "--rate", "1000"]
+    env = {**os.environ, **settings_env(settings)}
+    replay = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert sum(_replayed(settings, 1, timeout_s=60, settle_s=0).values()) >= 1, "publishing has begun"
+    replay.send_signal(signal.SIGINT)
+    out, _ = replay.communicate(timeout=30)
+    assert replay.returncode == 130, out
+    assert "row(s) left: run the same command again to continue" in out
+
+    resumed = _cli(settings, "--replay-id", "c1", "--file", str(path), cwd=tmp_path)
+    assert "complete: 10000 published" in resumed.stdout
+    assert _replayed(settings, 10_000) == Counter({("c1", r["event_id"]): 1 for r in history})
+
+
+def test_backfill_waits_while_the_live_workers_lag_and_goes_on_once_they_catch_up(replay_settings, processes, tmp_path):
+    settings = replay_settings.updated(replay={"live_max_lag": 500, "live_check_s": 0.5})
+    log = _backfill_worker(processes, settings)
+    # A live backlog of 2,000 requests and no live worker yet: the live group lags by all of them.
+    probe.publish(settings, [traffic.message_for(r) for r in traffic.valid_requests(2_000, prefix="lag-live-")])
+    history = traffic.valid_requests(300, prefix="lag-history-", seed=19)
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in history))
+    time.sleep(2.0)
+    assert "published 300" in _cli(settings, "--replay-id", "w1", "--file", str(path), cwd=tmp_path).stdout
+
+    assert _replayed(settings, 1, timeout_s=8, settle_s=0) == Counter(), "nothing scored while live lags"
+    assert "backfill_yielding" in log.read_text()
+    processes.worker(settings)  # the live workers catch up
+    assert _replayed(settings, 300) == Counter({("w1", r["event_id"]): 1 for r in history})
+    assert "backfill_resumed" in log.read_text()
 
 
 @pytest.mark.parametrize(
