@@ -116,10 +116,9 @@ class ReplaySettings(_Block):
     # requests, and resume below half of it; checked this often.
     live_max_lag: int = Field(default=1_000, ge=0)
     live_check_s: float = Field(default=1.0, gt=0)
-    # Backfill workers run at this CPU niceness (0-19), behind the live workers on a shared machine,
-    # and ask Triton at this priority level (the models' second: queued live requests go first).
+    # Backfill workers run at this CPU niceness (0-19), behind the live workers on a shared machine
+    # (docs/performance.md#replay-figures: Triton's priority levels were tried and not kept).
     backfill_nice: int = Field(default=10, ge=0, le=19)
-    triton_priority: int = Field(default=2, ge=0)
 
 
 class FraudRuleSettings(_Block):
@@ -176,6 +175,9 @@ class ConsumerSettings(_Block):
     # After SIGTERM, the process exits within this long even when the broker is gone (Faust's own
     # stop has no bound: docs/architecture.md#consumers).
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    # Faust's data directory (<data_dir>/<group>-data; the tables are in memory, backed by their
+    # changelog topics), not the working directory.
+    data_dir: Path = PROJECT_ROOT / ".run" / "consumers"
     fraud: FraudRuleSettings = FraudRuleSettings()
     anomaly: AnomalySettings = AnomalySettings()
     drift: DriftSettings = DriftSettings()
@@ -185,9 +187,6 @@ class TritonSettings(_Block):
     grpc_url: str = "127.0.0.1:8001"
     http_url: str = "127.0.0.1:8000"
     timeout_s: float = 10.0
-    # The priority level of this process's requests (0: the model's default, 1 in the project's
-    # models; backfill workers use 2, after live ones).
-    priority: int = Field(default=0, ge=0)
     model_repository: Path = PROJECT_ROOT / "triton_models"
 
 
@@ -250,7 +249,6 @@ class Settings(BaseSettings):
         return self.updated(
             topics={"requests": self.topics.backfill_requests, "results": self.topics.backfill_results},
             worker={"app_id": self.replay.backfill_app_id, "metrics_port": self.replay.backfill_metrics_port},
-            triton={"priority": self.replay.triton_priority},
         )
 
     def updated(self, **blocks: dict[str, Any]) -> Settings:

@@ -126,6 +126,7 @@ def make_app(settings: Settings, group_id: str, from_beginning: bool, partitions
         broker=brokers,
         env={},  # Faust's own environment variables would override these
         store="memory://",
+        datadir=str(consumers.data_dir / f"{group_id}-data"),
         topic_partitions=partitions,
         consumer_auto_offset_reset="earliest" if from_beginning else "latest",
         web_enabled=False,

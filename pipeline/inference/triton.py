@@ -62,7 +62,6 @@ class TritonScorer:
                     spec.name,
                     [infer_input],
                     outputs=[grpcclient.InferRequestedOutput(spec.output_name)],
-                    priority=self._settings.priority,
                     client_timeout=self._settings.timeout_s,
                 )
             except InferenceServerException as e:
