@@ -7,6 +7,7 @@ import asyncio
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import threading
@@ -522,10 +523,13 @@ class Bench:
         warm = self._replay_command(settings, "bench-replay-warmup", f"{settings.worker.app_id}-warmup", path)
         replay.wait_exit(warm, timeout_s=900)
         name, replay_id = "bench-replay-publish", f"{settings.worker.app_id}-publish"
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command's CPU, once it is waited for
         process = self._replay_command(settings, name, replay_id, path)
-        meter = CpuMeter({name: process.pid, **self.service_pids()}).start()
+        meter = CpuMeter(self.service_pids()).start()
         wall = replay.wait_exit(process, timeout_s=900)
         cpu = meter.stop()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu[name] = after.ru_utime - children.ru_utime + after.ru_stime - children.ru_stime
         figures = replay.published(settings, replay_id)
         return figures | {
             "command_s": round(wall, 3),  # with the command's start-up and the checkpoint read
