@@ -121,6 +121,7 @@ def make_app(settings: Settings, group_id: str, from_beginning: bool, partitions
     `from_beginning`: a group with no committed offsets starts at the topics' start, else at their end."""
     consumers = settings.consumers
     brokers = [f"kafka://{server.strip()}" for server in settings.kafka.bootstrap_servers.split(",")]
+    consumers.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     return ConsumerApp(
         group_id,
         broker=brokers,
