@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from pipeline import metrics
 from pipeline.errors import FeatureStoreUnavailable
 from pipeline.features.cache import TtlCache
+from pipeline.features.feast_import import import_feast
 from pipeline.models.spec import ModelSpec
 
 EntityId = int | str
@@ -42,10 +43,10 @@ _CACHED, _READ = metrics.FEATURE_ROWS.labels("cache"), metrics.FEATURE_ROWS.labe
 
 class FeatureLookup:
     def __init__(self, repo_path: Path, cache_ttl_s: float = 0.0) -> None:
-        from feast import FeatureStore  # heavy imports, kept out of module import time
+        feast = import_feast()  # heavy, kept out of module import time
         from feast.infra.provider import get_provider
 
-        self._store = FeatureStore(repo_path=str(repo_path))
+        self._store = feast.FeatureStore(repo_path=str(repo_path))
         self._provider = get_provider(self._store.config)
         self._views: dict[str, Any] = {}
         self._sqlite = _SqliteRead(self._store.config) if self._store.config.online_store.type == "sqlite" else None
