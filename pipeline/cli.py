@@ -296,6 +296,33 @@ def bench_state(
     state.run_role(role, directory, options, get_settings())
 
 
+@app.command()
+def scale(
+    serve: Annotated[
+        bool, typer.Option(help="Run no workers: serve the desired count over HTTP (GET /desired), for KEDA.")
+    ] = False,
+    min_workers: Annotated[
+        int | None, typer.Option(min=1, help="Fewest workers (PIPELINE_SCALING__MIN_WORKERS).")
+    ] = None,
+    max_workers: Annotated[
+        int | None, typer.Option(min=1, help="Most workers (PIPELINE_SCALING__MAX_WORKERS).")
+    ] = None,
+    drain_s: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Drain a backlog within this many seconds (PIPELINE_SCALING__DRAIN_S)."),
+    ] = None,
+) -> None:
+    """Scale the workers on their lag until stopped: run them (or, --serve, say how many there should be)."""
+    from pipeline.scaling import supervisor
+
+    _configure_logging()
+    given = {"min_workers": min_workers, "max_workers": max_workers, "drain_s": drain_s}
+    settings = get_settings().updated(scaling={k: v for k, v in given.items() if v is not None})
+    if settings.scaling.min_workers > settings.scaling.max_workers:
+        raise typer.BadParameter("--min-workers is above --max-workers")
+    supervisor.run(settings, serve=serve)
+
+
 @stack_app.command("up")
 def stack_up() -> None:
     """Start Kafka, Triton, topics, features, a worker and the gateway, and leave them running."""

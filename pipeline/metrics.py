@@ -94,6 +94,23 @@ DRIFT_KS = Gauge(
 LIVE_LAG = Gauge("pipeline_backfill_live_lag", "The live workers' lag in requests, as a backfill worker last read it")
 BACKFILL_YIELDING = Gauge("pipeline_backfill_yielding", "1 while a backfill worker pauses for the live workers' lag")
 
+# `pipeline scale`: what it reads, what it decides, what it does.
+SCALING_LAG = Gauge("pipeline_scaling_lag_records", "The group's lag on the requests topic, in requests")
+SCALING_LAG_SECONDS = Gauge("pipeline_scaling_lag_seconds", "Age of the oldest request not yet consumed")
+SCALING_RATE = Gauge(
+    "pipeline_scaling_rate_per_second", "Requests/s: arriving, consumed by the group, by one worker", ["rate"]
+)
+SCALING_DESIRED = Gauge("pipeline_scaling_desired_workers", "The policy's desired number of workers")
+SCALING_WORKERS = Gauge("pipeline_scaling_workers", "Workers running (the supervisor's), or members of the group")
+SCALING_GROUP_MEMBERS = Gauge("pipeline_scaling_group_members", "Members of the workers' consumer group")
+SCALING_EVENTS = Counter("pipeline_scaling_events_total", "Changes of the desired count, by direction", ["direction"])
+SCALING_LAG_UNREADABLE = Counter("pipeline_scaling_lag_unreadable_total", "Readings of the lag that failed")
+WORKER_STOP_SECONDS = Histogram(
+    "pipeline_scaling_worker_stop_seconds",
+    "From SIGTERM to a worker's exit (its batch finished, committed, the group left)",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+)
+
 
 def kafka_error_callback(client: str) -> Callable[[KafkaError], None]:
     """An `error_cb` for a librdkafka client: counts what it reports and logs it."""

@@ -121,6 +121,32 @@ class ReplaySettings(_Block):
     backfill_nice: int = Field(default=10, ge=0, le=19)
 
 
+class ScalingSettings(_Block):
+    """`pipeline scale`: the lag-based policy, the supervisor's worker processes, the policy service."""
+
+    # The policy (`scaling/policy.py`): drain any backlog within drain_s at the measured rate of one
+    # worker, between min_workers and max_workers (never more than the requests' partitions).
+    min_workers: int = Field(default=1, ge=1)
+    max_workers: int = Field(default=12, ge=1)
+    drain_s: float = Field(default=30.0, gt=0)
+    up_cooldown_s: float = Field(default=30.0, ge=0)
+    down_window_s: float = Field(default=300.0, ge=0)
+    restore_s: float = Field(default=5.0, ge=0)  # a moved partition's state restore, weighed before a step down
+    # One worker's rate (requests/s) until one has been measured while the group had a backlog.
+    worker_rate_per_s: float = Field(default=5_000.0, gt=0)
+    interval_s: float = Field(default=2.0, gt=0)  # lag read and decision this often
+    # The supervisor's worker processes: after SIGTERM a worker finishes its batch, commits and leaves
+    # the group; one still running after stop_timeout_s is killed (its open transaction aborts).
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    # Worker i's metrics on worker_metrics_port + i (0: any free port); its log in <run_dir>/<instance>.log,
+    # its state in <worker.state_dir>/<instance>.
+    worker_metrics_port: int = Field(default=9110, ge=0)
+    run_dir: Path = PROJECT_ROOT / ".run" / "scale"
+    # The desired count over HTTP (GET /desired, for KEDA's metrics-api scaler), with /metrics.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(default=9105, ge=0)
+
+
 class FraudRuleSettings(_Block):
     """The fraud consumer's rules (`pipeline/consumers/fraud_rules.py`)."""
 
@@ -240,6 +266,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     consumers: ConsumerSettings = ConsumerSettings()
     replay: ReplaySettings = ReplaySettings()
+    scaling: ScalingSettings = ScalingSettings()
     default_model: str = "fraud_scorer"
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -9,9 +9,19 @@ committed offset lags from its first offset. A lag that cannot be read is an err
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline.errors import PipelineError
@@ -24,10 +34,33 @@ class LagUnreadable(PipelineError):
     retriable = True
 
 
+@dataclass(frozen=True)
+class Offsets:
+    """A partition's offsets: its first, its last stable, and the group's committed (-1: none)."""
+
+    first: int
+    stable: int
+    committed: int
+
+    @property
+    def position(self) -> int:
+        return max(self.committed, self.first)
+
+    @property
+    def lag(self) -> int:
+        return lag(self.stable, self.committed, self.first)
+
+
 def records_lag(
     admin: AdminClient, group: str, topic: str, partitions: Iterable[int], timeout_s: float = 5.0
 ) -> dict[int, int]:
     """Each partition's lag in records (see the module)."""
+    return {p: o.lag for p, o in read_offsets(admin, group, topic, partitions, timeout_s).items()}
+
+
+def read_offsets(
+    admin: AdminClient, group: str, topic: str, partitions: Iterable[int], timeout_s: float = 5.0
+) -> dict[int, Offsets]:
     tps = [TopicPartition(topic, p) for p in partitions]
     try:
         request = [ConsumerGroupTopicPartitions(group, tps)]
@@ -45,10 +78,100 @@ def records_lag(
     except TimeoutError as e:
         raise LagUnreadable(f"lag of {group} on {topic}: no answer within {timeout_s:g} s") from e
     offsets = {tp.partition: tp.offset for tp in committed.topic_partitions}
-    return {p: lag(stable[p], offsets.get(p, -1), start[p]) for p in stable}
+    return {p: Offsets(start[p], stable[p], offsets.get(p, -1)) for p in stable}
 
 
 def lag(last_stable: int, committed: int, first: int) -> int:
     """Pure: records from the committed offset (or the partition's first, without one) to the end."""
     position = committed if committed >= 0 else first
     return max(0, last_stable - max(position, first))
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """One reading of a group's backlog on a topic."""
+
+    at: float  # epoch seconds
+    offsets: dict[int, Offsets]
+    records: dict[int, int]  # lag in records per partition, transaction markers left out
+    ages_s: dict[int, float]  # per lagging partition: the age of its oldest unconsumed record
+
+    @property
+    def lag(self) -> int:
+        return sum(self.records.values())
+
+    @property
+    def lag_s(self) -> float:
+        return max(self.ages_s.values(), default=0.0)
+
+    @property
+    def stable_total(self) -> int:
+        return sum(o.stable for o in self.offsets.values())
+
+    @property
+    def consumed_total(self) -> int:
+        return sum(o.position for o in self.offsets.values())
+
+
+def backlog_of(at: float, offsets: dict[int, Offsets], oldest: dict[int, tuple[int, float] | None]) -> Backlog:
+    """Pure: the backlog from the offsets and, per lagging partition probed, the first record found
+    at the committed offset (offset, timestamp in epoch s), or None where only markers were left."""
+    records, ages = {}, {}
+    for partition, o in offsets.items():
+        if partition not in oldest or o.lag == 0:
+            records[partition] = o.lag
+        elif (first := oldest[partition]) is None:
+            records[partition] = 0
+        else:
+            records[partition] = max(0, o.stable - first[0])
+            ages[partition] = max(0.0, at - first[1])
+    return Backlog(at, offsets, records, ages)
+
+
+class BacklogReader:
+    """Reads a group's backlog (records and seconds) on a topic; one admin client and one probe."""
+
+    def __init__(self, admin: AdminClient, consumer_config: dict[str, Any], group: str, topic: str) -> None:
+        self._admin, self.group, self.topic = admin, group, topic
+        self._probe = Consumer(
+            {
+                **consumer_config,
+                "group.id": f"{group}.lag-probe",  # never subscribes or commits: needed by librdkafka only
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "max.partition.fetch.bytes": 65_536,
+            }
+        )
+
+    def read(self, partitions: Iterable[int], timeout_s: float = 5.0) -> Backlog:
+        offsets = read_offsets(self._admin, self.group, self.topic, partitions, timeout_s)
+        lagging = {p: o.position for p, o in offsets.items() if o.lag > 0}
+        return backlog_of(time.time(), offsets, self._oldest(lagging, timeout_s))
+
+    def _oldest(self, positions: dict[int, int], timeout_s: float) -> dict[int, tuple[int, float] | None]:
+        """The first record at each position (None: the end came first); partitions it did not get
+        to within `timeout_s` are left out (their lag stays the offsets' own)."""
+        if not positions:
+            return {}
+        found: dict[int, tuple[int, float] | None] = {}
+        self._probe.assign([TopicPartition(self.topic, p, o) for p, o in positions.items()])
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(found) < len(positions) and (left := deadline - time.monotonic()) > 0:
+                for message in self._probe.consume(len(positions), min(left, 0.5)):
+                    partition = message.partition()
+                    if partition in found:
+                        continue
+                    if (error := message.error()) is None:
+                        found[partition] = (message.offset(), message.timestamp()[1] / 1000)
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        found[partition] = None
+        except KafkaException as e:
+            raise LagUnreadable(f"oldest requests of {self.group} on {self.topic} could not be read: {e}") from e
+        finally:
+            self._probe.unassign()
+        return found
+
+    def close(self) -> None:
+        self._probe.close()

@@ -474,15 +474,22 @@ def run(settings: Settings, backfill: bool = False) -> None:
 
     async def main() -> None:
         stop = asyncio.Event()
+        signalled: list[float] = []  # when the first stop signal came
+
+        def on_signal() -> None:
+            signalled.append(time.monotonic())
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
         gate = LiveFirst(settings, live.worker.app_id, live.topics.requests).start() if backfill else None
         try:
             await Worker(settings, live_first=gate).run(stop)
         finally:
             if gate is not None:
                 gate.stop()
-        log.info("worker_stopped")
+        # From the signal to the group left, the last batch committed: what a scale-down waits for.
+        log.info("worker_stopped", stop_s=round(time.monotonic() - signalled[0], 3) if signalled else None)
 
     asyncio.run(main())

@@ -1,0 +1,115 @@
+"""The supervisor's worker processes: `pipeline worker`, numbered like a StatefulSet's pods.
+
+Worker `i` is `<host>-<i>`: its instance id (so a restarted one fences its predecessor's open
+transaction at once), its state directory `<worker.state_dir>/<host>-<i>` (kept across stops, so a
+worker started again reads only its changelog's tail) and its log `<scaling.run_dir>/<host>-<i>.log`.
+Workers are added at the top index and removed from the top, so the same indices keep coming back.
+A stop is SIGTERM: the worker finishes its batch, commits it and leaves the group; one still running
+after `stop_timeout_s` is killed, and its open transaction aborts (its requests are scored again by
+their next owner, once). A worker that exits on its own is started again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+
+from pipeline import metrics
+from pipeline.settings import PROJECT_ROOT, Settings
+
+log = structlog.get_logger(__name__)
+
+
+def instance(index: int) -> str:
+    """Worker `index`'s instance id: unique across the supervisors of a group, each on its own host."""
+    return f"{socket.gethostname().split('.')[0]}-{index}"
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        self._settings = settings
+        self._env = dict(os.environ if env is None else env)
+        self._processes: dict[int, subprocess.Popen[bytes]] = {}
+        settings.scaling.run_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def size(self) -> int:
+        return len(self._processes)
+
+    def log_path(self, index: int) -> Path:
+        return self._settings.scaling.run_dir / f"{instance(index)}.log"
+
+    def resize(self, count: int) -> dict[str, float]:
+        """Start or stop workers to `count`; the stop time of each one stopped."""
+        for index in range(self.size, count):
+            self._start(index)
+        return self.stop([i for i in sorted(self._processes) if i >= count])
+
+    def _start(self, index: int) -> None:
+        scaling, worker = self._settings.scaling, self._settings.worker
+        name = instance(index)
+        port = scaling.worker_metrics_port + index if scaling.worker_metrics_port else 0
+        env = {
+            **self._env,
+            "PIPELINE_WORKER__INSTANCE_ID": name,
+            "PIPELINE_WORKER__STATE_DIR": str(worker.state_dir / name),
+            "PIPELINE_WORKER__METRICS_PORT": str(port),
+        }
+        with open(self.log_path(index), "ab") as out:
+            self._processes[index] = subprocess.Popen(
+                [sys.executable, "-m", "pipeline", "worker"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                start_new_session=True,  # a Ctrl-C at the supervisor's terminal reaches the workers as its SIGTERM
+            )
+        log.info("worker_started", instance=name, pid=self._processes[index].pid, metrics_port=port)
+
+    def stop(self, indices: list[int]) -> dict[str, float]:
+        """SIGTERM to each at once, then wait for each (SIGKILL past the timeout); their stop times."""
+        started = time.monotonic()
+        stopping = {i: self._processes.pop(i) for i in indices if i in self._processes}
+        for process in stopping.values():
+            process.send_signal(signal.SIGTERM)
+        deadline = started + self._settings.scaling.stop_timeout_s
+        times = {}
+        for index, process in stopping.items():
+            killed = False
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                killed = True
+            elapsed = time.monotonic() - started
+            times[instance(index)] = elapsed
+            metrics.WORKER_STOP_SECONDS.observe(elapsed)
+            log.info(
+                "worker_stopped",
+                instance=instance(index),
+                stop_s=round(elapsed, 3),
+                exit_code=process.returncode,
+                killed=killed,
+            )
+        return times
+
+    def restart_exited(self) -> list[str]:
+        """Start again each worker that exited without being stopped; their instances."""
+        exited = [i for i, process in self._processes.items() if process.poll() is not None]
+        for index in exited:
+            code = self._processes.pop(index).returncode
+            log.warning("worker_exited", instance=instance(index), exit_code=code, log=str(self.log_path(index)))
+            self._start(index)
+        return [instance(i) for i in exited]
+
+    def close(self) -> dict[str, float]:
+        return self.stop(sorted(self._processes))

@@ -1,0 +1,199 @@
+"""`pipeline scale`: every `interval_s`, read the workers' backlog, decide a count, and act on it.
+
+The supervisor runs the workers itself (`pool`); with `--serve` it runs none and only publishes
+the count (`service`, for KEDA's metrics-api scaler on Kubernetes), taking the group's members as
+the workers there are. Either way the same policy (`policy.decide`) decides, from the same readings:
+lag in records and seconds (`lag`), arrival and per-worker rates (`rates`). Each change is logged
+with its reason, and where nothing changes the decision is logged every `_STATUS_EVERY_S`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaException
+
+from pipeline import metrics, topics
+from pipeline.errors import PipelineError
+from pipeline.scaling.lag import Backlog, BacklogReader, LagUnreadable
+from pipeline.scaling.policy import Decision, Limits, Observation, State, decide
+from pipeline.scaling.pool import WorkerPool
+from pipeline.scaling.rates import RateMeter, Rates
+from pipeline.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_STATUS_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Status:
+    """The latest decision and what it was made from (GET /desired)."""
+
+    desired_workers: int
+    workers: int  # the supervisor's processes; with --serve, the group's members
+    group_members: int | None  # workers in the group (None: not read)
+    reason: str
+    lag_records: int | None
+    lag_seconds: float | None
+    arrival_per_s: float
+    consume_per_s: float
+    per_worker_per_s: float
+    per_worker_measured: bool
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Autoscaler:
+    def __init__(self, settings: Settings, pool: WorkerPool | None) -> None:
+        scaling = settings.scaling
+        self._settings, self._pool = settings, pool
+        self._topic, self._group = settings.topics.requests, settings.worker.app_id
+        partitions = topics.partition_count(settings, self._topic)
+        self.partitions = range(partitions)
+        self.limits = Limits(
+            partitions=partitions,
+            min_workers=scaling.min_workers,
+            max_workers=scaling.max_workers,
+            drain_s=scaling.drain_s,
+            up_cooldown_s=scaling.up_cooldown_s,
+            down_window_s=scaling.down_window_s,
+            restore_s=scaling.restore_s,
+        )
+        self._admin = topics.admin_client(settings)
+        self._reader = BacklogReader(
+            self._admin,
+            {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra},
+            self._group,
+            self._topic,
+        )
+        self._meter = RateMeter(scaling.worker_rate_per_s, settle_s=scaling.restore_s + scaling.interval_s)
+        first = self.limits.steps()[0] if pool is not None else max(self._members() or 0, self.limits.steps()[0])
+        self.state = State(workers=first)
+        self.status: Status | None = None  # None until the first decision
+        self._logged: tuple[int, float] = (-1, 0.0)  # (count, when) last logged
+        self._members_seen: int | None = None
+
+    def step(self) -> Decision:
+        """One reading, one decision, acted on."""
+        now = time.time()
+        # Workers in the group: a process still starting takes no requests and is no measure of one.
+        members = self._members()
+        workers = self._pool.size if self._pool is not None else (members or self.state.workers)
+        try:
+            backlog: Backlog | None = self._reader.read(self.partitions)
+        except LagUnreadable as e:
+            metrics.SCALING_LAG_UNREADABLE.inc()
+            log.warning("lag_unreadable", error=e.message, holding=self.state.workers)
+            backlog = None
+        consuming = members if members is not None else workers
+        if members is not None and members != self._members_seen:  # a rebalance: rates pause meanwhile
+            self._members_seen = members
+            self._meter.changed(now)
+        rates = self._meter.update(backlog, consuming) if backlog is not None else self._meter.rates or Rates()
+        observation = Observation(
+            at=now,
+            lag=backlog.lag if backlog is not None else None,
+            arrival_per_s=rates.arrival_per_s,
+            per_worker_per_s=rates.per_worker_per_s,
+        )
+        before = self.state.workers
+        decision, self.state = decide(self.limits, self.state, observation)
+        if decision.workers != before:
+            self._meter.changed(now)
+            metrics.SCALING_EVENTS.labels("up" if decision.workers > before else "down").inc()
+        if self._pool is not None:
+            self._pool.restart_exited()
+            self._pool.resize(decision.workers)
+            workers = self._pool.size
+        self._publish(decision, workers, members, backlog, rates, now)
+        return decision
+
+    def _publish(
+        self, decision: Decision, workers: int, members: int | None, backlog: Backlog | None, rates: Rates, now: float
+    ) -> None:
+        self.status = Status(
+            desired_workers=decision.workers,
+            workers=workers,
+            group_members=members,
+            reason=decision.reason,
+            lag_records=backlog.lag if backlog is not None else None,
+            lag_seconds=round(backlog.lag_s, 3) if backlog is not None else None,
+            arrival_per_s=round(rates.arrival_per_s, 1),
+            consume_per_s=round(rates.consume_per_s, 1),
+            per_worker_per_s=round(rates.per_worker_per_s, 1),
+            per_worker_measured=rates.measured,
+            at=now,
+        )
+        metrics.SCALING_DESIRED.set(decision.workers)
+        metrics.SCALING_WORKERS.set(workers)
+        if members is not None:
+            metrics.SCALING_GROUP_MEMBERS.set(members)
+        metrics.SCALING_RATE.labels("arrival").set(rates.arrival_per_s)
+        metrics.SCALING_RATE.labels("consumed").set(rates.consume_per_s)
+        metrics.SCALING_RATE.labels("worker").set(rates.per_worker_per_s)
+        if backlog is not None:
+            metrics.SCALING_LAG.set(backlog.lag)
+            metrics.SCALING_LAG_SECONDS.set(backlog.lag_s)
+        count, when = self._logged
+        if decision.workers != count or now - when >= _STATUS_EVERY_S:
+            self._logged = (decision.workers, now)
+            fields = self.status.to_dict()
+            fields.pop("at")
+            log.info("scale_decision", **fields)
+
+    def _members(self) -> int | None:
+        """Members of the workers' group (None: not known)."""
+        try:
+            description = self._admin.describe_consumer_groups([self._group], request_timeout=5)[self._group].result(5)
+        except (KafkaException, TimeoutError) as e:
+            log.warning("group_unreadable", group=self._group, error=str(e))
+            return None
+        return len(description.members)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def run(settings: Settings, serve: bool) -> None:
+    """Until SIGTERM or Ctrl-C: decide every `interval_s`; then stop the workers (not with `serve`)."""
+    from pipeline.scaling import service
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    pool = None if serve else WorkerPool(settings)
+    autoscaler = Autoscaler(settings, pool)
+    if pool is not None:
+        pool.resize(autoscaler.state.workers)  # the fewest, before the first reading
+    server = service.start(settings.scaling.serve_host, settings.scaling.serve_port, lambda: autoscaler.status)
+    log.info(
+        "scale_starting",
+        mode="serve" if serve else "supervise",
+        group=settings.worker.app_id,
+        topic=settings.topics.requests,
+        steps=autoscaler.limits.steps(),
+        port=server.server_port,
+    )
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                autoscaler.step()
+            except PipelineError as e:  # the step is retried at the next interval
+                log.warning("scale_step_failed", error=e.message, code=e.code)
+            stop.wait(max(0.0, settings.scaling.interval_s - (time.monotonic() - started)))
+    finally:
+        if pool is not None:
+            times = pool.close()
+            log.info("workers_stopped", stop_s={k: round(v, 3) for k, v in times.items()})
+        server.shutdown()
+        autoscaler.close()
+    log.info("scale_stopped")

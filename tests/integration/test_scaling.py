@@ -1,0 +1,146 @@
+"""`pipeline scale` on the real broker: a burst into 12 partitions with one worker running is met by
+more workers, drained, and scaled back down after the stabilisation window, every request scored
+once, in a bounded number of scale events; a worker stopped in the middle of a backlog loses and
+doubles nothing; the policy service answers what KEDA reads."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from pipeline.local import probe, traffic
+from pipeline.local.stack import free_port, settings_env
+from pipeline.scaling.pool import WorkerPool, instance
+from tests.conftest import metric
+
+pytestmark = pytest.mark.integration
+
+BURST = 50_000
+
+
+@pytest.fixture
+def scale_settings(pipeline_settings, tmp_path):
+    """A fresh group on fresh topics; a policy quick enough for a test: a backlog is drained within
+    2 s (so 50,000 requests call for the most workers), up at most every 5 s, down after 15 s.
+    Batches of 32 keep one worker slow enough for the workers started by the burst to join the
+    group (a start takes ~15 s on two busy cores) while there is still a backlog to share."""
+    return pipeline_settings(state_dir=tmp_path / "state", batch_size=32).updated(
+        scaling={
+            "min_workers": 1,
+            "max_workers": 3,
+            "drain_s": 2.0,
+            "up_cooldown_s": 5.0,
+            "down_window_s": 15.0,
+            "restore_s": 1.0,
+            "interval_s": 1.0,
+            "worker_rate_per_s": 2_000.0,
+            "worker_metrics_port": 0,
+            "run_dir": tmp_path / "scale",
+            "serve_port": free_port(),
+        }
+    )
+
+
+def _wait(what: str, check, timeout_s: float, every_s: float = 0.5, process=None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process is None or process.poll() is None, f"exited ({process.returncode}) waiting for: {what}"
+        if value := check():
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+def _desired(port: int) -> dict | None:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/desired", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def _ready_workers(run_dir: Path) -> int:
+    return sum("worker_ready" in log.read_text(errors="replace") for log in run_dir.glob("*.log"))
+
+
+def test_a_burst_is_scaled_up_drained_and_scaled_down_once_each(stack, processes, scale_settings):
+    settings, port = scale_settings, scale_settings.scaling.serve_port
+    run_dir = Path(settings.scaling.run_dir)
+    name = f"scale-{uuid.uuid4().hex[:8]}"
+    supervisor = processes.stack.spawn(name, settings, "scale")
+    processes.started.append(supervisor)
+    _wait("one worker ready", lambda: _ready_workers(run_dir) >= 1, 90, process=supervisor)
+    assert _desired(port)["workers"] == 1, "min_workers without a backlog"
+
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    prefix = f"burst-{uuid.uuid4().hex[:6]}-"
+    probe.publish(settings, [traffic.message_for(r) for r in traffic.valid_requests(BURST, prefix)])
+    most = _wait("scaled up", lambda: (d := _desired(port)) and d["desired_workers"] > 1 and d, 30, every_s=0.2)
+    assert most["desired_workers"] == 3, most["reason"]
+    assert "needed, up to 3" in most["reason"]
+
+    collected = probe.collect(settings, start, lambda c: c.distinct_results >= BURST, timeout_s=300, settle_s=3)
+    assert collected.distinct_results == BURST
+    assert collected.repeated_results == 0, "a request scored twice across the rebalances"
+    assert collected.dead_letters == []
+
+    down = _wait("scaled down", lambda: (d := _desired(port)) and d["workers"] == 1 and d, 60)
+    assert "down to 1" in down["reason"] or down["desired_workers"] == 1
+    assert down["lag_records"] == 0 and down["lag_seconds"] == 0
+    ups = metric(port, "pipeline_scaling_events_total", direction="up")
+    downs = metric(port, "pipeline_scaling_events_total", direction="down")
+    # One step up (straight to the top step) and one down: within 2 each, however the drain goes.
+    assert 1 <= ups <= 2 and 1 <= downs <= 2, (ups, downs)
+
+    supervisor.terminate()
+    assert supervisor.wait(60) == 0
+    lines = _events(processes.stack.run_dir / f"{name}.log")
+    stops = [line for line in lines if line["event"] == "worker_stopped"]
+    assert len(stops) == 3, "two stopped by the scale-down, one at the supervisor's stop"
+    assert all(stop["exit_code"] == 0 and not stop["killed"] and stop["stop_s"] > 0 for stop in stops), stops
+    decisions = [line for line in lines if line["event"] == "scale_decision"]
+    counts = [d["desired_workers"] for d in decisions]
+    assert counts[0] == 1 and 3 in counts and counts[-1] == 1, counts
+    assert all(d["reason"] for d in decisions)
+    joined = [
+        line
+        for i in (1, 2)
+        for line in _events(run_dir / f"{instance(i)}.log")
+        if line["event"] == "partitions_assigned"
+    ]
+    assert joined, "a worker started for the burst joined the group before the backlog was drained"
+
+
+def _events(path: Path) -> list[dict]:
+    """The JSON log lines of a process."""
+    return [orjson.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def test_a_worker_stopped_in_the_middle_of_a_backlog_loses_and_doubles_nothing(stack, scale_settings):
+    settings = scale_settings.updated(scaling={"stop_timeout_s": 60.0})
+    pool = WorkerPool(settings, env={**os.environ, **settings_env(settings)})
+    run_dir = Path(settings.scaling.run_dir)
+    try:
+        pool.resize(2)
+        _wait("two workers ready", lambda: _ready_workers(run_dir) >= 2, 120)
+        start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+        count, prefix = 20_000, f"stop-{uuid.uuid4().hex[:6]}-"
+        probe.publish(settings, [traffic.message_for(r) for r in traffic.valid_requests(count, prefix, seed=5)])
+        probe.collect(settings, start, lambda c: c.distinct_results >= 1_000, timeout_s=120, settle_s=0)
+        stopped = pool.resize(1)
+        collected = probe.collect(settings, start, lambda c: c.distinct_results >= count, timeout_s=300, settle_s=3)
+    finally:
+        pool.close()
+    assert collected.distinct_results == count
+    assert collected.repeated_results == 0
+    assert list(stopped) == [instance(1)]
+    log = pool.log_path(1).read_text()
+    assert "partitions_revoked" in log, "it left the group, committing what it had scored"
+    (own,) = [line["stop_s"] for line in _events(pool.log_path(1)) if line["event"] == "worker_stopped"]
+    assert 0 < own <= stopped[instance(1)], "the worker reports its stop, within the supervisor's measure"
