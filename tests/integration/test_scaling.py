@@ -13,9 +13,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 
+from pipeline import topics
 from pipeline.local import probe, traffic
 from pipeline.local.stack import free_port, settings_env
+from pipeline.scaling.lag import BacklogReader, read_offsets
 from pipeline.scaling.pool import WorkerPool, instance
 from tests.conftest import metric
 
@@ -144,3 +147,51 @@ def test_a_worker_stopped_in_the_middle_of_a_backlog_loses_and_doubles_nothing(s
     assert "partitions_revoked" in log, "it left the group, committing what it had scored"
     (own,) = [line["stop_s"] for line in _events(pool.log_path(1)) if line["event"] == "worker_stopped"]
     assert 0 < own <= stopped[instance(1)], "the worker reports its stop, within the supervisor's measure"
+
+
+def test_commit_markers_left_behind_are_no_lag_and_the_oldest_request_gives_its_age(stack, pipeline_settings):
+    """A topic written in transactions (as a replay writes), read by a group that committed past
+    every record: the log end is one marker ahead per partition (KEDA's ever-present lag), ours is 0."""
+    settings = pipeline_settings()
+    topic, group = settings.topics.requests, f"{settings.worker.app_id}-markers"
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "transactional.id": f"t-{group}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for partition in range(12):
+        for i in range(10):
+            producer.produce(topic, b"{}", key=str(i).encode(), partition=partition, timestamp=int(time.time() * 1000))
+    producer.commit_transaction(30)
+    admin = topics.admin_client(settings)
+    committer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group})
+    committer.commit(offsets=[TopicPartition(topic, p, 10) for p in range(12)], asynchronous=False)
+    reader = BacklogReader(admin, {"bootstrap.servers": settings.kafka.bootstrap_servers}, group, topic)
+    try:
+        offsets = read_offsets(admin, group, topic, range(12))
+        assert {o.stable - o.committed for o in offsets.values()} == {1}, "one commit marker per partition"
+        assert reader.read(range(12)).records == dict.fromkeys(range(12), 0)
+        time.sleep(1.0)
+        committer.commit(offsets=[TopicPartition(topic, 0, 4)], asynchronous=False)  # 6 requests back
+        backlog = reader.read(range(12))
+        assert backlog.records[0] == 7 and backlog.lag == 7, "6 requests, then the marker the offsets cannot tell"
+        assert backlog.lag_s >= 1.0
+    finally:
+        reader.close()
+        committer.close()
+
+
+def test_the_policy_service_serves_the_count_for_the_groups_workers(stack, processes, scale_settings):
+    """`pipeline scale --serve` runs no worker: it reads the group's members and lag and serves the
+    count that KEDA's metrics-api trigger reads (`desired_workers`)."""
+    settings, port = scale_settings, scale_settings.scaling.serve_port
+    processes.worker(settings)
+    service = processes.stack.spawn(f"serve-{uuid.uuid4().hex[:8]}", settings, "scale", "--serve")
+    processes.started.append(service)
+    idle = _wait("a decision", lambda: _desired(port), 60, process=service)
+    assert idle["desired_workers"] == 1 and idle["group_members"] == 1 and idle["workers"] == 1
+    assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    probe.publish(settings, [traffic.message_for(r) for r in traffic.valid_requests(20_000, "serve-", seed=7)])
+    busy = _wait("more workers asked for", lambda: (d := _desired(port)) and d["desired_workers"] > 1 and d, 30)
+    assert busy["desired_workers"] == 3 and busy["group_members"] == 1, "asked for, not started"
+    assert busy["lag_records"] > 0
+    assert not list(Path(settings.scaling.run_dir).glob("*.log")), "no worker process of its own"
+    assert httpx.get(f"http://127.0.0.1:{port}/nowhere").json()["error"] == "not_found"
