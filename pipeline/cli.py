@@ -200,8 +200,8 @@ def bench(
         float, typer.Option(help="Also this rate with callers answered once committed (reply_when); 0: skip.")
     ] = 500.0,
     only: Annotated[
-        str, typer.Option(help="Scenario groups to run: throughput,http,state,consumers,replay")
-    ] = "throughput,http,state,consumers,replay",
+        str, typer.Option(help="Scenario groups to run: throughput,http,state,consumers,replay,burst")
+    ] = "throughput,http,state,consumers,replay,burst",
     soak: Annotated[float, typer.Option(help="Also run a worker this many seconds at a steady rate; RSS sampled.")] = 0,
     soak_rate: Annotated[float, typer.Option(help="Requests per second during the soak.")] = 1000.0,
     state_entries: Annotated[int, typer.Option(help="Entries of the dedup store the state group fills.")] = 10_000_000,
@@ -227,6 +227,10 @@ def bench(
     replay_scored_events: Annotated[
         int, typer.Option(help="Of those, how many a backfill worker scores (published → scored).")
     ] = 200_000,
+    burst_events: Annotated[int, typer.Option(help="Requests in the burst group's burst.")] = 100_000,
+    burst_max_workers: Annotated[
+        int, typer.Option(help="The burst group's fixed maximum, and the supervisor's top.")
+    ] = 3,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
 ) -> None:
     """Benchmark the pipeline beside its peers and the machine's limit, in one run; table, JSON, PNG."""
@@ -235,7 +239,7 @@ def bench(
     _configure_logging()
     rates = tuple(float(r) for r in http_rates.split(",") if r.strip())
     groups = {g.strip() for g in only.split(",") if g.strip()}
-    if unknown := groups - {"throughput", "http", "state", "consumers", "replay"}:
+    if unknown := groups - {"throughput", "http", "state", "consumers", "replay", "burst"}:
         raise typer.BadParameter(f"unknown scenario group(s): {', '.join(sorted(unknown))}", param_hint="--only")
     options = runner.Options(
         events=events,
@@ -256,6 +260,8 @@ def bench(
         consumer_seconds=consumer_seconds,
         replay_events=replay_events,
         replay_scored_events=replay_scored_events,
+        burst_events=burst_events,
+        burst_max_workers=burst_max_workers,
     )
     figures = runner.run(get_settings(), options, groups)
     report.write_json(figures, out / "bench.json")

@@ -89,6 +89,8 @@ def table(report: dict[str, Any]) -> str:
         lines += ["", *_consumer_lines(report["consumers"], summary.get("consumers", {}))]
     if "replay" in report:
         lines += ["", *_replay_lines(report["replay"])]
+    if "burst" in report:
+        lines += ["", *_burst_lines(report["burst"])]
     if "soak" in report:
         s = report["soak"]
         lines += [
@@ -159,6 +161,20 @@ def _replay_lines(replay: dict[str, Any]) -> list[str]:
         f"  live HTTP at {live['rate']:g} req/s, p50 / p99 ms: {quiet['p50']:.1f} / {quiet['p99']:.1f} without a "
         f"replay, {busy['p50']:.1f} / {busy['p99']:.1f} during one of {live['replay_events']:,} "
         f"(p99 ratio {live['p99_ratio']:.2f})",
+    ]
+
+
+def _burst_lines(burst: dict[str, Any]) -> list[str]:
+    one, most, scaled = burst["fixed_one"], burst["fixed_max"], burst["scaled"]
+    events, policy = scaled["scale_events"], scaled["policy"]
+    return [
+        f"a burst of {burst['events']:,} requests into an idle pipeline, first request to last result:",
+        f"  one worker {one['seconds']:.1f} s, {most['workers']} workers {most['seconds']:.1f} s "
+        f"(ratio {burst['ratios']['fixed_max/fixed_one']:.2f})",
+        f"  pipeline scale from one (drain target {policy['drain_s']:g} s, at most {policy['max_workers']}): "
+        f"{scaled['seconds']:.1f} s (ratio {burst['ratios']['scaled/fixed_one']:.2f}), up to "
+        f"{scaled['most_workers']} workers, {events['up']} scale-up(s) and {events['down']} scale-down(s), "
+        f"back at one {scaled['back_to_one_after_s']:.0f} s after the last result",
     ]
 
 

@@ -23,7 +23,7 @@ import orjson
 import structlog
 
 from pipeline import heap, topics
-from pipeline.bench import consumers, http, load, replay, state
+from pipeline.bench import burst, consumers, http, load, replay, state
 from pipeline.bench.cpu import CpuMeter, per_million
 from pipeline.bench.memory import RssSampler, status_mib
 from pipeline.bench.stats import (
@@ -90,6 +90,10 @@ class Options:
     replay_scored_events: int = 200_000
     replay_live_events: int = 100_000
     replay_http_rate: float = 100.0
+    # The burst group: this many requests at once into an idle pipeline, drained by one worker, by
+    # burst_max_workers, and by `pipeline scale` between the two.
+    burst_events: int = 100_000
+    burst_max_workers: int = 3
 
 
 @dataclass
@@ -480,6 +484,28 @@ class Bench:
             **percentiles_ms(latencies),
         }
 
+    # -- burst --------------------------------------------------------------------------------------
+    def burst(self) -> dict[str, Any]:
+        """One burst, three ways: a fixed single worker, a fixed maximum, the supervisor between."""
+        o = self.options
+        messages = load.requests(o.burst_events, prefix=f"burst-{time.time_ns() % 10**10}-")
+        one = burst.fixed(self.stack, self.settings, 1, messages)
+        log.info("bench_run", scenario="burst-1w", seconds=one["seconds"])
+        most = burst.fixed(self.stack, self.settings, o.burst_max_workers, messages)
+        log.info("bench_run", scenario=f"burst-{o.burst_max_workers}w", seconds=most["seconds"])
+        scaled = burst.scaled(self.stack, self.settings, burst.Policy(max_workers=o.burst_max_workers), messages)
+        log.info("bench_run", scenario="burst-scaled", seconds=scaled["seconds"], events=scaled["scale_events"])
+        return {
+            "events": o.burst_events,
+            "fixed_one": one,
+            "fixed_max": most,
+            "scaled": scaled,
+            "ratios": {  # drain time against one fixed worker's, in this run
+                "fixed_max/fixed_one": round(most["seconds"] / one["seconds"], 3),
+                "scaled/fixed_one": round(scaled["seconds"] / one["seconds"], 3),
+            },
+        }
+
     # -- soak ---------------------------------------------------------------------------------------
     # -- replay -----------------------------------------------------------------------------------
     def replay(self) -> dict[str, Any]:
@@ -711,10 +737,14 @@ def run(base: Settings, options: Options, scenarios: set[str], stack: LocalStack
         replay_figures = bench.replay() if "replay" in scenarios else None
         if replay_figures:
             report["replay"] = replay_figures
+        if "burst" in scenarios:
+            report["burst"] = bench.burst()
         if options.soak_s > 0:
             report["soak"] = bench.soak()
         report["services_peak_rss_mib"] = bench.services_rss()
-    report["summary"] = summarise(bench.runs, http_figures, state_figures, consumer_figures, replay_figures)
+    report["summary"] = summarise(
+        bench.runs, http_figures, state_figures, consumer_figures, replay_figures, report.get("burst")
+    )
     report["seconds"] = round(time.time() - started_at, 1)
     return report
 

@@ -95,6 +95,7 @@ def summarise(
     state_figures: dict[str, Any] | None = None,
     consumer_figures: dict[str, Any] | None = None,
     replay_figures: dict[str, Any] | None = None,
+    burst_figures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Medians per scenario, the ratios, and each target met or not."""
     medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
@@ -158,6 +159,17 @@ def summarise(
             "live_http_p99_ratio": replay_figures["live_http"]["p99_ratio"],
         }
         if replay_figures
+        else {},
+        "burst": {
+            "seconds": {
+                "fixed_one": burst_figures["fixed_one"]["seconds"],
+                "fixed_max": burst_figures["fixed_max"]["seconds"],
+                "scaled": burst_figures["scaled"]["seconds"],
+            },
+            "scale_events": burst_figures["scaled"]["scale_events"],
+            "ratios": burst_figures["ratios"],
+        }
+        if burst_figures
         else {},
         "events_per_s_median": medians,
         "steady_events_per_s_median": steady,

@@ -43,9 +43,13 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         replay_scored_events=1_000,
         replay_live_events=500,
         replay_http_rate=20.0,
+        burst_events=3_000,
+        burst_max_workers=2,
     )
 
-    figures = runner.run(stack.settings(), options, {"throughput", "http", "state", "consumers", "replay"}, stack=stack)
+    figures = runner.run(
+        stack.settings(), options, {"throughput", "http", "state", "consumers", "replay", "burst"}, stack=stack
+    )
     report.write_json(figures, tmp_path / "bench.json")
     report.chart(figures, tmp_path / "bench.png")
     table = report.table(figures)
@@ -123,6 +127,12 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     assert replayed["scored"]["events"] == 1_000 and replayed["scored"]["events_per_s"] > 0
     assert replayed["live_http"]["during_replay"]["errors"] == 0 and replayed["live_http"]["p99_ratio"] > 0
     assert "replay of a Parquet file of 3,000 requests" in table
+    burst = written["burst"]
+    assert burst["fixed_one"]["events"] == burst["fixed_max"]["events"] == burst["scaled"]["events"] == 3_000
+    assert burst["fixed_max"]["workers"] == 2 and 1 <= burst["scaled"]["most_workers"] <= 2
+    assert set(burst["scaled"]["scale_events"]) == {"up", "down"} and burst["ratios"]["scaled/fixed_one"] > 0
+    assert summary["burst"]["seconds"]["scaled"] > 0
+    assert "a burst of 3,000 requests" in table and "pipeline scale from one" in table
     assert "fraud consumer, one process" in table and "alert latency" in table
 
 

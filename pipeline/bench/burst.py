@@ -1,0 +1,132 @@
+"""The burst group of `pipeline bench`: a burst of requests into an idle pipeline, drained by one
+worker, by a fixed maximum of workers, and by `pipeline scale` starting at one; the time from the
+burst's first request to its last result, and the supervisor's scale events until it is back at
+its minimum.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.bench import load
+from pipeline.local.stack import LocalStack, free_port
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The supervisor's policy in the bench: drain within `drain_s`, back down after `down_window_s`."""
+
+    max_workers: int
+    drain_s: float = 5.0
+    up_cooldown_s: float = 10.0
+    down_window_s: float = 30.0
+
+
+def fixed(stack: LocalStack, settings: Settings, workers: int, messages: list[Any]) -> dict[str, Any]:
+    """`workers` workers started and ready before the burst."""
+    fresh = load.fresh_topics(settings, f"burst-{workers}w")
+    names = [f"bench-burst-{workers}w-{i}" for i in range(workers)]
+    counter = load.OutputCounter(fresh, fresh.topics.results)
+    try:
+        for name in names:
+            stack.start_worker(fresh.updated(worker={"metrics_port": free_port()}), name)
+        run = load.drive(fresh, counter, messages, timeout_s=300 + len(messages) / 200)
+    finally:
+        counter.close()
+        for name in names:
+            stack.stop_process(name)
+        load.drop_topics(fresh)
+    return _figures(run) | {"workers": workers}
+
+
+def scaled(stack: LocalStack, settings: Settings, policy: Policy, messages: list[Any]) -> dict[str, Any]:
+    """`pipeline scale` from one ready worker: the burst drained, then until it is back at one."""
+    fresh = load.fresh_topics(settings, "burst-scaled")
+    port, run_dir = free_port(), stack.run_dir / "bench-burst-scale"
+    own = fresh.updated(
+        scaling={
+            "min_workers": 1,
+            "max_workers": policy.max_workers,
+            "drain_s": policy.drain_s,
+            "up_cooldown_s": policy.up_cooldown_s,
+            "down_window_s": policy.down_window_s,
+            "interval_s": 1.0,
+            "worker_metrics_port": 0,
+            "run_dir": run_dir,
+            "serve_port": port,
+        },
+        worker={"state_dir": run_dir / "state"},
+    )
+    counter = load.OutputCounter(fresh, fresh.topics.results)
+    name = "bench-burst-scale"
+    try:
+        process = stack.spawn(name, own, "scale")
+        _wait(lambda: _ready_workers(run_dir) >= 1, process, 120)
+        run = load.drive(fresh, counter, messages, timeout_s=300 + len(messages) / 200)
+        _wait(lambda: (_status(port) or {}).get("workers") == 1, process, policy.down_window_s + 120)
+        back_at = time.time()
+        events = _events(port)
+    finally:
+        counter.close()
+        stack.stop_process(name, timeout_s=120)
+        load.drop_topics(fresh)
+    return _figures(run) | {
+        "most_workers": max(d["desired_workers"] for d in _decisions(stack.run_dir / f"{name}.log")),
+        "scale_events": events,
+        "back_to_one_after_s": round(back_at - run.done_at, 1),
+        "policy": policy.__dict__,
+    }
+
+
+def _figures(run: load.Run) -> dict[str, Any]:
+    return {
+        "events": run.count,
+        "seconds": round(run.done_at - run.produced_at, 3),
+        "events_per_s": round(run.events_per_s, 1),
+    }
+
+
+def _status(port: int) -> dict[str, Any] | None:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/desired", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def _events(port: int) -> dict[str, int]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    counts = {"up": 0, "down": 0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "pipeline_scaling_events_total":
+                counts[sample.labels["direction"]] = int(sample.value)
+    return counts
+
+
+def _decisions(log: Path) -> list[dict[str, Any]]:
+    lines = (orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("event") == "scale_decision"]
+
+
+def _ready_workers(run_dir: Path) -> int:
+    return sum("worker_ready" in log.read_text(errors="replace") for log in run_dir.glob("*.log"))
+
+
+def _wait(check: Any, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if process.poll() is not None:
+            raise RuntimeError(f"pipeline scale exited ({process.returncode})")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pipeline scale: not within {timeout_s:g} s")
+        time.sleep(0.5)
