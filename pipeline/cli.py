@@ -227,7 +227,7 @@ def bench(
     replay_scored_events: Annotated[
         int, typer.Option(help="Of those, how many a backfill worker scores (published → scored).")
     ] = 200_000,
-    burst_events: Annotated[int, typer.Option(help="Requests in the burst group's burst.")] = 100_000,
+    burst_events: Annotated[int, typer.Option(help="Requests in the burst group's burst.")] = 300_000,
     burst_max_workers: Annotated[
         int, typer.Option(help="The burst group's fixed maximum, and the supervisor's top.")
     ] = 3,

@@ -132,6 +132,9 @@ class ScalingSettings(_Block):
     up_cooldown_s: float = Field(default=30.0, ge=0)
     down_window_s: float = Field(default=300.0, ge=0)
     restore_s: float = Field(default=5.0, ge=0)  # a moved partition's state restore, weighed before a step down
+    # From a worker's start to its joining the group, until the supervisor has measured one: a backlog
+    # the running workers drain sooner than a new one could start gets none.
+    start_s: float = Field(default=15.0, ge=0)
     # One worker's rate (requests/s) until one has been measured while the group had a backlog.
     worker_rate_per_s: float = Field(default=5_000.0, gt=0)
     interval_s: float = Field(default=2.0, gt=0)  # lag read and decision this often

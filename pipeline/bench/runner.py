@@ -92,7 +92,7 @@ class Options:
     replay_http_rate: float = 100.0
     # The burst group: this many requests at once into an idle pipeline, drained by one worker, by
     # burst_max_workers, and by `pipeline scale` between the two.
-    burst_events: int = 100_000
+    burst_events: int = 300_000
     burst_max_workers: int = 3
 
 

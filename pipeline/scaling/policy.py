@@ -9,6 +9,9 @@
   Down only `down_window_s` after the last change, to the step the arrival rate alone needed at its
   highest over that window (a backlog once drained is no reason to stay up; a lull shorter than
   the window does not undo a scale-up), in one step rather than one per expired demand.
+- **A new worker takes time.** It starts (`start_s`, measured by the supervisor once it has seen
+  one join) and its partitions' state is restored before it takes a request: a backlog the current
+  workers drain before then gets no new worker, which would only take CPU and a rebalance from them.
 - **A rebalance costs.** Each step moves partitions, whose dedup state must be restored before they
   are read again (`restore_s`), while requests keep arriving. A step down is taken only when the
   fewer workers still take the arrival rate and drain what piles up during the restore within
@@ -32,6 +35,7 @@ class Limits:
     up_cooldown_s: float = 30.0
     down_window_s: float = 300.0
     restore_s: float = 5.0  # a moved partition's state restore, paused meanwhile
+    start_s: float = 15.0  # from a worker's start to its joining the group, until one is measured
 
     def steps(self) -> list[int]:
         """The counts that split the partitions evenly, within the limits (at least the lowest one)."""
@@ -46,6 +50,7 @@ class Observation:
     lag: int | None  # records of work behind the group (None: could not be read)
     arrival_per_s: float  # records/s arriving on the topic
     per_worker_per_s: float  # records/s one worker takes (measured while busy)
+    start_s: float | None = None  # a worker's start, as measured (None: the limits' own)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,10 @@ def decide(limits: Limits, state: State, observation: Observation) -> tuple[Deci
     if step > current:
         if now - state.last_up_at < limits.up_cooldown_s:
             return Decision(current, f"{load}: {needed:.1f} needed, up to {step} after the cooldown"), state
+        if (drained_in := _drain_time(observation, current)) <= (ready_in := _ready_in(limits, observation)):
+            held = f"{load}: {current} drain it in {drained_in:.0f} s, before a new worker takes requests"
+            held += f" ({ready_in:.0f} s)"
+            return Decision(current, held), state
         state = replace(state, workers=step, last_up_at=now, last_change_at=now)
         return Decision(step, f"{load}: {needed:.1f} needed, up to {step}"), state
     lower = max(step, max(n for _, n in steady))
@@ -99,6 +108,18 @@ def decide(limits: Limits, state: State, observation: Observation) -> tuple[Deci
     state = replace(state, workers=lower, last_change_at=now)
     down = f"{load}: at most {lower} needed for {limits.down_window_s:.0f} s, down to {lower}"
     return Decision(lower, down), state
+
+
+def _drain_time(observation: Observation, workers: int) -> float:
+    """Seconds `workers` take to drain the lag while requests keep arriving (inf: they never do)."""
+    spare = workers * observation.per_worker_per_s - observation.arrival_per_s
+    return (observation.lag or 0) / spare if spare > 0 else math.inf
+
+
+def _ready_in(limits: Limits, observation: Observation) -> float:
+    """Seconds from a scale-up until the new workers take requests: their start, then the restore."""
+    start = observation.start_s if observation.start_s is not None else limits.start_s
+    return start + limits.restore_s
 
 
 def _rate(observation: Observation) -> float:

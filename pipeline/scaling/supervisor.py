@@ -45,6 +45,7 @@ class Status:
     consume_per_s: float
     per_worker_per_s: float
     per_worker_measured: bool
+    worker_start_s: float | None  # a worker's start to its joining, as measured (None: not yet)
     at: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +67,7 @@ class Autoscaler:
             up_cooldown_s=scaling.up_cooldown_s,
             down_window_s=scaling.down_window_s,
             restore_s=scaling.restore_s,
+            start_s=scaling.start_s,
         )
         self._admin = topics.admin_client(settings)
         self._reader = BacklogReader(
@@ -80,6 +82,9 @@ class Autoscaler:
         self.status: Status | None = None  # None until the first decision
         self._logged: tuple[int, float] = (-1, 0.0)  # (count, when) last logged
         self._members_seen: int | None = None
+        # A scale-up under way (when decided, to how many) and the measured start of a worker.
+        self._joining: tuple[float, int] | None = None
+        self.start_s: float | None = None
 
     def step(self) -> Decision:
         """One reading, one decision, acted on."""
@@ -103,12 +108,15 @@ class Autoscaler:
             lag=backlog.lag if backlog is not None else None,
             arrival_per_s=rates.arrival_per_s,
             per_worker_per_s=rates.per_worker_per_s,
+            start_s=self.start_s,
         )
         before = self.state.workers
         decision, self.state = decide(self.limits, self.state, observation)
         if decision.workers != before:
             self._meter.changed(now)
             metrics.SCALING_EVENTS.labels("up" if decision.workers > before else "down").inc()
+            self._joining = (now, decision.workers) if decision.workers > before else None
+        self._measure_start(members, now)
         if self._pool is not None:
             self._pool.restart_exited()
             self._pool.resize(decision.workers)
@@ -130,6 +138,7 @@ class Autoscaler:
             consume_per_s=round(rates.consume_per_s, 1),
             per_worker_per_s=round(rates.per_worker_per_s, 1),
             per_worker_measured=rates.measured,
+            worker_start_s=round(self.start_s, 1) if self.start_s is not None else None,
             at=now,
         )
         metrics.SCALING_DESIRED.set(decision.workers)
@@ -148,6 +157,16 @@ class Autoscaler:
             fields = self.status.to_dict()
             fields.pop("at")
             log.info("scale_decision", **fields)
+
+    def _measure_start(self, members: int | None, now: float) -> None:
+        """Once a scale-up's workers are all in the group: how long that took (the estimate moves halfway)."""
+        if self._joining is None or members is None or members < self._joining[1]:
+            return
+        took = now - self._joining[0]
+        self.start_s = took if self.start_s is None else (self.start_s + took) / 2
+        self._joining = None
+        metrics.SCALING_WORKER_START.set(self.start_s)
+        log.info("workers_joined", members=members, after_s=round(took, 1), start_s=round(self.start_s, 1))
 
     def _members(self) -> int | None:
         """Members of the workers' group (None: not known)."""

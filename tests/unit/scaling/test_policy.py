@@ -71,3 +71,15 @@ def test_an_unreadable_lag_holds_the_count_and_says_so():
     counts, decisions = run(LIMITS, [(0, 200_000, 0.0), (5, None, 0.0), (400, None, 0.0)])
     assert counts == [12, 12, 12]
     assert decisions[1].reason == "lag unreadable: holding 12"
+
+
+def test_a_backlog_drained_before_a_new_worker_could_help_gets_none():
+    # Drain within 5 s; 1 worker of 10,000/s; a new one takes 15 s to start and 5 s to restore.
+    limits = Limits(partitions=12, drain_s=5, start_s=15, restore_s=5)
+    decision, _ = decide(limits, State(workers=1), Observation(0.0, 150_000, 0.0, 10_000.0))
+    assert decision.workers == 1 and "drain it in 15 s, before a new worker takes requests (20 s)" in decision.reason
+    decision, _ = decide(limits, State(workers=1), Observation(0.0, 250_000, 0.0, 10_000.0))
+    assert decision.workers == 6, "25 s to drain alone: more workers help"
+    quick = Observation(0.0, 150_000, 0.0, 10_000.0, start_s=2.0)
+    decision, _ = decide(limits, State(workers=1), quick)
+    assert decision.workers == 3, "workers measured to start in 2 s are ready in 7 s"
