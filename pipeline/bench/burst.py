@@ -6,6 +6,7 @@ its minimum.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ def scaled(stack: LocalStack, settings: Settings, policy: Policy, messages: list
     """`pipeline scale` from one ready worker: the burst drained, then until it is back at one."""
     fresh = load.fresh_topics(settings, "burst-scaled")
     port, run_dir = free_port(), stack.run_dir / "bench-burst-scale"
+    shutil.rmtree(run_dir, ignore_errors=True)  # an earlier run's worker logs would read as ready
     own = fresh.updated(
         scaling={
             "min_workers": 1,
