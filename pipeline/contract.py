@@ -36,7 +36,10 @@ REPLY_TO = "reply-to"
 DEADLINE = "deadline"
 ANSWER_TO = "answer-to"  # host:port/token where the bridge takes answers directly (see answer_wire)
 REPLY_KIND = "reply-kind"  # "result" or "dead_letter", on messages sent to a reply address
-REPLAY_ID = "replay-id"  # set by `pipeline replay` on the requests it publishes, and on their results
+REPLAY_ID = "replay-id"  # set by `pipeline replay` on the requests it publishes, on their results and dead letters
+# Set by `pipeline replay --results-topic`: a backfill worker also writes each result there, in the same
+# transaction (its own results topic stays the dedup state's changelog).
+RESULTS_TOPIC = "results-topic"
 
 
 # Entity ids are 64-bit integers or strings (Kafka keys, Feast INT64 entities).

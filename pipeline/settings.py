@@ -39,6 +39,7 @@ class TopicSettings(_Block):
     # never mixed into `results`; each replay's checkpoint.
     backfill_requests: str = "inference.requests.backfill"
     backfill_results: str = "inference.results.backfill"
+    backfill_dlq: str = "inference.dlq.backfill"  # their dead letters, apart from the live ones
     replay_checkpoints: str = "replay.checkpoints"
     definitions: Path = PROJECT_ROOT / "topics" / "topics.yaml"
 
@@ -277,7 +278,11 @@ class Settings(BaseSettings):
     def backfill(self) -> Settings:
         """The settings of a backfill worker: the backfill topics, its own group and metrics port."""
         return self.updated(
-            topics={"requests": self.topics.backfill_requests, "results": self.topics.backfill_results},
+            topics={
+                "requests": self.topics.backfill_requests,
+                "results": self.topics.backfill_results,
+                "dlq": self.topics.backfill_dlq,
+            },
             worker={"app_id": self.replay.backfill_app_id, "metrics_port": self.replay.backfill_metrics_port},
         )
 

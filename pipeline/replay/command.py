@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,14 +12,16 @@ import orjson
 import typer
 
 from pipeline.errors import ConfigurationError
-from pipeline.settings import get_settings
+from pipeline.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from pipeline.replay.checkpoint import Checkpoint
     from pipeline.replay.publisher import Summary
 
 app = typer.Typer(help="Re-score history: publish past requests for the backfill workers, export, diff.")
 
 _REPLAY_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
 
 Since = Annotated[datetime | None, typer.Option(help="Records of the topic at or after this time (UTC if naive).")]
 Until = Annotated[
@@ -45,7 +48,9 @@ def replay(
     ] = None,
     results_topic: Annotated[
         str | None,
-        typer.Option(help="Where the backfill workers put the results (default inference.results.backfill)."),
+        typer.Option(
+            help="Also put this replay's results here (created when missing), besides inference.results.backfill."
+        ),
     ] = None,
     filter_: Annotated[
         list[str] | None,
@@ -72,18 +77,13 @@ def replay(
         raise typer.BadParameter("a replay needs a name: --replay-id (resume it by running it again)")
     if not _REPLAY_ID.match(replay_id):
         raise typer.BadParameter("letters, digits, '.', '_' and '-' only, at most 100", param_hint="--replay-id")
-    results = results_topic or settings.topics.backfill_results
-    if results != settings.topics.backfill_results:
-        raise ConfigurationError(
-            f"--results-topic {results}: the backfill workers write to {settings.topics.backfill_results} "
-            "(PIPELINE_TOPICS__BACKFILL_RESULTS); set it for them and for this command alike"
-        )
     filters = [selection.parse_filter(f) for f in filter_ or ()]
     if file is not None and (topic or since or until or ranges):
         raise typer.BadParameter("a file, or a topic range (--topic/--since/--until/--range): not both")
     explicit = [PartitionRange.parse(r) for r in ranges or ()]
     opened = open_file(file) if file is not None else None  # a bad file fails before the broker is asked
     previous = checkpoint.latest(settings, replay_id)
+    results = _results_topic(settings, results_topic, previous, dry_run)
     source = opened or TopicSource(
         settings,
         topic or settings.topics.requests,
@@ -143,9 +143,14 @@ def diff(
     from rich.console import Console
     from rich.table import Table
 
+    from pipeline.replay import checkpoint
     from pipeline.replay import diff as diffing
 
-    figures = diffing.diff(get_settings(), replay_id)
+    settings = get_settings()
+    began = checkpoint.latest(settings, replay_id)
+    if began is None:
+        raise ConfigurationError(f"no replay {replay_id!r}: nothing was published under that id")
+    figures = diffing.diff(settings, replay_id, began.results_topic)
     path = output or Path(f"replay-{replay_id}.diff.json")
     path.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     table = Table(title=f"replay {replay_id} against the original results")
@@ -182,6 +187,30 @@ def _print_summary(summary: Summary, dry_run: bool) -> None:
     else:
         left = state.remaining()
         typer.echo(f"stopped with {left} row(s) left: run the same command again to continue")
+
+
+def _results_topic(settings: Settings, asked: str | None, previous: Checkpoint | None, dry_run: bool) -> str:
+    """Where this replay's results go: the backfill results topic, or a topic of its own (created
+    like it when missing), which the backfill workers write each result to as well. A replay resumed
+    keeps the topic it began with."""
+    from pipeline import topics
+
+    if previous is not None:
+        if asked is not None and asked != previous.results_topic:
+            raise ConfigurationError(
+                f"--results-topic {asked}: replay {previous.replay_id} writes its results to "
+                f"{previous.results_topic}; resume it with that topic, or start a new replay id"
+            )
+        return previous.results_topic
+    default = settings.topics.backfill_results
+    if asked is None or asked == default:
+        return default
+    if not _TOPIC_NAME.match(asked) or asked in {settings.topics.results, settings.topics.requests}:
+        raise typer.BadParameter(f"{asked!r} cannot take a replay's results", param_hint="--results-topic")
+    if not dry_run:
+        spec = next(s for s in topics.load_specs(settings) if s.name == default)
+        topics.apply(settings, [replace(spec, name=asked)])
+    return asked
 
 
 def _utc(when: datetime | None) -> datetime | None:

@@ -28,7 +28,7 @@ import structlog
 from confluent_kafka import KafkaException, Producer
 
 from pipeline import heap
-from pipeline.contract import REPLAY_ID, REQUESTS_PARTITIONER, entity_key, payload_text
+from pipeline.contract import REPLAY_ID, REQUESTS_PARTITIONER, RESULTS_TOPIC, entity_key, payload_text
 from pipeline.errors import ConfigurationError
 from pipeline.replay import pacing
 from pipeline.replay.checkpoint import Checkpoint
@@ -116,7 +116,8 @@ def run(
     if state.done:
         return Summary(state, 0, 0, 0, 0, 0.0, already_done=True)
     stop = stop or _stop_on_signals()
-    outbox = _Outbox(None if options.dry_run else _producer(settings, options.replay_id), settings, options.replay_id)
+    producer = None if options.dry_run else _producer(settings, options.replay_id)
+    outbox = _Outbox(producer, settings, options.replay_id, request_headers(settings, options))
     chunk_rows = pacing.transaction_rows(options.rate, CHUNK)
     transaction_rows = settings.replay.transaction_rows if not options.rate else chunk_rows
     read = published = rejected = filtered = 0
@@ -124,7 +125,7 @@ def run(
     rejects = _Rejects(options.rejects, fresh=options.dry_run or previous is None)
     filters, default_model, positions = options.filters, settings.default_model, state.positions
     plain = None if filters else plain_entity  # filters need the request's fields: `judge`
-    topic, headers = settings.topics.backfill_requests, [(REPLAY_ID, options.replay_id.encode())]
+    topic, headers = settings.topics.backfill_requests, request_headers(settings, options)
     pending: list[tuple[Chunk, list[tuple[int, str]]]] = []  # rejects of the open transaction's chunks
     heap.freeze_startup()  # the collector's full passes would walk start-up's objects again and again
 
@@ -205,10 +206,12 @@ class _Outbox:
     """One transaction at a time: requests, then the checkpoint they bring the replay to. Without a
     producer (a dry run), nothing is sent."""
 
-    def __init__(self, producer: Producer | None, settings: Settings, replay_id: str) -> None:
+    def __init__(
+        self, producer: Producer | None, settings: Settings, replay_id: str, headers: list[tuple[str, bytes]]
+    ) -> None:
         self._producer, self._replay_id = producer, replay_id
         self._topic, self._checkpoints = settings.topics.backfill_requests, settings.topics.replay_checkpoints
-        self._headers = [(REPLAY_ID, replay_id.encode())]
+        self._headers = headers
         # The producer's own produce (the hot loop calls it directly); a dry run's does nothing.
         self.produce: Callable[..., None] = producer.produce if producer is not None else _nothing
         self.open = False
@@ -244,6 +247,14 @@ class _Outbox:
             raise ConfigurationError(
                 f"replay {self._replay_id!r}: a transaction failed ({e}); run it again to resume"
             ) from e
+
+
+def request_headers(settings: Settings, options: Options) -> list[tuple[str, bytes]]:
+    """The replay's id on each request; and the replay's own results topic, if it has one."""
+    headers = [(REPLAY_ID, options.replay_id.encode())]
+    if options.results_topic != settings.topics.backfill_results:
+        headers.append((RESULTS_TOPIC, options.results_topic.encode()))
+    return headers
 
 
 def _nothing(*args: Any, **kwargs: Any) -> None:

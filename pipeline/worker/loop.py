@@ -105,7 +105,14 @@ class Worker:
         backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
         stored = changelog.StoredResults(settings)
         processor = BatchProcessor(
-            settings.topics, settings.default_model, scorer, features, self.state, stored, backoff
+            settings.topics,
+            settings.default_model,
+            scorer,
+            features,
+            self.state,
+            stored,
+            backoff,
+            copies=self._live_first is not None,  # a backfill worker
         )
         await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
         if self._answer_when_scored or worker.direct_answers:

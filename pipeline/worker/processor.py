@@ -23,6 +23,7 @@ from pipeline.contract import (
     REPLAY_ID,
     REPLY_KIND,
     REPLY_TO,
+    RESULTS_TOPIC,
     InferenceRequest,
     Source,
     dead_letter_record,
@@ -142,8 +143,12 @@ class BatchProcessor:
         dedup: DedupLookup,
         stored: StoredResults,
         backoff: Backoff,
+        copies: bool = False,
     ) -> None:
+        """`copies`: a backfill worker's, which also writes each result to a replay's own results
+        topic (the `results-topic` header of a replayed request); a live one ignores the header."""
         self._topics = topics
+        self._copies = copies
         self._default_model = default_model
         self._scorer = scorer
         self._features = features
@@ -309,6 +314,8 @@ class BatchProcessor:
         replay = item.inbound.headers.get(REPLAY_ID)
         headers = ((REPLAY_ID, replay),) if replay else ()
         outcome.messages.append(Outbound(partition, self._topics.results, key, value, partition, headers))
+        if self._copies and replay and (copy := item.inbound.headers.get(RESULTS_TOPIC)):
+            outcome.messages.append(Outbound(partition, copy.decode(errors="replace"), key, value, None, headers))
         outcome.remembered.append((item.key, partition, value))
         self._reply(item.inbound, key, value, "result", outcome)
         for repeat in item.repeats:
@@ -328,7 +335,9 @@ class BatchProcessor:
             dead_letter_record(error, inbound.value, inbound.source, attempts=attempts, key=inbound.key)
         )
         key = error.event_id.encode() if error.event_id else None
-        outcome.messages.append(Outbound(inbound.source.partition, self._topics.dlq, key, value))
+        replay = inbound.headers.get(REPLAY_ID)
+        headers = ((REPLAY_ID, replay),) if replay else ()
+        outcome.messages.append(Outbound(inbound.source.partition, self._topics.dlq, key, value, None, headers))
         self._reply(inbound, key, value, "dead_letter", outcome)
         outcome.events["dead_letter"] += 1
         metrics.DEAD_LETTERS.labels(error.code).inc()

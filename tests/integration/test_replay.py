@@ -37,6 +37,7 @@ def replay_settings(pipeline_settings):
         topics={
             "backfill_requests": f"{settings.topics.requests}.backfill",
             "backfill_results": f"{settings.topics.results}.backfill",
+            "backfill_dlq": f"{settings.topics.dlq}.backfill",
             "replay_checkpoints": f"{settings.topics.requests}.checkpoints",
         },
         replay={"backfill_app_id": f"{settings.worker.app_id}-backfill", "backfill_metrics_port": free_port()},
@@ -73,11 +74,15 @@ def _live(settings, requests, expect: int):
     return probe.collect(settings, start, lambda c: c.distinct_results >= expect, timeout_s=120, settle_s=1.0)
 
 
-def _replayed(settings, expect: int, timeout_s: float = 120, settle_s: float = 3.0) -> Counter[tuple[str, str]]:
-    """(replay id, event_id) of every committed backfill result, once `expect` are there (and a settle)."""
-    topic = settings.topics.backfill_results
+def _replayed(
+    settings, expect: int, timeout_s: float = 120, settle_s: float = 3.0, topic: str | None = None
+) -> Counter[tuple[str, str]]:
+    """(replay id, event_id) of every committed backfill result (or record of `topic`), once `expect`
+    are there (and a settle)."""
+    topic = topic or settings.topics.backfill_results
     consumer = Consumer(probe.consumer_config(settings))
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(12)])
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     found: Counter[tuple[str, str]] = Counter()
     deadline, settle_until = time.monotonic() + timeout_s, None
     try:
@@ -284,3 +289,30 @@ def test_an_unreachable_broker_is_a_one_line_error(stack):
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "broker unreachable" in lines[0], done.stderr
+
+
+def test_a_replay_with_a_results_topic_of_its_own_gets_each_result_there_and_its_dead_letters_apart(
+    replay_settings, processes, tmp_path
+):
+    settings = replay_settings
+    _backfill_worker(processes, settings)
+    requests = traffic.valid_requests(100, prefix="own-")
+    unknown = dict(requests[0], event_id="own-unknown-model", model="no_such_model")
+    path = tmp_path / "own.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in [*requests, unknown]) + b"\n")
+    own = f"{settings.topics.results}.own"
+
+    done = _cli(settings, "--replay-id", "own1", "--file", str(path), "--results-topic", own)
+    assert f"results on {own}" in done.stdout
+    expected = Counter({("own1", r["event_id"]): 1 for r in requests})
+    assert _replayed(settings, 100, topic=own) == expected, "every result in the replay's own topic, once"
+    assert _replayed(settings, 100) == expected, "and in the backfill results, the workers' dedup changelog"
+    dead = _replayed(settings, 1, topic=settings.topics.backfill_dlq, settle_s=0.5)
+    assert dead == Counter({("own1", "own-unknown-model"): 1}), "a replay's dead letter, with its replay id"
+    assert sum(probe.end_offsets(settings, [settings.topics.dlq]).values()) == 0, "none in the live dead letters"
+
+    diff = _cli(settings, "diff", "own1", "--output", str(tmp_path / "own1.json"))
+    assert orjson.loads((tmp_path / "own1.json").read_bytes())["replayed"] == 100, diff.stdout
+    moved = _cli(settings, "--replay-id", "own1", "--file", str(path), "--results-topic", "elsewhere", check=False)
+    assert moved.returncode != 0 and f"writes its results to {own}" in moved.stderr
+    assert len(moved.stderr.strip().splitlines()) == 1
