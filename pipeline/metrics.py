@@ -100,6 +100,9 @@ SCALING_LAG_SECONDS = Gauge("pipeline_scaling_lag_seconds", "Age of the oldest r
 SCALING_RATE = Gauge(
     "pipeline_scaling_rate_per_second", "Requests/s: arriving, consumed by the group, by one worker", ["rate"]
 )
+SCALING_WORKER_RATE = Gauge(
+    "pipeline_scaling_worker_rate_per_second", "Each group member's consume rate, by client id", ["worker"]
+)
 SCALING_DESIRED = Gauge("pipeline_scaling_desired_workers", "The policy's desired number of workers")
 SCALING_WORKERS = Gauge("pipeline_scaling_workers", "Workers running (the supervisor's), or members of the group")
 SCALING_GROUP_MEMBERS = Gauge("pipeline_scaling_group_members", "Members of the workers' consumer group")

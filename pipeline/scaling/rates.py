@@ -7,6 +7,7 @@ the last measure holds, smoothed over readings so that one slow interval does no
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pipeline.scaling.lag import Backlog
@@ -18,6 +19,19 @@ class Rates:
     consume_per_s: float = 0.0
     per_worker_per_s: float = 0.0
     measured: bool = False  # per_worker_per_s measured (else the configured prior)
+
+
+def worker_rates(last: Backlog, now: Backlog, assignment: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """Pure: each worker's consume rate (requests/s) over its assigned partitions between two readings."""
+    elapsed = now.at - last.at
+    if elapsed <= 0:
+        return {}
+
+    def consumed(partition: int) -> int:
+        before, after = last.offsets.get(partition), now.offsets.get(partition)
+        return max(0, after.position - before.position) if before is not None and after is not None else 0
+
+    return {worker: sum(map(consumed, partitions)) / elapsed for worker, partitions in sorted(assignment.items())}
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.scaling.lag import Backlog, BacklogReader, LagUnreadable
 from pipeline.scaling.policy import Decision, Limits, Observation, State, decide
 from pipeline.scaling.pool import WorkerPool
-from pipeline.scaling.rates import RateMeter, Rates
+from pipeline.scaling.rates import RateMeter, Rates, worker_rates
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,6 +46,7 @@ class Status:
     consume_per_s: float
     per_worker_per_s: float
     per_worker_measured: bool
+    worker_rates: dict[str, float]  # each group member's consume rate, by its client id
     worker_start_s: float | None  # a worker's start to its joining, as measured (None: not yet)
     at: float
 
@@ -77,11 +79,13 @@ class Autoscaler:
             self._topic,
         )
         self._meter = RateMeter(scaling.worker_rate_per_s, settle_s=scaling.restore_s + scaling.interval_s)
-        first = self.limits.steps()[0] if pool is not None else max(self._members() or 0, self.limits.steps()[0])
+        members = len(self._assignment() or {})
+        first = self.limits.steps()[0] if pool is not None else max(members, self.limits.steps()[0])
         self.state = State(workers=first)
         self.status: Status | None = None  # None until the first decision
         self._logged: tuple[int, float] = (-1, 0.0)  # (count, when) last logged
         self._members_seen: int | None = None
+        self._last: Backlog | None = None  # the previous reading, for each worker's rate
         # A scale-up under way (when decided, to how many) and the measured start of a worker.
         self._joining: tuple[float, int] | None = None
         self.start_s: float | None = None
@@ -90,7 +94,8 @@ class Autoscaler:
         """One reading, one decision, acted on."""
         now = time.time()
         # Workers in the group: a process still starting takes no requests and is no measure of one.
-        members = self._members()
+        assignment = self._assignment()
+        members = len(assignment) if assignment is not None else None
         workers = self._pool.size if self._pool is not None else (members or self.state.workers)
         try:
             backlog: Backlog | None = self._reader.read(self.partitions)
@@ -103,6 +108,11 @@ class Autoscaler:
             self._members_seen = members
             self._meter.changed(now)
         rates = self._meter.update(backlog, consuming) if backlog is not None else self._meter.rates or Rates()
+        each: dict[str, float] = {}
+        if backlog is not None:
+            if self._last is not None and assignment is not None:
+                each = worker_rates(self._last, backlog, assignment)
+            self._last = backlog
         observation = Observation(
             at=now,
             lag=backlog.lag if backlog is not None else None,
@@ -121,11 +131,18 @@ class Autoscaler:
             self._pool.restart_exited()
             self._pool.resize(decision.workers)
             workers = self._pool.size
-        self._publish(decision, workers, members, backlog, rates, now)
+        self._publish(decision, workers, members, backlog, rates, each, now)
         return decision
 
     def _publish(
-        self, decision: Decision, workers: int, members: int | None, backlog: Backlog | None, rates: Rates, now: float
+        self,
+        decision: Decision,
+        workers: int,
+        members: int | None,
+        backlog: Backlog | None,
+        rates: Rates,
+        each: dict[str, float],
+        now: float,
     ) -> None:
         self.status = Status(
             desired_workers=decision.workers,
@@ -138,6 +155,7 @@ class Autoscaler:
             consume_per_s=round(rates.consume_per_s, 1),
             per_worker_per_s=round(rates.per_worker_per_s, 1),
             per_worker_measured=rates.measured,
+            worker_rates={worker: round(rate, 1) for worker, rate in each.items()},
             worker_start_s=round(self.start_s, 1) if self.start_s is not None else None,
             at=now,
         )
@@ -145,6 +163,9 @@ class Autoscaler:
         metrics.SCALING_WORKERS.set(workers)
         if members is not None:
             metrics.SCALING_GROUP_MEMBERS.set(members)
+        metrics.SCALING_WORKER_RATE.clear()  # members come and go: only the current ones
+        for worker, rate in each.items():
+            metrics.SCALING_WORKER_RATE.labels(worker).set(rate)
         metrics.SCALING_RATE.labels("arrival").set(rates.arrival_per_s)
         metrics.SCALING_RATE.labels("consumed").set(rates.consume_per_s)
         metrics.SCALING_RATE.labels("worker").set(rates.per_worker_per_s)
@@ -168,14 +189,24 @@ class Autoscaler:
         metrics.SCALING_WORKER_START.set(self.start_s)
         log.info("workers_joined", members=members, after_s=round(took, 1), start_s=round(self.start_s, 1))
 
-    def _members(self) -> int | None:
-        """Members of the workers' group (None: not known)."""
+    def _assignment(self) -> dict[str, list[int]] | None:
+        """Each member of the workers' group (by client id) and its partitions of the requests topic;
+        None: not known."""
         try:
             description = self._admin.describe_consumer_groups([self._group], request_timeout=5)[self._group].result(5)
         except (KafkaException, TimeoutError) as e:
-            log.warning("group_unreadable", group=self._group, error=str(e))
+            log.warning("group_unreadable", group=self._group, error=str(e) or type(e).__name__)
             return None
-        return len(description.members)
+        clients = Counter(member.client_id for member in description.members)
+        return {
+            # Workers with an instance id have a client id of their own; others share one.
+            member.client_id
+            if clients[member.client_id] == 1
+            else f"{member.client_id}/{member.member_id[-8:]}": sorted(
+                tp.partition for tp in member.assignment.topic_partitions if tp.topic == self._topic
+            )
+            for member in description.members
+        }
 
     def close(self) -> None:
         self._reader.close()

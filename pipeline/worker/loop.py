@@ -124,7 +124,8 @@ class Worker:
         consumer = Consumer(
             {
                 "bootstrap.servers": settings.kafka.bootstrap_servers,
-                "client.id": f"{settings.kafka.client_id}-worker",
+                # With an instance id, the group's description tells the workers apart (`pipeline scale`).
+                "client.id": "-".join(filter(None, (settings.kafka.client_id, "worker", worker.instance_id))),
                 "group.id": worker.app_id,
                 "enable.auto.commit": False,  # offsets are committed inside each batch's transaction
                 "auto.offset.reset": "earliest",

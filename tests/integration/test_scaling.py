@@ -191,5 +191,6 @@ def test_the_policy_service_serves_the_count_for_the_groups_workers(stack, proce
     busy = _wait("more workers asked for", lambda: (d := _desired(port)) and d["desired_workers"] > 1 and d, 30)
     assert busy["desired_workers"] == 3 and busy["group_members"] == 1, "asked for, not started"
     assert busy["lag_records"] > 0
+    assert len(busy["worker_rates"]) == 1, "the one member's own rate"
     assert not list(Path(settings.scaling.run_dir).glob("*.log")), "no worker process of its own"
     assert httpx.get(f"http://127.0.0.1:{port}/nowhere").json()["error"] == "not_found"

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pipeline.scaling.lag import Offsets, backlog_of
-from pipeline.scaling.rates import RateMeter
+from pipeline.scaling.rates import RateMeter, worker_rates
 
 
 def reading(at: float, stable: int, committed: int):
@@ -38,3 +38,14 @@ def test_measures_are_smoothed():
     meter.update(reading(1.0, 100_000, 1_000), workers=1)
     slow = meter.update(reading(2.0, 100_000, 1_200), workers=1)
     assert slow.per_worker_per_s == 600, "one slow interval halves the way, not all of it"
+
+
+def test_each_workers_rate_is_what_its_partitions_moved():
+    before = backlog_of(0.0, {p: Offsets(first=0, stable=1_000, committed=100) for p in range(4)}, {})
+    after = backlog_of(
+        2.0,
+        {0: Offsets(0, 1_000, 500), 1: Offsets(0, 1_000, 300), 2: Offsets(0, 1_000, 100), 3: Offsets(0, 1_000, 900)},
+        {},
+    )
+    rates = worker_rates(before, after, {"w-0": [0, 1], "w-1": [2], "w-2": [3]})
+    assert rates == {"w-0": 300.0, "w-1": 0.0, "w-2": 400.0}
