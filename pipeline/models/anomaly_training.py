@@ -19,8 +19,8 @@ import torch
 
 from pipeline.models import reference
 from pipeline.models.anomaly_detector import AnomalyDetector
+from pipeline.models.export import export, feature_matrix
 from pipeline.models.spec import load_spec_file
-from pipeline.models.train import export, feature_matrix
 from pipeline.synthetic import telemetry
 
 MODEL = "anomaly_detector"

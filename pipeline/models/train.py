@@ -7,9 +7,8 @@ training reference `reference.json` beside it.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from pipeline.errors import ConfigurationError
 from pipeline.models import reference
+from pipeline.models.export import export, feature_matrix
 from pipeline.models.fraud_scorer import FraudScorer
 from pipeline.models.spec import ModelSpec, load_spec_file
 from pipeline.synthetic import cards
@@ -36,13 +36,6 @@ class TrainingReport:
     train_rows: int
     holdout_rows: int
     seconds: float
-
-
-def feature_matrix(spec: ModelSpec, request: pd.DataFrame, account_rows: pd.DataFrame) -> np.ndarray:
-    """Columns in the order the model config names them: request features, then store features."""
-    columns = [request[name].to_numpy() for name in spec.request_features]
-    columns += [account_rows[name].to_numpy() for name in spec.store_feature_names]
-    return np.column_stack(columns).astype(np.float32)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -101,13 +94,6 @@ def _fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, epochs: int) -> FraudSco
             loss_fn(model.logits(xt[batch]), yt[batch]).backward()
             optimiser.step()
     return model.eval()
-
-
-def export(model: torch.nn.Module, version_dir: Path, report: Any) -> None:
-    """The model as TorchScript (`model.pt`) and its training report (`metrics.json`, a dataclass)."""
-    version_dir.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(model).save(str(version_dir / "model.pt"))
-    (version_dir / "metrics.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
 
 
 MODELS = ("fraud_scorer", "anomaly_detector")

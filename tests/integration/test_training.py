@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from pipeline.models import reference, train
+from pipeline.models import export, reference, train
 from pipeline.models.spec import load_spec_file
 from pipeline.settings import Settings
 
@@ -54,7 +54,7 @@ def test_the_anomaly_detector_reaches_f1_on_telemetry_it_was_not_trained_on(tmp_
     spec = load_spec_file(source)
     data = telemetry.readings(30_000, 300, seed=99)
     baselines = telemetry.devices(300).set_index("device_id").loc[data.device_id].reset_index()
-    x = train.feature_matrix(spec, data.features, baselines)
+    x = export.feature_matrix(spec, data.features, baselines)
     model = torch.jit.load(str(repository / "anomaly_detector" / "1" / "model.pt"))
     with torch.inference_mode():
         scores = model(torch.from_numpy(x)).numpy()
