@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
+_IMPORTING = threading.Lock()  # one swap at a time, and no half-imported feast handed out
+
 
 def import_feast() -> ModuleType:
-    if (loaded := sys.modules.get("feast")) is not None:
-        return loaded
-    import typeguard
+    with _IMPORTING:
+        if (loaded := sys.modules.get("feast")) is not None:
+            return loaded
+        import typeguard
 
-    checked = typeguard.typechecked
-    typeguard.typechecked = _unchecked  # type: ignore[assignment]
-    try:
-        return importlib.import_module("feast")
-    finally:
-        typeguard.typechecked = checked
+        checked = typeguard.typechecked
+        typeguard.typechecked = _unchecked  # type: ignore[assignment]
+        try:
+            return importlib.import_module("feast")
+        finally:
+            typeguard.typechecked = checked
 
 
 def _unchecked(target: Any = None, **_options: Any) -> Any:

@@ -190,9 +190,10 @@ def _print_summary(summary: Summary, dry_run: bool) -> None:
 
 
 def _results_topic(settings: Settings, asked: str | None, previous: Checkpoint | None, dry_run: bool) -> str:
-    """Where this replay's results go: the backfill results topic, or a topic of its own (created
-    like it when missing), which the backfill workers write each result to as well. A replay resumed
-    keeps the topic it began with."""
+    """Where this replay's results go: the backfill results topic, or a topic of its own, which the
+    backfill workers write each result to as well. Never one of the contract's topics; created like
+    the backfill results when missing (an existing one is left as it is). A replay resumed keeps
+    the topic it began with."""
     from pipeline import topics
 
     if previous is not None:
@@ -201,14 +202,18 @@ def _results_topic(settings: Settings, asked: str | None, previous: Checkpoint |
                 f"--results-topic {asked}: replay {previous.replay_id} writes its results to "
                 f"{previous.results_topic}; resume it with that topic, or start a new replay id"
             )
-        return previous.results_topic
+        asked = previous.results_topic
     default = settings.topics.backfill_results
     if asked is None or asked == default:
         return default
-    if not _TOPIC_NAME.match(asked) or asked in {settings.topics.results, settings.topics.requests}:
-        raise typer.BadParameter(f"{asked!r} cannot take a replay's results", param_hint="--results-topic")
-    if not dry_run:
-        spec = next(s for s in topics.load_specs(settings) if s.name == default)
+    specs = topics.load_specs(settings)
+    if not _TOPIC_NAME.match(asked) or asked in {".", ".."} or asked in {s.name for s in specs}:
+        raise typer.BadParameter(
+            f"{asked!r} cannot take a replay's results (a topic of the pipeline's own, or no topic name)",
+            param_hint="--results-topic",
+        )
+    if not dry_run and asked not in topics.admin_client(settings).list_topics(timeout=30).topics:
+        spec = next(s for s in specs if s.name == default)
         topics.apply(settings, [replace(spec, name=asked)])
     return asked
 

@@ -140,6 +140,7 @@ class BacklogReader:
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",  # a position retention removed meanwhile: its first record
                 "max.partition.fetch.bytes": 65_536,
             }
         )

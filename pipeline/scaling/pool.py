@@ -49,8 +49,9 @@ class WorkerPool:
 
     def resize(self, count: int) -> dict[str, float]:
         """Start or stop workers to `count`; the stop time of each one stopped."""
-        for index in range(self.size, count):
-            self._start(index)
+        for index in range(count):
+            if index not in self._processes:
+                self._start(index)
         return self.stop([i for i in sorted(self._processes) if i >= count])
 
     def _start(self, index: int) -> None:

@@ -1,6 +1,7 @@
 """Rates from two backlog readings, pure: requests arriving, the group's consume rate, one worker's.
 
-One worker's rate is only measured while it has work throughout (a backlog at both readings) and the
+One worker's rate is only measured while it has work throughout (at both readings more waiting than
+the group took over the interval) and the
 count has not changed for a restore's time (a rebalance's pause is no measure of a worker); in between,
 the last measure holds, smoothed over readings so that one slow interval does not swing the policy.
 """
@@ -59,7 +60,11 @@ class RateMeter:
         arrival = max(0, backlog.stable_total - last.stable_total) / elapsed
         consumed = max(0, backlog.consumed_total - last.consumed_total) / elapsed
         per_worker, measured = self.rates.per_worker_per_s, self.rates.measured
-        busy = last.lag > 0 and backlog.lag > 0 and consumed > 0 and workers > 0
+        # Busy: at both readings more was waiting than the group took in the whole interval, so its
+        # workers never ran short. A lag of what merely awaits the next commit is no backlog, and
+        # steady traffic would otherwise read as the workers' top rate.
+        took = consumed * elapsed
+        busy = took > 0 and workers > 0 and min(last.lag, backlog.lag) >= took
         if busy and last.at - self._changed_at >= self.settle_s:
             now = consumed / workers
             per_worker = now if not measured else self.smoothing * now + (1 - self.smoothing) * per_worker

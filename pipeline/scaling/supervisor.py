@@ -86,8 +86,9 @@ class Autoscaler:
         self._logged: tuple[int, float] = (-1, 0.0)  # (count, when) last logged
         self._members_seen: int | None = None
         self._last: Backlog | None = None  # the previous reading, for each worker's rate
-        # A scale-up under way (when decided, to how many) and the measured start of a worker.
-        self._joining: tuple[float, int] | None = None
+        self._rated: set[str] = set()  # the workers with a rate series
+        # A scale-up under way (when decided, to how many, the members then) and a worker's measured start.
+        self._joining: tuple[float, int, int | None] | None = None
         self.start_s: float | None = None
 
     def step(self) -> Decision:
@@ -125,11 +126,12 @@ class Autoscaler:
         if decision.workers != before:
             self._meter.changed(now)
             metrics.SCALING_EVENTS.labels("up" if decision.workers > before else "down").inc()
-            self._joining = (now, decision.workers) if decision.workers > before else None
-        self._measure_start(members, now)
+            self._joining = (now, decision.workers, members) if decision.workers > before else None
+        else:
+            self._measure_start(members, now)
         if self._pool is not None:
-            self._pool.restart_exited()
             self._pool.resize(decision.workers)
+            self._pool.restart_exited()
             workers = self._pool.size
         self._publish(decision, workers, members, backlog, rates, each, now)
         return decision
@@ -163,9 +165,11 @@ class Autoscaler:
         metrics.SCALING_WORKERS.set(workers)
         if members is not None:
             metrics.SCALING_GROUP_MEMBERS.set(members)
-        metrics.SCALING_WORKER_RATE.clear()  # members come and go: only the current ones
+        for gone in self._rated - each.keys():  # members come and go: only the current ones
+            metrics.SCALING_WORKER_RATE.remove(gone)
         for worker, rate in each.items():
             metrics.SCALING_WORKER_RATE.labels(worker).set(rate)
+        self._rated = set(each)
         metrics.SCALING_RATE.labels("arrival").set(rates.arrival_per_s)
         metrics.SCALING_RATE.labels("consumed").set(rates.consume_per_s)
         metrics.SCALING_RATE.labels("worker").set(rates.per_worker_per_s)
@@ -181,7 +185,10 @@ class Autoscaler:
 
     def _measure_start(self, members: int | None, now: float) -> None:
         """Once a scale-up's workers are all in the group: how long that took (the estimate moves halfway)."""
-        if self._joining is None or members is None or members < self._joining[1]:
+        if self._joining is None or members is None:
+            return
+        _, target, then = self._joining
+        if members < target or (then is not None and members <= then):  # none of them joined yet
             return
         took = now - self._joining[0]
         self.start_s = took if self.start_s is None else (self.start_s + took) / 2
@@ -221,8 +228,6 @@ def run(settings: Settings, serve: bool) -> None:
         signal.signal(signum, lambda *_: stop.set())
     pool = None if serve else WorkerPool(settings)
     autoscaler = Autoscaler(settings, pool)
-    if pool is not None:
-        pool.resize(autoscaler.state.workers)  # the fewest, before the first reading
     server = service.start(settings.scaling.serve_host, settings.scaling.serve_port, lambda: autoscaler.status)
     log.info(
         "scale_starting",
@@ -233,6 +238,8 @@ def run(settings: Settings, serve: bool) -> None:
         port=server.server_port,
     )
     try:
+        if pool is not None:
+            pool.resize(autoscaler.state.workers)  # the fewest, before the first reading
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -245,5 +252,6 @@ def run(settings: Settings, serve: bool) -> None:
             times = pool.close()
             log.info("workers_stopped", stop_s={k: round(v, 3) for k, v in times.items()})
         server.shutdown()
+        server.server_close()
         autoscaler.close()
     log.info("scale_stopped")

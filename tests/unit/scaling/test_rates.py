@@ -28,8 +28,17 @@ def test_a_worker_is_measured_only_while_busy_and_settled():
     meter.update(reading(4.0, 9_000, 1_000), workers=3)
     restoring = meter.update(reading(6.0, 10_000, 1_200), workers=3)
     assert not restoring.measured, "within a rebalance's restore of the change"
-    settled = meter.update(reading(8.0, 11_000, 7_200), workers=3)
+    settled = meter.update(reading(8.0, 20_000, 7_200), workers=3)
     assert settled.measured and settled.per_worker_per_s == 1_000
+
+
+def test_steady_traffic_with_a_little_waiting_is_no_measure_of_a_worker():
+    # 1,000/s arriving and taken; ~50 requests always await the next commit.
+    meter = RateMeter(prior_per_worker_s=5_000, settle_s=0)
+    for tick in range(5):
+        rates = meter.update(reading(2.0 * tick, 2_000 * tick + 50, 2_000 * tick), workers=2)
+    assert rates.consume_per_s == 1_000 and rates.arrival_per_s == 1_000
+    assert not rates.measured and rates.per_worker_per_s == 5_000, "keeping up is not their top rate"
 
 
 def test_measures_are_smoothed():
