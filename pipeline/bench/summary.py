@@ -150,7 +150,7 @@ def summarise(
         errors = measured["http@500 errors"]
         targets["http@500 errors"] = {"target": 0, "measured": errors, "met": not errors}
     return {
-        "consumers": summarise_consumers(consumer_figures, steady.get(pipeline_scenario(2), math.nan))
+        "consumers": summarise_consumers(consumer_figures, _drain_rate(pipeline_scenario(2), steady, medians))
         if consumer_figures
         else {},
         "replay": {
@@ -200,6 +200,12 @@ def summarise_http(http_figures: dict[str, Any]) -> dict[str, Any]:
         judged |= {"http@500 p50 ms": at["p50"], "http@500 p99 ms": at["p99"], "http@500 errors": at["errors"]}
     judged |= {k: v for k, v in ratios.items() if k.endswith(f"@{HTTP_RATE:g}") and "CPU" not in k}
     return {"ratios": ratios, "judged": judged}
+
+
+def _drain_rate(scenario: str, steady: dict[str, float], medians: dict[str, float]) -> float:
+    """The scenario's steady drain rate; in a run too short to have a steady span, its overall rate."""
+    rate = steady.get(scenario, math.nan)
+    return rate if math.isfinite(rate) else medians.get(scenario, math.nan)
 
 
 def summarise_consumers(consumer_figures: dict[str, Any], two_workers_per_s: float) -> dict[str, Any]:
