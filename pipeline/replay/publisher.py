@@ -117,7 +117,8 @@ def run(
         return Summary(state, 0, 0, 0, 0, 0.0, already_done=True)
     stop = stop or _stop_on_signals()
     producer = None if options.dry_run else _producer(settings, options.replay_id)
-    outbox = _Outbox(producer, settings, options.replay_id, request_headers(settings, options))
+    topic, headers = settings.topics.backfill_requests, request_headers(settings, options)
+    outbox = _Outbox(producer, settings, options.replay_id, headers)
     chunk_rows = pacing.transaction_rows(options.rate, CHUNK)
     transaction_rows = settings.replay.transaction_rows if not options.rate else chunk_rows
     read = published = rejected = filtered = 0
@@ -125,7 +126,6 @@ def run(
     rejects = _Rejects(options.rejects, fresh=options.dry_run or previous is None)
     filters, default_model, positions = options.filters, settings.default_model, state.positions
     plain = None if filters else plain_entity  # filters need the request's fields: `judge`
-    topic, headers = settings.topics.backfill_requests, request_headers(settings, options)
     pending: list[tuple[Chunk, list[tuple[int, str]]]] = []  # rejects of the open transaction's chunks
     heap.freeze_startup()  # the collector's full passes would walk start-up's objects again and again
 

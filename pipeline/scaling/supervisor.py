@@ -79,8 +79,9 @@ class Autoscaler:
             self._topic,
         )
         self._meter = RateMeter(scaling.worker_rate_per_s, settle_s=scaling.restore_s + scaling.interval_s)
-        members = len(self._assignment() or {})
-        first = self.limits.steps()[0] if pool is not None else max(members, self.limits.steps()[0])
+        first = self.limits.steps()[0]
+        if pool is None:  # serving: the group's members are the workers there are
+            first = max(len(self._assignment() or {}), first)
         self.state = State(workers=first)
         self.status: Status | None = None  # None until the first decision
         self._logged: tuple[int, float] = (-1, 0.0)  # (count, when) last logged

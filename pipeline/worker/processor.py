@@ -305,7 +305,9 @@ class BatchProcessor:
             latency_ms=latency * 1000,
             scored_at=scored_at,
             entity=item.request.entity,
-            features={name: item.request.features[name] for name in spec.result_features},
+            features={name: item.request.features[name] for name in spec.result_features}
+            if spec.result_features
+            else {},
         )
         value = orjson.dumps(record)
         key = item.request.event_id.encode()
