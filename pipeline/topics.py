@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, OffsetSpec
 
 from pipeline.contract import REQUESTS_PARTITIONER
 from pipeline.errors import ConfigurationError
@@ -92,8 +92,12 @@ def topic_config(settings: Settings, topic: str, timeout_s: float = 30.0) -> dic
 
 
 def _await_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
-    """New partitions are usable once each has a leader; clients that come right after need that."""
+    """New partitions are usable once their leader serves them. The metadata names a leader before
+    the broker has set the partition up, and records acknowledged in that gap can be missing from
+    the log (docs/architecture.md#new-topics-and-partitions): so each partition's leader is asked
+    for its end offset, which it answers only once it holds the partition's log."""
     deadline = time.monotonic() + timeout_s
+    pending: list[TopicPartition] = []
     while time.monotonic() < deadline:
         metadata = admin.list_topics(timeout=timeout_s).topics
         if all(
@@ -102,9 +106,24 @@ def _await_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> No
             and all(p.leader >= 0 for p in metadata[name].partitions.values())
             for name in names
         ):
-            return
+            pending = pending or [TopicPartition(n, p) for n in names for p in metadata[n].partitions]
+            pending = _unserved(admin, pending, max(0.1, deadline - time.monotonic()))
+            if not pending:
+                return
         time.sleep(0.1)
-    raise ConfigurationError(f"topics {names} have no leader after {timeout_s:g} s")
+    raise ConfigurationError(f"topics {names} are not served by a leader after {timeout_s:g} s: {pending[:3]}")
+
+
+def _unserved(admin: AdminClient, partitions: list[TopicPartition], timeout_s: float) -> list[TopicPartition]:
+    """The partitions whose leader does not yet answer for their end offset."""
+    futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
+    unserved = []
+    for tp, future in futures.items():
+        try:
+            future.result()
+        except KafkaException:
+            unserved.append(tp)
+    return unserved
 
 
 def _wait(futures: dict, ignore: str | None = None) -> None:
