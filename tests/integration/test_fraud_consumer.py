@@ -170,7 +170,18 @@ def test_a_consumer_killed_and_restarted_publishes_no_alert_twice(pipeline_setti
         if time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert repeated >= 1
+    read = metric(restarted.metrics_port, "pipeline_consumer_results_total", consumer="fraud", outcome="read")
+    assert repeated >= 1, f"account 1's result not decided again: {read:g} results read, {_committed(settings, group)}"
+
+
+def _committed(settings, group: str) -> str:
+    """The group's committed offsets on the results topic, for a failure's message."""
+    reader = Consumer(consumer_config(settings) | {"group.id": group})
+    try:
+        found = reader.committed([TopicPartition(settings.topics.results, p) for p in range(12)], timeout=10)
+        return "committed offsets " + ", ".join(f"{tp.partition}:{tp.offset}" for tp in found if tp.offset >= 0)
+    finally:
+        reader.close()
 
 
 def test_a_second_consumer_joining_mid_stream_neither_repeats_nor_loses_an_alert(pipeline_settings, processes):
