@@ -83,7 +83,7 @@ def replay(
     explicit = [PartitionRange.parse(r) for r in ranges or ()]
     opened = open_file(file) if file is not None else None  # a bad file fails before the broker is asked
     previous = checkpoint.latest(settings, replay_id)
-    results = _results_topic(settings, results_topic, previous, dry_run)
+    results = _results_topic(settings, results_topic, previous)
     source = opened or TopicSource(
         settings,
         topic or settings.topics.requests,
@@ -102,6 +102,8 @@ def replay(
         rejects=rejects or Path(f"replay-{replay_id}.rejects.jsonl"),
     )
     try:
+        if not dry_run:  # once the source is known good: a refused command leaves no topic behind
+            _create_results_topic(settings, results)
         summary = publisher.run(settings, source, options, previous)
     finally:
         source.close()
@@ -189,11 +191,10 @@ def _print_summary(summary: Summary, dry_run: bool) -> None:
         typer.echo(f"stopped with {left} row(s) left: run the same command again to continue")
 
 
-def _results_topic(settings: Settings, asked: str | None, previous: Checkpoint | None, dry_run: bool) -> str:
+def _results_topic(settings: Settings, asked: str | None, previous: Checkpoint | None) -> str:
     """Where this replay's results go: the backfill results topic, or a topic of its own, which the
-    backfill workers write each result to as well. Never one of the contract's topics; created like
-    the backfill results when missing (an existing one is left as it is). A replay resumed keeps
-    the topic it began with."""
+    backfill workers write each result to as well. Never one of the contract's topics. A replay
+    resumed keeps the topic it began with."""
     from pipeline import topics
 
     if previous is not None:
@@ -206,16 +207,24 @@ def _results_topic(settings: Settings, asked: str | None, previous: Checkpoint |
     default = settings.topics.backfill_results
     if asked is None or asked == default:
         return default
-    specs = topics.load_specs(settings)
-    if not _TOPIC_NAME.match(asked) or asked in {".", ".."} or asked in {s.name for s in specs}:
+    if not _TOPIC_NAME.match(asked) or asked in {".", ".."} or asked in {s.name for s in topics.load_specs(settings)}:
         raise typer.BadParameter(
             f"{asked!r} cannot take a replay's results (a topic of the pipeline's own, or no topic name)",
             param_hint="--results-topic",
         )
-    if not dry_run and asked not in topics.admin_client(settings).list_topics(timeout=30).topics:
-        spec = next(s for s in specs if s.name == default)
-        topics.apply(settings, [replace(spec, name=asked)])
     return asked
+
+
+def _create_results_topic(settings: Settings, name: str) -> None:
+    """A replay's own results topic, created like the backfill results when missing; an existing
+    one is left as it is (never grown)."""
+    from pipeline import topics
+
+    default = settings.topics.backfill_results
+    if name == default or name in topics.admin_client(settings).list_topics(timeout=30).topics:
+        return
+    spec = next(s for s in topics.load_specs(settings) if s.name == default)
+    topics.apply(settings, [replace(spec, name=name)])
 
 
 def _utc(when: datetime | None) -> datetime | None:

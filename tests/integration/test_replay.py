@@ -316,3 +316,12 @@ def test_a_replay_with_a_results_topic_of_its_own_gets_each_result_there_and_its
     moved = _cli(settings, "--replay-id", "own1", "--file", str(path), "--results-topic", "elsewhere", check=False)
     assert moved.returncode != 0 and f"writes its results to {own}" in moved.stderr
     assert len(moved.stderr.strip().splitlines()) == 1
+
+
+def test_a_refused_replay_leaves_no_results_topic_behind(stack):
+    settings = stack.settings()
+    own = f"refused-{uuid.uuid4().hex[:8]}"
+    backwards = ["--since", "2026-02-01T00:00:00Z", "--until", "2026-01-01T00:00:00Z"]
+    done = _cli(settings, "--replay-id", "x", *backwards, "--results-topic", own, check=False)
+    assert done.returncode != 0 and "is not after" in done.stderr, done.stderr
+    assert own not in topics.admin_client(settings).list_topics(timeout=10).topics
