@@ -108,6 +108,7 @@ SCALING_WORKERS = Gauge("pipeline_scaling_workers", "Workers running (the superv
 SCALING_GROUP_MEMBERS = Gauge("pipeline_scaling_group_members", "Members of the workers' consumer group")
 SCALING_EVENTS = Counter("pipeline_scaling_events_total", "Changes of the desired count, by direction", ["direction"])
 SCALING_WORKER_START = Gauge("pipeline_scaling_worker_start_seconds", "From a scale-up to its workers in the group")
+SCALING_WORKER_EXITS = Counter("pipeline_scaling_worker_exits_total", "Workers that exited without being stopped")
 SCALING_LAG_UNREADABLE = Counter("pipeline_scaling_lag_unreadable_total", "Readings of the lag that failed")
 WORKER_STOP_SECONDS = Histogram(
     "pipeline_scaling_worker_stop_seconds",

@@ -139,9 +139,15 @@ class ScalingSettings(_Block):
     # One worker's rate (requests/s) until one has been measured while the group had a backlog.
     worker_rate_per_s: float = Field(default=5_000.0, gt=0)
     interval_s: float = Field(default=2.0, gt=0)  # lag read and decision this often
+    status_every_s: float = Field(default=30.0, gt=0)  # a standing decision logged this often
     # The supervisor's worker processes: after SIGTERM a worker finishes its batch, commits and leaves
     # the group; one still running after stop_timeout_s is killed (its open transaction aborts).
     stop_timeout_s: float = Field(default=30.0, gt=0)
+    # A worker that exits on its own is started again: at once after a long run, else after a delay
+    # doubling from restart_backoff_s with each exit in a row, up to restart_backoff_max_s (a worker
+    # that ran that long before exiting starts the count again).
+    restart_backoff_s: float = Field(default=2.0, gt=0)
+    restart_backoff_max_s: float = Field(default=60.0, gt=0)
     # Worker i's metrics on worker_metrics_port + i (0: any free port); its log in <run_dir>/<instance>.log,
     # its state in <worker.state_dir>/<instance>.
     worker_metrics_port: int = Field(default=9110, ge=0)

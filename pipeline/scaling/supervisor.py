@@ -4,7 +4,7 @@ The supervisor runs the workers itself (`pool`); with `--serve` it runs none and
 the count (`service`, for KEDA's metrics-api scaler on Kubernetes), taking the group's members as
 the workers there are. Either way the same policy (`policy.decide`) decides, from the same readings:
 lag in records and seconds (`lag`), arrival and per-worker rates (`rates`). Each change is logged
-with its reason, and where nothing changes the decision is logged every `_STATUS_EVERY_S`.
+with its reason, and where nothing changes the decision is logged every `scaling.status_every_s`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from pipeline.scaling.rates import RateMeter, Rates, worker_rates
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-_STATUS_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +176,7 @@ class Autoscaler:
             metrics.SCALING_LAG.set(backlog.lag)
             metrics.SCALING_LAG_SECONDS.set(backlog.lag_s)
         count, when = self._logged
-        if decision.workers != count or now - when >= _STATUS_EVERY_S:
+        if decision.workers != count or now - when >= self._settings.scaling.status_every_s:
             self._logged = (decision.workers, now)
             fields = self.status.to_dict()
             fields.pop("at")
