@@ -318,8 +318,8 @@ def test_a_replay_with_a_results_topic_of_its_own_gets_each_result_there_and_its
     assert len(moved.stderr.strip().splitlines()) == 1
 
 
-def test_a_refused_replay_leaves_no_results_topic_behind(stack):
-    settings = stack.settings()
+def test_a_refused_replay_leaves_no_results_topic_behind(replay_settings):
+    settings = replay_settings
     own = f"refused-{uuid.uuid4().hex[:8]}"
     backwards = ["--since", "2026-02-01T00:00:00Z", "--until", "2026-01-01T00:00:00Z"]
     done = _cli(settings, "--replay-id", "x", *backwards, "--results-topic", own, check=False)
