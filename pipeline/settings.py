@@ -120,6 +120,9 @@ class ReplaySettings(_Block):
     # Backfill workers run at this CPU niceness (0-19), behind the live workers on a shared machine
     # (docs/performance.md#replay-figures: Triton's priority levels were tried and not kept).
     backfill_nice: int = Field(default=10, ge=0, le=19)
+    # A backfill worker dead-letters a request whose `results-topic` does not exist; a topic found
+    # missing is looked up again after this long (pipeline/worker/topic_catalog.py).
+    topic_recheck_s: float = Field(default=5.0, gt=0)
 
 
 class ScalingSettings(_Block):

@@ -59,6 +59,8 @@ class Lane:
         self.on_committed: Callable[[list[Outbound]], None] | None = None
         # Gets a committed transaction's dedup entries and the results offsets it reached.
         self.on_entries_committed: Callable[[list[Entry], dict[int, int]], None] | None = None
+        # Told of each aborted transaction.
+        self.on_aborted: Callable[[], None] | None = None
 
     def add(
         self,
@@ -126,6 +128,8 @@ class Lane:
                 results_offsets = await self.delivery.commit(commit)
         except Aborted as e:
             log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))
+            if self.on_aborted is not None:
+                self.on_aborted()
             return False
         metrics.TRANSACTIONS.labels(str(self.index)).inc()
         metrics.TRANSACTION_MESSAGES.observe(len(commit.messages))

@@ -29,7 +29,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import start_http_server
 
-from pipeline import heap, metrics
+from pipeline import heap, metrics, topics
 from pipeline.contract import REPLY_TO, Source
 from pipeline.features.lookup import FeatureLookup
 from pipeline.inference.triton import TritonScorer
@@ -41,6 +41,7 @@ from pipeline.worker.lane import Lane
 from pipeline.worker.priority import LiveFirst
 from pipeline.worker.processor import BatchProcessor, Features, Inbound, Outbound, Scorer, Validated
 from pipeline.worker.retry import Backoff
+from pipeline.worker.topic_catalog import TopicCatalog
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +89,23 @@ class Worker:
         self._answered_at = -math.inf  # monotonic s when callers were last answered ahead of a commit
         self.ready = asyncio.Event()
 
+    def _catalog(self) -> TopicCatalog:
+        """The topics a backfill worker's copies may go to; asked again after any aborted transaction."""
+        admin = topics.admin_client(self.settings)
+
+        def lookup(name: str) -> bool:
+            # Blocks the loop, but only for a topic not seen yet, after an abort, or every recheck_s.
+            try:
+                found = admin.list_topics(timeout=10).topics.get(name)  # all topics: asking for one may create it
+            except KafkaException:
+                return True  # unknown is not missing: the transaction will tell
+            return found is not None and found.error is None and bool(found.partitions)
+
+        catalog = TopicCatalog(lookup, self.settings.replay.topic_recheck_s)
+        for lane in self.lanes:
+            lane.on_aborted = catalog.forget
+        return catalog
+
     def lane(self, partition: int) -> Lane:
         return self.lanes[partition % len(self.lanes)]
 
@@ -113,6 +131,7 @@ class Worker:
             stored,
             backoff,
             copies=self._live_first is not None,  # a backfill worker
+            topic_exists=self._catalog().exists if self._live_first is not None else None,
         )
         await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
         if self._answer_when_scored or worker.direct_answers:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,7 +34,7 @@ from pipeline.contract import (
     result_record,
     utc_timestamp,
 )
-from pipeline.errors import DeadlineExceeded, InferenceFailed, MissingFeatures, PipelineError
+from pipeline.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, MissingFeatures, PipelineError
 from pipeline.inference import scoring
 from pipeline.inference.scoring import EntityId
 from pipeline.models.spec import ModelSpec
@@ -144,11 +144,15 @@ class BatchProcessor:
         stored: StoredResults,
         backoff: Backoff,
         copies: bool = False,
+        topic_exists: Callable[[str], bool] | None = None,
     ) -> None:
         """`copies`: a backfill worker's, which also writes each result to a replay's own results
-        topic (the `results-topic` header of a replayed request); a live one ignores the header."""
+        topic (the `results-topic` header of a replayed request); a live one ignores the header.
+        `topic_exists` tells whether that topic exists: a request naming one that does not is
+        dead-lettered (a copy to a missing topic would fail its whole transaction)."""
         self._topics = topics
         self._copies = copies
+        self._topic_exists = topic_exists
         self._default_model = default_model
         self._scorer = scorer
         self._features = features
@@ -187,10 +191,24 @@ class BatchProcessor:
         parsed = []
         for inbound in batch:
             try:
-                parsed.append((parse_request(inbound.value), inbound))
+                request = parse_request(inbound.value)
+                if self._copies:
+                    self._check_copy_topic(request, inbound)
+                parsed.append((request, inbound))
             except PipelineError as e:
                 self._dead_letter(e, inbound, outcome)
         return parsed
+
+    def _check_copy_topic(self, request: InferenceRequest, inbound: Inbound) -> None:
+        headers = inbound.headers
+        if self._topic_exists is None or REPLAY_ID not in headers or (copy := headers.get(RESULTS_TOPIC)) is None:
+            return
+        name = copy.decode(errors="replace")
+        if not self._topic_exists(name):
+            raise InvalidRequest(
+                f"{RESULTS_TOPIC} {name!r}: no such topic (create it, or replay again with another)",
+                event_id=request.event_id,
+            )
 
     def _admit(
         self, parsed: list[tuple[InferenceRequest, Inbound]], outcome: Outcome

@@ -325,3 +325,33 @@ def test_a_refused_replay_leaves_no_results_topic_behind(replay_settings):
     done = _cli(settings, "--replay-id", "x", *backwards, "--results-topic", own, check=False)
     assert done.returncode != 0 and "is not after" in done.stderr, done.stderr
     assert own not in topics.admin_client(settings).list_topics(timeout=10).topics
+
+
+def test_requests_for_a_results_topic_deleted_before_they_are_scored_are_dead_lettered_with_the_reason(
+    replay_settings, processes, tmp_path
+):
+    settings = replay_settings
+    requests = traffic.valid_requests(20, prefix="gone-")
+    path = tmp_path / "gone.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in requests) + b"\n")
+    own = f"{settings.topics.results}.gone"
+    _cli(settings, "--replay-id", "gone1", "--file", str(path), "--results-topic", own)  # no backfill worker yet
+    admin = topics.admin_client(settings)
+    admin.delete_topics([own], operation_timeout=30)[own].result()
+    deadline = time.monotonic() + 30
+    while own in admin.list_topics(timeout=10).topics:
+        assert time.monotonic() < deadline, f"{own} was not deleted"
+        time.sleep(0.2)
+
+    _backfill_worker(processes, settings)
+
+    dead = _replayed(settings, 20, topic=settings.topics.backfill_dlq)
+    assert dead == Counter({("gone1", r["event_id"]): 1 for r in requests}), "each one dead-lettered, once"
+    reader = Consumer(probe.consumer_config(settings))
+    reader.assign([TopicPartition(settings.topics.backfill_dlq, p, 0) for p in range(12)])
+    [message] = [m for m in reader.consume(1000, 5) if m.error() is None][:1]
+    reader.close()
+    error = orjson.loads(message.value())["error"]
+    assert error["code"] == "invalid_request" and f"'{own}': no such topic" in error["message"]
+    assert _replayed(settings, 1, timeout_s=3, settle_s=0) == Counter(), "none scored"
+    assert own not in admin.list_topics(timeout=10).topics, "the worker did not create it again"
