@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, OffsetSpec
 
 from pipeline.contract import REQUESTS_PARTITIONER
@@ -64,7 +64,7 @@ def apply(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: f
     if grow:
         _wait(admin.create_partitions([NewPartitions(s.name, s.partitions) for s in grow]))
     if missing or grow:
-        _await_leaders(admin, [s.name for s in missing + grow], timeout_s)
+        _await_leaders(admin, {s.name: s.partitions for s in missing + grow}, timeout_s)
     changed = {s.name for s in missing + grow}
     return ApplyReport(
         created=[s.name for s in missing],
@@ -91,39 +91,58 @@ def topic_config(settings: Settings, topic: str, timeout_s: float = 30.0) -> dic
     return {name: entry.value for name, entry in entries.items() if entry.value is not None}
 
 
-def _await_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
-    """New partitions are usable once their leader serves them. The metadata names a leader before
-    the broker has set the partition up, and records acknowledged in that gap can be missing from
-    the log (docs/architecture.md#new-topics-and-partitions): so each partition's leader is asked
-    for its end offset, which it answers only once it holds the partition's log."""
+def _await_leaders(admin: AdminClient, wanted: dict[str, int], timeout_s: float) -> None:
+    """New partitions (`wanted`: each topic's count) are usable once their leader serves them. The
+    metadata can name a leader before then, and records acknowledged that early have been missing
+    from the log (docs/architecture.md#new-topics-and-partitions): so each partition's leader is
+    asked for its end offset until every one answers."""
     deadline = time.monotonic() + timeout_s
-    pending: list[TopicPartition] = []
+    pending = [TopicPartition(name, p) for name, count in wanted.items() for p in range(count)]
+    errors: dict[TopicPartition, str] = {}
     while time.monotonic() < deadline:
-        metadata = admin.list_topics(timeout=timeout_s).topics
+        try:
+            metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).topics
+        except KafkaException as e:
+            raise ConfigurationError(f"the broker's metadata could not be read: {e}") from e
         if all(
             name in metadata
-            and metadata[name].partitions
+            and len(metadata[name].partitions) >= count
             and all(p.leader >= 0 for p in metadata[name].partitions.values())
-            for name in names
+            for name, count in wanted.items()
         ):
-            pending = pending or [TopicPartition(n, p) for n in names for p in metadata[n].partitions]
-            pending = _unserved(admin, pending, max(0.1, deadline - time.monotonic()))
-            if not pending:
+            errors = _unserved(admin, pending, max(0.1, deadline - time.monotonic()))
+            if not errors:
                 return
+            pending = list(errors)
         time.sleep(0.1)
-    raise ConfigurationError(f"topics {names} are not served by a leader after {timeout_s:g} s: {pending[:3]}")
+    if not errors:
+        raise ConfigurationError(f"topics {sorted(wanted)} have no leader for every partition after {timeout_s:g} s")
+    unserved = ", ".join(f"{tp.topic}[{tp.partition}]: {error}" for tp, error in list(errors.items())[:3])
+    raise ConfigurationError(f"{len(errors)} new partition(s) not served after {timeout_s:g} s: {unserved}")
 
 
-def _unserved(admin: AdminClient, partitions: list[TopicPartition], timeout_s: float) -> list[TopicPartition]:
-    """The partitions whose leader does not yet answer for their end offset."""
+def _unserved(admin: AdminClient, partitions: list[TopicPartition], timeout_s: float) -> dict[TopicPartition, str]:
+    """The partitions whose leader does not yet answer for their end offset, with its error. One
+    that can never be asked (not authorized, not supported) ends the wait at once."""
     futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
-    unserved = []
+    unserved = {}
     for tp, future in futures.items():
         try:
             future.result()
-        except KafkaException:
-            unserved.append(tp)
+        except KafkaException as e:
+            error = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            if error is not None and error.code() in _NEVER_SERVED:
+                raise ConfigurationError(f"{tp.topic}[{tp.partition}]: {error.str()}") from e
+            unserved[tp] = error.str() if error is not None else str(e)
     return unserved
+
+
+_NEVER_SERVED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.UNSUPPORTED_VERSION,
+    KafkaError._UNSUPPORTED_FEATURE,
+}
 
 
 def _wait(futures: dict, ignore: str | None = None) -> None:

@@ -31,8 +31,8 @@ log = structlog.get_logger(__name__)
 
 
 def restart_delay(exits: int, base_s: float, max_s: float) -> float:
-    """How long a worker that exited waits to start again: none after its first exit (`exits` 0, a
-    long run), then `base_s`, doubling with each exit in a row up to `max_s`."""
+    """How long a worker that exited waits to start again: none after a long run (`exits` 0), then
+    `base_s` for its first exit soon after a start, doubling with each one in a row up to `max_s`."""
     return 0.0 if exits <= 0 else min(max_s, base_s * 2 ** (exits - 1))
 
 
@@ -62,8 +62,7 @@ class WorkerPool:
         """Start or stop workers to `count`; the stop time of each one stopped. A worker waiting out
         its restart delay is started by `restart_exited` when it is due."""
         for index in [i for i in self._due if i >= count]:
-            del self._due[index]
-            self._exits.pop(index, None)
+            del self._due[index]  # its streak of exits is kept: started again, it waits as long
         for index in range(count):
             if index not in self._processes and index not in self._due:
                 self._start(index)
@@ -95,6 +94,8 @@ class WorkerPool:
         """SIGTERM to each at once, then wait for each (SIGKILL past the timeout); their stop times."""
         started = time.monotonic()
         stopping = {i: self._processes.pop(i) for i in indices if i in self._processes}
+        for index in stopping:
+            self._exits.pop(index, None)  # it ran until stopped: a later start begins a new streak
         for process in stopping.values():
             process.send_signal(signal.SIGTERM)
         deadline = started + self._settings.scaling.stop_timeout_s

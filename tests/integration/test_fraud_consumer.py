@@ -16,6 +16,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from pipeline import topics
 from pipeline.consumers.app import EX_SHUTDOWN_TIMED_OUT
 from pipeline.contract import result_record
 from pipeline.local.probe import consumer_config
@@ -170,16 +171,19 @@ def test_a_consumer_killed_and_restarted_publishes_no_alert_twice(pipeline_setti
         if time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    read = metric(restarted.metrics_port, "pipeline_consumer_results_total", consumer="fraud", outcome="read")
-    assert repeated >= 1, f"account 1's result not decided again: {read:g} results read, {_committed(settings, group)}"
+    assert repeated >= 1, _not_decided_again(settings, group, restarted.metrics_port)
 
 
-def _committed(settings, group: str) -> str:
-    """The group's committed offsets on the results topic, for a failure's message."""
+def _not_decided_again(settings, group: str, port: int) -> str:
+    """A failure's message: what the restarted consumer read, and the group's committed offsets."""
+    read = metric(port, "pipeline_consumer_results_total", consumer="fraud", outcome="read")
+    results = settings.topics.results
     reader = Consumer(consumer_config(settings) | {"group.id": group})
     try:
-        found = reader.committed([TopicPartition(settings.topics.results, p) for p in range(12)], timeout=10)
-        return "committed offsets " + ", ".join(f"{tp.partition}:{tp.offset}" for tp in found if tp.offset >= 0)
+        partitions = [TopicPartition(results, p) for p in range(topics.partition_count(settings, results))]
+        found = reader.committed(partitions, timeout=10)
+        committed = ", ".join(f"{tp.partition}:{tp.offset}" for tp in found if tp.offset >= 0)
+        return f"account 1's result not decided again: {read:g} results read; committed offsets {committed}"
     finally:
         reader.close()
 

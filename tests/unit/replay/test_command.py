@@ -28,7 +28,7 @@ def test_a_replay_cannot_put_its_results_in_a_topic_of_the_pipelines_own(name: s
         _results_topic(SETTINGS, name, None)
 
 
-def test_the_backfill_results_are_the_default_and_need_no_broker() -> None:
+def test_the_backfill_results_are_the_default() -> None:
     assert _results_topic(SETTINGS, None, None) == "inference.results.backfill"
     assert _results_topic(SETTINGS, "inference.results.backfill", None) == "inference.results.backfill"
 

@@ -20,15 +20,27 @@ def test_a_worker_that_cannot_start_is_restarted_ever_later_not_every_interval(t
     )
     # A real `pipeline worker` that exits at once: its settings do not parse.
     pool = WorkerPool(settings, {**os.environ, "PIPELINE_WORKER__BATCH_SIZE": "many"})
+    seen, restarted = [], []  # when each exit was noticed, when each restart came
     with capture_logs() as logs:
         pool.resize(1)
         deadline = time.monotonic() + 60
-        while len([e for e in logs if e["event"] == "worker_exited"]) < 3 and time.monotonic() < deadline:
-            pool.restart_exited()
+        while len(seen) < 3 and time.monotonic() < deadline:
+            before = _exits(logs)
+            started = pool.restart_exited()
+            now = time.monotonic()
+            seen += [now] * (len(_exits(logs)) - len(before))
+            restarted += [now] * len(started)
             time.sleep(0.05)
         pool.close()
 
-    exited = [e for e in logs if e["event"] == "worker_exited"]
-    assert [e["restart_in_s"] for e in exited[:3]] == [0.3, 0.6, 1.2]
+    exited = _exits(logs)
+    delays = [e["restart_in_s"] for e in exited[:3]]
+    assert delays == [0.3, 0.6, 1.2]
+    assert len(restarted) == 2, "started again after each delay, and not before"
+    assert all(again - exit >= delay - 0.05 for exit, again, delay in zip(seen, restarted, delays, strict=False))
     assert all(e["exit_code"] != 0 for e in exited)
     assert "many" in (tmp_path / "run" / f"{exited[0]['instance']}.log").read_text(), "its log says why"
+
+
+def _exits(logs: list[dict]) -> list[dict]:
+    return [e for e in logs if e["event"] == "worker_exited"]
