@@ -1,4 +1,5 @@
-"""One error tree. Each class carries the contract's error `code` and whether a retry can help."""
+"""One error tree. Each class carries the contract's error `code`, whether a retry can help, and the
+stage it comes from (the `stage` label of `pipeline_retries_total`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 class PipelineError(Exception):
     code: str = "internal_error"
     retriable: bool = False
+    stage: str = "pipeline"
 
     def __init__(self, message: str, *, event_id: str | None = None) -> None:
         super().__init__(message)
@@ -37,6 +39,7 @@ class DeadlineExceeded(PipelineError):
 
 class InferenceFailed(PipelineError):
     code = "inference_failed"
+    stage = "inference"
 
 
 class InferenceUnavailable(InferenceFailed):
@@ -48,12 +51,14 @@ class InferenceUnavailable(InferenceFailed):
 class FeatureStoreUnavailable(PipelineError):
     code = "missing_features"
     retriable = True
+    stage = "features"
 
 
 class ResultsUnreadable(PipelineError):
     """A committed result could not be read back from the results topic (a repeat's original answer)."""
 
     retriable = True
+    stage = "results"
 
 
 class ConfigurationError(PipelineError):

@@ -381,5 +381,5 @@ class BatchProcessor:
         )
 
     def _on_retry(self, error: PipelineError, attempt: int, delay: float) -> None:
-        metrics.RETRIES.labels(type(error).__name__).inc()
+        metrics.RETRIES.labels(error.stage).inc()
         log.warning("transient_failure", error=error.message, attempt=attempt, retry_in_s=delay)
