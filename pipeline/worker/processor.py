@@ -192,7 +192,7 @@ class BatchProcessor:
         for inbound in batch:
             try:
                 request = parse_request(inbound.value)
-                if self._copies:
+                if self._topic_exists is not None:
                     self._check_copy_topic(request, inbound)
                 parsed.append((request, inbound))
             except PipelineError as e:
@@ -201,10 +201,10 @@ class BatchProcessor:
 
     def _check_copy_topic(self, request: InferenceRequest, inbound: Inbound) -> None:
         headers = inbound.headers
-        if self._topic_exists is None or REPLAY_ID not in headers or (copy := headers.get(RESULTS_TOPIC)) is None:
+        if REPLAY_ID not in headers or (copy := headers.get(RESULTS_TOPIC)) is None:
             return
         name = copy.decode(errors="replace")
-        if not self._topic_exists(name):
+        if self._topic_exists is not None and not self._topic_exists(name):
             raise InvalidRequest(
                 f"{RESULTS_TOPIC} {name!r}: no such topic (create it, or replay again with another)",
                 event_id=request.event_id,
