@@ -29,8 +29,9 @@ from pipeline.bench.memory import status_mib
 from pipeline.bench.stats import median, per_event_us, ratio
 from pipeline.contract import result_record, utc_timestamp
 from pipeline.settings import Settings
-from pipeline.worker import changelog
+from pipeline.worker import changelog, startup
 from pipeline.worker.dedup import DedupState
+from pipeline.worker.messages import DedupEntry
 from pipeline.worker.store import StateStore
 
 ROLES = ("write", "serve", "micro")
@@ -121,7 +122,7 @@ def keys(indexes: Sequence[int]) -> list[tuple[int, str]]:
 # -- the child processes ----------------------------------------------------------------------------
 def open_store(directory: Path, settings: Settings) -> StateStore:
     """A store written for `settings`' worker: the state group restarts one on it."""
-    return changelog.open_store(settings, PARTITIONS, directory)
+    return startup.open_store(settings, PARTITIONS, directory)
 
 
 def write(directory: Path, entries: int, settings: Settings) -> dict[str, Any]:
@@ -253,7 +254,7 @@ class _StoreState:
     def remember(self, batch: _Batch, found: Sequence[object | None], now: float) -> None:
         state = self.state
         scored = [
-            (event_id_, partition, result_)
+            DedupEntry(event_id_, partition, result_)
             for (partition, event_id_), value, result_ in zip(batch.keys, found, batch.results, strict=True)
             if value is None
         ]

@@ -25,7 +25,7 @@ from pipeline import answer_wire, metrics
 from pipeline.contract import CORRELATION_ID, REPLY_KIND
 from pipeline.settings import Settings, WorkerSettings
 from pipeline.worker.delivery import produce_draining
-from pipeline.worker.processor import Outbound
+from pipeline.worker.messages import Outbound
 
 log = structlog.get_logger(__name__)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
+from pipeline.worker.messages import DedupEntry
 from pipeline.worker.store import UNBOUNDED, Located, StateStore, encode_value
 
 # Results under string keys: bytes keep the overlay out of the garbage collector's sight
@@ -49,18 +50,16 @@ class DedupState:
             found[index] = value
         return found
 
-    def put_many(self, entries: Iterable[tuple[str, int, bytes]]) -> None:
-        """A scored batch's (event_id, partition, result), not yet committed."""
+    def put_many(self, entries: Iterable[DedupEntry]) -> None:
+        """A scored batch's entries, not yet committed."""
         overlay = self._overlay
-        for event_id, partition, result in entries:
+        for key, partition, result in entries:
             if (entries_of := overlay.get(partition)) is None:
                 entries_of = overlay[partition] = {}
-            entries_of[event_id] = result
+            entries_of[key] = result
 
-    def committed(
-        self, entries: Iterable[tuple[str, int, bytes]], offsets: dict[int, int], now: float | None = None
-    ) -> None:
-        """A transaction committed these (event_id, partition, result) and brought each results
+    def committed(self, entries: Iterable[DedupEntry], offsets: dict[int, int], now: float | None = None) -> None:
+        """A transaction committed these entries and brought each results
         partition to `offsets`: into the store, each entry with the offsets its result lies between
         (from where the store had the partition to where this commit brings it), out of the overlay."""
         overlay, store, now = self._overlay, self.store, time.time() if now is None else now
@@ -74,9 +73,9 @@ class DedupState:
 
         store.write_values(
             (
-                (partition, event_id, value(partition))
-                for event_id, partition, _ in entries
-                if overlay.get(partition, _EMPTY).pop(event_id, None) is not None
+                (partition, key, value(partition))
+                for key, partition, _ in entries
+                if overlay.get(partition, _EMPTY).pop(key, None) is not None
             ),
             offsets,
         )

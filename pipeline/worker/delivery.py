@@ -8,10 +8,17 @@ For every scored batch, or group of batches, of the lane's input partitions:
    changelog), the dead letters and, with answers at commit, replies with no open direct link.
 3. Add each input partition's next offset, with the consumer's group metadata: a zombie (a worker
    that missed a rebalance) holds an old generation, so its offsets are refused and all of it aborts.
-4. Commit: a `read_committed` reader sees all of it or none of it.
+4. Commit: a `read_committed` reader sees all of it or none of it. Its dedup entries move from the
+   state's overlay to its store, with the results offsets the commit reached (`dedup`), and answers
+   waiting for it are sent.
+5. If a step fails, the transaction is aborted (an unusable producer is replaced, which aborts what
+   was open): nothing of it is visible. Its lane drops the batches scored since (they saw the aborted
+   dedup entries) and notes where each of its partitions must restart, at the first record not
+   committed (`rewind_points`, in `Lane.settle`). The worker then takes in the fetch under way and
+   the batch being scored, seeks each of those partitions back there, drops their uncommitted dedup
+   entries and what it held of them (`Worker._rewind`), and scores them again.
 
-If a step fails, the transaction is aborted (an unusable producer is replaced, which aborts what was
-open) and the caller rewinds, its dedup state reloaded. In full: docs/architecture.md.
+In full: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,7 +37,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline import metrics
 from pipeline.settings import Settings
-from pipeline.worker.processor import Outbound
+from pipeline.worker.messages import Outbound, Record
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +53,21 @@ class BatchCommit:
 
 class Aborted(Exception):
     """The batch's transaction did not commit; nothing of it is visible to read_committed readers."""
+
+
+def rewind_points(
+    rewind_to: Mapping[int, int], aborted_first: Mapping[int, int], scored_since: Iterable[Record]
+) -> dict[int, int]:
+    """Step 5: where each partition restarts after an abort: the first offset of the aborted
+    transaction there, or of a batch scored since (which saw its dedup entries), whichever is
+    earlier, and never later than a rewind already noted."""
+    first = dict(aborted_first)
+    for record in scored_since:
+        first.setdefault(record.partition(), record.offset())
+    rewind = dict(rewind_to)
+    for partition, offset in first.items():
+        rewind[partition] = min(offset, rewind.get(partition, offset))
+    return rewind
 
 
 class TransactionalDelivery:

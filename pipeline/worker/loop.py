@@ -1,15 +1,13 @@
 """`pipeline worker`: consume micro-batches from the requests topic, score them, deliver them.
 
-Wiring only: the consumer group and its rebalances live here, scoring in `processor`, delivery
-semantics in `lane` and `delivery` (group commits, one transaction in flight per lane), idempotency
-state in `dedup`, answers to HTTP callers in `answers`. Kafka I/O runs on librdkafka
-(confluent-kafka), its blocking calls off the event loop: on a thread for the consumer (whose
-rebalance callbacks run there and hand over to the event loop) and one per transactional producer.
-A batch's dedup entries are put in the state's overlay when it is scored and reach its on-disk store
-when their transaction commits; if it aborts, what the lane scored since is dropped too, its
-partitions are rewound to their first uncommitted records and their overlay is dropped. A partition
-assigned is paused until its state is restored, while the others are scored. In full:
-docs/architecture.md.
+Wiring only: fetch → decide (`batching`, a pure state machine) → act. Scoring lives in `processor`,
+delivery semantics, aborts included, in `delivery` and the `lanes` that carry each batch to its
+transaction (group commits, one transaction in flight per lane), idempotency state in `dedup`,
+answers to HTTP callers in `answers`, the messages passed between them in `messages`. Kafka I/O runs
+on librdkafka (confluent-kafka), its blocking calls off the event loop: on a thread for the consumer
+(whose rebalance callbacks run there and hand over to the event loop) and one per transactional
+producer. A partition assigned is paused until its state is restored, while the others are scored.
+In full: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -20,13 +18,12 @@ import os
 import signal
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import start_http_server
 
 from pipeline import heap, metrics, topics
@@ -34,12 +31,16 @@ from pipeline.contract import REPLY_TO, Source
 from pipeline.features.lookup import FeatureLookup
 from pipeline.inference.triton import TritonScorer
 from pipeline.settings import Settings
-from pipeline.worker import changelog
+from pipeline.worker import startup
 from pipeline.worker.answers import AnswerProducer
+from pipeline.worker.batching import Advance, Batching, Decision, Facts, FollowGate, Rewind, Settle
+from pipeline.worker.changelog import Restorer
 from pipeline.worker.dedup import DedupState
-from pipeline.worker.lane import Lane
+from pipeline.worker.lanes import Lanes
+from pipeline.worker.messages import Inbound, Record
 from pipeline.worker.priority import LiveFirst
-from pipeline.worker.processor import BatchProcessor, Features, Inbound, Outbound, Scorer, Validated
+from pipeline.worker.processor import BatchProcessor, Features, Scorer, Validated
+from pipeline.worker.result_reader import ResultReader
 from pipeline.worker.retry import Backoff
 from pipeline.worker.topic_catalog import TopicCatalog
 
@@ -59,17 +60,33 @@ class Worker:
         """Scores on Triton with Feast features unless given others (the bench's in-process monolith).
         `live_first`: a backfill worker's gate; its partitions are paused while it yields."""
         self.settings = settings
-        self._scorer, self._features = scorer, features
+        worker = settings.worker
+        self._scorer = scorer or TritonScorer(settings.triton)
+        self._features = features or FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
         self._live_first = live_first
-        self._yielding = False  # the owned partitions are paused for the live workers
         self.requests = settings.topics.requests
         self.state: DedupState | None = None  # opened by run(), once the topics are checked
-        self._restorer: changelog.Restorer | None = None
+        self._restorer: Restorer | None = None
+        self._results = ResultReader(settings)
+        self._processor: BatchProcessor | None = None
         self._consumer: Consumer | None = None
         self._metadata: Any = None
-        self.lanes = [
-            Lane(settings, self.requests, i, self._group_metadata) for i in range(settings.worker.transaction_lanes)
-        ]
+        self.lanes = Lanes(settings, self.requests, self._group_metadata)
+        # Answers sent outside the transactions: as soon as scored, or (reply_when="committed") over a
+        # direct link once their transaction commits. None: every answer is in its transaction.
+        self._answers: AnswerProducer | None = None
+        self._answer_when_scored = worker.reply_when == "scored"
+        self._answered_at = -math.inf  # monotonic s when callers were last answered ahead of a commit
+        # When to fetch, hold, score and commit (docs/performance.md#held-records for why records are
+        # held). A caller answered as soon as scored is not held for a commit.
+        self._batching: Batching[Record] = Batching(
+            batch_size=worker.batch_size,
+            max_batches=worker.max_batches_per_transaction,
+            linger_s=worker.transaction_linger_ms / 1000,
+            partition=_partition,
+            awaits_answer=_awaits_answer if self._answer_when_scored else None,
+        )
+        self._fetching: asyncio.Future[list[Record]] | None = None
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
         # Partitions whose dedup state is loaded: only their records are processed. Those assigned and
@@ -82,12 +99,126 @@ class Worker:
         # and its event_ids.
         self._scoring: asyncio.Task[None] | None = None
         self._scoring_ids: set[str] = set()
-        # Answers sent outside the transactions: as soon as scored, or (reply_when="committed") over a
-        # direct link once their transaction commits. None: every answer is in its transaction.
-        self._answers: AnswerProducer | None = None
-        self._answer_when_scored = settings.worker.reply_when == "scored"
-        self._answered_at = -math.inf  # monotonic s when callers were last answered ahead of a commit
         self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = await self._open()
+        try:
+            while not stop.is_set():
+                self._check()
+                await self._act(self._batching.decide(self._facts()), consumer)
+            if self._fetching is not None:
+                await self._fetching
+            if self._scoring is not None:
+                await self._scoring
+        finally:
+            await self._close(consumer)
+
+    def _facts(self) -> Facts:
+        return Facts(
+            now=time.monotonic(),
+            lanes=self.lanes.states(),
+            owned=self._owned,
+            scoring=self._scoring is not None and not self._scoring.done(),
+            answered_at=self._answered_at,
+            gate=self._live_first.yielding if self._live_first is not None else None,
+        )
+
+    async def _act(self, decision: Decision[Record], consumer: Consumer) -> None:
+        batching = self._batching
+        if isinstance(decision, FollowGate):
+            await self._pause_owned(consumer, decision.pause)
+        elif isinstance(decision, Settle):
+            await self.lanes.settle(decision.lanes)
+        elif isinstance(decision, Rewind):
+            if self._fetching is not None:
+                batching.fetched(await self._fetching)
+                self._fetching = None
+            if self._scoring is not None:  # handed over first: the lanes drop what they must
+                await self._scoring
+                self._scoring = None
+            batching.rewound(await self._rewind(consumer))
+        elif isinstance(decision, Advance):
+            self.lanes.commit(decision.commit)
+            if decision.fetch:
+                timeout_s = self.settings.worker.batch_timeout_ms / 1000
+                self._fetching = asyncio.ensure_future(self._on_consumer(_fetch, consumer, decision.fetch, timeout_s))
+            if decision.score is None:
+                await self._wait(decision.wake_in)
+            elif decision.score:
+                await self._start_scoring(decision.score)
+
+    async def _wait(self, timeout_s: float | None) -> None:
+        """For records, for the end of a transaction in flight (to start the next) or of a score, or
+        until a gathering transaction is ripe."""
+        waits: list[asyncio.Future[Any]] = [*self.lanes.in_flight()]
+        if self._fetching is not None:
+            waits.append(self._fetching)
+        if self._scoring is not None:
+            waits.append(self._scoring)
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if self._fetching is not None and self._fetching.done():
+            self._batching.fetched(self._fetching.result())
+            self._fetching = None
+
+    def _check(self) -> None:
+        """Raise what a restore or the last score raised; report the state's size."""
+        if self._failed is not None:
+            raise self._failed
+        self._report_state()
+        if self._scoring is not None and self._scoring.done():
+            self._scoring.result()  # raises what scoring raised
+            self._scoring = None
+
+    async def _open(self) -> Consumer:
+        """Check the topics, open the state, the lanes' producers and the consumer; join the group."""
+        settings = self.settings
+        self._loop = asyncio.get_running_loop()
+        partitions = startup.check_copartitioned(settings)
+        startup.check_retention(settings)
+        self.state = DedupState(startup.open_store(settings, partitions))
+        self._restorer = Restorer(settings, self.state.store)
+        self.lanes.listen(entries_committed=self.state.committed)
+        backfill = self._live_first is not None
+        worker = settings.worker
+        self._processor = BatchProcessor(
+            settings.topics,
+            settings.default_model,
+            self._scorer,
+            self._features,
+            self.state,
+            self._results,
+            Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s),
+            copies=backfill,  # a backfill worker also writes to a replay's own results topic
+            topic_exists=self._catalog().exists if backfill else None,
+        )
+        await self.lanes.open()
+        if self._answer_when_scored or worker.direct_answers:
+            self._answers = AnswerProducer(settings)
+            self.lanes.listen(committed=self._answers.send)
+        frozen = heap.freeze_startup()  # what start-up built lives as long as the process
+        log.info("startup_heap_frozen", objects=frozen)
+        consumer = Consumer(_consumer_config(settings))
+        self._consumer = consumer
+        consumer.subscribe([self.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        return consumer
+
+    async def _close(self, consumer: Consumer) -> None:
+        # Closing leaves the group; the revocation callback commits what is scored, in there.
+        await self._on_consumer(consumer.close)
+        self._consumer_thread.shutdown(wait=True)
+        await self.lanes.close()
+        if self._answers is not None:
+            self._answers.close()
+        self._features.close()
+        await self._scorer.close()
+        for task in set(self._restoring.values()):
+            task.cancel()
+        if self._restorer is not None:
+            await self._restorer.close()
+        await self._results.close()
+        if self.state is not None:
+            self.state.store.close()
 
     def _catalog(self) -> TopicCatalog:
         """The topics a backfill worker's copies may go to; asked again after any aborted transaction."""
@@ -102,229 +233,52 @@ class Worker:
             return found is not None and found.error is None and bool(found.partitions)
 
         catalog = TopicCatalog(lookup, self.settings.replay.topic_recheck_s)
-        for lane in self.lanes:
-            lane.on_aborted = catalog.forget
+        self.lanes.listen(aborted=catalog.forget)
         return catalog
 
-    def lane(self, partition: int) -> Lane:
-        return self.lanes[partition % len(self.lanes)]
-
-    async def run(self, stop: asyncio.Event) -> None:
-        settings, worker = self.settings, self.settings.worker
-        self._loop = asyncio.get_running_loop()
-        partitions = changelog.check_copartitioned(settings)
-        changelog.check_retention(settings)
-        self.state = DedupState(changelog.open_store(settings, partitions))
-        self._restorer = changelog.Restorer(settings, self.state.store)
-        for lane in self.lanes:
-            lane.on_entries_committed = self.state.committed
-        scorer = self._scorer or TritonScorer(settings.triton)
-        features = self._features or FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
-        backoff = Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s)
-        stored = changelog.StoredResults(settings)
-        processor = BatchProcessor(
-            settings.topics,
-            settings.default_model,
-            scorer,
-            features,
-            self.state,
-            stored,
-            backoff,
-            copies=self._live_first is not None,  # a backfill worker
-            topic_exists=self._catalog().exists if self._live_first is not None else None,
-        )
-        await asyncio.gather(*(lane.delivery.open() for lane in self.lanes))
-        if self._answer_when_scored or worker.direct_answers:
-            self._answers = AnswerProducer(settings)
-            for lane in self.lanes:
-                lane.on_committed = self._answers.send
-        frozen = heap.freeze_startup()  # what start-up built lives as long as the process
-        log.info("startup_heap_frozen", objects=frozen)
-        consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
-                # With an instance id, the group's description tells the workers apart (`pipeline scale`).
-                "client.id": "-".join(filter(None, (settings.kafka.client_id, "worker", worker.instance_id))),
-                "group.id": worker.app_id,
-                "enable.auto.commit": False,  # offsets are committed inside each batch's transaction
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                # Partitions a rebalance does not move stay put: no reload of their dedup state.
-                "partition.assignment.strategy": "cooperative-sticky",
-                "max.poll.interval.ms": int((worker.retry_budget_s + 120) * 1000),
-                "session.timeout.ms": worker.session_timeout_ms,
-                "heartbeat.interval.ms": max(1000, worker.session_timeout_ms // 3),
-                "error_cb": metrics.kafka_error_callback("consumer"),
-                **settings.kafka.extra,
-            }
-        )
-        self._consumer = consumer
-        consumer.subscribe([self.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        fetching: asyncio.Future[list[Message]] | None = None
-        # Fetched, not yet scored. While every lane has a transaction in flight, records are gathered
-        # and scored in one batch when a lane frees up: one Triton call and one feature read per
-        # transaction, not one per record that trickles in (docs/performance.md#held-records). Not
-        # so when a held record's caller is answered as soon as it is scored: holding it would put
-        # the commit back into its answer's time.
-        held: list[Message] = []
-        # The last fetch came back full: more is waiting, so transactions gather several batches.
-        backlog = False
-        callers_held = False  # a caller answered when scored waits for something held
-        try:
-            while not stop.is_set():
-                if self._failed is not None:
-                    raise self._failed
-                self._report_state()
-                if self._live_first is not None and self._live_first.yielding != self._yielding:
-                    await self._yield_to_live(consumer, self._live_first.yielding)
-                if self._scoring is not None and self._scoring.done():
-                    self._scoring.result()  # raises what scoring raised
-                    self._scoring = None
-                for lane in self.lanes:
-                    if lane.backed_up:
-                        await lane.settle()
-                if any(lane.rewind_to for lane in self.lanes):
-                    if fetching is not None:
-                        held += await fetching
-                        fetching = None
-                    if self._scoring is not None:  # handed over first: the lanes drop what they must
-                        await self._scoring
-                        self._scoring = None
-                    rewound = await self._rewind(consumer)
-                    held = [r for r in held if r.partition() not in rewound]
-                    continue
-                # Transactions gather batches under a backlog, and while callers are being answered
-                # when scored (their answers do not wait for a commit): each transaction costs the
-                # broker a fixed number of requests (docs/performance.md#transaction-linger). A stream
-                # without callers is committed at once, for its readers.
-                gathering = backlog or time.monotonic() - self._answered_at < worker.transaction_linger_ms / 1000
-                for lane in self.lanes:
-                    if not gathering or lane.ripe:
-                        lane.start_commit()
-                if fetching is None and len(held) < worker.batch_size:
-                    fetching = asyncio.ensure_future(
-                        self._on_consumer(
-                            _fetch, consumer, worker.batch_size - len(held), worker.batch_timeout_ms / 1000
-                        )
-                    )
-                # While a batch is being scored, or every lane is committing, what trickles in is
-                # held for one batch later; a full batch (a backlog) is scored at once, beside it.
-                # Callers answered when scored are not held for a commit: their batch is scored at once.
-                busy = (self._scoring is not None and not self._scoring.done()) or (
-                    all(lane.inflight is not None and not lane.inflight.done() for lane in self.lanes)
-                    and not callers_held
-                )
-                if not held or (busy and len(held) < worker.batch_size):
-                    # Wake for records, or for the end of a transaction in flight (to start the next).
-                    waits = [lane.inflight for lane in self.lanes if lane.inflight is not None]
-                    if fetching is not None:
-                        waits.append(fetching)
-                    if self._scoring is not None:
-                        waits.append(self._scoring)
-                    ripe_in = [t for lane in self.lanes if (t := lane.ripe_in()) is not None] if gathering else []
-                    await asyncio.wait(waits, timeout=min(ripe_in, default=None), return_when=asyncio.FIRST_COMPLETED)
-                    if fetching is not None and fetching.done():
-                        fetched = fetching.result()
-                        backlog = len(fetched) >= worker.batch_size - len(held)
-                        held += fetched
-                        if self._answer_when_scored and not backlog and not callers_held:  # a full batch goes at once
-                            callers_held = _awaits_answer(fetched)
-                        fetching = None
-                    continue
-                batch, held, callers_held = [r for r in held if r.partition() in self._owned], [], False
-                if batch:
-                    await self._start_scoring(processor, batch)
-            if fetching is not None:
-                await fetching
-            if self._scoring is not None:
-                await self._scoring
-        finally:
-            # Closing leaves the group; the revocation callback commits what is scored, in there.
-            await self._on_consumer(consumer.close)
-            self._consumer_thread.shutdown(wait=True)
-            await asyncio.gather(*(lane.delivery.close() for lane in self.lanes))
-            if self._answers is not None:
-                self._answers.close()
-            features.close()
-            await scorer.close()
-            for task in set(self._restoring.values()):
-                task.cancel()
-            if self._restorer is not None:
-                await self._restorer.close()
-            await stored.close()
-            self.state.store.close()
-
-    async def _start_scoring(self, processor: BatchProcessor, batch: list[Message]) -> None:
+    async def _start_scoring(self, batch: list[Record]) -> None:
         """Score `batch` while the batch before it may still wait for its model call (the worker
         would otherwise idle through every Triton round trip), then wait for that one: at most two
         are in flight, and outcomes reach the lanes in the order the records were consumed."""
-        validated = processor.validate(_inbounds(batch))
+        assert self._processor is not None
+        validated = self._processor.validate(_inbounds(batch))
         event_ids = validated.event_ids()
         previous = self._scoring
         # A repeat of an event still being scored must be answered from the dedup state: after it.
         after = previous if previous is not None and not event_ids.isdisjoint(self._scoring_ids) else None
-        self._scoring = asyncio.create_task(self._score(processor, validated, batch, previous, after))
+        self._scoring = asyncio.create_task(self._score(validated, batch, previous, after))
         self._scoring_ids = event_ids
         if previous is not None:
             await previous
 
     async def _score(
         self,
-        processor: BatchProcessor,
         validated: Validated,
-        batch: list[Message],
+        batch: list[Record],
         previous: asyncio.Task[None] | None,
         after: asyncio.Task[None] | None,
     ) -> None:
         if after is not None:
             await after
-        outcome = await processor.complete(validated)
+        assert self._processor is not None and self.state is not None
+        outcome = await self._processor.complete(validated)
         if previous is not None:
             await previous
         if any(record.partition() not in self._owned for record in batch):  # revoked meanwhile
             batch = [record for record in batch if record.partition() in self._owned]
             outcome = outcome.keep(self._owned)
-        assert self.state is not None
         self.state.put_many(outcome.remembered)
         entries = outcome.remembered
         if self._answers is None:
-            self._hand_to_lanes(batch, outcome.messages + outcome.replies, entries)
+            self.lanes.add(batch, outcome.messages + outcome.replies, entries)
         elif self._answer_when_scored:  # callers are answered now, the results committed next
             if outcome.replies:
                 self._answers.send(outcome.replies)
                 self._answered_at = time.monotonic()
-            self._hand_to_lanes(batch, outcome.messages, entries)
+            self.lanes.add(batch, outcome.messages, entries)
         else:  # at commit: over an open direct link once it commits, else inside the transaction
             direct, in_transaction = self._answers.split(outcome.replies)
-            self._hand_to_lanes(batch, outcome.messages + in_transaction, entries, direct)
-
-    def _hand_to_lanes(
-        self,
-        batch: list[Message],
-        outbound: list[Outbound],
-        entries: list[tuple[str, int, bytes]],
-        after: Sequence[Outbound] = (),
-    ) -> None:
-        """`entries`: the batch's dedup entries; `after`: answers to send once the transaction
-        carrying `outbound` commits."""
-        if len(self.lanes) == 1:
-            self.lanes[0].add(batch, outbound, after, entries)
-            return
-        records: dict[int, list[Message]] = defaultdict(list)
-        messages: dict[int, list[Outbound]] = defaultdict(list)
-        answers: dict[int, list[Outbound]] = defaultdict(list)
-        remembered: dict[int, list[tuple[str, int, bytes]]] = defaultdict(list)
-        count = len(self.lanes)
-        for record in batch:
-            records[record.partition() % count].append(record)
-        for message in outbound:
-            messages[message.source_partition % count].append(message)
-        for answer in after:
-            answers[answer.source_partition % count].append(answer)
-        for entry in entries:
-            remembered[entry[1] % count].append(entry)
-        for index, lane_records in records.items():
-            self.lanes[index].add(lane_records, messages[index], answers[index], remembered[index])
+            self.lanes.add(batch, outcome.messages + in_transaction, entries, direct)
 
     def _group_metadata(self) -> Any:
         """The consumer's group metadata (generation, member id), as of the last rebalance or abort.
@@ -337,13 +291,10 @@ class Worker:
         return self._metadata
 
     async def _rewind(self, consumer: Consumer) -> set[int]:
-        """After an abort: back to the first uncommitted record of each partition of the aborted
-        lane(s), with their dedup state as committed (the overlay of the dropped batches goes).
-        Returns the partitions rewound."""
-        rewind: dict[int, int] = {}
-        for lane in self.lanes:
-            rewind.update(lane.rewind_to)
-            lane.rewind_to = {}
+        """After an abort (delivery, step 5): back to the first uncommitted record of each partition of
+        the aborted lane(s), with their dedup state as committed (the overlay of the dropped batches
+        goes). Returns the partitions rewound."""
+        rewind = self.lanes.take_rewinds()
         self._metadata = await self._on_consumer(consumer.consumer_group_metadata)  # it may be why
         owned = sorted(p for p in rewind if p in self._owned)
         for partition in owned:
@@ -353,13 +304,12 @@ class Worker:
         await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
         return set(rewind)
 
-    async def _yield_to_live(self, consumer: Consumer, yielding: bool) -> None:
-        """Pause (or resume) every owned partition: the consumer stays in its group, polled, so a
-        long pause is no rebalance."""
-        self._yielding = yielding
+    async def _pause_owned(self, consumer: Consumer, pause: bool) -> None:
+        """Pause (or resume) every owned partition for the live workers: the consumer stays in its
+        group, polled, so a long pause is no rebalance."""
         owned = [TopicPartition(self.requests, p) for p in sorted(self._owned)]
         if owned:
-            await self._on_consumer(consumer.pause if yielding else consumer.resume, owned)
+            await self._on_consumer(consumer.pause if pause else consumer.resume, owned)
 
     def _report_state(self) -> None:
         """The state's size, once a second (expiry itself is the store's)."""
@@ -413,7 +363,7 @@ class Worker:
             metrics.STATE_RESTORES.labels(restored.mode).inc()
             metrics.STATE_RESTORED_ENTRIES.labels(restored.mode).inc(restored.entries)
             self._owned.add(partition)
-            if not self._yielding:  # else resumed when the live workers have caught up
+            if not self._batching.paused:  # else resumed when the live workers have caught up
                 await self._on_consumer(self._consumer.resume, [TopicPartition(self.requests, partition)])
             if not self.ready.is_set() and not self._restoring:
                 self.ready.set()
@@ -430,10 +380,9 @@ class Worker:
         cut = {task for p in partitions if (task := self._restoring.pop(p, None)) is not None}
         for task in cut - set(self._restoring.values()):
             task.cancel()
-        await asyncio.gather(*(lane.flush() for lane in self.lanes))
+        await self.lanes.flush()
         assert self.state is not None
-        for partition in partitions:
-            self.lane(partition).rewind_to.pop(partition, None)
+        self.lanes.forget(partitions)
         self.state.discard(partitions)
         metrics.REBALANCES.labels("revoked").inc(len(partitions))
         log.info("partitions_revoked", partitions=partitions)
@@ -442,7 +391,27 @@ class Worker:
         return await asyncio.get_running_loop().run_in_executor(self._consumer_thread, call, *args)
 
 
-def _fetch(consumer: Consumer, size: int, timeout_s: float) -> list[Message]:
+def _consumer_config(settings: Settings) -> dict[str, Any]:
+    worker = settings.worker
+    return {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        # With an instance id, the group's description tells the workers apart (`pipeline scale`).
+        "client.id": "-".join(filter(None, (settings.kafka.client_id, "worker", worker.instance_id))),
+        "group.id": worker.app_id,
+        "enable.auto.commit": False,  # offsets are committed inside each batch's transaction
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        # Partitions a rebalance does not move stay put: no reload of their dedup state.
+        "partition.assignment.strategy": "cooperative-sticky",
+        "max.poll.interval.ms": int((worker.retry_budget_s + 120) * 1000),
+        "session.timeout.ms": worker.session_timeout_ms,
+        "heartbeat.interval.ms": max(1000, worker.session_timeout_ms // 3),
+        "error_cb": metrics.kafka_error_callback("consumer"),
+        **settings.kafka.extra,
+    }
+
+
+def _fetch(consumer: Consumer, size: int, timeout_s: float) -> list[Record]:
     """Wait up to `timeout_s` for one record, then take what else is already fetched, up to `size`:
     a lone request is not held back to fill a batch, and a backlog comes in full batches."""
     first = consumer.poll(timeout_s)
@@ -457,10 +426,14 @@ def _fetch(consumer: Consumer, size: int, timeout_s: float) -> list[Message]:
             raise KafkaException(error)
         else:
             log.warning("consumer_error", error=str(error))
-    return good
+    return cast(list[Record], good)
 
 
-def _awaits_answer(records: list[Message]) -> bool:
+def _partition(record: Record) -> int:
+    return record.partition()
+
+
+def _awaits_answer(records: list[Record]) -> bool:
     """Whether a caller waits for one of these (an HTTP request, answered as soon as it is scored)."""
     for record in records:
         headers = record.headers()
@@ -469,7 +442,7 @@ def _awaits_answer(records: list[Message]) -> bool:
     return False
 
 
-def _inbounds(batch: list[Message]) -> list[Inbound]:
+def _inbounds(batch: list[Record]) -> list[Inbound]:
     now_ms = int(time.time() * 1000)
     received = time.monotonic()
     metrics.observe_many(metrics.QUEUE_WAIT, [max(0, now_ms - r.timestamp()[1]) / 1000 for r in batch])

@@ -25,7 +25,6 @@ from pipeline.contract import (
     REPLY_TO,
     RESULTS_TOPIC,
     InferenceRequest,
-    Source,
     dead_letter_record,
     deadline_passed,
     dedup_key,
@@ -39,6 +38,7 @@ from pipeline.inference import scoring
 from pipeline.inference.scoring import EntityId
 from pipeline.models.spec import ModelSpec
 from pipeline.settings import TopicSettings
+from pipeline.worker.messages import DedupEntry, Inbound, Outbound
 from pipeline.worker.retry import Backoff, RetriesExhausted, retrying
 from pipeline.worker.store import Located
 
@@ -54,7 +54,7 @@ class DedupLookup(Protocol):
 class StoredResults(Protocol):
     async def read(self, located: Sequence[tuple[int, str, Located]]) -> Mapping[tuple[int, str], bytes]:
         """The committed result of each (input partition, event_id) where the dedup state says it is
-        (`changelog.StoredResults`); those it cannot find are left out."""
+        (`result_reader.ResultReader`); those it cannot find are left out."""
         ...
 
 
@@ -73,32 +73,11 @@ class Features(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(slots=True)  # not frozen: one is built per event (docs/performance.md#per-event-objects)
-class Inbound:
-    value: bytes | None
-    key: bytes | None
-    headers: Mapping[str, bytes]
-    source: Source
-    received: float  # time.monotonic() at consume
-
-
-@dataclass(slots=True)
-class Outbound:
-    source_partition: int  # the input partition whose transaction carries this message
-    topic: str
-    key: bytes | None
-    value: bytes
-    partition: int | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
-    answer_to: bytes | None = None  # an answer's direct address (see answer_wire); never published
-
-
 @dataclass
 class Outcome:
     messages: list[Outbound] = field(default_factory=list)  # results and dead letters
     replies: list[Outbound] = field(default_factory=list)  # answers to reply-to addresses (HTTP callers)
-    # dedup key (the event_id, within its replay if any), partition, result
-    remembered: list[tuple[str, int, bytes]] = field(default_factory=list)
+    remembered: list[DedupEntry] = field(default_factory=list)
     events: Counter[str] = field(default_factory=Counter)  # by outcome, added to the metric once per batch
     latencies: list[float] = field(default_factory=list)  # seconds from consume to result, per scored event
 
@@ -107,7 +86,7 @@ class Outcome:
         return Outcome(
             messages=[m for m in self.messages if m.source_partition in partitions],
             replies=[m for m in self.replies if m.source_partition in partitions],
-            remembered=[r for r in self.remembered if r[1] in partitions],
+            remembered=[e for e in self.remembered if e.partition in partitions],
             events=self.events,
             latencies=self.latencies,
         )
@@ -336,7 +315,7 @@ class BatchProcessor:
         outcome.messages.append(Outbound(partition, self._topics.results, key, value, partition, headers))
         if self._copies and replay and (copy := item.inbound.headers.get(RESULTS_TOPIC)):
             outcome.messages.append(Outbound(partition, copy.decode(errors="replace"), key, value, None, headers))
-        outcome.remembered.append((item.key, partition, value))
+        outcome.remembered.append(DedupEntry(item.key, partition, value))
         self._reply(item.inbound, key, value, "result", outcome)
         for repeat in item.repeats:
             self._duplicate(repeat, value, outcome)

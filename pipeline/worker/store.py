@@ -98,7 +98,7 @@ class StateStore:
         """Where each (partition, event_id)'s result is, or None (never stored, or older than the
         window): one multi-get for the whole batch, whatever partitions it spans."""
         prefixes = _PREFIXES
-        values = self._db.get([prefixes[partition] + e.encode() for partition, e in keys])
+        values: list[bytes | None] = self._db.get([prefixes[partition] + e.encode() for partition, e in keys])  # type: ignore[assignment]
         cutoff = now - self.window_s
         return [None if v is None else _located(v, cutoff) for v in values]
 

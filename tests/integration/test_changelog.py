@@ -11,7 +11,8 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from pipeline.worker import changelog
+from pipeline.worker import changelog, startup
+from pipeline.worker.result_reader import ResultReader
 from pipeline.worker.store import UNBOUNDED, Located
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def test_short_tails_are_restored_before_a_long_one_ends_and_a_warm_restore_read
     settings = pipeline_settings(state_dir=tmp_path)
     _publish(settings, 0, LONG, "long-")
     _publish(settings, 1, 5, "p1-")
-    store = changelog.open_store(settings, 12)
+    store = startup.open_store(settings, 12)
     try:
         restored = _restore(settings, store, [0, 1, 2])
 
@@ -72,7 +73,7 @@ def test_a_partition_no_longer_wanted_stops_being_read_and_keeps_its_progress(pi
     settings = pipeline_settings(state_dir=tmp_path)
     _publish(settings, 0, LONG, "long-")
     _publish(settings, 1, 5, "p1-")
-    store = changelog.open_store(settings, 12)
+    store = startup.open_store(settings, 12)
     wanted = {0, 1}
 
     def still_wanted(partition: int) -> bool:
@@ -105,7 +106,7 @@ def test_a_committed_result_is_read_back_from_where_the_store_says_it_is(pipelin
     ]
 
     async def run() -> dict[tuple[int, str], bytes]:
-        stored = changelog.StoredResults(settings)
+        stored = ResultReader(settings)
         try:
             first = await stored.read(located)
             assert await stored.read(located[:1]) == {(3, "r3-7"): b'{"n":7}'}, "the reader is used again"

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.worker.delivery import Aborted, BatchCommit, TransactionalDelivery
-from pipeline.worker.processor import Outbound
+from pipeline.worker.messages import Outbound
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration

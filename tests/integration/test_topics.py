@@ -4,7 +4,7 @@ import pytest
 
 from pipeline import topics
 from pipeline.errors import ConfigurationError
-from pipeline.worker import changelog
+from pipeline.worker import startup
 
 pytestmark = pytest.mark.integration
 
@@ -22,18 +22,18 @@ def test_a_worker_refuses_a_results_topic_with_fewer_partitions_than_the_request
     settings = pipeline_settings()
     narrow = settings.updated(topics={"results": settings.topics.results + ".narrow"})
     topics.apply(narrow, [topics.TopicSpec(narrow.topics.results, 3, {})])
-    assert changelog.check_copartitioned(settings) == 12
+    assert startup.check_copartitioned(settings) == 12
     with pytest.raises(ConfigurationError, match=r"has 3 partitions, fewer than .*\(12\)"):
-        changelog.check_copartitioned(narrow)
+        startup.check_copartitioned(narrow)
 
 
 def test_a_worker_refuses_a_results_topic_that_forgets_sooner_than_the_dedup_window(pipeline_settings):
     settings = pipeline_settings()
-    changelog.check_retention(settings)  # the contract's 7 days cover the default 24 h window
+    startup.check_retention(settings)  # the contract's 7 days cover the default 24 h window
     short = settings.updated(topics={"results": settings.topics.results + ".short"})
     topics.apply(short, [topics.TopicSpec(short.topics.results, 12, {"retention.ms": "3600000"})])
     with pytest.raises(
         ConfigurationError, match=r"keeps records 3600 s \(retention.ms\), shorter than the dedup window"
     ):
-        changelog.check_retention(short)
-    changelog.check_retention(short.updated(worker={"dedup_window_s": 1800}))
+        startup.check_retention(short)
+    startup.check_retention(short.updated(worker={"dedup_window_s": 1800}))

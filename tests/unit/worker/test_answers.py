@@ -12,7 +12,7 @@ from pipeline.gateway.answer_server import AnswerServer
 from pipeline.gateway.replies import Reply, ReplyRouter
 from pipeline.settings import Settings
 from pipeline.worker.answers import AnswerLinks
-from pipeline.worker.processor import Outbound
+from pipeline.worker.messages import Outbound
 
 SETTINGS = Settings().updated(worker={"answer_retry_s": 0.2})
 

@@ -5,7 +5,8 @@ import orjson
 from pipeline.contract import REPLAY_ID, RESULTS_TOPIC, Source
 from pipeline.local import traffic
 from pipeline.settings import Settings
-from pipeline.worker.processor import BatchProcessor, Inbound, Outbound, Outcome
+from pipeline.worker.messages import DedupEntry, Inbound, Outbound
+from pipeline.worker.processor import BatchProcessor, Outcome
 
 
 def test_keeping_partitions_drops_what_belongs_to_the_others():
@@ -16,7 +17,7 @@ def test_keeping_partitions_drops_what_belongs_to_the_others():
             Outbound(2, "inference.results", b"b", b"r2", 2),
         ],
         replies=[Outbound(1, "inference.replies", b"a", b"r1", 0), Outbound(2, "inference.replies", b"b", b"r2", 0)],
-        remembered=[("a", 1, b"r1"), ("b", 2, b"r2")],
+        remembered=[DedupEntry("a", 1, b"r1"), DedupEntry("b", 2, b"r2")],
     )
     outcome.events["scored"] = 2
     kept = outcome.keep({1})

@@ -1,4 +1,4 @@
-"""A transaction lane: one transactional producer, and the scored work of the input partitions it owns.
+"""Transaction lanes: each one transactional producer, and the scored work of the input partitions it owns.
 
 A worker splits its input partitions over a few lanes (partition `p` goes to lane `p % lanes`). Each
 lane commits its own partitions' results and offsets, one transaction in flight at a time, the
@@ -14,31 +14,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import Message
 
 from pipeline import metrics
 from pipeline.settings import Settings
-from pipeline.worker.delivery import Aborted, BatchCommit, TransactionalDelivery
-from pipeline.worker.processor import Outbound
+from pipeline.worker.batching import LaneState
+from pipeline.worker.delivery import Aborted, BatchCommit, TransactionalDelivery, rewind_points
+from pipeline.worker.messages import DedupEntry, Outbound, Record
 
 log = structlog.get_logger(__name__)
-
-Entry = tuple[str, int, bytes]  # a dedup entry: event_id, input partition, result
 
 
 @dataclass(slots=True)
 class _Scored:
     """One scored batch of this lane's partitions, waiting for its transaction."""
 
-    records: list[Message]
+    records: list[Record]
     messages: list[Outbound]
     answers: list[Outbound]
-    entries: list[Entry]
+    entries: list[DedupEntry]
 
 
 class Lane:
@@ -46,8 +45,6 @@ class Lane:
         self.index = index
         self.delivery = TransactionalDelivery(settings, requests_topic, lane=index)
         self._group_metadata = group_metadata
-        self._max_batches = settings.worker.max_batches_per_transaction
-        self._linger_s = settings.worker.transaction_linger_ms / 1000
         # The transaction in flight and the first offset of each partition in it; the batches scored
         # since, for the next one; where each partition must restart after an abort.
         self.inflight: asyncio.Task[bool] | None = None
@@ -58,16 +55,16 @@ class Lane:
         # Gets the answers to send once their transaction has committed (an aborted one's are dropped).
         self.on_committed: Callable[[list[Outbound]], None] | None = None
         # Gets a committed transaction's dedup entries and the results offsets it reached.
-        self.on_entries_committed: Callable[[list[Entry], dict[int, int]], None] | None = None
+        self.on_entries_committed: Callable[[list[DedupEntry], dict[int, int]], None] | None = None
         # Told of each aborted transaction.
         self.on_aborted: Callable[[], None] | None = None
 
     def add(
         self,
-        records: list[Message],
+        records: list[Record],
         messages: list[Outbound],
         answers: Sequence[Outbound] = (),
-        entries: Sequence[Entry] = (),
+        entries: Sequence[DedupEntry] = (),
     ) -> None:
         """Scored records of this lane's partitions, the messages they produced, the answers to send
         once those commit and their dedup entries. Records of a partition waiting to be rewound are
@@ -76,29 +73,22 @@ class Lane:
             records = [r for r in records if r.partition() not in self.rewind_to]
             messages = [m for m in messages if m.source_partition not in self.rewind_to]
             answers = [a for a in answers if a.source_partition not in self.rewind_to]
-            entries = [e for e in entries if e[1] not in self.rewind_to]
+            entries = [e for e in entries if e.partition not in self.rewind_to]
             if not records:
                 return
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append(_Scored(records, messages, list(answers), list(entries)))
 
-    @property
-    def ripe(self) -> bool:
-        """Enough to commit even while more records wait to be scored (see transaction_linger_ms)."""
-        return len(self._pending) >= self._max_batches or time.monotonic() - self._pending_since >= self._linger_s
-
-    def ripe_in(self) -> float | None:
-        """Seconds until what is pending is ripe, when a transaction could start then; else None."""
-        if self.inflight is not None or not self._pending or self.rewind_to:
-            return None
-        if len(self._pending) >= self._max_batches:
-            return 0.0
-        return max(0.0, self._pending_since + self._linger_s - time.monotonic())
-
-    @property
-    def backed_up(self) -> bool:
-        return self.inflight is not None and (self.inflight.done() or len(self._pending) >= self._max_batches)
+    def state(self) -> LaneState:
+        inflight = self.inflight
+        return LaneState(
+            committing=inflight is not None and not inflight.done(),
+            finished=inflight is not None and inflight.done(),
+            pending=len(self._pending),
+            pending_since=self._pending_since,
+            rewinding=bool(self.rewind_to),
+        )
 
     def start_commit(self) -> None:
         """Publish every batch scored so far in one transaction, while the loop goes on."""
@@ -106,7 +96,7 @@ class Lane:
             return
         messages: list[Outbound] = []
         answers: list[Outbound] = []
-        entries: list[Entry] = []
+        entries: list[DedupEntry] = []
         offsets: dict[int, int] = {}
         first: dict[int, int] = {}
         for scored in self._pending:
@@ -122,7 +112,7 @@ class Lane:
         self._inflight_first = first
         self.inflight = asyncio.create_task(self._commit(commit, answers, entries), name="commit")
 
-    async def _commit(self, commit: BatchCommit, answers: list[Outbound], entries: list[Entry]) -> bool:
+    async def _commit(self, commit: BatchCommit, answers: list[Outbound], entries: list[DedupEntry]) -> bool:
         try:
             with metrics.STAGE_SECONDS.labels("produce").time():
                 results_offsets = await self.delivery.commit(commit)
@@ -141,7 +131,7 @@ class Lane:
 
     async def settle(self) -> None:
         """Wait for the transaction in flight. If it aborted, what was scored since goes too (it saw
-        the aborted dedup entries): note where each partition must restart."""
+        the aborted dedup entries): note where each partition must restart (delivery, step 5)."""
         task = self.inflight
         if task is None:
             return
@@ -151,15 +141,106 @@ class Lane:
         first, self.inflight, self._inflight_first = self._inflight_first, None, {}
         if committed:
             return
-        for scored in self._pending:
-            for record in scored.records:
-                first.setdefault(record.partition(), record.offset())
+        scored_since = [record for scored in self._pending for record in scored.records]
         self._pending = []
-        for partition, offset in first.items():
-            self.rewind_to[partition] = min(offset, self.rewind_to.get(partition, offset))
+        self.rewind_to = rewind_points(self.rewind_to, first, scored_since)
 
     async def flush(self) -> None:
         """Commit everything scored (before its partitions are revoked)."""
         await self.settle()
         self.start_commit()
         await self.settle()
+
+
+class Lanes:
+    """Every lane of a worker: routing by input partition, their states for the batching decisions,
+    their transactions started and settled, the rewinds their aborts ask for, the flush on stop."""
+
+    def __init__(self, settings: Settings, requests_topic: str, group_metadata: Callable[[], Any]) -> None:
+        count = settings.worker.transaction_lanes
+        self._lanes = [Lane(settings, requests_topic, i, group_metadata) for i in range(count)]
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def lane(self, partition: int) -> Lane:
+        return self._lanes[partition % len(self._lanes)]
+
+    def listen(
+        self,
+        committed: Callable[[list[Outbound]], None] | None = None,
+        entries_committed: Callable[[list[DedupEntry], dict[int, int]], None] | None = None,
+        aborted: Callable[[], None] | None = None,
+    ) -> None:
+        """Callbacks for every lane (see `Lane`); those given replace the lanes' own."""
+        for lane in self._lanes:
+            lane.on_committed = committed or lane.on_committed
+            lane.on_entries_committed = entries_committed or lane.on_entries_committed
+            lane.on_aborted = aborted or lane.on_aborted
+
+    async def open(self) -> None:
+        await asyncio.gather(*(lane.delivery.open() for lane in self._lanes))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(lane.delivery.close() for lane in self._lanes))
+
+    def add(
+        self,
+        records: list[Record],
+        messages: list[Outbound],
+        entries: list[DedupEntry],
+        after: Sequence[Outbound] = (),
+    ) -> None:
+        """A scored batch, each part to the lane of its input partition; `after`: answers to send
+        once the transaction carrying them commits."""
+        if len(self._lanes) == 1:
+            self._lanes[0].add(records, messages, after, entries)
+            return
+        count = len(self._lanes)
+        by_lane: dict[int, list[Record]] = defaultdict(list)
+        for record in records:
+            by_lane[record.partition() % count].append(record)
+        routed = [_by_lane(messages, count), _by_lane(after, count)]
+        remembered: dict[int, list[DedupEntry]] = defaultdict(list)
+        for entry in entries:
+            remembered[entry.partition % count].append(entry)
+        for index, lane_records in by_lane.items():
+            self._lanes[index].add(lane_records, routed[0][index], routed[1][index], remembered[index])
+
+    def states(self) -> list[LaneState]:
+        return [lane.state() for lane in self._lanes]
+
+    def commit(self, indices: Iterable[int]) -> None:
+        for index in indices:
+            self._lanes[index].start_commit()
+
+    async def settle(self, indices: Iterable[int]) -> None:
+        for index in indices:
+            await self._lanes[index].settle()
+
+    def in_flight(self) -> list[asyncio.Task[bool]]:
+        return [lane.inflight for lane in self._lanes if lane.inflight is not None]
+
+    def take_rewinds(self) -> dict[int, int]:
+        """Where each partition of the aborted lanes must restart; the lanes go on afterwards."""
+        rewind: dict[int, int] = {}
+        for lane in self._lanes:
+            rewind.update(lane.rewind_to)
+            lane.rewind_to = {}
+        return rewind
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Revoked partitions: not to be rewound by us any more."""
+        for partition in partitions:
+            self.lane(partition).rewind_to.pop(partition, None)
+
+    async def flush(self) -> None:
+        """Commit everything scored (before partitions are revoked)."""
+        await asyncio.gather(*(lane.flush() for lane in self._lanes))
+
+
+def _by_lane(messages: Iterable[Outbound], count: int) -> dict[int, list[Outbound]]:
+    routed: dict[int, list[Outbound]] = defaultdict(list)
+    for message in messages:
+        routed[message.source_partition % count].append(message)
+    return routed

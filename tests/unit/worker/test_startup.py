@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.worker.changelog import retention_gap
+from pipeline.worker.startup import retention_gap
 
 DAY_S = 86_400.0
 
