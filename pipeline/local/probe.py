@@ -74,11 +74,24 @@ def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 3
 
 
 def publish(
-    settings: Settings, messages: Iterable[Message], topic: str | None = None, rate: float | None = None
+    settings: Settings,
+    messages: Iterable[Message],
+    topic: str | None = None,
+    rate: float | None = None,
+    flush_s: float = 120.0,
 ) -> dict[str, int]:
     """Produce in order, at most `rate` messages a second if given; returns each event_id's first
-    produce time (epoch ms)."""
-    producer = topics.requests_producer(settings, {"linger.ms": 5, "enable.idempotence": True})
+    produce time (epoch ms). Returns once every message is acknowledged (through a broker outage
+    too, for up to `flush_s`); raises if any was not."""
+    failed: list[str] = []
+
+    def delivered(error: KafkaError | None, _: object) -> None:
+        if error is not None:
+            failed.append(str(error))
+
+    producer = topics.requests_producer(
+        settings, {"linger.ms": 5, "enable.idempotence": True, "on_delivery": delivered}
+    )
     sent_at: dict[str, int] = {}
     target = topic or settings.topics.requests
     began = time.monotonic()
@@ -95,7 +108,9 @@ def publish(
         if message.event_id is not None:
             sent_at.setdefault(message.event_id, now_ms)
         producer.poll(0)
-    producer.flush(30)
+    if (left := producer.flush(flush_s)) or failed:
+        reason = f"{left} messages unacknowledged after {flush_s:g} s, {len(failed)} failed: {failed[:3]}"
+        raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, reason))
     return sent_at
 
 
