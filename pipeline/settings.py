@@ -182,7 +182,8 @@ class AnomalySettings(_Block):
     model: str = "anomaly_detector"  # the model whose results it reads
     threshold: float = Field(default=0.5, ge=0, le=1)  # a reading scored at or above this is anomalous
     # One alert per device per this long; further anomalous readings of the device within it are
-    # counted in that alert's follow-up, republished with the count at most every `follow_up_s`.
+    # counted in that alert's follow-up, republished with the count at the counts 1, 2, 4, 8, ... and
+    # on any such reading `follow_up_s` or more after its last publication (`consumers.anomaly_rules`).
     suppress_s: float = Field(default=600.0, gt=0)
     follow_up_s: float = Field(default=60.0, ge=0)
 
