@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.bench import options as bench_options
 from pipeline.contract import ERROR_CODES
 from pipeline.errors import PipelineError
 from pipeline.replay import command as replay_command
@@ -189,83 +190,18 @@ def demo(
 
 
 @app.command()
+@bench_options.command  # every option of bench_options.Options first
 def bench(
-    events: Annotated[int, typer.Option(help="Requests per throughput run.")] = 100_000,
-    repetitions: Annotated[int, typer.Option(help="Runs of each throughput scenario (medians reported).")] = 3,
-    naive_events: Annotated[int, typer.Option(help="Requests per run of the (slow) naive peer.")] = 2_000,
-    warmup: Annotated[int, typer.Option(help="Warm-up requests before each timed run.")] = 2_000,
-    http_seconds: Annotated[float, typer.Option(help="Seconds of each HTTP load level.")] = 10.0,
-    http_rates: Annotated[str, typer.Option(help="Open-loop arrival rates, req/s, comma-separated.")] = "100,500,1000",
-    committed_answer_rate: Annotated[
-        float, typer.Option(help="Also this rate with callers answered once committed (reply_when); 0: skip.")
-    ] = 500.0,
-    only: Annotated[
-        str, typer.Option(help="Scenario groups to run: throughput,http,state,consumers,replay,burst")
-    ] = "throughput,http,state,consumers,replay,burst",
-    soak: Annotated[float, typer.Option(help="Also run a worker this many seconds at a steady rate; RSS sampled.")] = 0,
-    soak_rate: Annotated[float, typer.Option(help="Requests per second during the soak.")] = 1000.0,
-    state_entries: Annotated[int, typer.Option(help="Entries of the dedup store the state group fills.")] = 10_000_000,
-    state_rebuild_entries: Annotated[
-        int, typer.Option(help="Results the state group's cold rebuild restores from one partition.")
-    ] = 500_000,
-    state_restart_events: Annotated[
-        int, typer.Option(help="Requests the worker restarted on the state group's store scores.")
-    ] = 20_000,
-    state_micro_entries: Annotated[
-        int, typer.Option(help="Entries held by the dict and the store of the dedup microbenchmark.")
-    ] = 1_000_000,
-    consumer_results: Annotated[
-        int, typer.Option(help="Results in the backlog the consumer group's fraud consumer reads through.")
-    ] = 200_000,
-    consumer_rate: Annotated[
-        float, typer.Option(help="Results/s fed to the fraud consumer for its alert latency.")
-    ] = 1000.0,
-    consumer_seconds: Annotated[float, typer.Option(help="Seconds of that steady feed.")] = 30.0,
-    replay_events: Annotated[
-        int, typer.Option(help="Requests in the Parquet file the replay group publishes.")
-    ] = 1_000_000,
-    replay_scored_events: Annotated[
-        int, typer.Option(help="Of those, how many a backfill worker scores (published → scored).")
-    ] = 200_000,
-    burst_events: Annotated[int, typer.Option(help="Requests in the burst group's burst.")] = 300_000,
-    burst_max_workers: Annotated[
-        int, typer.Option(help="The burst group's fixed maximum, and the supervisor's top.")
-    ] = 3,
+    options: bench_options.Options,
+    only: Annotated[str, typer.Option(help=f"Scenario groups to run: {bench_options.ALL}")] = bench_options.ALL,
     out: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-results"),
 ) -> None:
     """Benchmark the pipeline beside its peers and the machine's limit, in one run; table, JSON, PNG."""
     from pipeline.bench import report, runner
 
     _configure_logging()
-    rates = tuple(float(r) for r in http_rates.split(",") if r.strip())
-    groups = {g.strip() for g in only.split(",") if g.strip()}
-    if unknown := groups - {"throughput", "http", "state", "consumers", "replay", "burst"}:
-        raise typer.BadParameter(f"unknown scenario group(s): {', '.join(sorted(unknown))}", param_hint="--only")
-    options = runner.Options(
-        events=events,
-        repetitions=repetitions,
-        naive_events=naive_events,
-        warmup=warmup,
-        http_seconds=http_seconds,
-        http_rates=rates,
-        committed_answer_rate=committed_answer_rate,
-        soak_s=soak,
-        soak_rate=soak_rate,
-        state_entries=state_entries,
-        state_rebuild_entries=state_rebuild_entries,
-        state_restart_events=state_restart_events,
-        state_micro_entries=state_micro_entries,
-        consumer_results=consumer_results,
-        consumer_rate=consumer_rate,
-        consumer_seconds=consumer_seconds,
-        replay_events=replay_events,
-        replay_scored_events=replay_scored_events,
-        burst_events=burst_events,
-        burst_max_workers=burst_max_workers,
-    )
-    figures = runner.run(get_settings(), options, groups)
-    report.write_json(figures, out / "bench.json")
-    report.chart(figures, out / "bench.png")
+    figures = runner.run(get_settings(), options, bench_options.groups(only))
+    report.write(figures, out)
     typer.echo(report.table(figures))
     typer.echo(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'}")
 

@@ -15,11 +15,15 @@ from typing import Any
 
 import httpx
 import orjson
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.bench import load
+from pipeline.bench.context import Context, Group, Report
 from pipeline.local.stack import LocalStack, free_port
 from pipeline.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,28 @@ class Policy:
     drain_s: float = 5.0
     up_cooldown_s: float = 10.0
     down_window_s: float = 30.0
+
+
+def run(context: Context) -> dict[str, Any]:
+    """One burst, three ways: a fixed single worker, a fixed maximum, the supervisor between."""
+    o, stack, settings = context.options, context.stack, context.settings
+    messages = load.requests(o.burst_events, prefix=f"burst-{time.time_ns() % 10**10}-")
+    one = fixed(stack, settings, 1, messages)
+    log.info("bench_run", scenario="burst-1w", seconds=one["seconds"])
+    most = fixed(stack, settings, o.burst_max_workers, messages)
+    log.info("bench_run", scenario=f"burst-{o.burst_max_workers}w", seconds=most["seconds"])
+    drained = scaled(stack, settings, Policy(max_workers=o.burst_max_workers), messages)
+    log.info("bench_run", scenario="burst-scaled", seconds=drained["seconds"], events=drained["scale_events"])
+    return {
+        "events": o.burst_events,
+        "fixed_one": one,
+        "fixed_max": most,
+        "scaled": drained,
+        "ratios": {  # drain time against one fixed worker's, in this run
+            "fixed_max/fixed_one": round(most["seconds"] / one["seconds"], 3),
+            "scaled/fixed_one": round(drained["seconds"] / one["seconds"], 3),
+        },
+    }
 
 
 def fixed(stack: LocalStack, settings: Settings, workers: int, messages: list[Any]) -> dict[str, Any]:
@@ -46,7 +72,7 @@ def fixed(stack: LocalStack, settings: Settings, workers: int, messages: list[An
         for name in names:
             stack.stop_process(name)
         load.drop_topics(fresh)
-    return _figures(run) | {"workers": workers}
+    return run.figures() | {"workers": workers}
 
 
 def scaled(stack: LocalStack, settings: Settings, policy: Policy, messages: list[Any]) -> dict[str, Any]:
@@ -81,19 +107,11 @@ def scaled(stack: LocalStack, settings: Settings, policy: Policy, messages: list
         counter.close()
         stack.stop_process(name, timeout_s=120)
         load.drop_topics(fresh)
-    return _figures(run) | {
+    return run.figures() | {
         "most_workers": max(d["desired_workers"] for d in _decisions(stack.run_dir / f"{name}.log")),
         "scale_events": events,
         "back_to_one_after_s": round(back_at - run.done_at, 1),
         "policy": policy.__dict__,
-    }
-
-
-def _figures(run: load.Run) -> dict[str, Any]:
-    return {
-        "events": run.count,
-        "seconds": round(run.done_at - run.produced_at, 3),
-        "events_per_s": round(run.events_per_s, 1),
     }
 
 
@@ -132,3 +150,22 @@ def _wait(check: Any, process: subprocess.Popen[bytes], timeout_s: float) -> Non
         if time.monotonic() > deadline:
             raise TimeoutError(f"pipeline scale: not within {timeout_s:g} s")
         time.sleep(0.5)
+
+
+# -- its block of the table -----------------------------------------------------------------------
+def lines(report: Report) -> list[str]:
+    burst = report["burst"]
+    one, most, drained = burst["fixed_one"], burst["fixed_max"], burst["scaled"]
+    events, policy = drained["scale_events"], drained["policy"]
+    return [
+        f"a burst of {burst['events']:,} requests into an idle pipeline, first request to last result:",
+        f"  one worker {one['seconds']:.1f} s, {most['workers']} workers {most['seconds']:.1f} s "
+        f"(ratio {burst['ratios']['fixed_max/fixed_one']:.2f})",
+        f"  pipeline scale from one (drain target {policy['drain_s']:g} s, at most {policy['max_workers']}): "
+        f"{drained['seconds']:.1f} s (ratio {burst['ratios']['scaled/fixed_one']:.2f}), up to "
+        f"{drained['most_workers']} workers, {events['up']} scale-up(s) and {events['down']} scale-down(s), "
+        f"back at one {drained['back_to_one_after_s']:.0f} s after the last result",
+    ]
+
+
+GROUP = Group("burst", "burst", run, lines)

@@ -1,145 +1,151 @@
-"""The bench's consumer group: one fraud consumer process's capacity (results per second through a
-backlog) and its alert latency (result committed → alert visible to a read_committed reader) at a
-steady rate of results.
-
-Results are published as the worker publishes them: in transactions (one per 100 ms slice at the
-steady rate), to the partition numbered like the account, with scores drawn so that about one result
-in a hundred is over the hard threshold (each one an alert of its own)."""
+"""The consumer group: one `pipeline consumers fraud` process on topics and a group of its own, its
+capacity (results per second through a backlog) and its alert latency (result committed → alert
+visible to a read_committed reader) at a steady rate of results (docs/performance.md#consumers).
+Its load: `consumer_load.py`."""
 
 from __future__ import annotations
 
-import threading
+import math
 import time
-import uuid
-from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
-import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+import structlog
 
-from pipeline.contract import result_record
-from pipeline.local import probe
+from pipeline import topics
+from pipeline.bench import consumer_load, load
+from pipeline.bench.context import Context, Group, Report, scrape
+from pipeline.bench.cpu import CpuMeter, per_million
+from pipeline.bench.memory import RssSampler
+from pipeline.bench.stats import percentiles_ms, sample_total, steady_rate
+from pipeline.local.stack import free_port
 from pipeline.settings import Settings
 
-ACCOUNTS = 1_000_000  # cards seldom pay twice a minute: most windows hold one result
-HIGH_SHARE = 0.01  # results scored over the hard threshold
+log = structlog.get_logger(__name__)
+
+CONSUMED, ALERTS = "pipeline_consumer_results_total", "pipeline_alerts_total"
 
 
-@dataclass(frozen=True)
-class Result:
-    event_id: str
-    account: int
-    value: bytes
+def run(context: Context) -> dict[str, Any]:
+    """One fraud consumer process: its capacity through a backlog, its alert latency at a steady rate."""
+    o = context.options
+    capacity = _capacity(context, o.consumer_results)
+    log.info("bench_run", scenario="consumer-capacity", results_per_s=capacity["results_per_s"])
+    latency = _latency(context, o.consumer_rate, o.consumer_seconds)
+    log.info("bench_run", scenario="consumer-latency", p50_ms=latency["p50"], p99_ms=latency["p99"])
+    return {"fraud_capacity": capacity, "fraud_alert_latency": latency}
 
 
-def results(settings: Settings, count: int, prefix: str, seed: int = 11) -> list[Result]:
-    """`count` fraud results, most scores low, HIGH_SHARE of them over the hard threshold."""
-    fraud = settings.consumers.fraud
-    rng = np.random.default_rng(seed)
-    accounts = rng.integers(1, ACCOUNTS + 1, count)
-    scores = rng.beta(1.0, 12.0, count) * fraud.hard_threshold
-    high = rng.random(count) < HIGH_SHARE
-    scores[high] = fraud.hard_threshold + (1 - fraud.hard_threshold) * rng.random(int(high.sum()))
-    rows = []
-    for i in range(count):
-        event_id = f"{prefix}{i:09d}"
-        record = result_record(
-            event_id=event_id,
-            model=fraud.model,
-            model_version="1",
-            score=float(scores[i]),
-            threshold=0.5,
-            latency_ms=1.0,
-            entity={"account_id": int(accounts[i])},
+def _capacity(context: Context, count: int) -> dict[str, Any]:
+    """A backlog of `count` committed results, then one consumer from the beginning: results/s
+    while its count went from 20% to 80% of them (start-up and tail apart), by its own metric."""
+    settings = load.fresh_topics(context.settings, "consumer")
+    group = f"{settings.worker.app_id}-fraud"
+    own = settings.updated(consumers={"metrics_port": free_port()})
+    _backlog(own, count, group)
+    name = "bench-consumer-fraud"
+    try:
+        process = context.stack.start_consumer(own, "fraud", name, "--group-id", group, "--from-beginning")
+        meter = CpuMeter({name: process.pid}).start()
+        sampler = RssSampler({name: process.pid}, interval_s=0.5)
+        timeline = _read_through(own.consumers.metrics_port, count)
+        cpu, peaks = meter.stop(), sampler.stop()
+        alerts = int(sample_total(scrape(own.consumers.metrics_port), ALERTS, kind="fraud"))
+    finally:
+        _stop(context, name, settings, group)
+    rate = steady_rate(timeline, count)
+    if not math.isfinite(rate):  # read too fast for two scrapes past a fifth: the whole run's rate
+        rate = round(count / max(1e-3, timeline[-1][0] - timeline[0][0]), 1)
+    return {
+        "results": count,
+        "results_per_s": rate,
+        "alerts": alerts,
+        "cpu_s_per_million": per_million(cpu, count)[name],
+        "peak_rss_mib": peaks[name],
+    }
+
+
+def _backlog(settings: Settings, count: int, group: str) -> None:
+    """`count` results committed to the results topic, 10,000 a transaction."""
+    rows = consumer_load.results(settings, count, prefix=f"{group}-")
+    publisher = consumer_load.ResultsPublisher(settings, topics.partition_count(settings, settings.topics.results))
+    for start in range(0, count, 10_000):
+        publisher.commit(rows[start : start + 10_000])
+
+
+def _read_through(port: int, count: int) -> list[tuple[float, int]]:
+    """(epoch s, results read) by the consumer's metric each second, until it has read `count`."""
+    timeline: list[tuple[float, int]] = []
+    deadline = time.monotonic() + 120 + count / 1000
+    while (read := int(sample_total(scrape(port), CONSUMED, consumer="fraud"))) < count:
+        timeline.append((time.time(), read))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the fraud consumer read {read} of {count} results")
+        time.sleep(1.0)  # a scrape costs the consumer CPU: not too often
+    timeline.append((time.time(), read))
+    return timeline
+
+
+def _latency(context: Context, rate: float, seconds: float) -> dict[str, Any]:
+    """One consumer fed `rate` results/s for `seconds`: each alert's latency from the commit of
+    the result that decided it to its being read by a read_committed reader."""
+    settings = load.fresh_topics(context.settings, "consumer-latency")
+    group = f"{settings.worker.app_id}-fraud"
+    own = settings.updated(consumers={"metrics_port": free_port()})
+    rows = consumer_load.results(own, int(rate * seconds), prefix=f"{group}-", seed=12)
+    publisher = consumer_load.ResultsPublisher(own, topics.partition_count(own, own.topics.results))
+    name = "bench-consumer-fraud-latency"
+    reader: consumer_load.AlertReader | None = None
+    try:
+        context.stack.start_consumer(own, "fraud", name, "--group-id", group)
+        reader = consumer_load.AlertReader(own)
+        began = time.monotonic()
+        committed = consumer_load.steady(publisher, rows, rate)
+        achieved = len(rows) / (time.monotonic() - began)
+        reader.wait_quiet(quiet_s=3.0, timeout_s=60)
+        latencies = consumer_load.alert_latencies_s(reader.seen, committed)
+    finally:
+        if reader is not None:
+            reader.close()
+        _stop(context, name, settings, group)
+    return {
+        "offered_per_s": rate,
+        "achieved_per_s": round(achieved, 1),
+        "seconds": seconds,
+        "alerts": len(latencies),
+        **percentiles_ms(latencies),
+    }
+
+
+def _stop(context: Context, name: str, settings: Settings, group: str) -> None:
+    """The consumer stopped; its run's topics dropped, and its own (its tables' changelogs, Faust's
+    leader topic), named for its group."""
+    context.stack.stop_process(name)
+    load.drop_topics(settings)
+    admin = topics.admin_client(settings)
+    names = [topic for topic in admin.list_topics(timeout=10).topics if topic.startswith(f"{group}-")]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            future.result()
+
+
+# -- its block of the table -----------------------------------------------------------------------
+def lines(report: Report) -> list[str]:
+    c, a = report["consumers"]["fraud_capacity"], report["consumers"]["fraud_alert_latency"]
+    lines = [
+        "fraud consumer, one process:",
+        f"  capacity {c['results_per_s']:,.0f} results/s through a backlog of {c['results']:,} "
+        f"({c['alerts']:,} alerts; CPU {c['cpu_s_per_million']:,.1f} s per million; "
+        f"peak RSS {c['peak_rss_mib']:.0f} MiB)",
+        f"  alert latency at {a['achieved_per_s']:,.0f} results/s, result committed → alert read "
+        f"({a['alerts']:,} alerts): p50 {a['p50']:.1f} ms, p90 {a['p90']:.1f}, p99 {a['p99']:.1f}",
+    ]
+    summary = report["summary"].get("consumers", {})
+    if (needed := summary.get("fraud_consumers_for_two_workers")) is not None:
+        lines.append(
+            f"  {summary['fraud_consumer/pipeline-2w steady']:.2f} of two workers' steady output: "
+            f"{needed} consumer process{'es' if needed > 1 else ''} keep up with them"
         )
-        rows.append(Result(event_id, int(accounts[i]), orjson.dumps(record)))
-    return rows
+    return lines
 
 
-class ResultsPublisher:
-    """A transactional producer of results to the results topic, one transaction per call."""
-
-    def __init__(self, settings: Settings, partitions: int) -> None:
-        self._topic, self._partitions = settings.topics.results, partitions
-        self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
-                "transactional.id": f"bench-results-{uuid.uuid4().hex}",
-                "linger.ms": 5,
-            }
-        )
-        self._producer.init_transactions(30)
-
-    def commit(self, rows: list[Result]) -> float:
-        """Publish `rows` in one transaction; the epoch second its commit returned."""
-        self._producer.begin_transaction()
-        for row in rows:
-            self._producer.produce(
-                self._topic, row.value, row.event_id.encode(), partition=row.account % self._partitions
-            )
-            self._producer.poll(0)
-        self._producer.commit_transaction(30)
-        return time.time()
-
-
-@dataclass
-class AlertReader:
-    """Every alert on the alerts topic from its current end, with the epoch second it was read."""
-
-    settings: Settings
-    seen: list[tuple[float, dict[str, object]]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        start = probe.end_offsets(self.settings, [self.settings.topics.alerts])
-        self._consumer = Consumer(probe.consumer_config(self.settings) | {"fetch.wait.max.ms": 10})
-        self._consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in start.items()])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="alert-reader", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for message in self._consumer.consume(num_messages=1000, timeout=0.05):
-                if message.error() is None and message.value() is not None:
-                    self.seen.append((time.time(), orjson.loads(message.value())))
-
-    def wait_quiet(self, quiet_s: float, timeout_s: float) -> None:
-        """Until no alert has arrived for `quiet_s`."""
-        deadline = time.monotonic() + timeout_s
-        last, count = time.monotonic(), len(self.seen)
-        while time.monotonic() < deadline and time.monotonic() - last < quiet_s:
-            time.sleep(0.1)
-            if len(self.seen) != count:
-                last, count = time.monotonic(), len(self.seen)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self._consumer.close()
-
-
-def steady(publisher: ResultsPublisher, rows: list[Result], rate: float) -> dict[str, float]:
-    """Publish `rows` at `rate` per second, one transaction per 100 ms slice; each event_id's commit
-    time (epoch s)."""
-    committed: dict[str, float] = {}
-    per_slice = max(1, round(rate / 10))
-    began = time.monotonic()
-    for n, start in enumerate(range(0, len(rows), per_slice)):
-        due = began + n * per_slice / rate
-        if (wait := due - time.monotonic()) > 0:
-            time.sleep(wait)
-        part = rows[start : start + per_slice]
-        at = publisher.commit(part)
-        committed.update((row.event_id, at) for row in part)
-    return committed
-
-
-def alert_latencies_s(seen: list[tuple[float, dict[str, object]]], committed: dict[str, float]) -> list[float]:
-    """Pure: for each alert read, the seconds from the commit of the latest result behind it (the one
-    that decided it) to its being read."""
-    latencies = []
-    for read_at, alert in seen:
-        behind = [committed[e] for e in alert.get("event_ids", []) if e in committed]  # type: ignore[union-attr]
-        if behind:
-            latencies.append(read_at - max(behind))
-    return latencies
+GROUP = Group("consumers", "consumers", run, lines)

@@ -1,188 +1,190 @@
-"""HTTP bridge latency: closed loop (fixed concurrency) and open loop (fixed arrival rate), and a
-direct Triton call for one row, so the bridge's own overhead is visible beside the model's."""
+"""The HTTP group: `POST /v1/predict` on one worker and one bridge with topics of their own, closed
+and open loops in interleaved rounds, beside a worker and bridge answering at commit and the
+request-response peer at the same rates; then the bridge's capacity, an overload past it, and a
+direct Triton call (docs/performance.md#http)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import Counter
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import orjson
-
-from pipeline.bench.stats import percentiles_ms
-from pipeline.local import traffic
-from pipeline.models.spec import ModelSpec
+from pipeline.bench import load, rounds
+from pipeline.bench.context import Context, Group, Report
+from pipeline.bench.http_load import Bodies, closed_loop, direct_triton, measured, metered, open_loop
+from pipeline.bench.memory import RssSampler
+from pipeline.bench.options import Options
+from pipeline.bench.stats import median_figures
+from pipeline.local.stack import free_port
+from pipeline.models.spec import load_spec_file
 from pipeline.settings import Settings
+
+BRIDGE, COMMITTED, PEER = "bench-http", "bench-http-committed", "bench-http-request-response"  # process names
+Figures = dict[str, Any]
 
 
 @dataclass
-class LoadResult:
-    mode: str  # "closed" or "open"
-    offered: float  # req/s for open loop, concurrency for closed loop
-    seconds: float
-    latencies_s: list[float] = field(default_factory=list)  # accepted (200) requests only
-    statuses: Counter[str] = field(default_factory=Counter)
+class Stand:
+    """What the group loads: a worker and its bridge, the request-response peer, and a second worker
+    and bridge answering at commit (when its rate is not 0); every process started, by name."""
 
-    def figures(self) -> dict[str, Any]:
-        sent = sum(self.statuses.values())
-        errors = sum(n for s, n in self.statuses.items() if s != "200")
-        return {
-            "mode": self.mode,
-            "offered": self.offered,
-            "requests": sent,
-            "achieved_per_s": round(self.statuses["200"] / self.seconds, 1) if self.seconds else 0.0,
-            "errors": errors,
-            "server_errors_5xx": sum(n for s, n in self.statuses.items() if s.startswith("5")),
-            "statuses": dict(self.statuses),
-            **percentiles_ms(self.latencies_s),
-        }
+    bridge: Settings
+    peer: Settings
+    committed: Settings | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def paths(self, context: Context) -> tuple[dict[str, int], dict[str, int]]:
+        """The processes on each one's path, for its CPU per request: the bridge's, the peer's."""
+        services = context.service_pids()
+        bridge = {n: self.processes[n].pid for n in (f"{BRIDGE}-worker", f"{BRIDGE}-gateway")} | services
+        return bridge, {PEER: self.processes[PEER].pid, "tritonserver": services["tritonserver"]}
 
 
-class Bodies:
-    """Unique, valid request bodies (a repeat would be answered from dedup, which is cheaper)."""
-
-    def __init__(self, prefix: str, count: int) -> None:
-        self._bodies = [orjson.dumps(r) for r in traffic.valid_requests(count, prefix=prefix, seed=8)]
-        self._next = 0
-
-    def take(self) -> bytes:
-        body = self._bodies[self._next % len(self._bodies)]
-        self._next += 1
-        return body
-
-
-class Connections:
-    """A pool of keep-alive HTTP/1.1 connections that POST JSON and read `Content-Length` answers.
-
-    The load generator shares the machine with what it measures, where a general-purpose client's
-    CPU per request would saturate a core at a few hundred req/s (docs/performance.md#bench-http-client),
-    so the bench speaks the few lines of HTTP/1.1 the bridge needs itself (uvicorn always answers
-    with a Content-Length).
-    """
-
-    def __init__(self, host: str, port: int, timeout_s: float, max_connections: int = 1024) -> None:
-        self._host, self._port, self._timeout_s = host, port, timeout_s
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        # Like any client's pool, a bounded one: past it, a request waits for a connection (and
-        # that wait counts in its latency), rather than opening sockets until the OS refuses.
-        self._slots = asyncio.Semaphore(max_connections)
-
-    async def post(self, path: str, body: bytes) -> int:
-        async with self._slots:
-            return await self._post(path, body)
-
-    async def _post(self, path: str, body: bytes) -> int:
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        while self._idle:
-            try:  # a pooled connection the server closed while idle fails before any answer: try the next
-                return await self._exchange(self._idle.pop(), head + body)
-            except (asyncio.IncompleteReadError, ConnectionResetError) as e:
-                if isinstance(e, asyncio.IncompleteReadError) and e.partial:
-                    raise
-        return await self._exchange(await asyncio.open_connection(self._host, self._port), head + body)
-
-    async def _exchange(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes) -> int:
-        reader, writer = connection
+def run(context: Context) -> Figures:
+    o = context.options
+    bodies = Bodies(f"bench-http-{uuid.uuid4().hex[:6]}-", _bodies(o))
+    with _stood_up(context) as stand:
+        sampler = RssSampler({name: p.pid for name, p in stand.processes.items()}, interval_s=0.5)
         try:
-            writer.write(request)
-            status, length = await asyncio.wait_for(_read_head(reader), self._timeout_s)
-            await reader.readexactly(length)
-        except BaseException:
-            writer.close()
-            raise
-        self._idle.append(connection)
-        return status
-
-    async def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
-        self._idle.clear()
+            recorded = rounds.interleaved(o.repetitions, _levels(context, stand, bodies))
+            figures = _medians(o, recorded) | _limits(context, stand, bodies, sampler)
+        finally:
+            peaks = sampler.stop()
+    return figures | {"peak_rss_mib": peaks}
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, int]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return status, length
+def _bodies(o: Options) -> int:
+    """Every body unique (a repeat is answered from dedup, which is cheaper); the overload run, mostly
+    refused with 429, is the only one that may wrap around."""
+    rates = sum(o.http_rates) + o.committed_answer_rate
+    return min(int(((o.repetitions + 1 + o.overload_factor) * rates) * o.http_seconds + 100_000), 300_000)
 
 
-def _connections(settings: Settings, max_connections: int = 1024) -> Connections:
-    return Connections("127.0.0.1", settings.gateway.port, settings.gateway.timeout_s + 5, max_connections)
-
-
-async def _post(connections: Connections, body: bytes, result: LoadResult, since: float) -> None:
+@contextmanager
+def _stood_up(context: Context) -> Iterator[Stand]:
+    """The stand started (ports of its own: the bench can run beside `pipeline stack up`); stopped,
+    and its topics dropped, whatever happens."""
+    bridge = load.fresh_topics(context.settings, "http")
+    bridge = bridge.updated(gateway={"port": free_port()}, worker={"metrics_port": free_port()})
+    stand = Stand(bridge, peer=bridge.updated(gateway={"port": free_port()}))
     try:
-        status = str(await connections.post("/v1/predict", body))
-    except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
-        status = f"client:{type(e).__name__}"
-    result.statuses[status] += 1
-    if status == "200":
-        result.latencies_s.append(time.perf_counter() - since)
-
-
-async def closed_loop(settings: Settings, bodies: Bodies, concurrency: int, seconds: float) -> LoadResult:
-    result = LoadResult("closed", concurrency, seconds)
-    connections = _connections(settings)
-    end = time.perf_counter() + seconds
-
-    async def user() -> None:
-        while time.perf_counter() < end:
-            await _post(connections, bodies.take(), result, time.perf_counter())
-
-    try:
-        await asyncio.gather(*(user() for _ in range(concurrency)))
+        _start(context, stand)
+        yield stand
     finally:
-        await connections.close()
-    return result
+        context.stop(stand.processes)
+        load.drop_topics(stand.bridge)
+        if stand.committed is not None:
+            load.drop_topics(stand.committed)
 
 
-async def open_loop(settings: Settings, bodies: Bodies, rate: float, seconds: float) -> LoadResult:
-    """Requests start on a fixed schedule whatever the answers; latency counts from the scheduled
-    start, so a slow server cannot hide queueing (no coordinated omission)."""
-    result = LoadResult("open", rate, seconds)
-    count = int(rate * seconds)
-    connections = _connections(settings)
-    start = time.perf_counter() + 0.1
-    tasks = []
-    try:
-        for i in range(count):
-            scheduled = start + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_post(connections, bodies.take(), result, scheduled)))
-        await asyncio.gather(*tasks)
-    finally:
-        await connections.close()
-    return result
+def _start(context: Context, stand: Stand) -> None:
+    _start_pair(context, stand, BRIDGE, stand.bridge)
+    if context.options.committed_answer_rate:
+        stand.committed = load.fresh_topics(context.settings, "http-committed").updated(
+            gateway={"port": free_port()}, worker={"metrics_port": free_port(), "reply_when": "committed"}
+        )
+        _start_pair(context, stand, COMMITTED, stand.committed)
+    # The request-response peer, served at the same route, loaded at the same rates in the same rounds.
+    stand.processes[PEER] = context.stack.spawn(PEER, stand.peer, "bench-peer", "request-response")
+    context.stack.wait_for_http(PEER, stand.processes[PEER], stand.peer.gateway.port)
 
 
-async def direct_triton(settings: Settings, spec: ModelSpec, calls: int) -> dict[str, Any]:
-    """Latency of one-row infer calls straight to Triton (gRPC), one at a time."""
-    import tritonclient.grpc.aio as grpcclient
+def _start_pair(context: Context, stand: Stand, prefix: str, settings: Settings) -> None:
+    for role, start in (("worker", context.stack.start_worker), ("gateway", context.stack.start_gateway)):
+        stand.processes[f"{prefix}-{role}"] = start(settings, f"{prefix}-{role}")
 
-    client = grpcclient.InferenceServerClient(settings.triton.grpc_url)
-    row = np.random.default_rng(1).random((1, spec.width), dtype=np.float32)
-    latencies = []
-    try:
-        for i in range(calls + calls // 10):
-            infer_input = grpcclient.InferInput(spec.input_name, [1, spec.width], "FP32")
-            infer_input.set_data_from_numpy(row)
-            began = time.perf_counter()
-            await client.infer(spec.name, [infer_input])
-            if i >= calls // 10:  # the first tenth is warm-up
-                latencies.append(time.perf_counter() - began)
-    finally:
-        await client.close()
-    return {"calls": len(latencies), **percentiles_ms(latencies)}
+
+def _levels(context: Context, stand: Stand, bodies: Bodies) -> dict[str, rounds.Level]:
+    """A round: the closed loop, each rate on the bridge then on the peer, the rate answered at commit."""
+    o = context.options
+    bridge_path, peer_path = stand.paths(context)
+
+    def closed(_: int) -> Figures:
+        return measured(closed_loop(stand.bridge, bodies, o.closed_concurrency, o.http_seconds))
+
+    def opened(settings: Settings, rate: float, path: dict[str, int]) -> rounds.Level:
+        return lambda _: metered(open_loop(settings, bodies, rate, o.http_seconds), path)
+
+    levels: dict[str, rounds.Level] = {"http-closed": closed}
+    for rate in o.http_rates:
+        levels[f"http-open@{rate:g}"] = opened(stand.bridge, rate, bridge_path)
+        levels[f"http-request-response@{rate:g}"] = opened(stand.peer, rate, peer_path)
+    if (committed := stand.committed) is not None:
+        levels["http-answered-once-committed"] = lambda _: measured(
+            open_loop(committed, bodies, o.committed_answer_rate, o.http_seconds)
+        )
+    return levels
+
+
+def _medians(o: Options, recorded: dict[str, list[Figures]]) -> Figures:
+    committed = recorded.get("http-answered-once-committed")
+    return {
+        "closed_loop": median_figures(recorded["http-closed"]),
+        "open_loop": [median_figures(recorded[f"http-open@{r:g}"]) for r in o.http_rates],
+        # The request-response peer at the same rates, in the same rounds.
+        "request_response_open_loop": [median_figures(recorded[f"http-request-response@{r:g}"]) for r in o.http_rates],
+        # The same open loop, callers answered only once their result is committed (reference).
+        "open_loop_answered_once_committed": median_figures(committed) if committed else None,
+    }
+
+
+def _limits(context: Context, stand: Stand, bodies: Bodies, sampler: RssSampler) -> Figures:
+    """The bridge's capacity (a closed loop wide enough to saturate it), an open loop at a multiple of
+    it against a bridge that sheds load, and one-row calls straight to Triton."""
+    o = context.options
+    saturated = measured(closed_loop(stand.bridge, bodies, o.capacity_concurrency, o.http_seconds))
+    capacity = max(1.0, saturated["achieved_per_s"])
+    shedding = stand.bridge.updated(gateway={"port": free_port(), "max_in_flight": o.overload_max_in_flight})
+    name = "bench-http-gateway-overload"
+    stand.processes[name] = context.stack.start_gateway(shedding, name)
+    sampler.track(name, stand.processes[name].pid)
+    overload = measured(open_loop(shedding, bodies, round(capacity * o.overload_factor), o.http_seconds))
+    bridge = stand.bridge
+    spec = load_spec_file(bridge.triton.model_repository / bridge.default_model / "config.pbtxt")
+    return {
+        "capacity": saturated,
+        "overload": overload
+        | {"factor_of_capacity": o.overload_factor, "gateway_max_in_flight": o.overload_max_in_flight},
+        "direct_triton_one_row": asyncio.run(direct_triton(bridge, spec, o.triton_calls)),
+    }
+
+
+# -- its block of the table -----------------------------------------------------------------------
+def lines(report: Report) -> list[str]:
+    h = report["http"]
+    d = h["direct_triton_one_row"]
+    return [
+        f"HTTP POST /v1/predict, medians of {len(h['closed_loop'].get('repetitions', [None]))} repetitions:",
+        f"{'':<30}{'ok/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'errors':>8}{'CPU ms/req':>12}",
+        *(_row(label, figures) for label, figures in _rows(h)),
+        f"{'direct Triton, 1 row':<30}{'':>8}{d['p50']:>8.1f}{d['p90']:>8.1f}{d['p99']:>8.1f}{d['p99.9']:>8.1f}",
+        f"overload statuses: {h['overload']['statuses']}",
+        "  CPU ms/req: bridge, worker, broker and Triton; request-response: the service and Triton",
+        *(f"ratio {name:<44}{value:>8.2f}" for name, value in report["summary"].get("http", {}).items()),
+    ]
+
+
+def _rows(h: Figures) -> list[tuple[str, Figures]]:
+    rows = [(f"closed, {h['closed_loop']['offered']:g} users", h["closed_loop"])]
+    rows += [(f"open, {f['offered']:g} req/s", f) for f in h["open_loop"]]
+    rows += [(f"request-response, {f['offered']:g} req/s", f) for f in h.get("request_response_open_loop") or []]
+    if committed := h.get("open_loop_answered_once_committed"):
+        rows.append((f"  same, {committed['offered']:g}, at commit", committed))
+    rows.append((f"capacity, {h['capacity']['offered']:g} users", h["capacity"]))
+    rows.append((f"overload, {h['overload']['offered']:g} req/s", h["overload"]))
+    return rows
+
+
+def _row(label: str, f: Figures) -> str:
+    cpu_ms = f.get("cpu_ms_per_request")
+    return (
+        f"{label:<30}{f['achieved_per_s']:>8,.0f}{f['p50']:>8.1f}{f['p90']:>8.1f}{f['p99']:>8.1f}"
+        f"{f['p99.9']:>8.1f}{f['errors']:>8}{'' if cpu_ms is None else f'{cpu_ms:>12.2f}'}"
+    )
+
+
+GROUP = Group("http", "http", run, lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -36,6 +37,14 @@ class Run:
     @property
     def events_per_s(self) -> float:
         return self.count / max(1e-6, self.done_at - self.produced_at)
+
+    def figures(self) -> dict[str, Any]:
+        """Its outputs, the seconds from the first request produced to the last output, their rate."""
+        return {
+            "events": self.count,
+            "seconds": round(self.done_at - self.produced_at, 3),
+            "events_per_s": round(self.events_per_s, 1),
+        }
 
 
 class OutputCounter:

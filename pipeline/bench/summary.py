@@ -9,15 +9,12 @@ docs/performance.md#throughput.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.bench.scenarios import LIMIT, MONOLITH, PIPELINE, mix_scenario, peer_scenario, pipeline_scenario
 from pipeline.bench.stats import median, ratio
 
-PIPELINE = "pipeline"
-MIX = "model-mix"  # the pipeline fed requests for both models, half each
-LIMIT, MONOLITH = "passthrough", "monolith"
 STATE_TARGET_ENTRIES = 10_000_000  # the RSS target is stated for a store of this many entries
 HTTP_RATE = 500.0  # req/s: the open-loop level the HTTP targets are judged at
 REPLAY_TARGET_EVENTS = 1_000_000  # the replay publishing target is stated for a file this large
@@ -48,45 +45,10 @@ TARGETS = {
 }
 
 
-def pipeline_scenario(workers: int) -> str:
-    return f"{PIPELINE}-{workers}w"
-
-
-def mix_scenario(workers: int) -> str:
-    return f"{MIX}-{workers}w"
-
-
-def runs_workers(scenario: str) -> bool:
-    """The scenario runs the pipeline's own workers (not a peer)."""
-    return scenario.startswith((f"{PIPELINE}-", f"{MIX}-"))
-
-
-def peer_scenario(kind: str, processes: int) -> str:
-    return f"{kind}-{processes}p"
-
-
-def throughput_scenarios(workers: Sequence[int]) -> list[tuple[str, int]]:
-    """Each throughput scenario, in run order, with how many consumer processes it runs: the limit,
-    the pipeline and the monolith at each process count, the pipeline on a mix of both models, and
-    three references of one process."""
-    scenarios = [(peer_scenario(LIMIT, n), n) for n in workers]
-    scenarios.append(("passthrough-librdkafka", 1))
-    scenarios += [(pipeline_scenario(n), n) for n in workers]
-    scenarios.append((mix_scenario(1), 1))
-    scenarios += [(peer_scenario(MONOLITH, n), n) for n in workers]
-    return [*scenarios, ("monolith-at-least-once", 1), ("naive", 1)]
-
-
-def peer_kind(scenario: str) -> str:
-    """The `pipeline bench-peer` kind a peer scenario runs: its name less the process count."""
-    head, _, tail = scenario.rpartition("-")
-    return head if head and tail[:-1].isdigit() and tail.endswith("p") else scenario
-
-
 def path_cpu_s(run: dict[str, Any]) -> float:
     """CPU seconds of every process on one run's path (its consumers and the services it uses); the
     load generator's apart."""
-    return sum(run.get("cpu_s", {}).get("path", {}).values())
+    return float(sum(run.get("cpu_s", {}).get("path", {}).values()))
 
 
 def summarise(
@@ -98,49 +60,100 @@ def summarise(
     burst_figures: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Medians per scenario, the ratios, and each target met or not."""
-    medians = {name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()}
-    # A run too short to have a steady span has none (NaN), and NaN has no place in a sorted median.
-    steady = {
-        name: median([v for r in rs if math.isfinite(v := r.get("steady_events_per_s", math.nan))])
-        for name, rs in runs.items()
-    }
-    per_cpu = {
-        name: median([r["events"] / cpu for r in rs if (cpu := path_cpu_s(r)) > 0 and "events" in r])
-        for name, rs in runs.items()
-    }
-    cpu_per_million = {name: ratio(1e6, rate) for name, rate in per_cpu.items()}
-    ratios: dict[str, float] = {}
-    counts = sorted({int(name[len(PIPELINE) + 1 : -1]) for name in runs if name.startswith(f"{PIPELINE}-")})
-    for n in counts:
-        pipeline = pipeline_scenario(n)
-        for kind in (LIMIT, MONOLITH):
-            peer = peer_scenario(kind, n)
-            if peer in medians:
-                ratios[f"{pipeline}/{peer}"] = ratio(medians[pipeline], medians[peer])
-        monolith = peer_scenario(MONOLITH, n)
-        if monolith in per_cpu:
-            ratios[f"{pipeline}/{monolith} per CPU s"] = ratio(per_cpu[pipeline], per_cpu[monolith])
-        if monolith in steady:
-            # The drain rates, without the run's start (the backlog being published) and its tail.
-            ratios[f"{pipeline}/{monolith} steady"] = ratio(steady[pipeline], steady[monolith])
-    one = pipeline_scenario(1)
-    # References of one process: the naive per-event loop, the copy on the pipeline's own client
-    # (librdkafka), a monolith without the pipeline's guarantee (no dedup, no transactions).
-    for peer in ("naive", "passthrough-librdkafka", "monolith-at-least-once"):
-        if one in medians and peer in medians:
-            ratios[f"{one}/{peer}"] = ratio(medians[one], medians[peer])
-    # Both models through one worker (a batch split by model: two feature reads, two Triton calls)
-    # against the fraud scorer alone, the same number of events.
-    if one in medians and (mix := mix_scenario(1)) in medians:
-        ratios[f"{mix}/{one}"] = ratio(medians[mix], medians[one])
-    ratios = {name: value for name, value in ratios.items() if math.isfinite(value)}  # unmeasured: left out
-    measured = dict(ratios)
+    rates = Rates.of(runs)
+    ratios = _ratios(rates)
     http_summary = summarise_http(http_figures) if http_figures else {}
-    measured |= http_summary.get("judged", {})
+    measured = ratios | http_summary.get("judged", {})
     if state_figures and state_figures["write"]["entries"] >= STATE_TARGET_ENTRIES:
         measured["state 10M RSS MiB"] = state_figures["summary"]["rss_mib"]
     if replay_figures and replay_figures["events"] >= REPLAY_TARGET_EVENTS:
         measured["replay publish events/s"] = replay_figures["publish"]["per_s"]
+    two_workers = _drain_rate(pipeline_scenario(2), rates.steady, rates.medians)
+    return {
+        "consumers": summarise_consumers(consumer_figures, two_workers) if consumer_figures else {},
+        "replay": _replay(replay_figures) if replay_figures else {},
+        "burst": _burst(burst_figures) if burst_figures else {},
+        "events_per_s_median": rates.medians,
+        "steady_events_per_s_median": rates.steady,
+        "events_per_cpu_s_median": rates.per_cpu,
+        "cpu_s_per_million_median": {name: ratio(1e6, rate) for name, rate in rates.per_cpu.items()},
+        "ratios": ratios,
+        "http": http_summary.get("ratios", {}),
+        "targets": _targets(measured),
+    }
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Each throughput scenario's median rates over its runs: events/s, steady events/s (the drain
+    rate without a run's start and tail), events per CPU second of every process on its path."""
+
+    medians: dict[str, float]
+    steady: dict[str, float]
+    per_cpu: dict[str, float]
+
+    @classmethod
+    def of(cls, runs: dict[str, list[dict[str, Any]]]) -> Rates:
+        # A run too short to have a steady span has none (NaN), and NaN has no place in a sorted median.
+        return cls(
+            medians={name: median([r["events_per_s"] for r in rs]) for name, rs in runs.items()},
+            steady={
+                name: median([v for r in rs if math.isfinite(v := r.get("steady_events_per_s", math.nan))])
+                for name, rs in runs.items()
+            },
+            per_cpu={
+                name: median([r["events"] / cpu for r in rs if (cpu := path_cpu_s(r)) > 0 and "events" in r])
+                for name, rs in runs.items()
+            },
+        )
+
+
+def _ratios(rates: Rates) -> dict[str, float]:
+    """Like with like, then the references of one process; the unmeasured left out."""
+    counts = sorted({int(name[len(PIPELINE) + 1 : -1]) for name in rates.medians if name.startswith(f"{PIPELINE}-")})
+    ratios: dict[str, float] = {}
+    for n in counts:
+        ratios |= _like_with_like(rates, n)
+    ratios |= _references(rates.medians)
+    return {name: value for name, value in ratios.items() if math.isfinite(value)}
+
+
+def _like_with_like(rates: Rates, n: int) -> dict[str, float]:
+    """`n` pipeline workers against `n` processes of the limit and of the monolith, by rate, and
+    against the monolith by CPU and by steady drain rate."""
+    pipeline, monolith = pipeline_scenario(n), peer_scenario(MONOLITH, n)
+    ratios: dict[str, float] = {}
+    for kind in (LIMIT, MONOLITH):
+        peer = peer_scenario(kind, n)
+        if peer in rates.medians:
+            ratios[f"{pipeline}/{peer}"] = ratio(rates.medians[pipeline], rates.medians[peer])
+    if monolith in rates.per_cpu:
+        ratios[f"{pipeline}/{monolith} per CPU s"] = ratio(rates.per_cpu[pipeline], rates.per_cpu[monolith])
+    if monolith in rates.steady:
+        # The drain rates, without the run's start (the backlog being published) and its tail.
+        ratios[f"{pipeline}/{monolith} steady"] = ratio(rates.steady[pipeline], rates.steady[monolith])
+    return ratios
+
+
+def _references(medians: dict[str, float]) -> dict[str, float]:
+    """One worker against the references of one process: the naive per-event loop, the copy on the
+    pipeline's own client (librdkafka), a monolith without the pipeline's guarantee (no dedup, no
+    transactions); and both models through one worker (a batch split by model: two feature reads,
+    two Triton calls) against the fraud scorer alone, the same number of events."""
+    one = pipeline_scenario(1)
+    if one not in medians:
+        return {}
+    ratios = {
+        f"{one}/{peer}": ratio(medians[one], medians[peer])
+        for peer in ("naive", "passthrough-librdkafka", "monolith-at-least-once")
+        if peer in medians
+    }
+    if (mix := mix_scenario(1)) in medians:
+        ratios[f"{mix}/{one}"] = ratio(medians[mix], medians[one])
+    return ratios
+
+
+def _targets(measured: dict[str, float]) -> dict[str, dict[str, Any]]:
     targets: dict[str, dict[str, Any]] = {}
     for name, target in TARGETS.items():
         if name in measured and math.isfinite(measured[name]):
@@ -149,35 +162,23 @@ def summarise(
     if "http@500 errors" in measured:
         errors = measured["http@500 errors"]
         targets["http@500 errors"] = {"target": 0, "measured": errors, "met": not errors}
+    return targets
+
+
+def _replay(replay_figures: dict[str, Any]) -> dict[str, Any]:
     return {
-        "consumers": summarise_consumers(consumer_figures, _drain_rate(pipeline_scenario(2), steady, medians))
-        if consumer_figures
-        else {},
-        "replay": {
-            "publish_events_per_s": replay_figures["publish"]["per_s"],
-            "backfill_events_per_s": replay_figures["scored"]["events_per_s"],
-            "live_http_p99_ratio": replay_figures["live_http"]["p99_ratio"],
-        }
-        if replay_figures
-        else {},
-        "burst": {
-            "seconds": {
-                "fixed_one": burst_figures["fixed_one"]["seconds"],
-                "fixed_max": burst_figures["fixed_max"]["seconds"],
-                "scaled": burst_figures["scaled"]["seconds"],
-            },
-            "scale_events": burst_figures["scaled"]["scale_events"],
-            "ratios": burst_figures["ratios"],
-        }
-        if burst_figures
-        else {},
-        "events_per_s_median": medians,
-        "steady_events_per_s_median": steady,
-        "events_per_cpu_s_median": per_cpu,
-        "cpu_s_per_million_median": cpu_per_million,
-        "ratios": ratios,
-        "http": http_summary.get("ratios", {}),
-        "targets": targets,
+        "publish_events_per_s": replay_figures["publish"]["per_s"],
+        "backfill_events_per_s": replay_figures["scored"]["events_per_s"],
+        "live_http_p99_ratio": replay_figures["live_http"]["p99_ratio"],
+    }
+
+
+def _burst(burst_figures: dict[str, Any]) -> dict[str, Any]:
+    seconds = {way: burst_figures[way]["seconds"] for way in ("fixed_one", "fixed_max", "scaled")}
+    return {
+        "seconds": seconds,
+        "scale_events": burst_figures["scaled"]["scale_events"],
+        "ratios": burst_figures["ratios"],
     }
 
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from pipeline.bench import report, runner
-from pipeline.bench.summary import runs_workers, throughput_scenarios
+from pipeline.bench.scenarios import runs_workers, throughput_scenarios
 
 pytestmark = pytest.mark.integration
 

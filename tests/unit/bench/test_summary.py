@@ -2,8 +2,9 @@
 
 import math
 
+from pipeline.bench.scenarios import peer_kind, runs_workers, throughput_scenarios
 from pipeline.bench.stats import state_summary
-from pipeline.bench.summary import peer_kind, runs_workers, summarise, throughput_scenarios
+from pipeline.bench.summary import summarise
 
 
 def _run(events_per_s: float, cpu_s: dict[str, float] | None = None, steady: float = math.nan) -> dict:

@@ -1,0 +1,48 @@
+"""The throughput scenarios' names, and what each runs (docs/performance.md#throughput).
+
+A pipeline scenario is named by its workers (`pipeline-2w`), a peer's by its processes
+(`monolith-2p`); the references of one process by their kind alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+PIPELINE = "pipeline"
+MIX = "model-mix"  # the pipeline fed requests for both models, half each
+LIMIT, MONOLITH = "passthrough", "monolith"
+
+
+def pipeline_scenario(workers: int) -> str:
+    return f"{PIPELINE}-{workers}w"
+
+
+def mix_scenario(workers: int) -> str:
+    return f"{MIX}-{workers}w"
+
+
+def runs_workers(scenario: str) -> bool:
+    """The scenario runs the pipeline's own workers (not a peer)."""
+    return scenario.startswith((f"{PIPELINE}-", f"{MIX}-"))
+
+
+def peer_scenario(kind: str, processes: int) -> str:
+    return f"{kind}-{processes}p"
+
+
+def throughput_scenarios(workers: Sequence[int]) -> list[tuple[str, int]]:
+    """Each throughput scenario, in run order, with how many consumer processes it runs: the limit,
+    the pipeline and the monolith at each process count, the pipeline on a mix of both models, and
+    three references of one process."""
+    scenarios = [(peer_scenario(LIMIT, n), n) for n in workers]
+    scenarios.append(("passthrough-librdkafka", 1))
+    scenarios += [(pipeline_scenario(n), n) for n in workers]
+    scenarios.append((mix_scenario(1), 1))
+    scenarios += [(peer_scenario(MONOLITH, n), n) for n in workers]
+    return [*scenarios, ("monolith-at-least-once", 1), ("naive", 1)]
+
+
+def peer_kind(scenario: str) -> str:
+    """The `pipeline bench-peer` kind a peer scenario runs: its name less the process count."""
+    head, _, tail = scenario.rpartition("-")
+    return head if head and tail[:-1].isdigit() and tail.endswith("p") else scenario
