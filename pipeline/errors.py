@@ -63,3 +63,21 @@ class ResultsUnreadable(PipelineError):
 
 class ConfigurationError(PipelineError):
     code = "configuration_error"
+
+
+class NotFound(PipelineError):
+    """The HTTP bridge has no route at the path asked for."""
+
+    code = "not_found"
+
+
+class MethodNotAllowed(PipelineError):
+    """The HTTP bridge's route exists, but not for this method."""
+
+    code = "method_not_allowed"
+
+
+class UnsupportedMediaType(PipelineError):
+    """A request body declared as something else than JSON, the only type the HTTP bridge reads."""
+
+    code = "unsupported_media_type"

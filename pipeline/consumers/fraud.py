@@ -20,7 +20,7 @@ import structlog
 
 from pipeline import metrics
 from pipeline.consumers.app import guarded, published_alerts, results_topic
-from pipeline.consumers.fraud_rules import WindowRule, high_score, parse_result, windowed
+from pipeline.consumers.fraud_rules import Scored, WindowRule, high_score, parse_result, windowed
 from pipeline.errors import InvalidRequest
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec
@@ -44,63 +44,91 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
     fraud = settings.consumers.fraud
     results = results_topic(app, settings)
     published = published_alerts(app, "fraud_alerts", settings.topics.alerts, partitions)
-    windows: list[tuple[WindowRule, Any]] = [
+    windows = window_tables(app, rules(settings), partitions)
+
+    def decide(event: Any) -> None:
+        scored = read_result(event, fraud.model)
+        if scored is None:
+            return
+        alerts = decide_alerts(scored, windows, fraud.hard_threshold, time.time())
+        publish_alerts(alerts, published, event.message.timestamp)
+
+    app.agent(results, name="fraud")(guarded("fraud", decide))
+    return [window_changelog(rule, table, partitions) for rule, table in windows]
+
+
+Windows = list[tuple[WindowRule, Any]]  # each rule with its Faust windowed table, keyed by account
+
+
+def window_tables(app: faust.App, window_rules: list[WindowRule], partitions: int) -> Windows:
+    """One tumbling-window table per rule, its windows kept twice their size."""
+    return [
         (
             rule,
             app.Table(f"fraud_{rule.name}", default=dict, partitions=partitions).tumbling(
                 rule.size_s, expires=rule.size_s * 2
             ),
         )
-        for rule in rules(settings)
+        for rule in window_rules
     ]
 
-    def decide(event: Any) -> None:
-        at = event.message.timestamp
-        try:
-            scored = parse_result(event.value, at)
-        except InvalidRequest as e:
-            metrics.CONSUMED_RESULTS.labels("fraud", "invalid").inc()
-            log.warning(
-                "result_unreadable", partition=event.message.partition, offset=event.message.offset, error=e.message
-            )
-            return
-        if scored.model != fraud.model:
-            metrics.CONSUMED_RESULTS.labels("fraud", "other_model").inc()
-            return
-        metrics.CONSUMED_RESULTS.labels("fraud", "read").inc()
-        now = time.time()
-        decided = []
-        if (alert := high_score(scored, fraud.hard_threshold, now)) is not None:
-            decided.append(alert)
-        account = str(scored.account_id)
-        for rule, table in windows:
-            state, alert = windowed(rule, table[account].current(), scored, now)
-            if state is not None:
-                table[account] = state
-            if alert is not None:
-                decided.append(alert)
-        fresh = []
-        for alert in decided:
-            key = alert["alert_id"].encode()
-            if key in published:
-                metrics.ALERTS_SKIPPED.labels("fraud").inc()
-                continue
-            published[key] = orjson.dumps(alert)  # the table's changelog is the alerts topic
-            fresh.append(alert["rule"])
-            log.info("alert", rule=alert["rule"], account_id=alert["account_id"], alert_id=alert["alert_id"])
-        if fresh:
-            # Sent at once by Faust's producer buffer; acknowledged before the offsets of the results
-            # behind them are committed (Faust flushes its producer before each commit).
-            for rule in fresh:
-                metrics.ALERTS.labels("fraud", rule).inc()
-            metrics.ALERT_LATENCY.labels("fraud").observe(max(0.0, time.time() - at))
 
-    app.agent(results, name="fraud")(guarded("fraud", decide))
-    return [
-        TopicSpec(
-            table.table.changelog_topic_name,
-            partitions,
-            {"cleanup.policy": "compact,delete", "retention.ms": str(int(rule.size_s * 2 * 1000))},
+def read_result(event: Any, model: str) -> Scored | None:
+    """The result an event carries, when it is readable and of the fraud model; each event counted."""
+    try:
+        scored = parse_result(event.value, event.message.timestamp)
+    except InvalidRequest as e:
+        metrics.CONSUMED_RESULTS.labels("fraud", "invalid").inc()
+        log.warning(
+            "result_unreadable", partition=event.message.partition, offset=event.message.offset, error=e.message
         )
-        for rule, table in windows
-    ]
+        return None
+    if scored.model != model:
+        metrics.CONSUMED_RESULTS.labels("fraud", "other_model").inc()
+        return None
+    metrics.CONSUMED_RESULTS.labels("fraud", "read").inc()
+    return scored
+
+
+def decide_alerts(scored: Scored, windows: Windows, hard_threshold: float, now: float) -> list[dict[str, Any]]:
+    """The alerts one result decides: the hard threshold, then each window rule, whose state it updates."""
+    decided = []
+    if (alert := high_score(scored, hard_threshold, now)) is not None:
+        decided.append(alert)
+    account = str(scored.account_id)
+    for rule, table in windows:
+        state, alert = windowed(rule, table[account].current(), scored, now)
+        if state is not None:
+            table[account] = state
+        if alert is not None:
+            decided.append(alert)
+    return decided
+
+
+def publish_alerts(decided: list[dict[str, Any]], published: Any, at: float) -> None:
+    """Write each alert not published yet to the published-alerts table (its changelog is the alerts
+    topic); `at` is the result's record time, for the alert latency."""
+    fresh = []
+    for alert in decided:
+        key = alert["alert_id"].encode()
+        if key in published:
+            metrics.ALERTS_SKIPPED.labels("fraud").inc()
+            continue
+        published[key] = orjson.dumps(alert)  # the table's changelog is the alerts topic
+        fresh.append(alert["rule"])
+        log.info("alert", rule=alert["rule"], account_id=alert["account_id"], alert_id=alert["alert_id"])
+    if fresh:
+        # Sent at once by Faust's producer buffer; acknowledged before the offsets of the results
+        # behind them are committed (Faust flushes its producer before each commit).
+        for rule in fresh:
+            metrics.ALERTS.labels("fraud", rule).inc()
+        metrics.ALERT_LATENCY.labels("fraud").observe(max(0.0, time.time() - at))
+
+
+def window_changelog(rule: WindowRule, table: Any, partitions: int) -> TopicSpec:
+    """A window table's changelog topic: compacted, and deleted past twice the window."""
+    return TopicSpec(
+        table.table.changelog_topic_name,
+        partitions,
+        {"cleanup.policy": "compact,delete", "retention.ms": str(int(rule.size_s * 2 * 1000))},
+    )

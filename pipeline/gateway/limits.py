@@ -9,6 +9,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
+
+BODY_TOO_LARGE = "body_too_large"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -83,7 +86,7 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _BodyTooLarge
+                raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -93,17 +96,25 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             if not started:
                 await _too_large(send, self.max_bytes)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A streamed body passed the limit. An HTTPException, so that FastAPI's body reading, which turns
+    any other exception into a 400, lets it through to the app's handler for its 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _too_large_message(max_bytes))
+
+
+def _too_large_message(max_bytes: int) -> str:
+    return f"request body over {max_bytes} bytes"
 
 
 async def _too_large(send: Send, max_bytes: int) -> None:
-    body = orjson.dumps({"error": {"code": "body_too_large", "message": f"request body over {max_bytes} bytes"}})
+    body = orjson.dumps({"error": {"code": BODY_TOO_LARGE, "message": _too_large_message(max_bytes)}})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
