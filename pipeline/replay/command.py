@@ -16,7 +16,8 @@ from pipeline.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from pipeline.replay.checkpoint import Checkpoint
-    from pipeline.replay.publisher import Summary
+    from pipeline.replay.publisher import Options, Summary
+    from pipeline.replay.sources import Source
 
 app = typer.Typer(help="Re-score history: publish past requests for the backfill workers, export, diff.")
 
@@ -31,39 +32,43 @@ Ranges = Annotated[
     list[str] | None, typer.Option("--range", help="PARTITION:START-END offsets, end exclusive (repeatable).")
 ]
 Topic = Annotated[str | None, typer.Option(help="The topic to read (default: the live requests topic).")]
+ReplayId = Annotated[
+    str | None, typer.Option(help="Names the replay: its checkpoint, and the scope its events are scored once in.")
+]
+File = Annotated[Path | None, typer.Option(help="A .jsonl or .parquet file of requests, instead of a topic.")]
+ResultsTopic = Annotated[
+    str | None,
+    typer.Option(
+        help="Also put this replay's results here (created when missing), besides inference.results.backfill."
+    ),
+]
+Filters = Annotated[
+    list[str] | None,
+    typer.Option("--filter", help="FIELD=VALUE on model or an entity key; event_time>=/</... a time (repeatable)."),
+]
+Rate = Annotated[float | None, typer.Option(min=0.001, help="Publish at most this many events/s.")]
+Limit = Annotated[int | None, typer.Option(min=1, help="Publish at most this many requests in this run.")]
+DryRun = Annotated[bool, typer.Option(help="Read and validate; count what would be published; publish nothing.")]
+Rejects = Annotated[
+    Path | None, typer.Option(help="Where invalid rows go (JSON Lines; default replay-<id>.rejects.jsonl).")
+]
 
 
 @app.callback(invoke_without_command=True)
 def replay(
     ctx: typer.Context,
-    replay_id: Annotated[
-        str | None, typer.Option(help="Names the replay: its checkpoint, and the scope its events are scored once in.")
-    ] = None,
+    replay_id: ReplayId = None,
     since: Since = None,
     until: Until = None,
     ranges: Ranges = None,
     topic: Topic = None,
-    file: Annotated[
-        Path | None, typer.Option(help="A .jsonl or .parquet file of requests, instead of a topic.")
-    ] = None,
-    results_topic: Annotated[
-        str | None,
-        typer.Option(
-            help="Also put this replay's results here (created when missing), besides inference.results.backfill."
-        ),
-    ] = None,
-    filter_: Annotated[
-        list[str] | None,
-        typer.Option("--filter", help="FIELD=VALUE on model or an entity key; event_time>=/</... a time (repeatable)."),
-    ] = None,
-    rate: Annotated[float | None, typer.Option(min=0.001, help="Publish at most this many events/s.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Publish at most this many requests in this run.")] = None,
-    dry_run: Annotated[
-        bool, typer.Option(help="Read and validate; count what would be published; publish nothing.")
-    ] = False,
-    rejects: Annotated[
-        Path | None, typer.Option(help="Where invalid rows go (JSON Lines; default replay-<id>.rejects.jsonl).")
-    ] = None,
+    file: File = None,
+    results_topic: ResultsTopic = None,
+    filter_: Filters = None,
+    rate: Rate = None,
+    limit: Limit = None,
+    dry_run: DryRun = False,
+    rejects: Rejects = None,
 ) -> None:
     """Re-publish past requests, from a topic range or a file, to be scored again into the backfill
     results. Resumable: run it again with the same --replay-id to continue; a finished replay adds nothing."""
@@ -73,10 +78,7 @@ def replay(
     from pipeline.replay.sources import PartitionRange, TopicSource, open_file
 
     settings = get_settings()
-    if replay_id is None:
-        raise typer.BadParameter("a replay needs a name: --replay-id (resume it by running it again)")
-    if not _REPLAY_ID.match(replay_id):
-        raise typer.BadParameter("letters, digits, '.', '_' and '-' only, at most 100", param_hint="--replay-id")
+    replay_id = _checked_replay_id(replay_id)
     filters = [selection.parse_filter(f) for f in filter_ or ()]
     if file is not None and (topic or since or until or ranges):
         raise typer.BadParameter("a file, or a topic range (--topic/--since/--until/--range): not both")
@@ -101,15 +103,31 @@ def replay(
         dry_run=dry_run,
         rejects=rejects or Path(f"replay-{replay_id}.rejects.jsonl"),
     )
-    try:
-        if not dry_run:  # once the source is known good: a refused command leaves no topic behind
-            _create_results_topic(settings, results)
-        summary = publisher.run(settings, source, options, previous)
-    finally:
-        source.close()
+    summary = _publish(settings, source, options, previous)
     _print_summary(summary, dry_run)
     if summary.interrupted:
         raise typer.Exit(130)
+
+
+def _checked_replay_id(replay_id: str | None) -> str:
+    if replay_id is None:
+        raise typer.BadParameter("a replay needs a name: --replay-id (resume it by running it again)")
+    if not _REPLAY_ID.match(replay_id):
+        raise typer.BadParameter("letters, digits, '.', '_' and '-' only, at most 100", param_hint="--replay-id")
+    return replay_id
+
+
+def _publish(settings: Settings, source: Source, options: Options, previous: Checkpoint | None) -> Summary:
+    """The replay's run, its own results topic created first (once the source is known good: a
+    refused command leaves no topic behind); the source closed however it ends."""
+    from pipeline.replay import publisher
+
+    try:
+        if not options.dry_run:
+            _create_results_topic(settings, options.results_topic)
+        return publisher.run(settings, source, options, previous)
+    finally:
+        source.close()
 
 
 @app.command("export")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ from pipeline.replay.sources import CHUNK, Chunk, Source
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+Headers = list[tuple[str, str | bytes | None]]  # as the producer takes them
 
 
 @dataclass(frozen=True)
@@ -117,24 +119,15 @@ def run(
         return Summary(state, 0, 0, 0, 0, 0.0, already_done=True)
     stop = stop or _stop_on_signals()
     producer = None if options.dry_run else _producer(settings, options.replay_id)
-    topic, headers = settings.topics.backfill_requests, request_headers(settings, options)
+    headers = request_headers(settings, options)
     outbox = _Outbox(producer, settings, options.replay_id, headers)
-    chunk_rows = pacing.transaction_rows(options.rate, CHUNK)
-    transaction_rows = settings.replay.transaction_rows if not options.rate else chunk_rows
-    read = published = rejected = filtered = 0
     # A replay begun afresh (or a dry run) starts its rejects file anew; a resumed one adds to it.
     rejects = _Rejects(options.rejects, fresh=options.dry_run or previous is None)
-    filters, default_model, positions = options.filters, settings.default_model, state.positions
-    plain = None if filters else plain_entity  # filters need the request's fields: `judge`
-    pending: list[tuple[Chunk, list[tuple[int, str]]]] = []  # rejects of the open transaction's chunks
+    ledger = _Ledger(state, outbox, rejects, began, previous_seconds(previous))
+    rows = _RowPublisher(settings.topics.backfill_requests, headers, options.filters, settings.default_model)
+    chunk_rows = pacing.transaction_rows(options.rate, CHUNK)
+    transaction_rows = settings.replay.transaction_rows if not options.rate else chunk_rows
     heap.freeze_startup()  # the collector's full passes would walk start-up's objects again and again
-
-    def commit() -> None:
-        state.seconds = previous_seconds(previous) + time.monotonic() - began
-        outbox.commit(state)
-        for chunk, rows in pending:  # once the transaction that moved past them is in
-            rejects.write(chunk, rows)
-        pending.clear()
 
     total = state.total()
     with Progress(f"replay {options.replay_id}", total, total - state.remaining()) as progress:
@@ -142,60 +135,108 @@ def run(
             if stop.is_set():
                 break
             if options.limit is not None:
-                chunk = _up_to_limit(chunk, options.limit - published, default_model, filters)
+                chunk = _up_to_limit(chunk, options.limit - ledger.published, settings.default_model, options.filters)
                 if not chunk.size:
                     break
             if not outbox.open:
                 outbox.begin()
-            chunk_rejects: list[tuple[int, str]] = []
-            sent = skipped = 0
-            produce, send = outbox.produce, outbox.send
-            # The hot loop: checking and producing a row costs ~10 µs of the 2-core box's time; most rows
-            # take the plain path (docs/performance.md#replay-publishing).
-            for index, (key, value) in enumerate(zip(chunk.keys, chunk.values, strict=True)):
-                entity = plain(value) if plain is not None else None
-                if entity is None:
-                    verdict = judge(value, filters, default_model)
-                    if verdict.entity is None:
-                        chunk_rejects.append((index, verdict.reason or ""))
-                        continue
-                    if not verdict.selected:
-                        skipped += 1
-                        continue
-                    entity = verdict.entity
-                try:
-                    produce(topic, value, key or entity_key(entity), headers=headers)
-                except BufferError:  # the client's queue is full
-                    send(key or entity_key(entity), value)
-                sent += 1
-            positions.update(chunk.ends())
-            for _, reason in chunk_rejects:
-                state.rejected[reason.split(":", 1)[0]] += 1
-            state.counts.update(read=chunk.size, published=sent, rejected=len(chunk_rejects), filtered=skipped)
-            pending.append((chunk, chunk_rejects))
-            outbox.rows += chunk.size
-            read, published, filtered = read + chunk.size, published + sent, filtered + skipped
-            rejected += len(chunk_rejects)
+            ledger.add(chunk, *rows.publish(chunk, outbox))
             if outbox.rows >= transaction_rows:
-                commit()
-            progress.advance(chunk.size, published=published)
-            if (wait := pacing.wait_s(published, options.rate, time.monotonic() - began)) > 0:
+                ledger.commit()
+            progress.advance(chunk.size, published=ledger.published)
+            if (wait := pacing.wait_s(ledger.published, options.rate, time.monotonic() - began)) > 0:
                 if outbox.open:
-                    commit()
+                    ledger.commit()
                 stop.wait(wait)
         else:
-            if options.limit is None or published < options.limit:
+            if options.limit is None or ledger.published < options.limit:
                 state.done = True
         interrupted = stop.is_set()
         if outbox.open or state.done:
             if not outbox.open:
                 outbox.begin()
-            commit()
+            ledger.commit()
     rejects.close()
     seconds = time.monotonic() - began
     if options.dry_run:
         state.done = False
-    return Summary(state, read, published, rejected, filtered, seconds, interrupted=interrupted, rejects=rejects.path)
+    counts = ledger.read, ledger.published, ledger.rejected, ledger.filtered
+    return Summary(state, *counts, seconds, interrupted=interrupted, rejects=rejects.path)
+
+
+@dataclass(frozen=True)
+class _RowPublisher:
+    """How the rows of a chunk are checked and published."""
+
+    topic: str
+    headers: Headers
+    filters: Sequence[Filter]
+    default_model: str
+
+    def publish(self, chunk: Chunk, outbox: _Outbox) -> tuple[int, int, list[tuple[int, str]]]:
+        """Produce the chunk's selected requests into the open transaction. Returns how many were
+        sent, how many a filter skipped, and the rejected rows (by index) with why."""
+        topic, headers, filters, default_model = self.topic, self.headers, self.filters, self.default_model
+        plain = None if filters else plain_entity  # filters need the request's fields: `judge`
+        rejects: list[tuple[int, str]] = []
+        sent = skipped = 0
+        produce, send = outbox.produce, outbox.send
+        # The hot loop: checking and producing a row costs ~10 µs of the 2-core box's time; most rows
+        # take the contract's fast path (docs/performance.md#replay-publishing).
+        for index, (key, value) in enumerate(zip(chunk.keys, chunk.values, strict=True)):
+            entity: Mapping[str, int | str] | None = plain(value) if plain is not None else None
+            if entity is None:
+                verdict = judge(value, filters, default_model)
+                if verdict.entity is None:
+                    rejects.append((index, verdict.reason or ""))
+                    continue
+                if not verdict.selected:
+                    skipped += 1
+                    continue
+                entity = verdict.entity
+            try:
+                produce(topic, value, key or entity_key(entity), headers=headers)
+            except BufferError:  # the client's queue is full
+                send(key or entity_key(entity), value)
+            sent += 1
+        return sent, skipped, rejects
+
+
+@dataclass
+class _Ledger:
+    """What this run has read, published, rejected and filtered out, into the checkpoint chunk by
+    chunk; each commit carries the checkpoint, and then writes the rejects of the chunks it moved past."""
+
+    state: Checkpoint
+    outbox: _Outbox
+    rejects: _Rejects
+    began: float  # time.monotonic() when this run began
+    seconds_before: float  # publishing time of the replay's earlier runs
+    read: int = 0
+    published: int = 0
+    rejected: int = 0
+    filtered: int = 0
+    pending: list[tuple[Chunk, list[tuple[int, str]]]] = field(default_factory=list)  # the open transaction's
+
+    def add(self, chunk: Chunk, sent: int, skipped: int, rejects: list[tuple[int, str]]) -> None:
+        state = self.state
+        state.positions.update(chunk.ends())
+        for _, reason in rejects:
+            state.rejected[reason.split(":", 1)[0]] += 1
+        state.counts.update(read=chunk.size, published=sent, rejected=len(rejects), filtered=skipped)
+        self.pending.append((chunk, rejects))
+        self.outbox.rows += chunk.size
+        self.read += chunk.size
+        self.published += sent
+        self.rejected += len(rejects)
+        self.filtered += skipped
+
+    def commit(self) -> None:
+        self.state.seconds = self.seconds_before + time.monotonic() - self.began
+        self.outbox.commit(self.state)
+        for chunk, rows in self.pending:  # once the transaction that moved past them is in
+            self.rejects.write(chunk, rows)
+        self.pending.clear()
 
 
 def previous_seconds(previous: Checkpoint | None) -> float:
@@ -206,9 +247,7 @@ class _Outbox:
     """One transaction at a time: requests, then the checkpoint they bring the replay to. Without a
     producer (a dry run), nothing is sent."""
 
-    def __init__(
-        self, producer: Producer | None, settings: Settings, replay_id: str, headers: list[tuple[str, bytes]]
-    ) -> None:
+    def __init__(self, producer: Producer | None, settings: Settings, replay_id: str, headers: Headers) -> None:
         self._producer, self._replay_id = producer, replay_id
         self._topic, self._checkpoints = settings.topics.backfill_requests, settings.topics.replay_checkpoints
         self._headers = headers
@@ -249,9 +288,9 @@ class _Outbox:
             ) from e
 
 
-def request_headers(settings: Settings, options: Options) -> list[tuple[str, bytes]]:
+def request_headers(settings: Settings, options: Options) -> Headers:
     """The replay's id on each request; and the replay's own results topic, if it has one."""
-    headers = [(REPLAY_ID, options.replay_id.encode())]
+    headers: Headers = [(REPLAY_ID, options.replay_id.encode())]
     if options.results_topic != settings.topics.backfill_results:
         headers.append((RESULTS_TOPIC, options.results_topic.encode()))
     return headers

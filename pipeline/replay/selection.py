@@ -12,11 +12,9 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, NamedTuple
+from typing import Any, NamedTuple
 
-import msgspec
-
-from pipeline.contract import parse_request
+from pipeline.contract import parse_request, plain_request
 from pipeline.errors import ConfigurationError, PipelineError
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
@@ -90,9 +88,10 @@ class Verdict(NamedTuple):  # a tuple: one per row (see `sources.Row`)
 
 def judge(value: bytes | None, filters: Sequence[Filter], default_model: str) -> Verdict:
     """One row: rejected (with the reason), skipped by a filter, or to publish."""
-    fields = _plainly_valid(value)
-    if fields is not None:
-        model, entity, event_time = fields.model, fields.entity, fields.event_time
+    plain = plain_request(value) if value else None  # the contract's fast path: most rows
+    if plain is not None:
+        fields, event_time = plain
+        model, entity = fields.model or None, fields.entity
     else:
         try:
             request = parse_request(value)
@@ -104,39 +103,10 @@ def judge(value: bytes | None, filters: Sequence[Filter], default_model: str) ->
     return Verdict(entity, None, True)
 
 
-_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-
-
-class _Plain(msgspec.Struct):
-    """A request in the plainest form the contract accepts, decoded and checked in one pass of
-    msgspec's C decoder (a fraction of pydantic's time): anything it refuses may still be a valid
-    request, and `parse_request` decides (a replay validates every row: docs/performance.md#replay-publishing)."""
-
-    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-    entity: Annotated[
-        dict[str, Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | str], msgspec.Meta(min_length=1)
-    ]
-    features: dict[str, float]
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    event_time: datetime | None = None
-
-
-_plain = msgspec.json.Decoder(_Plain)
-
-
-def _plainly_valid(value: bytes | None) -> _Plain | None:
-    try:
-        return _plain.decode(value) if value else None
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-
-
 def plain_entity(value: bytes | None) -> dict[str, int | str] | None:
-    """The entity of a request of the plainest form, which is therefore valid; None: ask `judge`."""
-    try:
-        return _plain.decode(value).entity if value else None
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
+    """The entity of a request that the contract's fast path takes, which is therefore valid; None: ask `judge`."""
+    plain = plain_request(value) if value else None
+    return plain[0].entity if plain is not None else None
 
 
 def _instant(when: datetime | None) -> datetime | None:
