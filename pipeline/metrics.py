@@ -93,6 +93,9 @@ DRIFT_KS = Gauge(
 
 LIVE_LAG = Gauge("pipeline_backfill_live_lag", "The live workers' lag in requests, as a backfill worker last read it")
 BACKFILL_YIELDING = Gauge("pipeline_backfill_yielding", "1 while a backfill worker pauses for the live workers' lag")
+LIVE_LAG_UNREADABLE = Counter(
+    "pipeline_backfill_live_lag_unreadable_total", "Reads of the live workers' lag by a backfill worker that failed"
+)
 
 # `pipeline scale`: what it reads, what it decides, what it does.
 SCALING_LAG = Gauge("pipeline_scaling_lag_records", "The group's lag on the requests topic, in requests")
@@ -110,6 +113,10 @@ SCALING_EVENTS = Counter("pipeline_scaling_events_total", "Changes of the desire
 SCALING_WORKER_START = Gauge("pipeline_scaling_worker_start_seconds", "From a scale-up to its workers in the group")
 SCALING_WORKER_EXITS = Counter("pipeline_scaling_worker_exits_total", "Workers that exited without being stopped")
 SCALING_LAG_UNREADABLE = Counter("pipeline_scaling_lag_unreadable_total", "Readings of the lag that failed")
+SCALING_GROUP_READER_LOST = Counter(
+    "pipeline_scaling_group_reader_lost_total",
+    "Child processes describing the workers' group that died or hung (librdkafka ended them), each replaced",
+)
 WORKER_STOP_SECONDS = Histogram(
     "pipeline_scaling_worker_stop_seconds",
     "From SIGTERM to a worker's exit (its batch finished, committed, the group left)",

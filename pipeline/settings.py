@@ -117,6 +117,9 @@ class ReplaySettings(_Block):
     # requests, and resume below half of it; checked this often.
     live_max_lag: int = Field(default=1_000, ge=0)
     live_check_s: float = Field(default=1.0, gt=0)
+    # A live lag unreadable this long no longer holds backfill workers paused: they go on, behind the
+    # live workers by CPU niceness alone, until it is read again (docs/architecture.md#replays).
+    live_unreadable_s: float = Field(default=60.0, gt=0)
     # Backfill workers run at this CPU niceness (0-19), behind the live workers on a shared machine
     # (docs/performance.md#replay-figures: Triton's priority levels were tried and not kept).
     backfill_nice: int = Field(default=10, ge=0, le=19)

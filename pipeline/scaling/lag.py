@@ -5,6 +5,13 @@ records, and a transaction's commit marker counted as read once the records befo
 group's committed offset. Against the high watermark instead, every transactional partition would
 show one record of lag for ever, its last commit marker (kedacore/keda#5675). A partition with no
 committed offset lags from its first offset. A lag that cannot be read is an error, never zero.
+
+The offsets are read through a consumer that names the group but never joins it (`OffsetReader`),
+not librdkafka's admin API: an admin request to the group coordinator whose connection drops (a
+broker restart) can end the whole process in librdkafka (`Assertion 'eonce->refcnt > 0'`, or a
+segfault; confluentinc/librdkafka#4605, #3663), which no Python handler can catch. Measured with
+broker restarts, the consumer's reads came through where `list_consumer_group_offsets` ended its
+process (docs/scaling.md#lag-readers).
 """
 
 from __future__ import annotations
@@ -14,15 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import (
-    Consumer,
-    ConsumerGroupTopicPartitions,
-    IsolationLevel,
-    KafkaError,
-    KafkaException,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.errors import PipelineError
 
@@ -51,34 +50,64 @@ class Offsets:
         return lag(self.stable, self.committed, self.first)
 
 
-def records_lag(
-    admin: AdminClient, group: str, topic: str, partitions: Iterable[int], timeout_s: float = 5.0
-) -> dict[int, int]:
+class OffsetReader:
+    """A group's committed offsets and a topic's first and last stable offsets (see the module).
+
+    Its consumer names the group (`committed` asks the group's coordinator for the group's offsets)
+    but never subscribes, so it never joins the group nor commits; `read_committed`, so that the end
+    it reads for a partition is the last stable offset."""
+
+    def __init__(self, consumer_config: dict[str, Any], group: str, topic: str) -> None:
+        self.group, self.topic = group, topic
+        self._config = {
+            **consumer_config,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+        self._consumer: Consumer | None = None
+
+    def read(self, partitions: Iterable[int], timeout_s: float = 5.0) -> dict[int, Offsets]:
+        """Raises LagUnreadable; the next reading is then a new consumer's (one that lost its
+        coordinator in a broker restart can keep timing out where a new one reads at once)."""
+        try:
+            return self._read([TopicPartition(self.topic, p) for p in partitions], timeout_s)
+        except LagUnreadable:
+            self.close()
+            raise
+
+    def _read(self, tps: list[TopicPartition], timeout_s: float) -> dict[int, Offsets]:
+        if self._consumer is None:
+            self._consumer = Consumer(self._config)
+        deadline = time.monotonic() + timeout_s
+        try:
+            committed = self._consumer.committed(tps, timeout=timeout_s)
+            ends = {tp.partition: self._watermarks(self._consumer, tp, deadline) for tp in tps}
+        except KafkaException as e:
+            raise LagUnreadable(f"lag of {self.group} on {self.topic} could not be read: {e}") from e
+        if failed := [tp for tp in committed if tp.error is not None]:
+            raise LagUnreadable(f"committed offsets of {self.group} could not be read: {failed[0].error}")
+        offsets = {tp.partition: tp.offset for tp in committed}
+        return {p: Offsets(first, stable, offsets.get(p, -1)) for p, (first, stable) in ends.items()}
+
+    def _watermarks(self, consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LagUnreadable(f"lag of {self.group} on {self.topic}: no answer in time")
+        found = consumer.get_watermark_offsets(tp, timeout=left, cached=False)
+        if found is None:
+            raise LagUnreadable(f"lag of {self.group} on {self.topic}: no answer within {left:g} s")
+        return found
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def records_lag(reader: OffsetReader, partitions: Iterable[int], timeout_s: float = 5.0) -> dict[int, int]:
     """Each partition's lag in records (see the module)."""
-    return {p: o.lag for p, o in read_offsets(admin, group, topic, partitions, timeout_s).items()}
-
-
-def read_offsets(
-    admin: AdminClient, group: str, topic: str, partitions: Iterable[int], timeout_s: float = 5.0
-) -> dict[int, Offsets]:
-    tps = [TopicPartition(topic, p) for p in partitions]
-    try:
-        request = [ConsumerGroupTopicPartitions(group, tps)]
-        committed = admin.list_consumer_group_offsets(request, request_timeout=timeout_s)[group].result(timeout_s)
-        ends = admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in tps},
-            isolation_level=IsolationLevel.READ_COMMITTED,
-            request_timeout=timeout_s,
-        )
-        firsts = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}, request_timeout=timeout_s)
-        stable = {tp.partition: future.result(timeout_s).offset for tp, future in ends.items()}
-        start = {tp.partition: future.result(timeout_s).offset for tp, future in firsts.items()}
-    except KafkaException as e:
-        raise LagUnreadable(f"lag of {group} on {topic} could not be read: {e}") from e
-    except TimeoutError as e:
-        raise LagUnreadable(f"lag of {group} on {topic}: no answer within {timeout_s:g} s") from e
-    offsets = {tp.partition: tp.offset for tp in committed.topic_partitions}
-    return {p: Offsets(start[p], stable[p], offsets.get(p, -1)) for p in stable}
+    return {p: o.lag for p, o in reader.read(partitions, timeout_s).items()}
 
 
 def lag(last_stable: int, committed: int, first: int) -> int:
@@ -129,10 +158,12 @@ def backlog_of(at: float, offsets: dict[int, Offsets], oldest: dict[int, tuple[i
 
 
 class BacklogReader:
-    """Reads a group's backlog (records and seconds) on a topic; one admin client and one probe."""
+    """Reads a group's backlog (records and seconds) on a topic: its offsets, and a probe that reads
+    the oldest record waiting in each lagging partition."""
 
-    def __init__(self, admin: AdminClient, consumer_config: dict[str, Any], group: str, topic: str) -> None:
-        self._admin, self.group, self.topic = admin, group, topic
+    def __init__(self, consumer_config: dict[str, Any], group: str, topic: str) -> None:
+        self.group, self.topic = group, topic
+        self.offsets = OffsetReader(consumer_config, group, topic)
         self._probe = Consumer(
             {
                 **consumer_config,
@@ -146,7 +177,7 @@ class BacklogReader:
         )
 
     def read(self, partitions: Iterable[int], timeout_s: float = 5.0) -> Backlog:
-        offsets = read_offsets(self._admin, self.group, self.topic, partitions, timeout_s)
+        offsets = self.offsets.read(partitions, timeout_s)
         lagging = {p: o.position for p, o in offsets.items() if o.lag > 0}
         return backlog_of(time.time(), offsets, self._oldest(lagging, timeout_s))
 
@@ -176,3 +207,4 @@ class BacklogReader:
 
     def close(self) -> None:
         self._probe.close()
+        self.offsets.close()

@@ -12,16 +12,15 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaException
 
 from pipeline import metrics, topics
 from pipeline.errors import PipelineError
 from pipeline.scaling.lag import Backlog, BacklogReader, LagUnreadable
+from pipeline.scaling.members import GroupMembers
 from pipeline.scaling.policy import Decision, Limits, Observation, State, decide
 from pipeline.scaling.pool import WorkerPool
 from pipeline.scaling.rates import RateMeter, Rates, worker_rates
@@ -69,13 +68,9 @@ class Autoscaler:
             restore_s=scaling.restore_s,
             start_s=scaling.start_s,
         )
-        self._admin = topics.admin_client(settings)
-        self._reader = BacklogReader(
-            self._admin,
-            {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra},
-            self._group,
-            self._topic,
-        )
+        connection = {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
+        self._reader = BacklogReader(connection, self._group, self._topic)
+        self._members = GroupMembers(connection, self._group, self._topic)
         self._meter = RateMeter(scaling.worker_rate_per_s, settle_s=scaling.restore_s + scaling.interval_s)
         first = self.limits.steps()[0]
         if pool is None:  # serving: the group's members are the workers there are
@@ -198,24 +193,11 @@ class Autoscaler:
     def _assignment(self) -> dict[str, list[int]] | None:
         """Each member of the workers' group (by client id) and its partitions of the requests topic;
         None: not known."""
-        try:
-            description = self._admin.describe_consumer_groups([self._group], request_timeout=5)[self._group].result(5)
-        except (KafkaException, TimeoutError) as e:
-            log.warning("group_unreadable", group=self._group, error=str(e) or type(e).__name__)
-            return None
-        clients = Counter(member.client_id for member in description.members)
-        return {
-            # Workers with an instance id have a client id of their own; others share one.
-            member.client_id
-            if clients[member.client_id] == 1
-            else f"{member.client_id}/{member.member_id[-8:]}": sorted(
-                tp.partition for tp in member.assignment.topic_partitions if tp.topic == self._topic
-            )
-            for member in description.members
-        }
+        return self._members.read()
 
     def close(self) -> None:
         self._reader.close()
+        self._members.close()
 
 
 def run(settings: Settings, serve: bool) -> None:

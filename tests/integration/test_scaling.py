@@ -15,10 +15,9 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline import topics
 from pipeline.local import probe, traffic
 from pipeline.local.stack import free_port, settings_env
-from pipeline.scaling.lag import BacklogReader, read_offsets
+from pipeline.scaling.lag import BacklogReader
 from pipeline.scaling.pool import WorkerPool, instance
 from tests.conftest import metric
 
@@ -159,12 +158,11 @@ def test_commit_markers_left_behind_are_no_lag_and_the_oldest_request_gives_its_
         for i in range(10):
             producer.produce(topic, b"{}", key=str(i).encode(), partition=partition, timestamp=int(time.time() * 1000))
     producer.commit_transaction(30)
-    admin = topics.admin_client(settings)
     committer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group})
     committer.commit(offsets=[TopicPartition(topic, p, 10) for p in range(12)], asynchronous=False)
-    reader = BacklogReader(admin, {"bootstrap.servers": settings.kafka.bootstrap_servers}, group, topic)
+    reader = BacklogReader({"bootstrap.servers": settings.kafka.bootstrap_servers}, group, topic)
     try:
-        offsets = read_offsets(admin, group, topic, range(12))
+        offsets = reader.offsets.read(range(12))
         assert {o.stable - o.committed for o in offsets.values()} == {1}, "one commit marker per partition"
         assert reader.read(range(12)).records == dict.fromkeys(range(12), 0)
         time.sleep(1.0)
