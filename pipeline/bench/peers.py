@@ -18,6 +18,7 @@ import asyncio
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeAlias
 
 import numpy as np
 import orjson
@@ -37,7 +38,7 @@ from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Handler = Callable[[list[Record], AIOKafkaProducer], Awaitable[None]]
 PEERS = ("passthrough", "passthrough-librdkafka", "naive", "monolith", "monolith-at-least-once")
 SyncHandler = Callable[[list[Message], Producer], None]

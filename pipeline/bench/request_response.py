@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from pipeline.contract import PredictBody, result_record
+from pipeline.contract import InferenceRequest, PredictBody, result_record
 from pipeline.errors import PipelineError
 from pipeline.features.lookup import FeatureLookup
 from pipeline.gateway.app import serve
@@ -65,12 +66,15 @@ def create_app(settings: Settings) -> FastAPI:
         started = time.perf_counter()
         scorer, features = clients.scorer, clients.features
         spec = await scorer.spec(body.model or settings.default_model)
-        entity = scoring.entity_id(body, spec)
+        # `scoring` reads entity, features and event_id (None taken in its errors), which PredictBody has
+        # as InferenceRequest has them (the same `_Request`): only event_id's type differs.
+        request = cast(InferenceRequest, body)
+        entity = scoring.entity_id(request, spec)
         rows = await features.fetch(spec, [entity])
         row = rows.get(entity)
         if row is None:
             return JSONResponse({"error": {"code": "unknown_entity", "message": f"no features for {entity}"}}, 422)
-        scores, version = await scorer.score(spec, scoring.feature_matrix(spec, [body], [row]))
+        scores, version = await scorer.score(spec, scoring.feature_matrix(spec, [request], [row]))
         record = result_record(
             event_id=body.event_id or "",
             model=spec.name,

@@ -71,4 +71,5 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
         )
 
     app.agent(results, name="anomaly")(guarded("anomaly", handle))
-    return [TopicSpec(episodes.changelog_topic_name, partitions, {"cleanup.policy": "compact"})]
+    changelog = episodes.changelog_topic.get_topic_name()  # what Table.changelog_topic_name returns (not on TableT)
+    return [TopicSpec(changelog, partitions, {"cleanup.policy": "compact"})]

@@ -21,9 +21,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 from redis.exceptions import RedisError
 
 from pipeline import metrics
@@ -95,7 +96,8 @@ class FeatureLookup:
                 for name, column in columns:
                     if (value := values.get(name)) is not None and (kind := value.WhichOneof("val")) is not None:
                         matrix[row, column] = getattr(value, kind)
-        missing = np.isnan(matrix).any(axis=1)
+        # Per row: numpy's stubs type a reduction along an axis as a scalar or an array.
+        missing = cast("npt.NDArray[np.bool_]", np.isnan(matrix).any(axis=1))
         return {entity: None if missing[i] else matrix[i] for i, entity in enumerate(unique)}
 
     def _view(self, name: str) -> Any:

@@ -75,7 +75,7 @@ def _telemetry(settings: Settings, count: int) -> int:
     if scored != count:
         typer.echo(f"only {scored:,} of {count:,} readings scored", err=True)
         raise typer.Exit(1)
-    flagged = np.array([collected.results[r["event_id"]][0]["label"] == "anomaly" for r in requests])
+    flagged = np.array([collected.results[e][0]["label"] == "anomaly" for e in ids])
     hits = int((flagged & (data.label == 1)).sum())
     typer.echo(
         f"  {'readings scored':<28} {scored:,} of {count:,}\n"
@@ -135,13 +135,15 @@ def _patterns(settings: Settings, demo: traffic.Traffic, collected: Collected) -
     ]
     probe.publish(settings, messages)
     account = "account_id"
+    burst_account = traffic.object_field(first, "entity")[account]
+    retried_account = traffic.object_field(retried, "entity")[account]
     typer.echo(
-        f"\nthen {BURST} payments of account {first['entity'][account]} within a second, and "
-        f"{RETRIES} retries of account {retried['entity'][account]}'s riskiest payment (score {riskiest['score']:.3f})"
+        f"\nthen {BURST} payments of account {burst_account} within a second, and "
+        f"{RETRIES} retries of account {retried_account}'s riskiest payment (score {riskiest['score']:.3f})"
     )
-    expected = {"velocity": first["entity"][account]}
+    expected = {"velocity": burst_account}
     if riskiest["score"] >= settings.consumers.fraud.high_score:
-        expected["repeated_high_scores"] = retried["entity"][account]
+        expected["repeated_high_scores"] = retried_account
     return expected
 
 
@@ -162,7 +164,7 @@ def _show_alerts(settings: Settings, start: dict, expected: dict[str, object], d
     for rule in sorted(rules):
         example = next(a for a in fraud if a["rule"] == rule)
         typer.echo(f"    {rule:<22} {example['reason']}")
-    counted = sum(int(a["follow_up"]["count"]) for a in latest.values())  # type: ignore[index]
+    counted = sum(int(a["follow_up"]["count"]) for a in latest.values())
     typer.echo(
         f"  {'anomaly alerts':<28} {len(latest):,} (one per machine with an anomaly; {counted:,} further "
         f"anomalous readings in their follow-ups)"
@@ -173,8 +175,8 @@ def _show_alerts(settings: Settings, start: dict, expected: dict[str, object], d
         typer.echo(f"    {model}: {features}")
     if any(a.get("model") == "anomaly_detector" for a in drift):
         typer.echo("    (the telemetry covers a few hours, the training data days: its hours and loads differ)")
-    if example := next((a for a in fraud if a["rule"] == "repeated_high_scores"), None):
-        typer.echo(f"  one alert on {settings.topics.alerts}:\n    {orjson.dumps(example).decode()}")
+    if shown := next((a for a in fraud if a["rule"] == "repeated_high_scores"), None):
+        typer.echo(f"  one alert on {settings.topics.alerts}:\n    {orjson.dumps(shown).decode()}")
     if not raised(alerts):
         typer.echo(f"missing alerts: expected {expected}", err=True)
         raise typer.Exit(1)

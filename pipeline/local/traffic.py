@@ -74,6 +74,14 @@ def telemetry_requests(
     ]
 
 
+def object_field(request: dict[str, object], name: str) -> dict[str, object]:
+    """A copy of one of a request's JSON-object fields (`entity`, `features`)."""
+    value = request[name]
+    if not isinstance(value, dict):
+        raise TypeError(f"request {request.get('event_id')}: {name} is a {type(value).__name__}, not an object")
+    return dict(value)
+
+
 def message_for(request: dict[str, object], kind: str = "valid") -> Message:
     """Keyed as the contract keys requests: by the entity's value (`contract.request_key`)."""
     entity = request["entity"]
@@ -89,7 +97,7 @@ def malformed(kind: str, base: dict[str, object], event_id: str) -> Message:
         request.pop("event_id")
         return Message(b"1", orjson.dumps(request), None, kind)
     if kind == "non_numeric_feature":
-        request["features"] = dict(request["features"]) | {"amount": "twelve"}  # type: ignore[arg-type]
+        request["features"] = object_field(request, "features") | {"amount": "twelve"}
     elif kind == "unknown_model":
         request["model"] = "no_such_model"
     elif kind == "unknown_account":

@@ -12,6 +12,7 @@ callers send raw values.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,6 +21,12 @@ SENSOR_COUNT = 4  # request columns 0..3 are the sensors; the store's columns ar
 
 
 class AnomalyDetector(nn.Module):
+    if TYPE_CHECKING:
+        # The buffers (`register_buffer`): `nn.Module.__getattr__` says Tensor | Module. For type checkers
+        # only: TorchScript reads class annotations, and cannot resolve postponed (string) ones.
+        residual_scale: torch.Tensor
+        threshold: torch.Tensor
+
     def __init__(self, load_column: int, hour_column: int, store_offset: int, hidden: int = 24, code: int = 3):
         super().__init__()
         self.load_column, self.hour_column, self.store_offset = load_column, hour_column, store_offset

@@ -6,11 +6,20 @@ tests) send raw feature values and every caller scores identically.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 
 class FraudScorer(nn.Module):
+    if TYPE_CHECKING:
+        # The buffers (`register_buffer`): `nn.Module.__getattr__` says Tensor | Module. For type checkers
+        # only: TorchScript reads class annotations, and cannot resolve postponed (string) ones.
+        mean: torch.Tensor
+        std: torch.Tensor
+        log_columns: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, log_columns: torch.Tensor, hidden: int = 32):
         super().__init__()
         width = mean.shape[0]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format, text_format
+from google.protobuf import json_format, text_format  # type: ignore[import-untyped]  # no types-protobuf in dev deps
 from tritonclient.grpc import model_config_pb2
 
 from pipeline.errors import ConfigurationError

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -98,14 +98,16 @@ def read_all(
             for message in consumer.consume(num_messages=10_000, timeout=0.5):
                 if message.error() is not None:
                     continue
-                if keys is None or (message.key() is not None and keys(message.key().decode(errors="replace"))):
+                if keys is None or ((key := message.key()) is not None and keys(key.decode(errors="replace"))):
                     yield message
     finally:
         consumer.close()
 
 
 def _replay_of(message: Message) -> bytes | None:
-    for name, value in message.headers() or ():
+    # A consumed record's headers are a list of (name, value) pairs: the stubs' dict form is for producing.
+    headers = cast("list[tuple[str, bytes | None]] | None", message.headers())
+    for name, value in headers or ():
         if name == REPLAY_ID:
             return value
     return None

@@ -78,7 +78,11 @@ def read_dead_letters(settings: Settings, timeout_s: float = 120.0) -> list[Dead
                 raise ConfigurationError(f"could not read {topic} to its end within {timeout_s:g} s")
             for message in consumer.consume(num_messages=1000, timeout=0.5):
                 if message.error() is None:
-                    letters.append(DeadLetter(orjson.loads(message.value()), message.timestamp()[1]))
+                    value = message.value()
+                    if value is None:  # a dead letter always has a value: this is no dead letter
+                        where = f"{topic} partition {message.partition()} offset {message.offset()}"
+                        raise ConfigurationError(f"{where}: a record without a value, not a dead letter")
+                    letters.append(DeadLetter(orjson.loads(value), message.timestamp()[1]))
         return letters
     finally:
         consumer.close()

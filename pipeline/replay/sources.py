@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.errors import ConfigurationError
 from pipeline.replay.clients import reader_config
@@ -45,7 +45,13 @@ class Chunk(NamedTuple):
         return len(self.values)
 
     def part(self, start: int, stop: int) -> Chunk:
-        return Chunk(*(column[start:stop] for column in self))
+        return Chunk(
+            self.keys[start:stop],
+            self.values[start:stop],
+            self.partitions[start:stop],
+            self.positions[start:stop],
+            self.timestamps[start:stop],
+        )
 
     def ends(self) -> dict[int, int]:
         """The next position of each partition after this chunk (a partition's rows are in order)."""
@@ -56,6 +62,18 @@ def file_chunk(keys: list[bytes | None], values: list[bytes | None], first: int)
     """Rows `first`, `first + 1`, ... of a file (partition 0)."""
     count = len(values)
     return Chunk(keys, values, [0] * count, list(range(first, first + count)), [None] * count)
+
+
+class _Consumed(Protocol):
+    """A record `Consumer.consume` returns for an assigned partition: librdkafka's `Message`, whose
+    partition and offset are never None there (its stubs say Optional for every message)."""
+
+    def error(self) -> KafkaError | None: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
 
 
 class Source(Protocol):
@@ -175,7 +193,8 @@ class TopicSource:
             while remaining:
                 chunk = Chunk([], [], [], [], [])
                 keys, values, partitions, offsets, times = chunk
-                for message in self._consumer.consume(num_messages=CHUNK, timeout=0.5):
+                consumed = cast("list[_Consumed]", self._consumer.consume(num_messages=CHUNK, timeout=0.5))
+                for message in consumed:
                     if message.error() is not None:
                         raise ConfigurationError(f"{self.topic}: {message.error()}")
                     p, offset = message.partition(), message.offset()
@@ -216,7 +235,8 @@ class JsonLinesSource:
             return {0: (0, sum(1 for line in f if line.strip()))}
 
     def chunks(self, positions: dict[int, int]) -> Iterator[Chunk]:
-        start, index, values = positions.get(0, 0), 0, []
+        start, index = positions.get(0, 0), 0
+        values: list[bytes | None] = []
         with self.path.open("rb") as f:
             for line in f:
                 if not line.strip():
@@ -265,6 +285,8 @@ class ParquetSource:
                 index += size
                 continue
             skip = max(0, start - index)
+            keys: list[bytes | None]
+            values: list[bytes | None]
             if self._raw:
                 values = _binary(batch.column("value"))[skip:]
                 keys = _binary(batch.column("key"))[skip:] if "key" in batch.schema.names else [None] * len(values)

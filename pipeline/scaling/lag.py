@@ -192,11 +192,12 @@ class BacklogReader:
         try:
             while len(found) < len(positions) and (left := deadline - time.monotonic()) > 0:
                 for message in self._probe.consume(len(positions), min(left, 0.5)):
-                    partition = message.partition()
-                    if partition in found:
+                    partition, offset = message.partition(), message.offset()
+                    if partition is None or partition in found:
                         continue
                     if (error := message.error()) is None:
-                        found[partition] = (message.offset(), message.timestamp()[1] / 1000)
+                        if offset is not None:
+                            found[partition] = (offset, message.timestamp()[1] / 1000)
                     elif error.code() == KafkaError._PARTITION_EOF:
                         found[partition] = None
         except KafkaException as e:
