@@ -64,6 +64,26 @@ def make_settings(stack: LocalStack, **worker: object) -> Settings:
     return settings
 
 
+def with_replay_topics(settings: Settings, **replay: object) -> Settings:
+    """`settings` with backfill topics, a checkpoints topic and a backfill group of their own
+    (created on the broker), and these replay settings."""
+    settings = settings.updated(
+        topics={
+            "backfill_requests": f"{settings.topics.requests}.backfill",
+            "backfill_results": f"{settings.topics.results}.backfill",
+            "backfill_dlq": f"{settings.topics.dlq}.backfill",
+            "replay_checkpoints": f"{settings.topics.requests}.checkpoints",
+        },
+        replay={
+            "backfill_app_id": f"{settings.worker.app_id}-backfill",
+            "backfill_metrics_port": free_port(),
+            **replay,
+        },
+    )
+    topics.apply(settings)
+    return settings
+
+
 class Processes:
     """Worker and gateway processes started for tests; all stopped at the fixture's end."""
 

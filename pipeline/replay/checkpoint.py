@@ -36,6 +36,7 @@ class Checkpoint:
     done: bool = False
     started_at: str = field(default_factory=utc_timestamp)
     seconds: float = 0.0  # publishing time over every run of the replay
+    rejects_bytes: int = 0  # the rejects file's length once this checkpoint's rejects are in it
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -51,6 +52,7 @@ class Checkpoint:
                 "started_at": self.started_at,
                 "updated_at": utc_timestamp(),
                 "seconds": round(self.seconds, 3),
+                "rejects_bytes": self.rejects_bytes,
             }
         )
 
@@ -68,6 +70,7 @@ class Checkpoint:
             done=data["done"],
             started_at=data["started_at"],
             seconds=data.get("seconds", 0.0),
+            rejects_bytes=data.get("rejects_bytes", 0),
         )
 
     def total(self) -> int:

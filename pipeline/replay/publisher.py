@@ -15,6 +15,7 @@ A row that is not a valid request is counted by its error code and written to th
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -121,8 +122,9 @@ def run(
     producer = None if options.dry_run else _producer(settings, options.replay_id)
     headers = request_headers(settings, options)
     outbox = _Outbox(producer, settings, options.replay_id, headers)
-    # A replay begun afresh (or a dry run) starts its rejects file anew; a resumed one adds to it.
-    rejects = _Rejects(options.rejects, fresh=options.dry_run or previous is None)
+    # A replay begun afresh (or a dry run) starts its rejects file anew; a resumed one goes on from
+    # what its last checkpoint had written (rejects of a transaction that never committed go).
+    rejects = _Rejects(options.rejects, keep=0 if options.dry_run or previous is None else previous.rejects_bytes)
     ledger = _Ledger(state, outbox, rejects, began, previous_seconds(previous))
     rows = _RowPublisher(settings.topics.backfill_requests, headers, options.filters, settings.default_model)
     chunk_rows = pacing.transaction_rows(options.rate, CHUNK)
@@ -232,11 +234,14 @@ class _Ledger:
         self.filtered += skipped
 
     def commit(self) -> None:
-        self.state.seconds = self.seconds_before + time.monotonic() - self.began
-        self.outbox.commit(self.state)
-        for chunk, rows in self.pending:  # once the transaction that moved past them is in
+        """The rejects go to disk first and the checkpoint records the file's length with them: a run
+        stopped anyhow before its commit leaves rejects that the next run cuts off, and re-reads."""
+        for chunk, rows in self.pending:
             self.rejects.write(chunk, rows)
         self.pending.clear()
+        self.state.rejects_bytes = self.rejects.synced()
+        self.state.seconds = self.seconds_before + time.monotonic() - self.began
+        self.outbox.commit(self.state)
 
 
 def previous_seconds(previous: Checkpoint | None) -> float:
@@ -347,14 +352,20 @@ def _up_to_limit(chunk: Chunk, left: int, default_model: str, filters: Sequence[
 
 
 class _Rejects:
-    """The rejects file, opened at the first reject."""
+    """The rejects file, opened at the first reject; its first `keep` bytes are the replay's earlier
+    runs' (what its last checkpoint counted), anything after them is cut off."""
 
-    def __init__(self, path: Path | None, fresh: bool) -> None:
+    def __init__(self, path: Path | None, keep: int) -> None:
         self.path = path
         self._file: Any = None
         self.written = 0
-        if fresh and path is not None:
+        self._size = 0
+        if path is not None and keep == 0:
             path.unlink(missing_ok=True)
+        elif path is not None and path.exists():
+            with path.open("ab") as file:
+                self._size = min(keep, file.tell())
+                file.truncate(self._size)
 
     def write(self, chunk: Chunk, rows: list[tuple[int, str]]) -> None:
         """Rows of `chunk` (by index) and why each was rejected."""
@@ -366,8 +377,15 @@ class _Rejects:
         for index, reason in rows:
             line = {"partition": chunk.partitions[index], "position": chunk.positions[index], "reason": reason}
             self._file.write(orjson.dumps(line | {"payload": payload_text(chunk.values[index])}) + b"\n")
-        self._file.flush()
         self.written += len(rows)
+
+    def synced(self) -> int:
+        """Everything written is on disk; the file's length."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._size = self._file.tell()
+        return self._size
 
     def close(self) -> None:
         if self._file is not None:

@@ -22,12 +22,11 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline import topics
 from pipeline.local import probe, traffic
 from pipeline.local.stack import PROJECT_ROOT, LocalStack, free_port, settings_env
 from pipeline.scaling.members import GroupMembers
 from pipeline.settings import Settings
-from tests.conftest import metric
+from tests.conftest import metric, with_replay_topics
 
 pytestmark = pytest.mark.integration
 
@@ -157,24 +156,7 @@ def test_both_scale_modes_hold_their_count_through_two_broker_outages_and_decide
 
 @pytest.fixture
 def backfill_settings(pipeline_settings) -> Settings:
-    settings = pipeline_settings()
-    settings = settings.updated(
-        topics={
-            "backfill_requests": f"{settings.topics.requests}.backfill",
-            "backfill_results": f"{settings.topics.results}.backfill",
-            "backfill_dlq": f"{settings.topics.dlq}.backfill",
-            "replay_checkpoints": f"{settings.topics.requests}.checkpoints",
-        },
-        replay={
-            "backfill_app_id": f"{settings.worker.app_id}-backfill",
-            "backfill_metrics_port": free_port(),
-            "live_max_lag": 500,
-            "live_check_s": 0.5,
-            "live_unreadable_s": 3.0,
-        },
-    )
-    topics.apply(settings)
-    return settings
+    return with_replay_topics(pipeline_settings(), live_max_lag=500, live_check_s=0.5, live_unreadable_s=3.0)
 
 
 def test_the_backfill_gate_outlives_two_broker_outages_opens_after_its_bound_and_decides_again(
