@@ -1,7 +1,8 @@
 """The worker stage: consume requests, score them in batches, commit results exactly once.
 
 In the order a batch meets them:
-- `loop`: the consumer group, its rebalances and the wiring: fetch → decide → act (`pipeline worker`);
+- `loop`: the consumer group and the wiring: fetch → decide → act (`pipeline worker`);
+- `ownership`: the partitions a worker owns: restored when assigned, committed when revoked;
 - `batching`: when to fetch, hold, score and commit, a pure state machine;
 - `messages`: what the parts hand each other (`Inbound`, `Outbound`, `DedupEntry`);
 - `processor`: one batch in, messages out (validate, dedup, features, score), no Kafka;

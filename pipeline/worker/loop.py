@@ -6,7 +6,8 @@ transaction (group commits, one transaction in flight per lane), idempotency sta
 answers to HTTP callers in `answers`, the messages passed between them in `messages`. Kafka I/O runs
 on librdkafka (confluent-kafka), its blocking calls off the event loop: on a thread for the consumer
 (whose rebalance callbacks run there and hand over to the event loop) and one per transactional
-producer. A partition assigned is paused until its state is restored, while the others are scored.
+producer. A partition assigned is paused until its state is restored (`ownership`), while the others
+are scored.
 In full: docs/architecture.md.
 """
 
@@ -38,6 +39,7 @@ from pipeline.worker.changelog import Restorer
 from pipeline.worker.dedup import DedupState
 from pipeline.worker.lanes import Lanes
 from pipeline.worker.messages import Inbound, Record
+from pipeline.worker.ownership import Ownership
 from pipeline.worker.priority import LiveFirst
 from pipeline.worker.processor import BatchProcessor, Features, Scorer, Validated
 from pipeline.worker.result_reader import ResultReader
@@ -66,7 +68,7 @@ class Worker:
         self._live_first = live_first
         self.requests = settings.topics.requests
         self.state: DedupState | None = None  # opened by run(), once the topics are checked
-        self._restorer: Restorer | None = None
+        self._ownership: Ownership | None = None  # which partitions are ours; opened by run()
         self._results = ResultReader(settings)
         self._processor: BatchProcessor | None = None
         self._consumer: Consumer | None = None
@@ -89,11 +91,6 @@ class Worker:
         self._fetching: asyncio.Future[list[Record]] | None = None
         self._consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Partitions whose dedup state is loaded: only their records are processed. Those assigned and
-        # still being restored (paused meanwhile), by their restoring task.
-        self._owned: set[int] = set()
-        self._restoring: dict[int, asyncio.Task[None]] = {}
-        self._failed: BaseException | None = None
         self._last_report = time.time()
         # The batch being scored (it may be waiting for its model call while the next is prepared)
         # and its event_ids.
@@ -163,8 +160,8 @@ class Worker:
 
     def _check(self) -> None:
         """Raise what a restore or the last score raised; report the state's size."""
-        if self._failed is not None:
-            raise self._failed
+        if self._ownership is not None and self._ownership.failed is not None:
+            raise self._ownership.failed
         self._report_state()
         if self._scoring is not None and self._scoring.done():
             self._scoring.result()  # raises what scoring raised
@@ -177,7 +174,7 @@ class Worker:
         partitions = startup.check_copartitioned(settings)
         startup.check_retention(settings)
         self.state = DedupState(startup.open_store(settings, partitions))
-        self._restorer = Restorer(settings, self.state.store)
+        self._ownership = Ownership(Restorer(settings, self.state.store), self._take, self._release, self._on_ready)
         self.lanes.listen(entries_committed=self.state.committed)
         backfill = self._live_first is not None
         worker = settings.worker
@@ -212,10 +209,8 @@ class Worker:
             self._answers.close()
         self._features.close()
         await self._scorer.close()
-        for task in set(self._restoring.values()):
-            task.cancel()
-        if self._restorer is not None:
-            await self._restorer.close()
+        if self._ownership is not None:
+            await self._ownership.close()
         await self._results.close()
         if self.state is not None:
             self.state.store.close()
@@ -280,6 +275,11 @@ class Worker:
             direct, in_transaction = self._answers.split(outcome.replies)
             self.lanes.add(batch, outcome.messages + in_transaction, entries, direct)
 
+    @property
+    def _owned(self) -> set[int]:
+        """The partitions whose dedup state is in: only their records are scored."""
+        return self._ownership.owned if self._ownership is not None else set()
+
     def _group_metadata(self) -> Any:
         """The consumer's group metadata (generation, member id), as of the last rebalance or abort.
         Cached: asking librdkafka once per transaction would block on its main thread
@@ -327,65 +327,36 @@ class Worker:
         # Fetched only once their state is restored; the other partitions are scored meanwhile.
         consumer.incremental_assign(assigned)
         consumer.pause(assigned)
-        self._call_soon(self.acquire(sorted(tp.partition for tp in assigned)))
+        assert self._ownership is not None
+        self._call_soon(self._ownership.acquire(sorted(tp.partition for tp in assigned)))
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         self._metadata = consumer.consumer_group_metadata()
-        self._call_soon(self.revoke(sorted(tp.partition for tp in revoked)))
+        assert self._ownership is not None
+        self._call_soon(self._ownership.revoke(sorted(tp.partition for tp in revoked)))
 
     def _call_soon(self, coroutine: Any) -> None:
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    async def acquire(self, partitions: list[int]) -> None:
-        """Restore the assigned partitions' state in the background, then take each one's records as
-        soon as its own state is in."""
-        metrics.REBALANCES.labels("assigned").inc(len(partitions))
-        log.info("partitions_assigned", partitions=partitions)
-        task = asyncio.create_task(self._restore(partitions), name=f"restore-{partitions}")
-        task.add_done_callback(self._restored)
-        for partition in partitions:
-            self._restoring[partition] = task
+    async def _take(self, partition: int) -> None:
+        """A partition whose state is in: fetch its records (unless paused for the live workers: then
+        when they have caught up)."""
+        assert self._consumer is not None
+        if not self._batching.paused:
+            await self._on_consumer(self._consumer.resume, [TopicPartition(self.requests, partition)])
 
-    def _restored(self, task: asyncio.Task[None]) -> None:
-        """A state that cannot be restored stops the worker (the loop raises it): never scored without."""
-        if not task.cancelled() and (error := task.exception()) is not None:
-            log.error("state_restore_failed", task=task.get_name(), error=str(error))
-            self._failed = error
-
-    async def _restore(self, partitions: list[int]) -> None:
-        assert self._restorer is not None and self._consumer is not None
-        task = asyncio.current_task()
-        restoring = self._restorer.restore(partitions, lambda p: self._restoring.get(p) is task)
-        async for partition, restored in restoring:
-            self._restoring.pop(partition, None)
-            log.info("state_restored", partition=partition, **restored.fields())
-            metrics.STATE_RESTORES.labels(restored.mode).inc()
-            metrics.STATE_RESTORED_ENTRIES.labels(restored.mode).inc(restored.entries)
-            self._owned.add(partition)
-            if not self._batching.paused:  # else resumed when the live workers have caught up
-                await self._on_consumer(self._consumer.resume, [TopicPartition(self.requests, partition)])
-            if not self.ready.is_set() and not self._restoring:
-                self.ready.set()
-                log.info("worker_ready", app_id=self.settings.worker.app_id)
-
-    async def revoke(self, partitions: list[int]) -> None:
-        if not partitions:
-            return
-        # Not ours from here on: what is still being scored of them is dropped when it is handed
-        # over (their next owner scores it again). What is scored carries offsets of these
-        # partitions: it is committed now, while the group still lets us.
-        self._owned.difference_update(partitions)
-        # A restore cut short keeps its progress in the store; one still restoring others goes on.
-        cut = {task for p in partitions if (task := self._restoring.pop(p, None)) is not None}
-        for task in cut - set(self._restoring.values()):
-            task.cancel()
+    async def _release(self, partitions: list[int]) -> None:
+        """Revoked partitions: what is scored carries their offsets, so it is committed now, while the
+        group still lets us; what is not committed of them is forgotten."""
         await self.lanes.flush()
-        assert self.state is not None
         self.lanes.forget(partitions)
+        assert self.state is not None
         self.state.discard(partitions)
-        metrics.REBALANCES.labels("revoked").inc(len(partitions))
-        log.info("partitions_revoked", partitions=partitions)
+
+    def _on_ready(self) -> None:
+        self.ready.set()
+        log.info("worker_ready", app_id=self.settings.worker.app_id)
 
     async def _on_consumer(self, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._consumer_thread, call, *args)
