@@ -7,13 +7,17 @@ back; docs/performance.md#dedup-store-on-the-hot-path). Per partition, the store
 results offset up to which it holds the changelog, written in the same batch as the entries of a
 commit, so after any crash the two agree. Expiry is RocksDB's TTL (compaction drops entries older than
 the window, nothing per entry in Python); a read also checks an entry's own time. A directory written
-for another app id, topic or partition count, or one RocksDB cannot open, is wiped and rebuilt from
-the changelog (docs/architecture.md#the-dedup-state-and-its-changelog).
+for another app id, topic or partition count, or for another incarnation of the results topic (deleted
+and created again under its name: its offsets are not the recorded ones), or one RocksDB cannot open,
+is wiped and rebuilt from the changelog (docs/architecture.md#the-dedup-state-and-its-changelog). The
+directory is locked before any of that: a live worker's is never read nor wiped by another.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import struct
 from collections.abc import Iterable, Sequence
@@ -42,6 +46,7 @@ _FORMAT = 2  # of the entries' values: a directory written in another is rebuilt
 _PARTITION = struct.Struct(">H")
 _OFFSET = struct.Struct("<q")
 _OFFSETS = "offsets"  # the column family of per-partition offsets, apart from the entries
+_CHANGELOG_ID = "changelog_id"  # in identity.json: the id of the topic whose offsets the store records
 _PROPERTIES = (
     "estimate-num-keys",
     "block-cache-usage",  # the shared cache: data, index and filter blocks
@@ -80,13 +85,27 @@ class StoreInUse(ConfigurationError):
 
 
 class StateStore:
-    def __init__(self, directory: Path, identity: dict[str, Any], window_s: float, cache_bytes: int) -> None:
-        """`identity`: what the directory's content must have been written for; a mismatch wipes it."""
+    def __init__(
+        self,
+        directory: Path,
+        identity: dict[str, Any],
+        window_s: float,
+        cache_bytes: int,
+        changelog_id: str | None = None,
+    ) -> None:
+        """`identity`: what the directory's content must have been written for; a mismatch wipes it.
+        `changelog_id`: the id of the topic the recorded offsets are of (the results topic's); a
+        directory recorded for another is wiped too; None (not known) is not compared."""
         self.directory = directory
         self.window_s = window_s
         self._identity = identity | {"format": _FORMAT}
         directory.mkdir(parents=True, exist_ok=True)
-        self._db = self._open(cache_bytes)
+        self._lock = _lock(directory)
+        try:
+            self._db = self._open(cache_bytes, changelog_id)
+        except BaseException:
+            os.close(self._lock)
+            raise
         self._offsets = self._db.get_column_family_handle(_OFFSETS)
         self._offsets_view = self._db.get_column_family(_OFFSETS)
         # The write-ahead log, unsynced: a killed process loses nothing (the OS has it); a lost host may
@@ -155,27 +174,31 @@ class StateStore:
     def close(self) -> None:
         del self._offsets, self._offsets_view  # handles keep the database open
         self._db.close()
+        os.close(self._lock)
 
     # -- opening -------------------------------------------------------------------------------
-    def _open(self, cache_bytes: int) -> Rdict:
+    def _open(self, cache_bytes: int, changelog_id: str | None) -> Rdict:
         identity_file = self.directory / "identity.json"
         path = self.directory / "rocksdb"
         found = _read_identity(identity_file)
-        if found is not None and found != self._identity:
-            log.warning("state_mismatch", directory=str(self.directory), found=found, expected=self._identity)
+        recorded_id = None if found is None else found.pop(_CHANGELOG_ID, None)
+        other_topic = None not in (recorded_id, changelog_id) and recorded_id != changelog_id
+        if found is not None and (found != self._identity or other_topic):
+            expected = self._identity | {_CHANGELOG_ID: changelog_id}
+            log.warning("state_mismatch", directory=str(self.directory), found=found, expected=expected)
             _wipe(path)
+            recorded_id = None
         try:
             db = self._rdict(path, cache_bytes)
         except Exception as e:  # rocksdict raises plain Exceptions; the message says why
             if "lock" in str(e).lower():
-                raise StoreInUse(
-                    f"the state directory {self.directory} is in use by another worker; give each worker its own "
-                    "PIPELINE_WORKER__STATE_DIR"
-                ) from e
+                raise StoreInUse(_in_use(self.directory)) from e
             log.warning("state_unreadable", directory=str(self.directory), error=str(e))
             _wipe(path)
             db = self._rdict(path, cache_bytes)
-        identity_file.write_text(json.dumps(self._identity, sort_keys=True))
+        known_id = changelog_id or recorded_id
+        written = self._identity if known_id is None else self._identity | {_CHANGELOG_ID: known_id}
+        identity_file.write_text(json.dumps(written, sort_keys=True))
         return db
 
     def _rdict(self, path: Path, cache_bytes: int) -> Rdict:
@@ -223,6 +246,26 @@ def _options(cache: Cache) -> Options:
     options.set_max_background_jobs(2)
     options.set_keep_log_file_num(2)
     return options
+
+
+def _lock(directory: Path) -> int:
+    """An exclusive lock on the directory for the store's life, taken before its content is read or
+    wiped (RocksDB's own lock comes only with the open, after a mismatch has wiped it); released with
+    the descriptor, by close() or the process's end."""
+    descriptor = os.open(directory / "worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        os.close(descriptor)
+        raise StoreInUse(_in_use(directory)) from e
+    return descriptor
+
+
+def _in_use(directory: Path) -> str:
+    return (
+        f"the state directory {directory} is in use by another worker; give each worker its own "
+        "PIPELINE_WORKER__STATE_DIR"
+    )
 
 
 def _read_identity(path: Path) -> dict[str, Any] | None:

@@ -1,16 +1,23 @@
-"""`pipeline bench` end to end on a tiny load: every figure is produced (no timing is asserted)."""
+"""`pipeline bench` end to end on a tiny load: every figure is produced (no timing is asserted), and
+what each throughput scenario's processes write is right: one output per event, the model's score."""
 
 from __future__ import annotations
 
 import math
 import subprocess
 import sys
+import time
+import uuid
 
+import numpy as np
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.bench import report, runner
+from pipeline.bench import load, peers, report, runner
 from pipeline.bench.scenarios import runs_workers, throughput_scenarios
+from pipeline.local import probe, traffic
+from tests.integration.test_worker import _reference_scores
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +150,84 @@ def test_an_unknown_scenario_group_is_a_one_line_error():
 
     assert result.returncode != 0
     assert "unknown scenario group(s): nonsense" in result.stderr
+
+
+# -- what the scenarios' processes write ------------------------------------------------------------------
+PEER_EVENTS = 24
+COPIES = ("passthrough", "passthrough-librdkafka")  # the limit: requests copied, no work
+WORKER = "pipeline"  # the pipeline's own worker, as the pipeline-Nw scenarios run it
+VOLATILE = ("scored_at", "latency_ms", "score")  # when and how fast; the score is compared within rounding
+
+
+def _outputs(settings, count: int, timeout_s: float = 120) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every committed record on the (fresh) results topic, once `count` are in and
+    a second more has brought no other."""
+    consumer = Consumer(probe.consumer_config(settings))
+    topic = settings.topics.results
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    found: list[tuple[bytes, bytes]] = []
+    deadline, settle_until = time.monotonic() + timeout_s, None
+    try:
+        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            found += [(m.key(), m.value()) for m in consumer.consume(1000, 0.2) if m.error() is None]
+            if settle_until is None and len(found) >= count:
+                settle_until = time.monotonic() + 1.0
+    finally:
+        consumer.close()
+    return found
+
+
+def _run_each(stack, kinds, messages) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Each kind's process on topics of its own (started side by side, waited for in turn), fed
+    `messages`; what each wrote to its results topic."""
+    runs = {kind: load.fresh_topics(stack.settings(), f"check-{kind}") for kind in kinds}
+    names = {kind: f"check-{kind}-{uuid.uuid4().hex[:6]}" for kind in kinds}
+    try:
+        started = {
+            kind: stack.spawn(names[kind], own, *(["worker"] if kind == WORKER else ["bench-peer", kind]))
+            for kind, own in runs.items()
+        }
+        for kind, process in started.items():
+            stack.wait_for_log(names[kind], "worker_ready" if kind == WORKER else "peer_ready", process, 180)
+        for own in runs.values():
+            probe.publish(own, messages)
+        return {kind: _outputs(own, len(messages)) for kind, own in runs.items()}
+    finally:
+        for name in names.values():
+            stack.stop_process(name)
+        for own in runs.values():
+            load.drop_topics(own)
+
+
+def test_each_peer_and_the_worker_write_one_output_per_event_with_the_models_score(stack, model_path):
+    """Each process a throughput scenario runs (the pipeline's worker and every peer of
+    pipeline/bench/peers.py), on topics of its own as the bench runs it, fed the same requests: the
+    copies give back each request as it was; the others one result per event, keyed by it, with the
+    score of the exported model run here on the features from Feast, and the worker's very record."""
+    requests = traffic.valid_requests(PEER_EVENTS, prefix=f"peers-{uuid.uuid4().hex[:6]}-")
+    messages = [traffic.message_for(r) for r in requests]
+    kinds = (WORKER, *peers.PEERS)
+    written = _run_each(stack, kinds, messages)
+
+    for kind in COPIES:
+        assert sorted(written[kind]) == sorted((m.key, m.value) for m in messages), kind
+    event_ids = [str(r["event_id"]) for r in requests]
+    expected = _reference_scores(stack.settings(), requests, model_path)
+    records = {}
+    for kind in (k for k in kinds if k not in COPIES):
+        assert sorted(key.decode() for key, _ in written[kind]) == sorted(event_ids), f"{kind}: one result each"
+        results = {r["event_id"]: r for r in (orjson.loads(value) for _, value in written[kind])}
+        scores = [results[e]["score"] for e in event_ids]
+        np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0, err_msg=kind)
+        assert [results[e]["entity"] for e in event_ids] == [r["entity"] for r in requests], kind
+        assert all(r["label"] == ("fraud" if r["score"] >= 0.5 else "legit") for r in results.values()), kind
+        records[kind] = results
+    worker = records.pop(WORKER)
+    for kind, results in records.items():
+        for event_id in event_ids:
+            ours, theirs = results[event_id], worker[event_id]
+            assert abs(ours["score"] - theirs["score"]) <= 2e-6, (kind, ours, theirs)  # rounded to 6 places
+            assert {k: v for k, v in ours.items() if k not in VOLATILE} == {
+                k: v for k, v in theirs.items() if k not in VOLATILE
+            }, f"{kind}: the worker's record"
