@@ -76,14 +76,14 @@ def window_tables(app: faust.App, window_rules: list[WindowRule], partitions: in
 def read_result(event: Any, model: str) -> Scored | None:
     """The result an event carries, when it is readable and of the fraud model; each event counted."""
     try:
-        scored = parse_result(event.value, event.message.timestamp)
+        scored = parse_result(event.value, event.message.timestamp, model=model)
     except InvalidRequest as e:
         metrics.CONSUMED_RESULTS.labels("fraud", "invalid").inc()
         log.warning(
             "result_unreadable", partition=event.message.partition, offset=event.message.offset, error=e.message
         )
         return None
-    if scored.model != model:
+    if scored is None:
         metrics.CONSUMED_RESULTS.labels("fraud", "other_model").inc()
         return None
     metrics.CONSUMED_RESULTS.labels("fraud", "read").inc()

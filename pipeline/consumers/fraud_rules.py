@@ -53,11 +53,14 @@ class WindowRule:
         return math.floor(at / self.size_s) * self.size_s
 
 
-def parse_result(value: bytes, at: float, entity_key: str = "account_id") -> Scored:
-    """A result record (the contract's shape) as the rules read it; InvalidRequest when it is not one
-    or names no account."""
+def parse_result(value: bytes, at: float, entity_key: str = "account_id", *, model: str | None = None) -> Scored | None:
+    """A result record (the contract's shape) as the rules read it; None when `model` is given and it
+    is another model's (whose entity may be no account); InvalidRequest when it is not a result, or
+    names no account."""
     try:
         record = orjson.loads(value)
+        if model is not None and str(record["model"]) != model:
+            return None
         entity = record.get("entity") or {}
         return Scored(
             event_id=str(record["event_id"]),
