@@ -41,6 +41,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Every benchmark scenario in one run: table, bench-results/bench.json and bench.png (docs/performance.md).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -18,6 +19,8 @@ from pipeline.local.probe import consumer_config
 from pipeline.local.stack import free_port
 
 pytestmark = pytest.mark.integration
+
+SENTINEL_DEVICES = 12_000  # and up: the sentinels' devices, none of the streams'
 
 
 class Results:
@@ -31,6 +34,7 @@ class Results:
             {"bootstrap.servers": settings.kafka.bootstrap_servers, "transactional.id": f"results-{uuid.uuid4().hex}"}
         )
         self.producer.init_transactions(30)
+        self.sentinel_rounds = 0
 
     def publish(self, rows: list[tuple[str, int, float, int, str]]) -> None:
         """Rows of (event_id, device, score, seconds after the start, model)."""
@@ -56,6 +60,17 @@ class Results:
             )
         self.producer.commit_transaction(30)
 
+    def sentinels(self) -> set[str]:
+        """An anomalous reading of a device of its own on every results partition, after the results
+        published before: the consumer reads each partition in order and publishes the alerts of its
+        results in order to the alerts partition numbered like it, so once each one's opening alert is
+        read, any alert of the results before it is too. Their event_ids."""
+        self.sentinel_rounds += 1
+        devices = SENTINEL_DEVICES + 12 * self.sentinel_rounds
+        rows = [(f"sentinel-{self.sentinel_rounds}-{p}", devices + p, 0.9, 240, "anomaly_detector") for p in range(12)]
+        self.publish(rows)
+        return {row[0] for row in rows}
+
 
 def _stream(prefix: str) -> list[tuple[str, int, float, int, str]]:
     """Device 1: anomalous every 10 s for three minutes (one alert, then follow-ups). Device 2:
@@ -69,19 +84,24 @@ def _stream(prefix: str) -> list[tuple[str, int, float, int, str]]:
     return sorted(rows, key=lambda r: r[3])
 
 
-def _alerts(settings, until, timeout_s: float = 90, settle_s: float = 3) -> list[dict[str, Any]]:
-    """Every message on the anomaly alerts topic, in order, once `until` holds and `settle_s` passed."""
+def _alerts(settings, until, sentinels: Collection[str] = (), timeout_s: float = 90) -> list[dict[str, Any]]:
+    """Every message on the anomaly alerts topic, in order, once `until` holds and the opening alert of
+    every sentinel (`Results.sentinels`) is read; the sentinels' own alerts left out."""
     consumer = Consumer(consumer_config(settings) | {"group.id": f"probe-{uuid.uuid4().hex}"})
     consumer.assign([TopicPartition(settings.topics.anomaly_alerts, p, 0) for p in range(12)])
     found: list[dict[str, Any]] = []
-    deadline, settle_until = time.monotonic() + timeout_s, None
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+        while not until(found) or not seen >= set(sentinels):
+            assert time.monotonic() < deadline, f"{len(seen)} sentinels' alerts; until not met by {found}"
             for message in consumer.consume(num_messages=100, timeout=0.2):
                 if message.error() is None:
-                    found.append(orjson.loads(message.value()) | {"_key": message.key().decode()})
-            if settle_until is None and until(found):
-                settle_until = time.monotonic() + settle_s
+                    alert = orjson.loads(message.value()) | {"_key": message.key().decode()}
+                    if alert["device_id"] >= SENTINEL_DEVICES:
+                        seen.add(alert["event_id"])
+                    else:
+                        found.append(alert)
         return found
     finally:
         consumer.close()
@@ -108,9 +128,10 @@ def test_one_alert_per_device_episode_with_a_running_follow_up_count(pipeline_se
     results.publish(_stream("s-"))
     # A reading a minute after the last follow-up publishes the running count again (18).
     results.publish([("s-d1-late", 1, 0.9, 230, "anomaly_detector")])
+    sentinels = results.sentinels()
     _start(processes, settings, f"anomaly-{uuid.uuid4().hex[:6]}")
 
-    alerts = _alerts(settings, lambda found: any(a["follow_up"]["count"] == 18 for a in found))
+    alerts = _alerts(settings, lambda found: any(a["follow_up"]["count"] == 18 for a in found), sentinels)
 
     latest = _episodes(alerts)
     assert sorted(a["device_id"] for a in latest.values()) == [1, 2, 4, 4]
@@ -137,14 +158,14 @@ def test_a_consumer_killed_and_restarted_publishes_no_alert_twice_nor_counts_a_r
     first = _start(processes, settings, f"{group}-1", "--group-id", group)
     half = len(stream) // 2
     results.publish(stream[:half])
-    _alerts(settings, lambda found: len(_episodes(found)) >= 2, settle_s=2)
+    _alerts(settings, lambda found: len(_episodes(found)) >= 2)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
 
     _start(processes, settings, f"{group}-2", "--group-id", group)
     results.publish([*stream[half:], ("k-d1-late", 1, 0.9, 230, "anomaly_detector")])
 
-    alerts = _alerts(settings, lambda found: any(a["follow_up"]["count"] >= 18 for a in found), settle_s=5)
+    alerts = _alerts(settings, lambda found: any(a["follow_up"]["count"] >= 18 for a in found), results.sentinels())
     latest = _episodes(alerts)
     assert sorted(a["device_id"] for a in latest.values()) == [1, 2, 4, 4]
     assert len([a for a in alerts if a["follow_up"]["count"] == 0]) == 4, "no first publication twice"

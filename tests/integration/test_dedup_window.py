@@ -30,7 +30,7 @@ def _until(condition, what: str, timeout_s: float = 180.0) -> None:
 
 def test_a_repeat_inside_the_window_gets_no_result_and_one_after_it_is_scored_again(pipeline_settings, start_worker):
     # A window short enough to wait out, long enough that repeats sent right after their originals'
-    # results are read back are surely inside it.
+    # results are read back are inside it (checked, below).
     port = free_port()
     settings = pipeline_settings(dedup_window_s=6.0, metrics_port=port)
     start_worker(settings)
@@ -40,24 +40,36 @@ def test_a_repeat_inside_the_window_gets_no_result_and_one_after_it_is_scored_ag
     ids = [r["event_id"] for r in requests]
 
     probe.publish(settings, stream)
-    first = probe.collect(settings, start, lambda c: c.distinct_results >= 100, timeout_s=120, settle_s=0)
+    first = probe.collect(settings, start, expect=ids, timeout_s=120, settle_s=0)
     assert first.distinct_results == 100
     probe.publish(settings, stream)  # inside the window: answered from the dedup state
-    _until(lambda: metric(port, "pipeline_events_total", outcome="duplicate") >= 100, "100 repeats handled")
-    _until(lambda: _dedup_entries(port) == 100, f"100 entries: the repeats added none ({_dedup_entries(port):g})")
+    # Sentinels after the repeats: once they are scored, every repeat was handled and a result it got
+    # would have been read (`probe.collect`). The worker remembers and counts them as scored events.
+    inside_sentinels = probe.publish_sentinels(settings)
+    inside = probe.collect(settings, start, sentinels=inside_sentinels)
+    found = time.monotonic()  # each original's entry was stored before its repeat found it, so before now
+    # The premise, should this fail: each repeat was handled (before now) within the window from its
+    # original's entry, stored after its result was produced (its Kafka timestamp).
+    elapsed = f"{time.time() - min(first.result_times_ms.values()) / 1000:.1f} s from the first result to now"
+    assert inside.repeated_results == 0, f"no second result inside the window ({elapsed})"
+    assert metric(port, "pipeline_events_total", outcome="duplicate") == 100, f"100 repeats handled ({elapsed})"
+    entries = 100 + len(inside_sentinels.event_ids)
+    _until(
+        lambda: _dedup_entries(port) == entries, f"{entries} entries: the repeats added none ({_dedup_entries(port):g})"
+    )
 
     # Repeats leave their originals' entries as they were: once the window has passed since those were
-    # scored, they are not found.
-    time.sleep(settings.worker.dedup_window_s + 1.0)
+    # stored, they are not found.
+    time.sleep(max(0.0, found + settings.worker.dedup_window_s + 0.5 - time.monotonic()))
     probe.publish(settings, stream)  # after the window: scored again
-    collected = probe.collect(
-        settings, start, lambda c: c.distinct_results >= 100 and c.repeated_results >= 100, timeout_s=120, settle_s=2
-    )
+    after_sentinels = probe.publish_sentinels(settings)
+    collected = probe.collect(settings, start, sentinels=after_sentinels)
+    sentinels = len(inside_sentinels.event_ids) + len(after_sentinels.event_ids)
 
     counts = {event_id: len(collected.results[event_id]) for event_id in ids}
     assert counts == dict.fromkeys(ids, 2), "one result inside the window, a second one after it"
     assert metric(port, "pipeline_events_total", outcome="duplicate") == 100, "only the repeats inside the window"
-    assert metric(port, "pipeline_events_total", outcome="scored") == 200
+    assert metric(port, "pipeline_events_total", outcome="scored") == 200 + sentinels
     for event_id in ids:
         original, again = collected.results[event_id]
         assert again["scored_at"] > original["scored_at"], "the second result is a new scoring"

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections import Counter
 
-import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -24,25 +23,30 @@ pytestmark = pytest.mark.integration
 FEATURES = ("amount", "merchant_category", "hour_of_day", "is_foreign", "card_present", "distance_from_home_km")
 
 
-def _drift_alerts(settings, settle_s: float = 3.0) -> list[dict]:
-    consumer = Consumer(consumer_config(settings) | {"group.id": f"probe-{uuid.uuid4().hex}"})
-    consumer.assign([TopicPartition(settings.topics.drift_alerts, 0, 0)])
-    found, deadline = [], time.monotonic() + settle_s
-    try:
-        while time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=100, timeout=0.2):
-                if message.error() is None:
-                    found.append(orjson.loads(message.value()))
-        return found
-    finally:
-        consumer.close()
+def _drift_alerts(settings) -> list[dict]:
+    """Every drift alert published so far: the alerts topic read to its end."""
+    return probe.read_to_end(settings, {TopicPartition(settings.topics.drift_alerts, 0): 0})
 
 
-def _until_read(port: int, count: int, timeout_s: float = 120) -> None:
+def _until_processed(settings, group: str, port: int, count: int, timeout_s: float = 120) -> None:
+    """Until the drift monitor has committed, on every requests partition, the offset past the end of
+    what was published: it acks a request once done with it, an alert it raised on the way delivered
+    (its agent awaits each send), and commits what it acked. So every alert of those requests is on
+    the alerts topic by then. It read `count` requests in all."""
+    ends = {tp: end for tp, end in probe.end_offsets(settings, [settings.topics.requests]).items() if end > 0}
+    reader = Consumer(consumer_config(settings) | {"group.id": group})
     deadline = time.monotonic() + timeout_s
-    while metric(port, "pipeline_consumer_results_total", consumer="drift", outcome="read") < count:
-        assert time.monotonic() < deadline, f"the drift monitor read fewer than {count} requests"
-        time.sleep(0.5)
+    try:
+        while behind := {
+            tp.partition: (tp.offset, ends[tp])
+            for tp in reader.committed(list(ends), timeout=10)
+            if tp.offset < ends[tp]
+        }:
+            assert time.monotonic() < deadline, f"the drift monitor's commits behind (committed, end): {behind}"
+            time.sleep(0.5)
+    finally:
+        reader.close()
+    assert metric(port, "pipeline_consumer_results_total", consumer="drift", outcome="read") >= count
 
 
 def test_a_shifted_feature_raises_its_drift_alert_and_gauge_and_an_unshifted_stream_none(pipeline_settings, processes):
@@ -52,12 +56,13 @@ def test_a_shifted_feature_raises_its_drift_alert_and_gauge_and_an_unshifted_str
         topics={"drift_alerts": f"{settings.topics.requests}.drift"}, consumers={"metrics_port": port}
     )
     topics.apply(settings, [TopicSpec(settings.topics.drift_alerts, 1)])
-    process = processes.stack.start_consumer(settings, "drift", f"drift-{uuid.uuid4().hex[:6]}", "--from-beginning")
+    group = f"drift-{uuid.uuid4().hex[:6]}"
+    process = processes.stack.start_consumer(settings, "drift", group, "--from-beginning", "--group-id", group)
     processes.started.append(process)
 
     unshifted = traffic.valid_requests(2000, prefix="d-plain-", seed=21)
     probe.publish(settings, [traffic.message_for(r) for r in unshifted])
-    _until_read(port, 2000)
+    _until_processed(settings, group, port, 2000)
     assert _drift_alerts(settings) == [], "an unshifted stream of 2,000 raises none"
     for feature in FEATURES:
         assert metric(port, "pipeline_drift_psi", model="fraud_scorer", feature=feature) < 0.1, feature
@@ -66,7 +71,7 @@ def test_a_shifted_feature_raises_its_drift_alert_and_gauge_and_an_unshifted_str
     for request in shifted:
         request["features"]["amount"] *= 3  # type: ignore[index]
     probe.publish(settings, [traffic.message_for(r) for r in shifted])
-    _until_read(port, 4000)
+    _until_processed(settings, group, port, 4000)
 
     alerts = _drift_alerts(settings)
     assert {a["feature"] for a in alerts} == {"amount"}, "the shifted feature only"

@@ -50,6 +50,12 @@ def _complete(mix: traffic.Traffic):
     return lambda c: c.distinct_results >= len(mix.requests) and len(c.dead_letters) >= expected_dead
 
 
+def _collect_all(settings: Settings, start: dict[TopicPartition, int], mix: traffic.Traffic) -> Collected:
+    """All the stream produced: read until sentinels published after it are scored, so that a late
+    second result or dead letter would have been read too (`probe.collect`)."""
+    return probe.collect(settings, start, _complete(mix), timeout_s=300, sentinels=probe.publish_sentinels(settings))
+
+
 def _wait_until_fault_is_due(settings: Settings, start: dict[TopicPartition, int], mix: traffic.Traffic) -> None:
     due = len(mix.requests) // FAULT_AT
     probe.collect(settings, start, lambda c: c.distinct_results >= due, timeout_s=120, settle_s=0)
@@ -135,7 +141,7 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(pipe
     start_worker(restarted)
     publisher.join()
 
-    collected = probe.collect(settings, start, _complete(mix), timeout_s=300, settle_s=3)
+    collected = _collect_all(settings, start, mix)
     assert_exactly_once(mix, collected)
     unscored = assert_fault_met_the_stream(mix, collected, killed_ms)
     port = restarted.worker.metrics_port
@@ -166,7 +172,7 @@ def test_one_of_two_workers_killed_mid_stream_the_other_carries_on(pipeline_sett
     assert held_by_first > 0 and _partitions_held(survivor_before) > 0, "both workers held partitions"
     publisher.join()
 
-    collected = probe.collect(settings, start, _complete(mix), timeout_s=300, settle_s=3)
+    collected = _collect_all(settings, start, mix)
     assert_exactly_once(mix, collected)
     unscored = assert_fault_met_the_stream(mix, collected, killed_ms)
     survivor = scrape(survivor_port)
@@ -212,7 +218,7 @@ def _outage_mid_stream(
     time.sleep(down_s)
     start()
     publisher.join()
-    collected = probe.collect(settings, begin, _complete(mix), timeout_s=300, settle_s=3)
+    collected = _collect_all(settings, begin, mix)
     assert_exactly_once(mix, collected)
     assert_fault_met_the_stream(mix, collected, fault_ms)
     assert worker.poll() is None, f"the worker exited ({worker.returncode}) during the outage"
@@ -245,7 +251,9 @@ def test_requests_whose_retries_run_out_are_dead_lettered_with_their_attempts(pi
     start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     probe.publish(settings, [traffic.message_for(r) for r in requests])
 
-    collected = probe.collect(settings, start, lambda c: len(c.dead_letters) >= 30, timeout_s=120, settle_s=1)
+    # The sentinels are dead-lettered too, after the requests (`probe.collect`).
+    sentinels = probe.publish_sentinels(settings)
+    collected = probe.collect(settings, start, lambda c: len(c.dead_letters) >= 30, sentinels=sentinels)
 
     assert collected.distinct_results == 0
     assert {d["event_id"] for d in collected.dead_letters} == {r["event_id"] for r in requests}
@@ -254,7 +262,7 @@ def test_requests_whose_retries_run_out_are_dead_lettered_with_their_attempts(pi
     port = settings.worker.metrics_port
     retries = metric(port, "pipeline_retries_total", stage="inference")
     assert retries >= max(d["attempts"] for d in collected.dead_letters) - 1
-    assert metric(port, "pipeline_dead_letters_total", code="inference_failed") == 30
+    assert metric(port, "pipeline_dead_letters_total", code="inference_failed") == 30 + len(sentinels.event_ids)
 
 
 def test_feature_store_down_for_ten_seconds_is_retried_not_dead_lettered(

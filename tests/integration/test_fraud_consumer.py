@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from tests.conftest import metric
 pytestmark = pytest.mark.integration
 
 WINDOW_S = 600  # the default window of repeated_high_scores; velocity's (60 s) divides it
+SENTINEL_ACCOUNTS = 12_000  # and up: the sentinels' accounts, none of the streams'
 
 
 def _result(event_id: str, account: int, score: float) -> bytes:
@@ -53,6 +55,7 @@ class Results:
         )
         self.producer.init_transactions(30)
         self.sent = 0
+        self.sentinel_rounds = 0
 
     def publish(self, rows: list[tuple[str, int, float]], commit: bool = True) -> None:
         self.producer.begin_transaction()
@@ -71,20 +74,36 @@ class Results:
             self.producer.flush(30)
             self.producer.abort_transaction(30)
 
+    def sentinels(self) -> set[str]:
+        """A score over the hard threshold on every results partition, after the results published
+        before: the consumer reads each partition in order and publishes the alerts of its results in
+        order to the alerts partition numbered like it, so once each one's high_score alert is read,
+        any alert of the results before it is too. Their event_ids."""
+        self.sentinel_rounds += 1
+        accounts = SENTINEL_ACCOUNTS + 12 * self.sentinel_rounds
+        rows = [(f"sentinel-{self.sentinel_rounds}-{p}", accounts + p, 0.99) for p in range(12)]
+        self.publish(rows)
+        return {event_id for event_id, _, _ in rows}
 
-def _alerts(settings, expected: int, timeout_s: float = 90, settle_s: float = 3) -> list[dict[str, Any]]:
-    """Every alert on the alerts topic, once `expected` are there and `settle_s` has passed."""
+
+def _alerts(settings, expected: int, sentinels: Collection[str] = (), timeout_s: float = 90) -> list[dict[str, Any]]:
+    """Every alert on the alerts topic, once `expected` are there and the alert of every sentinel
+    (`Results.sentinels`) is read; the sentinels' own alerts left out."""
     consumer = Consumer(consumer_config(settings) | {"group.id": f"probe-{uuid.uuid4().hex}"})
     consumer.assign([TopicPartition(settings.topics.alerts, p, 0) for p in range(12)])
     found: list[dict[str, Any]] = []
-    deadline, settle_until = time.monotonic() + timeout_s, None
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+        while len(found) < expected or not seen >= set(sentinels):
+            assert time.monotonic() < deadline, f"{len(found)} of {expected} alerts, {len(seen)} sentinels': {found}"
             for message in consumer.consume(num_messages=100, timeout=0.2):
                 if message.error() is None:
-                    found.append(orjson.loads(message.value()) | {"_key": message.key().decode()})
-            if settle_until is None and len(found) >= expected:
-                settle_until = time.monotonic() + settle_s
+                    alert = orjson.loads(message.value()) | {"_key": message.key().decode()}
+                    if alert["account_id"] >= SENTINEL_ACCOUNTS:
+                        seen.update(alert["event_ids"])
+                    else:
+                        found.append(alert)
         return found
     finally:
         consumer.close()
@@ -128,7 +147,7 @@ def test_crafted_results_raise_exactly_the_expected_alerts_and_none_from_an_abor
     _start(processes, settings, f"fraud-{uuid.uuid4().hex[:6]}")
     results.publish(_stream("s-"))
 
-    alerts = _alerts(settings, expected=3)
+    alerts = _alerts(settings, expected=3, sentinels=results.sentinels())
 
     assert _decisions(alerts) == EXPECTED
     by_rule = {a["rule"]: a for a in alerts}
@@ -151,7 +170,7 @@ def test_a_consumer_killed_and_restarted_publishes_no_alert_twice(pipeline_setti
     first = _start(processes, settings, f"{group}-1", "--group-id", group)
     stream = _stream("k-")
     results.publish(stream[:10])  # account 1's and account 2's alerts
-    assert _decisions(_alerts(settings, expected=2, settle_s=1)) == Counter(
+    assert _decisions(_alerts(settings, expected=2, sentinels=results.sentinels())) == Counter(
         {("high_score", 1): 1, ("repeated_high_scores", 2): 1}
     )
     first.send_signal(signal.SIGKILL)
@@ -160,7 +179,7 @@ def test_a_consumer_killed_and_restarted_publishes_no_alert_twice(pipeline_setti
     restarted = _start(processes, settings, f"{group}-2", "--group-id", group)
     results.publish(stream[10:])
 
-    alerts = _alerts(settings, expected=3, settle_s=5)
+    alerts = _alerts(settings, expected=3, sentinels=results.sentinels())
     assert _decisions(alerts) == EXPECTED, "each decision published once"
     assert len({a["alert_id"] for a in alerts}) == len(alerts)
     # account 1's high score decided again and found on the alerts topic (account 2's window came back
@@ -195,11 +214,11 @@ def test_a_second_consumer_joining_mid_stream_neither_repeats_nor_loses_an_alert
     _start(processes, settings, f"{group}-1", "--group-id", group)
     stream = _stream("j-")
     results.publish(stream[:10])
-    _alerts(settings, expected=2, settle_s=0)
+    _alerts(settings, expected=2)
     _start(processes, settings, f"{group}-2", "--group-id", group)
     results.publish(stream[10:])
 
-    alerts = _alerts(settings, expected=3, settle_s=5)
+    alerts = _alerts(settings, expected=3, sentinels=results.sentinels())
     assert _decisions(alerts) == EXPECTED
     assert len({a["alert_id"] for a in alerts}) == len(alerts)
 

@@ -53,13 +53,17 @@ def _begin(settings: Settings) -> Start:
 
 
 def _collect_all(settings: Settings, start: Start, mix: traffic.Traffic, timeout_s: float = 300) -> Collected:
+    """Everything the stream (published by now) produced: read until sentinels published after it are
+    scored, so that a late second result or dead letter would have been read too (`probe.collect`).
+    The worker counts the sentinels among its events: one per requests partition."""
     expected_dead = sum(mix.expected_dead_letters.values())
     return probe.collect(
         settings,
         start,
-        lambda c: c.distinct_results >= len(mix.requests) and len(c.dead_letters) >= expected_dead,
+        lambda c: len(c.dead_letters) >= expected_dead,
         timeout_s=timeout_s,
-        settle_s=3,
+        expect=mix.requests,
+        sentinels=probe.publish_sentinels(settings),
     )
 
 
@@ -77,8 +81,7 @@ def _assert_exactly_once(mix: traffic.Traffic, collected: Collected) -> None:
 
 
 def _wait_for_results(settings: Settings, start: Start, count: int, timeout_s: float = 180) -> None:
-    collected = probe.collect(settings, start, lambda c: c.distinct_results >= count, timeout_s=timeout_s, settle_s=0)
-    assert collected.distinct_results >= count, f"only {collected.distinct_results} of {count} results came"
+    probe.collect(settings, start, lambda c: c.distinct_results >= count, timeout_s=timeout_s, settle_s=0)
 
 
 # -- waiting, publishing ----------------------------------------------------------------------------
@@ -417,7 +420,8 @@ def test_partitions_revoked_while_their_batch_waits_for_triton_are_scored_once_b
     assert _rebalanced(peer_port, "revoked") == 0
     # Processed by both, exactly the waiting batch's requests: scored by the owner, dropped as revoked
     # when it handed the batch over, and scored again by their new owner.
-    processed = _events(owner_port) + _events(peer_port)
+    # (and the sentinels `_collect_all` published, one per partition)
+    processed = _events(owner_port) + _events(peer_port) - partitions
     assert processed == len(mix.messages) + waiting, (
         f"{processed:g} processed for {len(mix.messages)} published and {waiting:g} in the waiting batch: "
         "the owner did not drop (only) the waiting batch's records of the partitions it lost"
@@ -426,6 +430,15 @@ def test_partitions_revoked_while_their_batch_waits_for_triton_are_scored_once_b
 
 
 # -- 5. nothing new is taken while a batch is retried ------------------------------------------------------
+RETRY_TURNS = 4  # retries of the waiting batches (one a second each, at most) between two readings
+
+
+def _retried(port: int, turns: int) -> None:
+    """Until the worker has retried its waiting batches `turns` more times."""
+    before = metric(port, "pipeline_retries_total")
+    _wait_until(lambda: metric(port, "pipeline_retries_total") >= before + turns, 60, f"{turns} more retries")
+
+
 def test_nothing_new_is_taken_while_a_batch_waits_for_triton(stack, pipeline_settings, start_worker):
     """While Triton is down a batch waits in its retry loop, and the worker prepares the next beside it
     (two batches in scoring, the most the loop allows) and takes nothing more: of the requests published
@@ -455,10 +468,12 @@ def test_nothing_new_is_taken_while_a_batch_waits_for_triton(stack, pipeline_set
         publisher = _Background(probe.publish, settings, during, rate=300)
         _wait_until(lambda: metric(port, "pipeline_retries_total") > 0, 120, "a batch retrying")
         publisher.join()
-        # Every request of `during` is on the broker; give the worker time to take more, if it would.
-        time.sleep(3)
+        # Every request of `during` is on the broker. Whether the worker would take more shows in its
+        # loop's next turns, not in a pause of ours: the waiting batches' retries (at most retry_max_ms
+        # apart) are such turns, so the counts are read after a few of them, then after a few more.
+        _retried(port, RETRY_TURNS)
         taken = started()
-        time.sleep(3)
+        _retried(port, RETRY_TURNS)
         taken_later = started()
         completed = (_events(port), metric(port, "pipeline_batch_size_count"))
     finally:

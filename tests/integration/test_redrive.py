@@ -31,7 +31,10 @@ def test_redrive_scores_what_failed_and_doubles_nothing_already_scored(pipeline_
 
     assert redrive.redrive(settings, redrive.Selection(frozenset({"inference_failed"}))) == 10
 
-    collected = probe.collect(settings, start, lambda c: c.distinct_results >= 10, timeout_s=120, settle_s=3)
+    # Sentinels after the redriven requests: once scored, a second result or a new dead letter of those
+    # would have been read too (`probe.collect`).
+    sentinels = probe.publish_sentinels(settings)
+    collected = probe.collect(settings, start, lambda c: c.distinct_results >= 10, sentinels=sentinels)
     assert set(collected.results) == {r["event_id"] for r in requests}
     assert collected.repeated_results == 0
     assert len(collected.dead_letters) == 10, "no new dead letters"

@@ -71,37 +71,56 @@ def _live(settings, requests, expect: int):
     """Publish live requests and wait for `expect` distinct live results."""
     start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     probe.publish(settings, [traffic.message_for(r) for r in requests])
-    return probe.collect(settings, start, lambda c: c.distinct_results >= expect, timeout_s=120, settle_s=1.0)
+    return probe.collect(settings, start, lambda c: c.distinct_results >= expect, timeout_s=120, settle_s=0)
+
+
+def _from_start(settings, *names: str) -> dict[TopicPartition, int]:
+    return {TopicPartition(name, p): 0 for name in names for p in range(topics.partition_count(settings, name))}
+
+
+def _replay_of(message) -> str:
+    return dict(message.headers() or {}).get(REPLAY_ID, b"").decode()
 
 
 def _replayed(
-    settings, expect: int, timeout_s: float = 120, settle_s: float = 3.0, topic: str | None = None
+    settings,
+    expect: int,
+    timeout_s: float = 120,
+    topic: str | None = None,
+    sentinels: bool = True,
+    times: dict[str, int] | None = None,
 ) -> Counter[tuple[str, str]]:
     """(replay id, event_id) of every committed backfill result (or record of `topic`), once `expect`
-    are there (and a settle)."""
+    are there and (`sentinels`) the backfill workers have scored sentinels published now, after all
+    that was replayed: nothing more can come (`probe.collect`). `times`: filled with each event_id's
+    Kafka timestamp."""
     topic = topic or settings.topics.backfill_results
-    consumer = Consumer(probe.consumer_config(settings))
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    backfill = settings.backfill()
     found: Counter[tuple[str, str]] = Counter()
-    deadline, settle_until = time.monotonic() + timeout_s, None
-    try:
-        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
-            for message in consumer.consume(num_messages=1000, timeout=0.2):
-                if message.error() is None:
-                    replay = dict(message.headers() or {}).get(REPLAY_ID, b"").decode()
-                    found[replay, orjson.loads(message.value())["event_id"]] += 1
-            if settle_until is None and sum(found.values()) >= expect:
-                settle_until = time.monotonic() + settle_s
-        return found
-    finally:
-        consumer.close()
+
+    def record(message, value) -> None:
+        if message.topic() == topic:
+            found[_replay_of(message), value["event_id"]] += 1
+            if times is not None:
+                times.setdefault(value["event_id"], message.timestamp()[1])
+
+    probe.read(
+        settings,
+        _from_start(settings, topic, backfill.topics.results, backfill.topics.dlq),
+        record,
+        until=lambda: sum(found.values()) >= expect,
+        sentinels=probe.publish_sentinels(backfill) if sentinels else None,
+        timeout_s=timeout_s,
+        report=lambda: f"{sum(found.values())} of {expect} records on {topic}",
+    )
+    return found
 
 
 def _live_results(settings) -> Counter[str]:
-    """How many live results each event_id has, from the start of the results topic."""
-    start = {TopicPartition(settings.topics.results, p): 0 for p in range(12)}
-    collected = probe.collect(settings, start, lambda c: False, timeout_s=3, settle_s=0)
+    """How many live results each event_id has, from the start of the results topic, up to live
+    sentinels published now."""
+    start = _from_start(settings, settings.topics.results, settings.topics.dlq)
+    collected = probe.collect(settings, start, sentinels=probe.publish_sentinels(settings))
     return Counter({e: len(r) for e, r in collected.results.items()})
 
 
@@ -132,9 +151,9 @@ def test_a_time_range_is_scored_once_per_replay_id_never_into_the_live_results(r
     )
 
     # Live dedup is untouched: a live repeat of a replayed event gets no second live result.
-    start = probe.end_offsets(settings, [settings.topics.results])
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     probe.publish(settings, [traffic.message_for(late[0])])
-    assert probe.collect(settings, start, lambda c: False, timeout_s=5, settle_s=0).distinct_results == 0
+    assert probe.collect(settings, start, sentinels=probe.publish_sentinels(settings)).distinct_results == 0
     assert _live_results(settings) == Counter({r["event_id"]: 1 for r in early + late}), "live results untouched"
 
     # The same model, the same features: the diff finds every event matched with no shift.
@@ -219,7 +238,9 @@ def test_a_replay_killed_midway_resumes_and_live_traffic_meanwhile_is_scored_onc
     probe.publish(settings, [traffic.message_for(r) for r in live + repeats], rate=400)
     replay.send_signal(signal.SIGKILL)
     replay.wait(10)
-    partial = _replayed(settings, 1, settle_s=2.0)
+    # No sentinels here: the killed replay's transaction, open on the backfill requests, holds back
+    # what follows it there until the broker aborts it (or the resumed replay fences it).
+    partial = _replayed(settings, 1, sentinels=False)
     assert 0 < sum(partial.values()) < 20_000, "killed midway"
 
     resumed = _cli(settings, "--replay-id", "k1", "--file", str(path), cwd=tmp_path)
@@ -239,7 +260,7 @@ def test_ctrl_c_commits_what_is_under_way_and_says_how_to_go_on(replay_settings,
     args = [sys.executable, "-m", "pipeline", "replay", "--replay-id", "c1", "--file", str(path), "--rate", "1000"]
     env = {**os.environ, **settings_env(settings)}
     replay = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert sum(_replayed(settings, 1, timeout_s=60, settle_s=0).values()) >= 1, "publishing has begun"
+    assert sum(_replayed(settings, 1, timeout_s=60, sentinels=False).values()) >= 1, "publishing has begun"
     replay.send_signal(signal.SIGINT)
     out, _ = replay.communicate(timeout=30)
     assert replay.returncode == 130, out
@@ -251,21 +272,36 @@ def test_ctrl_c_commits_what_is_under_way_and_says_how_to_go_on(replay_settings,
 
 
 def test_backfill_waits_while_the_live_workers_lag_and_goes_on_once_they_catch_up(replay_settings, processes, tmp_path):
-    settings = replay_settings.updated(replay={"live_max_lag": 500, "live_check_s": 0.5})
+    max_lag = 500
+    settings = replay_settings.updated(replay={"live_max_lag": max_lag, "live_check_s": 0.5})
     log = _backfill_worker(processes, settings)
     # A live backlog of 2,000 requests and no live worker yet: the live group lags by all of them.
-    probe.publish(settings, [traffic.message_for(r) for r in traffic.valid_requests(2_000, prefix="lag-live-")])
+    backlog = traffic.valid_requests(2_000, prefix="lag-live-")
+    live_start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    probe.publish(settings, [traffic.message_for(r) for r in backlog])
     history = traffic.valid_requests(300, prefix="lag-history-", seed=19)
     path = tmp_path / "history.jsonl"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in history))
-    time.sleep(2.0)
+    _until_logged(log, "backfill_yielding")
     assert "published 300" in _cli(settings, "--replay-id", "w1", "--file", str(path), cwd=tmp_path).stdout
 
-    assert _replayed(settings, 1, timeout_s=8, settle_s=0) == Counter(), "nothing scored while live lags"
-    assert "backfill_yielding" in log.read_text()
     processes.worker(settings)  # the live workers catch up
-    assert _replayed(settings, 300) == Counter({("w1", r["event_id"]): 1 for r in history})
+    replayed_ms: dict[str, int] = {}
+    assert _replayed(settings, 300, times=replayed_ms) == Counter({("w1", r["event_id"]): 1 for r in history})
     assert "backfill_resumed" in log.read_text()
+    # Nothing scored while live lags: the live group lagged by more than max_lag until its
+    # (2,000 - max_lag)th result was committed, and the first replayed result came after that one was
+    # produced, though the replay was on the backfill topic for all the time the live worker took to start.
+    live = probe.collect(settings, live_start, expect=[str(r["event_id"]) for r in backlog], settle_s=0)
+    lagging_until_ms = sorted(live.result_times_ms.values())[len(backlog) - max_lag - 1]
+    assert min(replayed_ms.values()) >= lagging_until_ms, "a replayed request was scored while live lagged"
+
+
+def _until_logged(log: Path, text: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text} not in {log} within {timeout_s:g} s"
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize(
@@ -307,7 +343,7 @@ def test_a_replay_with_a_results_topic_of_its_own_gets_each_result_there_and_its
     expected = Counter({("own1", r["event_id"]): 1 for r in requests})
     assert _replayed(settings, 100, topic=own) == expected, "every result in the replay's own topic, once"
     assert _replayed(settings, 100) == expected, "and in the backfill results, the workers' dedup changelog"
-    dead = _replayed(settings, 1, topic=settings.topics.backfill_dlq, settle_s=0.5)
+    dead = _replayed(settings, 1, topic=settings.topics.backfill_dlq)
     assert dead == Counter({("own1", "own-unknown-model"): 1}), "a replay's dead letter, with its replay id"
     assert sum(probe.end_offsets(settings, [settings.topics.dlq]).values()) == 0, "none in the live dead letters"
 
@@ -353,5 +389,5 @@ def test_requests_for_a_results_topic_deleted_before_they_are_scored_are_dead_le
     reader.close()
     error = orjson.loads(message.value())["error"]
     assert error["code"] == "invalid_request" and f"'{own}': no such topic" in error["message"]
-    assert _replayed(settings, 1, timeout_s=3, settle_s=0) == Counter(), "none scored"
+    assert _replayed(settings, 0) == Counter(), "none scored"
     assert own not in admin.list_topics(timeout=10).topics, "the worker did not create it again"

@@ -69,7 +69,7 @@ def _restart_mid_stream(pipeline_settings, start_worker, tmp_path, prefix: str, 
     start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     worker = start_worker(settings)
     probe.publish(settings, mix.messages[:half])
-    before = probe.collect(settings, start, lambda c: first_ids <= c.results.keys(), timeout_s=120, settle_s=1)
+    before = probe.collect(settings, start, expect=first_ids, timeout_s=120, settle_s=0)
 
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
@@ -84,7 +84,8 @@ def _restart_mid_stream(pipeline_settings, start_worker, tmp_path, prefix: str, 
         start,
         lambda c: c.distinct_results >= len(mix.requests) and len(c.dead_letters) >= expected_dead,
         timeout_s=300,
-        settle_s=3,
+        # once the sentinels are scored, a late second result would have been read too
+        sentinels=probe.publish_sentinels(settings),
     )
 
     assert set(collected.results) == set(mix.requests), "every distinct event has a result"

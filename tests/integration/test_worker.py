@@ -22,12 +22,14 @@ pytestmark = pytest.mark.integration
 def _run(settings, messages, *, results: int, dead_letters: int = 0, start=None, timeout_s: float = 120):
     start = start or probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     probe.publish(settings, messages)
+    # Sentinels after the stream: once they are scored, a late second result or dead letter would
+    # have been read too (`probe.collect`).
     return probe.collect(
         settings,
         start,
         lambda c: c.distinct_results >= results and len(c.dead_letters) >= dead_letters,
         timeout_s=timeout_s,
-        settle_s=2.0,
+        sentinels=probe.publish_sentinels(settings),
     )
 
 
@@ -166,7 +168,8 @@ def test_repeats_get_no_second_result_even_after_a_worker_restart(pipeline_setti
 
 
 def _requests_on_topic(settings, count: int) -> dict[bytes, tuple[int, int, bytes]]:
-    """Every message of the (test's own) requests topic by value: (partition, offset, key)."""
+    """Every message of the (test's own) requests topic by value: (partition, offset, key); the
+    sentinels `_run` published after them aside."""
     consumer = Consumer(probe.consumer_config(settings))
     partitions = consumer.list_topics(settings.topics.requests, timeout=10).topics[settings.topics.requests].partitions
     consumer.assign([TopicPartition(settings.topics.requests, p, 0) for p in partitions])
@@ -175,7 +178,7 @@ def _requests_on_topic(settings, count: int) -> dict[bytes, tuple[int, int, byte
     try:
         while len(found) < count and time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.2):
-                if message.error() is None:
+                if message.error() is None and probe.SENTINEL_PREFIX.encode() not in message.value():
                     found[message.value()] = (message.partition(), message.offset(), message.key())
     finally:
         consumer.close()
