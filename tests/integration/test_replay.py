@@ -25,6 +25,7 @@ from pipeline import topics
 from pipeline.contract import REPLAY_ID
 from pipeline.local import probe, traffic
 from pipeline.local.stack import PROJECT_ROOT, free_port, settings_env
+from tests.conftest import with_replay_topics
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +33,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def replay_settings(pipeline_settings):
     """Fresh live and backfill topics, a live group and a backfill group of their own."""
-    settings = pipeline_settings()
-    settings = settings.updated(
-        topics={
-            "backfill_requests": f"{settings.topics.requests}.backfill",
-            "backfill_results": f"{settings.topics.results}.backfill",
-            "backfill_dlq": f"{settings.topics.dlq}.backfill",
-            "replay_checkpoints": f"{settings.topics.requests}.checkpoints",
-        },
-        replay={"backfill_app_id": f"{settings.worker.app_id}-backfill", "backfill_metrics_port": free_port()},
-    )
-    topics.apply(settings)
-    return settings
+    return with_replay_topics(pipeline_settings())
 
 
 def _backfill_worker(processes, settings) -> Path:
