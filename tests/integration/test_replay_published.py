@@ -94,7 +94,8 @@ def test_a_replay_killed_mid_transaction_again_and_again_publishes_each_request_
     args = ("--replay-id", "k1", "--file", str(path), "--rejects", str(rejects))
 
     # Killed three times while publishing at a capped rate (a transaction every half second of it),
-    # each once more of the replay is committed than at the last kill.
+    # each once more of the replay is committed than at the last kill. A kill lands inside an open
+    # transaction only by chance (the publisher commits before each pause of its rate).
     seen = 0
     for _ in range(3):
         process = _replay(settings, *args, "--rate", "600", cwd=tmp_path)
@@ -117,8 +118,6 @@ def test_a_replay_killed_mid_transaction_again_and_again_publishes_each_request_
     expected = {str(r["event_id"]) for r in requests}
     published = _published(settings)
     assert published == Counter({(replay, e): 1 for replay in ("k1", "k2") for e in expected})
-    written = _published(settings, "read_uncommitted")
-    assert written.total() > published.total(), "a kill left a transaction open, aborted since"
 
     last = checkpoint.latest(settings, "k1")
     assert last is not None and last.done
