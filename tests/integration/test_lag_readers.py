@@ -70,8 +70,8 @@ def test_a_group_description_whose_process_is_ended_is_unknown_and_the_next_one_
 ):
     settings = pipeline_settings()
     start_worker(settings)
-    members = GroupMembers({"bootstrap.servers": settings.kafka.bootstrap_servers}, settings.worker.app_id, "x")
-    members.topic = settings.topics.requests
+    connection = {"bootstrap.servers": settings.kafka.bootstrap_servers}
+    members = GroupMembers(connection, settings.worker.app_id, settings.topics.requests)
     try:
         first = members.read()
         assert first is not None and len(first) == 1

@@ -55,11 +55,11 @@ def _finished(process: subprocess.Popen[str]) -> str:
     return out
 
 
-def _published(settings: Settings, isolation: str = "read_committed") -> Counter[tuple[str, str]]:
-    """(replay id, event_id) of every request on the backfill requests topic (committed ones only,
-    unless `isolation` says otherwise), read to its end."""
+def _published(settings: Settings) -> Counter[tuple[str, str]]:
+    """(replay id, event_id) of every committed request on the backfill requests topic, read to its
+    last stable offset."""
     topic = settings.topics.backfill_requests
-    consumer = Consumer(probe.consumer_config(settings) | {"isolation.level": isolation})
+    consumer = Consumer(probe.consumer_config(settings))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
