@@ -90,16 +90,32 @@ class Processes:
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
         self.started: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []
 
     def worker(self, settings: Settings) -> subprocess.Popen[bytes]:
-        process = self.stack.start_worker(settings, f"worker-{uuid.uuid4().hex[:8]}")
+        self.names.append(name := f"worker-{uuid.uuid4().hex[:8]}")
+        process = self.stack.start_worker(settings, name)
         self.started.append(process)
         return process
 
     def gateway(self, settings: Settings) -> subprocess.Popen[bytes]:
-        process = self.stack.start_gateway(settings, f"gateway-{uuid.uuid4().hex[:8]}")
+        self.names.append(name := f"gateway-{uuid.uuid4().hex[:8]}")
+        process = self.stack.start_gateway(settings, name)
         self.started.append(process)
         return process
+
+    def log_tails(self, lines: int = 40) -> Iterator[tuple[str, str]]:
+        """The last `lines` telling lines each started process logged, for a failed test's report:
+        without dead letters and librdkafka's own lines (its errors are logged as kafka_error too)."""
+        for name in self.names:
+            path = self.stack.run_dir / f"{name}.log"
+            if path.exists():
+                telling = [
+                    line
+                    for line in path.read_text(errors="replace").splitlines()
+                    if not line.startswith("%") and '"event": "dead_letter"' not in line and '"_TRANSPORT"' not in line
+                ]
+                yield name, "\n".join(telling[-lines:])
 
     def stop_all(self) -> None:
         for process in self.started:
@@ -122,6 +138,18 @@ def running_pipeline(stack: LocalStack, settings: Settings) -> Iterator[Settings
         yield settings
     finally:
         started.stop_all()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report ends with the last lines of each worker and gateway it started (CI
+    keeps no run directory)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    started = getattr(item, "funcargs", {}).get("processes")
+    if report.when == "call" and report.failed and isinstance(started, Processes):
+        for name, tail in started.log_tails():
+            report.sections.append((f"{name} log, last lines", tail))
 
 
 @pytest.fixture
