@@ -218,6 +218,9 @@ class ConsumerSettings(_Block):
     # After SIGTERM, the process exits within this long even when the broker is gone (Faust's own
     # stop has no bound: docs/architecture.md#consumers).
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    # A member that stops heartbeating (a crash) keeps its partitions this long before the group hands
+    # them on; the worker's value (Faust's own, 60 s, left a crashed consumer's alerts that late).
+    session_timeout_s: float = Field(default=10.0, ge=6.0)
     # Faust's data directory (<data_dir>/<group>-data; the tables are in memory, backed by their
     # changelog topics), not the working directory.
     data_dir: Path = PROJECT_ROOT / ".run" / "consumers"

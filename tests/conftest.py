@@ -175,11 +175,6 @@ def start_gateway(processes: Processes) -> Callable[[Settings], subprocess.Popen
 
 
 @pytest.fixture(scope="session")
-def model_path(stack: LocalStack) -> Path:
-    return stack.settings().triton.model_repository / "fraud_scorer" / "1" / "model.pt"
-
-
-@pytest.fixture(scope="session")
 def redis_feature_repo(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the Feast repo whose online store is a real Redis (the production option), loaded."""
     from pipeline.features import demo_data

@@ -50,7 +50,7 @@ def run(context: Context) -> Figures:
     with _stood_up(context) as stand:
         sampler = RssSampler({name: p.pid for name, p in stand.processes.items()}, interval_s=0.5)
         try:
-            recorded = rounds.interleaved(o.repetitions, _levels(context, stand, bodies))
+            recorded = rounds.interleaved(o.repetitions, _levels(context, stand, bodies), o.warm_up_round)
             figures = _medians(o, recorded) | _limits(context, stand, bodies, sampler)
         finally:
             peaks = sampler.stop()

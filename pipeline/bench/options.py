@@ -29,6 +29,9 @@ class Options:
     naive_events: Annotated[int, typer.Option(help="Requests per run of the (slow) naive peer.")] = 2_000
     warmup: Annotated[int, typer.Option(help="Warm-up requests before each timed run.")] = 2_000
     workers: tuple[int, ...] = (1, 2)
+    # The unrecorded round before the recorded ones (pipeline/bench/rounds.py); off only where the
+    # figures are not compared (a test that the bench gives every figure).
+    warm_up_round: bool = True
     # The HTTP group.
     http_seconds: Annotated[float, typer.Option(help="Seconds of each HTTP load level.")] = 10.0
     http_rates: Annotated[tuple[float, ...], typer.Option(help="Open-loop arrival rates, req/s, comma-separated.")] = (

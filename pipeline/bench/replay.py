@@ -207,7 +207,7 @@ def _live(context: Context, settings: Settings, path: Path, count: int) -> dict[
             QUIET: lambda _: quiet(),
             REPLAYING: _Replaying(context, live, counter, path, count, quiet),
         }
-        recorded = rounds.interleaved(o.repetitions, levels)
+        recorded = rounds.interleaved(o.repetitions, levels, o.warm_up_round)
     finally:
         counter.close()
         context.stop(processes)

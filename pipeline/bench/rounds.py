@@ -24,10 +24,10 @@ Level = Callable[[int], Figures | None]  # one run in the round numbered so (WAR
 _LOGGED = ("events_per_s", "p50", "p99")  # what a run's log line shows of its figures
 
 
-def interleaved(repetitions: int, levels: Mapping[str, Level]) -> dict[str, list[Figures]]:
-    """Each level's figures in each recorded round, after the warm-up round."""
+def interleaved(repetitions: int, levels: Mapping[str, Level], warm_up: bool = True) -> dict[str, list[Figures]]:
+    """Each level's figures in each recorded round, after the warm-up round (unless not `warm_up`)."""
     recorded: dict[str, list[Figures]] = {name: [] for name in levels}
-    for repetition in range(WARMUP, repetitions):
+    for repetition in range(WARMUP if warm_up else 0, repetitions):
         for name, level in levels.items():
             figures = level(repetition)
             if figures is None:

@@ -67,7 +67,7 @@ def run(context: Context) -> dict[str, list[dict[str, Any]]]:
         scenario: _level(context, backlog, scenario, processes)
         for scenario, processes in throughput_scenarios(context.options.workers)
     }
-    recorded = rounds.interleaved(context.options.repetitions, levels)
+    recorded = rounds.interleaved(context.options.repetitions, levels, context.options.warm_up_round)
     return {scenario: runs for scenario, runs in recorded.items() if runs}
 
 

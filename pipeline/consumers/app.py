@@ -144,6 +144,8 @@ def make_app(settings: Settings, group_id: str, from_beginning: bool, partitions
         producer_linger_ms=consumers.producer_linger_ms,
         producer_request_timeout=30.0,
         broker_commit_interval=consumers.commit_interval_s,
+        broker_session_timeout=consumers.session_timeout_s,
+        broker_heartbeat_interval=consumers.session_timeout_s / 4,
         stream_wait_empty=False,
         table_standby_replicas=0,
     )

@@ -90,6 +90,7 @@ def message_for(request: dict[str, object], kind: str = "valid") -> Message:
 
 
 def malformed(kind: str, base: dict[str, object], event_id: str) -> Message:
+    """Poison of `kind`, made from a valid request of either model."""
     request = dict(base) | {"event_id": event_id}
     if kind == "not_json":
         return Message(b"1", b"{not json " + event_id.encode(), None, kind)
@@ -97,21 +98,38 @@ def malformed(kind: str, base: dict[str, object], event_id: str) -> Message:
         request.pop("event_id")
         return Message(b"1", orjson.dumps(request), None, kind)
     if kind == "non_numeric_feature":
-        request["features"] = object_field(request, "features") | {"amount": "twelve"}
+        features = object_field(request, "features")
+        name = "amount" if "amount" in features else next(iter(features))
+        request["features"] = features | {name: "twelve"}
     elif kind == "unknown_model":
         request["model"] = "no_such_model"
-    elif kind == "unknown_account":
-        request["entity"] = {"account_id": 10_000_000 + int(event_id.rsplit("-", 1)[-1])}
+    elif kind == "unknown_account":  # an entity the feature store has no row for
+        key = next(iter(object_field(request, "entity")))
+        request["entity"] = {key: 10_000_000 + int(event_id.rsplit("-", 1)[-1])}
     return Message(b"1", orjson.dumps(request), event_id, kind)
 
 
 def mixed(
-    total: int, prefix: str, duplicate_rate: float = 0.05, malformed_rate: float = 0.01, seed: int = 5
+    total: int,
+    prefix: str,
+    duplicate_rate: float = 0.05,
+    malformed_rate: float = 0.01,
+    seed: int = 5,
+    telemetry_share: float = 0.0,
 ) -> Traffic:
-    """`total` messages: distinct valid requests, repeats of earlier ones (near and far), bad input spread through."""
+    """`total` messages: distinct valid requests, repeats of earlier ones (near and far), bad input
+    spread through. `telemetry_share` of the distinct requests are readings for the anomaly detector
+    (event ids `<prefix>t-...`), shuffled among the card transactions; poison is made from both."""
     rng = np.random.default_rng(seed)
     n_dup, n_bad = int(total * duplicate_rate), int(total * malformed_rate)
-    originals = valid_requests(total - n_dup - n_bad, prefix)
+    distinct = total - n_dup - n_bad
+    n_telemetry = int(distinct * telemetry_share)
+    originals = valid_requests(distinct - n_telemetry, prefix)
+    if n_telemetry:
+        readings = telemetry_requests(n_telemetry, f"{prefix}t-", seed=seed)
+        originals = [
+            originals[i] if i < len(originals) else readings[i - len(originals)] for i in rng.permutation(distinct)
+        ]
     traffic = Traffic(requests={str(r["event_id"]): r for r in originals})
     # Each repeat follows its original, anywhere from right after it to the end of the stream.
     repeats_after: dict[int, list[Message]] = defaultdict(list)

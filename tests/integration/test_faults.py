@@ -1,12 +1,14 @@
 """Effectively-once under faults, on the real broker, Triton and Feast.
 
-Each mid-stream test publishes 20,000 requests (20% repeats of earlier event_ids, some far apart; 10%
-poison) in the background at 2,000 a second, injects one fault once an eighth of the distinct events
-are scored, and reads everything back with a read_committed consumer. It shows that the fault met the
+Each mid-stream test publishes 20,000 requests (half card transactions for fraud_scorer, half machine
+readings for anomaly_detector; 20% repeats of earlier event_ids, some far apart; 10% poison of both)
+in the background at 2,000 a second, injects one fault once an eighth of the distinct events are
+scored, and reads everything back with a read_committed consumer. It shows that the fault met the
 stream (by the results' Kafka timestamps, at least half of the events were unscored when it was in
 place), that the worker felt it (its own metrics: retries, Kafka errors, partitions taken over, events
-scored), and that every distinct valid event_id has exactly one result, every poison message exactly
-one dead letter. Requests whose retries run out against an unreachable Triton are dead-lettered.
+scored), and that every distinct valid event_id has exactly one result, by its own model, with the
+score the exported model gives in the test, and every poison message exactly one dead letter.
+Requests whose retries run out against an unreachable Triton are dead-lettered.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from confluent_kafka import TopicPartition
 
@@ -27,6 +30,7 @@ from pipeline.local import probe, traffic
 from pipeline.local.probe import Collected
 from pipeline.settings import Settings
 from tests.conftest import REDIS_PORT, free_port, metric, scrape
+from tests.integration.reference import reference_scores
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +46,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def _stream(prefix: str) -> traffic.Traffic:
-    return traffic.mixed(STREAM, prefix=prefix, duplicate_rate=0.2, malformed_rate=0.1)
+    return traffic.mixed(STREAM, prefix=prefix, duplicate_rate=0.2, malformed_rate=0.1, telemetry_share=0.5)
 
 
 def _complete(mix: traffic.Traffic):
@@ -61,7 +65,9 @@ def _wait_until_fault_is_due(settings: Settings, start: dict[TopicPartition, int
     probe.collect(settings, start, lambda c: c.distinct_results >= due, timeout_s=120, settle_s=0)
 
 
-def assert_exactly_once(mix: traffic.Traffic, collected: Collected) -> None:
+def assert_exactly_once(settings: Settings, mix: traffic.Traffic, collected: Collected) -> None:
+    """One result per distinct event, by its own model with the exported model's score; one dead
+    letter per poison message, with its code."""
     missing = set(mix.requests) - set(collected.results)
     assert not missing, f"{len(missing)} events never got a result, e.g. {sorted(missing)[:3]}"
     doubled = {e: len(r) for e, r in collected.results.items() if len(r) > 1}
@@ -71,6 +77,14 @@ def assert_exactly_once(mix: traffic.Traffic, collected: Collected) -> None:
     dead = Counter(letter["payload"] for letter in collected.dead_letters)
     assert dead == poison, "every poison message has exactly one dead letter"
     assert collected.dead_letter_codes() == mix.expected_dead_letters
+    for model in ("fraud_scorer", "anomaly_detector"):
+        requests = [r for r in mix.requests.values() if r.get("model", "fraud_scorer") == model]
+        assert len(requests) >= len(mix.requests) // 3, f"{model}: a share of the stream"
+        got = [collected.results[str(r["event_id"])][0] for r in requests]
+        assert {result["model"] for result in got} == {model}
+        np.testing.assert_allclose(
+            [result["score"] for result in got], reference_scores(settings, requests, model), atol=1e-5, rtol=0
+        )
 
 
 def assert_fault_met_the_stream(mix: traffic.Traffic, collected: Collected, fault_ms: int) -> int:
@@ -142,7 +156,7 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(pipe
     publisher.join()
 
     collected = _collect_all(settings, start, mix)
-    assert_exactly_once(mix, collected)
+    assert_exactly_once(settings, mix, collected)
     unscored = assert_fault_met_the_stream(mix, collected, killed_ms)
     port = restarted.worker.metrics_port
     assert _partitions_held(scrape(port)) == topics.partition_count(settings, settings.topics.requests), (
@@ -173,7 +187,7 @@ def test_one_of_two_workers_killed_mid_stream_the_other_carries_on(pipeline_sett
     publisher.join()
 
     collected = _collect_all(settings, start, mix)
-    assert_exactly_once(mix, collected)
+    assert_exactly_once(settings, mix, collected)
     unscored = assert_fault_met_the_stream(mix, collected, killed_ms)
     survivor = scrape(survivor_port)
     taken = _total(survivor, "pipeline_rebalances_total", change="assigned") - _total(
@@ -219,7 +233,7 @@ def _outage_mid_stream(
     start()
     publisher.join()
     collected = _collect_all(settings, begin, mix)
-    assert_exactly_once(mix, collected)
+    assert_exactly_once(settings, mix, collected)
     assert_fault_met_the_stream(mix, collected, fault_ms)
     assert worker.poll() is None, f"the worker exited ({worker.returncode}) during the outage"
     after = scrape(port)

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from confluent_kafka import Consumer, TopicPartition
-from feast import FeatureStore
 
 from pipeline.local import probe, traffic
+from tests.integration.reference import reference_scores
 
 pytestmark = pytest.mark.integration
 
@@ -33,45 +30,7 @@ def _run(settings, messages, *, results: int, dead_letters: int = 0, start=None,
     )
 
 
-def _declared_features(config: Path) -> tuple[str, list[str], list[str], int]:
-    """The model's entity key, request features, store features (`view:feature`) and input width, in the
-    order its config.pbtxt declares them: read here from the file's text, apart from the worker's parser."""
-    text = config.read_text()
-    params = dict(re.findall(r'key:\s*"([^"]+)",\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text))
-    width = re.search(r'name:\s*"FEATURES".*?dims:\s*\[\s*(\d+)\s*\]', text, re.DOTALL)
-    assert width is not None, "config.pbtxt declares the FEATURES input's width"
-    split = [
-        [name.strip() for name in params[key].split(",") if name.strip()]
-        for key in ("request_features", "store_features")
-    ]
-    return params["entity_key"], split[0], split[1], int(width.group(1))
-
-
-def _reference_scores(settings, requests, model_path, model: str = "fraud_scorer"):
-    """The same TorchScript model run in-process, on a matrix built here: each request's features, then
-    its entity's features from Feast's get_online_features, in the order config.pbtxt declares."""
-    entity_key, request_features, store_features, width = _declared_features(
-        settings.triton.model_repository / model / "config.pbtxt"
-    )
-    assert len(request_features) + len(store_features) == width
-    store = FeatureStore(repo_path=str(settings.feast.repo_path))
-    entities = [r["entity"][entity_key] for r in requests]
-    online = store.get_online_features(store_features, {entity_key: entities}, full_feature_names=True).to_dict()
-    columns = [ref.replace(":", "__", 1) for ref in store_features]  # Feast's full names: view__feature
-    matrix = np.array(
-        [
-            [r["features"][name] for name in request_features] + [online[column][i] for column in columns]
-            for i, r in enumerate(requests)
-        ],
-        dtype=np.float32,
-    )
-    assert matrix.shape == (len(requests), width) and not np.isnan(matrix).any(), "every entity has its features"
-    model = torch.jit.load(str(model_path))
-    with torch.inference_mode():
-        return model(torch.from_numpy(matrix)).numpy().reshape(-1)
-
-
-def test_every_distinct_event_scored_once_with_the_models_score(pipeline_settings, start_worker, model_path):
+def test_every_distinct_event_scored_once_with_the_models_score(pipeline_settings, start_worker):
     settings = pipeline_settings()
     start_worker(settings)
     requests = traffic.valid_requests(600, prefix="exact-")
@@ -80,7 +39,7 @@ def test_every_distinct_event_scored_once_with_the_models_score(pipeline_setting
     assert collected.distinct_results == len(requests)
     assert collected.repeated_results == 0
     assert collected.dead_letters == []
-    expected = _reference_scores(settings, requests, model_path)
+    expected = reference_scores(settings, requests)
     got = np.array([collected.results[r["event_id"]][0]["score"] for r in requests])
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     first = collected.results[requests[0]["event_id"]][0]
@@ -100,12 +59,11 @@ def test_two_models_on_one_topic_are_each_scored_by_their_own_model(pipeline_set
 
     assert collected.distinct_results == len(mixed) and collected.repeated_results == 0
     assert collected.dead_letters == []
-    repository = settings.triton.model_repository
     for model, requests, (below, above) in (
         ("fraud_scorer", cards, ("legit", "fraud")),
         ("anomaly_detector", readings, ("normal", "anomaly")),
     ):
-        expected = _reference_scores(settings, requests, repository / model / "1" / "model.pt", model)
+        expected = reference_scores(settings, requests, model)
         results = [collected.results[r["event_id"]][0] for r in requests]
         np.testing.assert_allclose([r["score"] for r in results], expected, atol=1e-5, rtol=0, err_msg=model)
         assert {(r["model"], r["model_version"]) for r in results} == {(model, "1")}

@@ -27,3 +27,11 @@ def test_a_level_may_sit_a_round_out():
     recorded = rounds.interleaved(1, {"slow": lambda rep: None if rep == rounds.WARMUP else {"events_per_s": 1.0}})
 
     assert recorded == {"slow": [{"events_per_s": 1.0}]}
+
+
+def test_without_the_warm_up_round_only_recorded_rounds_run():
+    ran: list[int] = []
+    recorded = rounds.interleaved(2, {"a": lambda rep: ran.append(rep) or {"p50": float(rep)}}, warm_up=False)
+
+    assert ran == [0, 1]
+    assert recorded == {"a": [{"p50": 0.0}, {"p50": 1.0}]}
