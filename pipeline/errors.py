@@ -61,6 +61,13 @@ class ResultsUnreadable(PipelineError):
     stage = "results"
 
 
+class ProducerUnavailable(PipelineError):
+    """The worker's transactional producer stalled and no replacement answered in time: the worker
+    stops (its supervisor restarts it; nothing uncommitted is lost) rather than wait for ever."""
+
+    stage = "produce"
+
+
 class ConfigurationError(PipelineError):
     code = "configuration_error"
 

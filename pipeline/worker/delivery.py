@@ -36,6 +36,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline import metrics
+from pipeline.errors import ProducerUnavailable
 from pipeline.settings import Settings
 from pipeline.worker.messages import Outbound, Record
 
@@ -102,13 +103,35 @@ class TransactionalDelivery:
         # its init settles the open transaction (committed or aborted) before we go on.
         log.warning("transaction_stalled", waited_s=self._timeout_s)
         metrics.TRANSACTION_ABORTS.labels("stalled").inc()
-        done.add_done_callback(lambda f: f.cancelled() or f.exception())
-        with self._lock:
-            self._generation += 1
-            generation = self._generation
-        self._thread = _DaemonThread("txn-producer")
-        await self._thread.run(self._init, 120.0, generation)
+        done.add_done_callback(_forget)
+        await self._replace()
         raise Aborted(f"stalled for {self._timeout_s:g} s; producer replaced")
+
+    async def _replace(self) -> None:
+        """A new producer on a thread of its own, the stalled one left behind. Its init is bounded
+        too (librdkafka's init can wait for ever as its commit can): an init that stalls is left behind
+        in turn, and one that fails is tried again, for up to `_REPLACE_FOR_S`; then the worker stops
+        with `ProducerUnavailable` (a supervisor restarts it) rather than wait for ever."""
+        deadline = time.monotonic() + _REPLACE_FOR_S
+        while True:
+            with self._lock:
+                self._generation += 1
+                generation = self._generation
+            self._thread = _DaemonThread("txn-producer")
+            init = asyncio.ensure_future(self._thread.run(self._init, self._timeout_s, generation))
+            finished, _ = await asyncio.wait([init], timeout=self._timeout_s * 3)
+            if not finished:
+                init.add_done_callback(_forget)
+                log.warning("producer_init_stalled", waited_s=self._timeout_s * 3)
+            elif (error := init.exception()) is None:
+                return
+            else:
+                log.warning("producer_replacement_failed", error=str(error))
+            if time.monotonic() > deadline:
+                raise ProducerUnavailable(
+                    f"no transactional producer could be made within {_REPLACE_FOR_S:g} s "
+                    f"(transactional.id {self.transactional_id})"
+                )
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -122,7 +145,7 @@ class TransactionalDelivery:
         `generation` is current."""
         deadline = time.monotonic() + retry_for_s
         delay = 0.2
-        while True:
+        while generation == self._generation:  # one left behind stops trying: it would fence its successor
             producer = Producer(
                 {
                     "bootstrap.servers": self._settings.kafka.bootstrap_servers,
@@ -259,6 +282,16 @@ _FENCED = {
     KafkaError.FENCED_INSTANCE_ID,
     KafkaError._FENCED,
 }
+
+
+# How long a stalled producer is replaced for before the worker gives up (`_replace`).
+_REPLACE_FOR_S = 120.0
+
+
+def _forget(call: asyncio.Future[Any]) -> None:
+    """A call left behind: what it ends with is of no use (and not an unretrieved exception)."""
+    if not call.cancelled():
+        call.exception()
 
 
 def _kafka_error(e: Exception) -> KafkaError | None:

@@ -52,7 +52,13 @@ def test_a_repeated_event_id_gets_the_original_result_back(bridge):
 
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json(), "same score, model_version and scored_at"
-    results = probe.collect(settings, start, lambda c: c.distinct_results >= 1, timeout_s=30, settle_s=2).results
+    results = probe.collect(
+        settings,
+        start,
+        lambda c: c.distinct_results >= 1,
+        timeout_s=30,
+        sentinels=probe.publish_sentinels(settings),
+    ).results
     assert len(results[request["event_id"]]) == 1, "a retry is not a second result on the results topic"
 
 
@@ -213,6 +219,12 @@ def test_an_http_retry_after_a_worker_restart_gets_the_original_result(pipeline_
     assert again.status_code == 200
     assert again.json() == first.json(), "same score, model_version, scored_at (and every other field)"
     assert again.content == first.content
-    results = probe.collect(settings, start, lambda c: c.distinct_results >= 1, timeout_s=60, settle_s=3).results
+    results = probe.collect(
+        settings,
+        start,
+        lambda c: c.distinct_results >= 1,
+        timeout_s=60,
+        sentinels=probe.publish_sentinels(settings),
+    ).results
     assert {event_id: len(found) for event_id, found in results.items()} == {request["event_id"]: 1}
     assert results[request["event_id"]][0] == first.json(), "the answer is the committed result"

@@ -86,7 +86,12 @@ async def test_a_worker_killed_during_a_burst_fails_no_request(pipeline_settings
     assert set(answers) == {r["event_id"] for r in requests}
     # Callers are answered before the transaction that commits their results: those the victim
     # answered but never committed are scored again by the survivor, once, with the same score.
-    results = probe.collect(settings, start, lambda c: c.distinct_results >= len(requests), settle_s=2).results
+    results = probe.collect(
+        settings,
+        start,
+        lambda c: c.distinct_results >= len(requests),
+        sentinels=probe.publish_sentinels(settings),
+    ).results
     assert {event_id: len(found) for event_id, found in results.items()} == dict.fromkeys(answers, 1)
     assert {event_id: found[0]["score"] for event_id, found in results.items()} == {
         event_id: answer["score"] for event_id, answer in answers.items()
@@ -174,7 +179,13 @@ async def test_expired_requests_are_504_then_skipped_by_workers_and_nothing_leak
     assert _in_flight(settings.gateway.port) == 0, "the pending map is back to empty"
 
     processes.worker(settings)  # arrives after every deadline: the work is skipped, not scored
-    collected = probe.collect(settings, start, lambda c: len(c.dead_letters) >= 200, timeout_s=120, settle_s=2)
+    collected = probe.collect(
+        settings,
+        start,
+        lambda c: len(c.dead_letters) >= 200,
+        timeout_s=120,
+        sentinels=probe.publish_sentinels(settings),
+    )
     assert collected.distinct_results == 0
     assert collected.dead_letter_codes() == {"deadline_exceeded": 200}
     assert _in_flight(settings.gateway.port) == 0, "late answers are dropped"

@@ -90,7 +90,13 @@ def test_a_burst_is_scaled_up_drained_and_scaled_down_once_each(stack, processes
     assert most["desired_workers"] == 3, most["reason"]
     assert "needed, up to 3" in most["reason"]
 
-    collected = probe.collect(settings, start, lambda c: c.distinct_results >= distinct, timeout_s=300, settle_s=3)
+    collected = probe.collect(
+        settings,
+        start,
+        lambda c: c.distinct_results >= distinct,
+        timeout_s=300,
+        sentinels=probe.publish_sentinels(settings),
+    )
     assert set(collected.results) == set(burst.requests)
     assert collected.repeated_results == 0, "an event scored twice across the rebalances"
     assert collected.dead_letters == []
@@ -136,7 +142,13 @@ def test_a_worker_stopped_in_the_middle_of_a_backlog_loses_and_doubles_nothing(s
         probe.publish(settings, [traffic.message_for(r) for r in traffic.valid_requests(count, prefix, seed=5)])
         probe.collect(settings, start, lambda c: c.distinct_results >= 1_000, timeout_s=120, settle_s=0)
         stopped = pool.resize(1)
-        collected = probe.collect(settings, start, lambda c: c.distinct_results >= count, timeout_s=300, settle_s=3)
+        collected = probe.collect(
+            settings,
+            start,
+            lambda c: c.distinct_results >= count,
+            timeout_s=300,
+            sentinels=probe.publish_sentinels(settings),
+        )
     finally:
         pool.close()
     assert collected.distinct_results == count
