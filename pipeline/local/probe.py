@@ -315,6 +315,25 @@ def read_to_end(settings: Settings, start: dict[TopicPartition, int], timeout_s:
         reader.close()
 
 
+def until_committed(settings: Settings, group: str, ends: dict[TopicPartition, int], timeout_s: float = 120.0) -> None:
+    """Until `group` has committed, on every partition of `ends`, at least its offset there: a
+    consumer acknowledges what a record caused (state, alerts) before it commits past the record.
+    Raises `NotCollected` with the partitions still behind past `timeout_s`."""
+    reader = Consumer(consumer_config(settings) | {"group.id": group})
+    deadline = time.monotonic() + timeout_s
+    try:
+        while behind := {
+            f"{tp.topic}[{tp.partition}]": (tp.offset, ends[tp])
+            for tp in reader.committed(list(ends), timeout=10)
+            if tp.offset < ends[tp]
+        }:
+            if time.monotonic() > deadline:
+                raise NotCollected(f"{group}'s commits behind within {timeout_s:g} s (committed, wanted): {behind}")
+            time.sleep(0.5)
+    finally:
+        reader.close()
+
+
 def _pump(
     reader: _Reader,
     record: Callable[[Any, Any], None],

@@ -370,23 +370,6 @@ def _start_consumers(
     return running
 
 
-def _until_committed(settings: Settings, group: str, ends: dict[TopicPartition, int], timeout_s: float = 120) -> None:
-    """Until `group` has committed, on every partition of `ends`, the offset past its last record: a
-    consumer acknowledges what a record caused (state, alerts) before it commits the record's offset."""
-    reader = Consumer(consumer_config(settings) | {"group.id": group})
-    deadline = time.monotonic() + timeout_s
-    try:
-        while behind := {
-            f"{tp.topic}[{tp.partition}]": (tp.offset, ends[tp])
-            for tp in reader.committed(list(ends), timeout=10)
-            if tp.offset < ends[tp]
-        }:
-            assert time.monotonic() < deadline, f"{group}'s commits behind (committed, past the last record): {behind}"
-            time.sleep(0.5)
-    finally:
-        reader.close()
-
-
 def _past_last(records: Iterable[Record]) -> dict[TopicPartition, int]:
     ends: dict[TopicPartition, int] = {}
     for r in records:
@@ -563,7 +546,7 @@ def _run_through_a_crash(settings: Settings, processes, consumers: dict[str, Run
     requests = _read(settings, settings.topics.requests)
     for name, consumer in consumers.items():  # the drift monitor reads the requests too
         ends = _past_last(committed) | (_past_last(requests) if name == "drift" else {})
-        _until_committed(settings, consumer.group, ends, timeout_s=60)
+        probe.until_committed(settings, consumer.group, ends, timeout_s=60)
     outcome = Outcome(
         stream,
         killed_transaction,
@@ -711,4 +694,6 @@ def test_a_consumer_commits_past_every_transaction_it_has_read(pipeline_settings
         assert time.monotonic() < deadline, "the consumer did not read every result"
         time.sleep(0.2)
     # One transaction per commit interval (1 s) would take 200 s.
-    _until_committed(settings, running.group, _past_last(results), timeout_s=15 * settings.consumers.commit_interval_s)
+    probe.until_committed(
+        settings, running.group, _past_last(results), timeout_s=15 * settings.consumers.commit_interval_s
+    )

@@ -4,16 +4,14 @@ only, once per level crossed."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from pipeline import topics
 from pipeline.local import probe, traffic
-from pipeline.local.probe import consumer_config
 from pipeline.local.stack import free_port
 from pipeline.topics import TopicSpec
 from tests.conftest import metric
@@ -34,18 +32,7 @@ def _until_processed(settings, group: str, port: int, count: int, timeout_s: flo
     (its agent awaits each send), and commits what it acked. So every alert of those requests is on
     the alerts topic by then. It read `count` requests in all."""
     ends = {tp: end for tp, end in probe.end_offsets(settings, [settings.topics.requests]).items() if end > 0}
-    reader = Consumer(consumer_config(settings) | {"group.id": group})
-    deadline = time.monotonic() + timeout_s
-    try:
-        while behind := {
-            tp.partition: (tp.offset, ends[tp])
-            for tp in reader.committed(list(ends), timeout=10)
-            if tp.offset < ends[tp]
-        }:
-            assert time.monotonic() < deadline, f"the drift monitor's commits behind (committed, end): {behind}"
-            time.sleep(0.5)
-    finally:
-        reader.close()
+    probe.until_committed(settings, group, ends, timeout_s)
     assert metric(port, "pipeline_consumer_results_total", consumer="drift", outcome="read") >= count
 
 
