@@ -15,9 +15,13 @@ buckets. Whether a stable event is shadowed is decided the same way by a second,
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Literal
+
+import orjson
+import pydantic
 
 from pipeline.errors import ConfigurationError
 
@@ -132,3 +136,33 @@ class Routing:
         if not self.earlier:
             raise RoutingRefused(f"{self.model} has no candidate and no earlier stable version to roll back to")
         return Routing(self.model, self.earlier[-1], earlier=self.earlier[:-1])
+
+
+_CHANGE = pydantic.TypeAdapter(Change)
+
+
+def encode(change: Change) -> bytes:
+    """A change as the routing topic holds it: one JSON object."""
+    return orjson.dumps(asdict(change))
+
+
+def decode(value: bytes) -> Change:
+    """A change read from the routing topic; `RoutingRefused` if it is not one."""
+    try:
+        return _CHANGE.validate_json(value)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the value"
+        raise RoutingRefused(f"not a routing change: {where}: {first['msg']}") from e
+
+
+def fold(initial: Routing, changes: Iterable[Change]) -> tuple[Routing, list[tuple[Change, str]]]:
+    """The routing after `changes` in order, from `initial`, and the changes that could not apply
+    with why (skipped: every reader of the same history skips the same ones, so all agree)."""
+    routing, skipped = initial, []
+    for change in changes:
+        try:
+            routing = routing.apply(change)
+        except RoutingRefused as e:
+            skipped.append((change, str(e)))
+    return routing, skipped

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 
+import orjson
 import pytest
 
-from pipeline.models.routing import BUCKETS, Arm, Change, Route, Routing, RoutingRefused, bucket
+from pipeline.models.routing import BUCKETS, Arm, Change, Route, Routing, RoutingRefused, bucket, decode, encode, fold
 
 IDS = [f"evt-{i:07d}" for i in range(20_000)]
 
@@ -88,3 +89,30 @@ def test_a_change_that_cannot_apply_is_refused_in_one_line(routing, change, reas
         routing.apply(change)
     assert "\n" not in str(refused.value)
     assert refused.value.code == "configuration_error"
+
+
+def test_a_change_survives_the_topic_and_a_value_that_is_not_one_is_refused():
+    change = Change("fraud_scorer", "share", canary_share=0.2, by="ops@bank", at="2026-12-06T10:00:00Z", why="ramp")
+    assert decode(encode(change)) == change
+    assert orjson.loads(encode(change))["canary_share"] == 0.2
+    with pytest.raises(RoutingRefused, match="not a routing change: action"):
+        decode(b'{"model": "fraud_scorer", "action": "delete"}')
+    with pytest.raises(RoutingRefused, match="not a routing change"):
+        decode(b"{not json")
+
+
+def test_the_history_folds_to_one_routing_and_skips_what_cannot_apply_the_same_way_every_time():
+    history = [
+        Change("fraud_scorer", "publish", version="2"),
+        Change("fraud_scorer", "share", canary_share=2.0),  # refused: outside [0, 1]
+        Change("fraud_scorer", "share", canary_share=0.1),
+        Change("fraud_scorer", "promote"),
+        Change("fraud_scorer", "promote"),  # refused: no candidate any more
+    ]
+    routing, skipped = fold(Routing("fraud_scorer", "1"), history)
+    assert routing == Routing("fraud_scorer", "2", earlier=("1",))
+    assert [(c.action, why) for c, why in skipped] == [
+        ("share", "the canary share must be within [0, 1], not 2"),
+        ("promote", "fraud_scorer has no candidate to promote"),
+    ]
+    assert fold(Routing("fraud_scorer", "1"), history) == (routing, skipped)
