@@ -117,6 +117,7 @@ class TransactionalDelivery:
             with self._lock:
                 self._generation += 1
                 generation = self._generation
+            self._thread.stop()  # it ends once its call returns (a stalled one may never)
             self._thread = _DaemonThread("txn-producer")
             init = asyncio.ensure_future(self._thread.run(self._init, self._timeout_s, generation))
             finished, _ = await asyncio.wait([init], timeout=self._timeout_s * 3)
@@ -127,6 +128,7 @@ class TransactionalDelivery:
                 return
             else:
                 log.warning("producer_replacement_failed", error=str(error))
+                await asyncio.sleep(1.0)  # an init that fails at once is not retried in a tight loop
             if time.monotonic() > deadline:
                 raise ProducerUnavailable(
                     f"no transactional producer could be made within {_REPLACE_FOR_S:g} s "
