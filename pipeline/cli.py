@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,7 +17,9 @@ from pipeline.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming inference pipeline.")
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the contract.")
-models_app = typer.Typer(no_args_is_help=True, help="Train and export models for Triton.")
+models_app = typer.Typer(
+    no_args_is_help=True, help="Train models, and change which version scores events (docs/models.md)."
+)
 features_app = typer.Typer(no_args_is_help=True, help="Feast feature data.")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
 stack_app = typer.Typer(no_args_is_help=True, help="The local stack: Kafka, Triton, worker, gateway.")
@@ -53,10 +56,10 @@ def topics_apply() -> None:
 @models_app.command("train")
 def models_train(
     model: Annotated[str | None, typer.Argument(help="fraud_scorer or anomaly_detector; default: both.")] = None,
-    force: Annotated[bool, typer.Option(help="Retrain even when a model is already exported.")] = True,
+    force: Annotated[bool, typer.Option(help="Train the next version even when the model has one.")] = True,
     repository: Annotated[Path | None, typer.Option(help="Triton model repository.")] = None,
 ) -> None:
-    """Train models on synthetic data and export them to the Triton model repository."""
+    """Train models on synthetic data and export each as its next version in the Triton model repository."""
     import torch
 
     from pipeline.models import train
@@ -68,10 +71,117 @@ def models_train(
     torch.set_num_threads(2)
     for name in [model] if model else train.MODELS:
         if not force and train.is_trained(repo, name):
-            typer.echo(f"{name} already exported in {repo}/{name}/1 (use --force to retrain)")
+            typer.echo(f"{name} already has a version in {repo}/{name} (use --force to train the next)")
             continue
         report = train.train_model(name, repo, accounts=settings.feast.accounts, devices=settings.feast.devices)
         typer.echo(train.describe(name, report))
+
+
+_By = Annotated[str, typer.Option(help="Who makes the change (default: user@host).")]
+_Why = Annotated[str, typer.Option(help="Why, kept in the routing history.")]
+_Canary = Annotated[float | None, typer.Option(help="Share of all events the candidate scores, in [0, 1].")]
+_Shadow = Annotated[float | None, typer.Option(help="Share of the stable arm's events it also scores, in [0, 1].")]
+
+
+def _rollout(action: Callable[[Any], Any]) -> Any:
+    from pipeline.models.rollout import Rollout
+
+    rollout = Rollout(get_settings(), say=typer.echo)
+    try:
+        return action(rollout)
+    finally:
+        rollout.close()
+
+
+def _routed(routing: Any) -> None:
+    from pipeline.models.routing_log import describe_routing
+
+    typer.echo(f"{routing.model}: {describe_routing(routing)}")
+
+
+@models_app.command("publish")
+def models_publish(
+    model: Annotated[str, typer.Argument(help="The model.")],
+    version: Annotated[str, typer.Argument(help="Its version to load beside the stable one, as the candidate.")],
+    canary: _Canary = None,
+    shadow: _Shadow = None,
+    by: _By = "",
+    why: _Why = "",
+) -> None:
+    """Load a version in Triton beside the stable one and make it the candidate (no events until shared)."""
+    from pipeline.models.rollout import operator
+
+    def publish(rollout: Any) -> Any:
+        routing = rollout.publish(model, version, by or operator(), why)
+        if canary is not None or shadow is not None:
+            routing = rollout.share(model, canary, shadow, by or operator(), why)
+        return routing
+
+    _routed(_rollout(publish))
+
+
+@models_app.command("share")
+def models_share(
+    model: Annotated[str, typer.Argument(help="The model.")],
+    canary: _Canary = None,
+    shadow: _Shadow = None,
+    by: _By = "",
+    why: _Why = "",
+) -> None:
+    """Set the candidate's canary and shadow shares (events by a stable hash of their event_id)."""
+    from pipeline.models.rollout import operator
+
+    _routed(_rollout(lambda rollout: rollout.share(model, canary, shadow, by or operator(), why)))
+
+
+@models_app.command("promote")
+def models_promote(model: Annotated[str, typer.Argument(help="The model.")], by: _By = "", why: _Why = "") -> None:
+    """Make the candidate the stable version (the old stable is unloaded, and kept for rollback)."""
+    from pipeline.models.rollout import operator
+
+    _routed(_rollout(lambda rollout: rollout.promote(model, by or operator(), why)))
+
+
+@models_app.command("rollback")
+def models_rollback(model: Annotated[str, typer.Argument(help="The model.")], by: _By = "", why: _Why = "") -> None:
+    """Drop the candidate; without one, return to the stable version before this one."""
+    from pipeline.models.rollout import operator
+
+    _routed(_rollout(lambda rollout: rollout.rollback(model, by or operator(), why)))
+
+
+@models_app.command("history")
+def models_history(model: Annotated[str, typer.Argument(help="The model.")]) -> None:
+    """Every routing change of a model: when, by whom, what and why."""
+    from pipeline.models import listing, routing_log
+
+    history = routing_log.read(get_settings())
+    changes = history.changes.get(model, [])
+    if not changes:
+        typer.echo(f"{model}: no routing changes")
+        return
+    typer.echo(listing.table(listing.history_rows(changes, history.skipped.get(model, []))))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Each model's versions: Triton's state, role (stable, candidate with its shares), metrics."""
+    from pipeline.inference.repository import TritonRepository, model_names
+    from pipeline.models import listing, routing_log, versions
+
+    settings = get_settings()
+    repository = settings.triton.model_repository
+    history = routing_log.read(settings)
+    triton = TritonRepository(settings.triton, timeout_s=10)
+    try:
+        index = triton.index()
+    finally:
+        triton.close()
+    rows = []
+    for model in model_names(repository):
+        states = {v.version: v.state for v in index.get(model, [])}
+        rows += listing.version_rows(model, versions.versions(repository, model), states, history.routing(model))
+    typer.echo(listing.table(rows) or f"no model versions in {repository}")
 
 
 @features_app.command("apply")

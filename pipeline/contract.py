@@ -279,11 +279,13 @@ def result_record(
     entity: Mapping[str, int | str] | None = None,
     labels: tuple[str, str] = ("legit", "fraud"),
     features: Mapping[str, float] | None = None,
+    arm: str | None = None,
 ) -> dict[str, Any]:
     """`scored_at` defaults to now; a batch scored in one call passes one stamp for all its results.
     `entity`: the request's entity keys, so the results' consumers need no join back to the requests.
     `labels`: the model's label below its threshold and at or above it. `features`: the request
-    features the model's results carry (its `result_features`)."""
+    features the model's results carry (its `result_features`). `arm`: which arm of the model's
+    routing scored it ("stable", "canary", or "shadow" on the shadow results topic)."""
     record = {
         "event_id": event_id,
         "model": model,
@@ -297,6 +299,8 @@ def result_record(
         record["entity"] = dict(entity)
     if features:
         record["features"] = dict(features)
+    if arm is not None:
+        record["arm"] = arm
     return record
 
 

@@ -13,6 +13,11 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 EVENTS = Counter("pipeline_events_total", "Requests consumed, by outcome", ["outcome"])
 DEAD_LETTERS = Counter("pipeline_dead_letters_total", "Dead letters written, by error code", ["code"])
+SHADOW_FAILURES = Counter(
+    "pipeline_shadow_failures_total",
+    "Shadowed events the candidate could not score (left unshadowed), by model",
+    ["model"],
+)
 RETRIES = Counter("pipeline_retries_total", "Retries of a transient failure, by stage (inference, features)", ["stage"])
 TRANSACTION_ABORTS = Counter("pipeline_transaction_aborts_total", "Aborted transactions, by reason", ["reason"])
 REBALANCES = Counter("pipeline_rebalances_total", "Partition assignments and revocations", ["change"])

@@ -41,6 +41,11 @@ class TopicSettings(_Block):
     backfill_results: str = "inference.results.backfill"
     backfill_dlq: str = "inference.dlq.backfill"  # their dead letters, apart from the live ones
     replay_checkpoints: str = "replay.checkpoints"
+    # Every model's routing (stable version, candidate, shares), one change per record, read by every
+    # worker (`pipeline models publish|share|promote|rollback` write it).
+    model_routing: str = "models.routing"
+    # The candidate's results on the events it shadows, apart from the live results.
+    shadow_results: str = "inference.results.shadow"
     definitions: Path = PROJECT_ROOT / "topics" / "topics.yaml"
 
 
@@ -236,6 +241,18 @@ class TritonSettings(_Block):
     model_repository: Path = PROJECT_ROOT / "triton_models"
 
 
+class ModelSettings(_Block):
+    """Model versions and their routing (`pipeline models ...`, docs/models.md)."""
+
+    # A version no longer routed to stays loaded this long after the change, so that batches routed
+    # before it (workers apply a change within a second) finish on it; then Triton unloads it.
+    unload_grace_s: float = Field(default=5.0, ge=0)
+    # A version Triton has not loaded and made ready within this long fails to publish.
+    load_timeout_s: float = Field(default=120.0, gt=0)
+    # A worker starts scoring once it has read the routing topic to its end, within this long.
+    routing_wait_s: float = Field(default=30.0, gt=0)
+
+
 class FeastSettings(_Block):
     repo_path: Path = PROJECT_ROOT / "feature_repo"
     accounts: int = 10_000  # synthetic card accounts 1..N (fraud_scorer's entity)
@@ -282,6 +299,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     worker: WorkerSettings = WorkerSettings()
     triton: TritonSettings = TritonSettings()
+    models: ModelSettings = ModelSettings()
     feast: FeastSettings = FeastSettings()
     gateway: GatewaySettings = GatewaySettings()
     consumers: ConsumerSettings = ConsumerSettings()

@@ -11,6 +11,7 @@ Integration tests get factories: fresh settings with unique topic names and a un
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,8 +39,13 @@ REDIS_PORT = 16379 + PORT_OFFSET
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack(tmp_path_factory.mktemp("stack"), TEST_PORTS, own_ports=True)
-    local.prepare(local.settings())
+    """The session's Triton serves a copy of the model repository (trained once, in the checkout),
+    where tests add versions and models of their own."""
+    shipped = Settings().triton.model_repository
+    repository = tmp_path_factory.mktemp("models") / "triton_models"
+    local = LocalStack(tmp_path_factory.mktemp("stack"), TEST_PORTS, own_ports=True, model_repository=repository)
+    local.prepare(local.settings().updated(triton={"model_repository": shipped}))
+    shutil.copytree(shipped, repository, ignore=shutil.ignore_patterns("__pycache__", ".staging-*"))
     local.start_kafka()
     try:
         local.start_triton()
@@ -55,7 +61,8 @@ def make_settings(stack: LocalStack, **worker: object) -> Settings:
     base = stack.settings()
     settings = base.updated(
         topics={
-            name: f"t{uid}.{name}" for name in ("requests", "results", "dlq", "replies", "alerts", "anomaly_alerts")
+            name: f"t{uid}.{name}"
+            for name in ("requests", "results", "dlq", "replies", "alerts", "anomaly_alerts", "shadow_results")
         },
         worker={"app_id": f"worker-{uid}", **worker},
         gateway={"port": free_port()},

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The real NVIDIA Triton Inference Server (the binary shipped in the PyPI wheel nvidia-pytriton),
 # serving triton_models/ with the Python backend. On a machine with a GPU it uses the GPU.
+# Explicit model control: it starts serving no model; the stack then loads each model's routed
+# versions through the repository API (pipeline/models/rollout.py), as `pipeline models publish` does.
 #   triton.sh install   unpack the server into .triton/ and lay out the Python backend (once)
 #   triton.sh start     start it, wait until /v2/health/ready answers
 #   triton.sh stop      stop the server started with the same TRITON_RUN_DIR
 # Env: TRITON_HTTP_PORT (8000), TRITON_GRPC_PORT (8001), TRITON_METRICS_PORT (8002),
 #      TRITON_RUN_DIR (deploy/triton/.run), TRITON_MODEL_ENV (the numpy<2 + torch env, .venv-triton),
-#      TRITON_MODEL_REPOSITORY (triton_models), TRITON_START_TIMEOUT (120 s), PYTRITON_VERSION (0.7.0).
+#      TRITON_MODEL_REPOSITORY (triton_models), TRITON_START_TIMEOUT (120 s), PYTRITON_VERSION (0.7.0),
+#      TRITON_MODEL_CONTROL_MODE (explicit).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../lib.sh
@@ -53,7 +56,7 @@ start() {
     --cache-directory="$server/caches" \
     --http-address=127.0.0.1 --http-port="$http" --grpc-address=127.0.0.1 --grpc-port="$grpc" \
     --metrics-address=127.0.0.1 --metrics-port="$metrics" \
-    --model-control-mode="${TRITON_MODEL_CONTROL_MODE:-none}" --strict-readiness=true \
+    --model-control-mode="${TRITON_MODEL_CONTROL_MODE:-explicit}" --strict-readiness=true \
     --log-verbose=0 > "$run/triton.out" 2>&1 &
   echo $! > "$pidfile"
   local deadline=$(( $(date +%s) + ${TRITON_START_TIMEOUT:-120} ))

@@ -77,16 +77,17 @@ class InProcessScorer:
         self._torch = torch
         folder = settings.triton.model_repository / settings.default_model
         self.model_spec = load_spec_file(folder / "config.pbtxt")
-        self._model = torch.jit.load(str(folder / "1" / "model.pt")).eval()
+        self._version = stable_version(settings)
+        self._model = torch.jit.load(str(folder / self._version / "model.pt")).eval()
 
     async def spec(self, model: str) -> ModelSpec:
         if model != self.model_spec.name:
             raise UnknownModel(f"model {model!r} is not served")
         return self.model_spec
 
-    async def score(self, spec: ModelSpec, matrix: np.ndarray) -> tuple[np.ndarray, str]:
+    async def score(self, spec: ModelSpec, matrix: np.ndarray, version: str = "") -> tuple[np.ndarray, str]:
         with self._torch.inference_mode():
-            return self._model(self._torch.from_numpy(matrix)).reshape(-1).numpy(), "1"
+            return self._model(self._torch.from_numpy(matrix)).reshape(-1).numpy(), self._version
 
     async def close(self) -> None:
         return None
@@ -146,8 +147,8 @@ def _sync_handler(settings: Settings, kind: str) -> SyncHandler:
 
     spec = load_spec_file(settings.triton.model_repository / settings.default_model / "config.pbtxt")
     torch.set_num_threads(1)
-    model_path = settings.triton.model_repository / settings.default_model / "1" / "model.pt"
-    model = torch.jit.load(str(model_path)).eval()
+    version = stable_version(settings)
+    model = torch.jit.load(str(settings.triton.model_repository / settings.default_model / version / "model.pt")).eval()
     table = FeatureTable.load(settings, spec)
 
     def score_batch(records: list[Message], producer: Producer) -> None:
@@ -162,7 +163,7 @@ def _sync_handler(settings: Settings, kind: str) -> SyncHandler:
         with torch.inference_mode():
             scores = model(torch.from_numpy(matrix)).reshape(-1).numpy()
         for request, score in zip(requests, scores, strict=True):
-            producer.produce(results, _result(spec, request, float(score)), request.event_id.encode())
+            producer.produce(results, _result(spec, request, float(score), version), request.event_id.encode())
 
     return score_batch
 
@@ -233,7 +234,7 @@ async def _handler(settings: Settings, kind: str) -> tuple[Handler, Callable[[],
                 infer_input.set_data_from_numpy(matrix)
                 response = await client.infer(spec.name, [infer_input])
                 score = float(response.as_numpy(spec.output_name).reshape(-1)[0])
-                value = _result(spec, request, score)
+                value = _result(spec, request, score, response.get_response().model_version)
                 await producer.send_and_wait(results, value, key=request.event_id.encode())
 
         return one_by_one, client.close
@@ -262,12 +263,23 @@ class FeatureTable:
         return None if index is None else self._values[index]
 
 
-def _result(spec: ModelSpec, request: InferenceRequest, score: float) -> bytes:
+def stable_version(settings: Settings) -> str:
+    """The default model's stable version, as the pipeline's workers score with it (before the stack
+    first served it: its highest version on disk, the one it will serve)."""
+    from pipeline.models import routing_log, versions
+
+    model = settings.default_model
+    stable = routing_log.read(settings).routing(model).stable
+    return stable or str(versions.versions(settings.triton.model_repository, model)[-1].number)
+
+
+def _result(spec: ModelSpec, request: InferenceRequest, score: float, version: str) -> bytes:
     """The result record the worker writes (its entity included), so every peer produces the same bytes."""
     record = result_record(
         event_id=request.event_id,
         model=spec.name,
-        model_version="1",
+        model_version=version,
+        arm="stable",
         score=score,
         threshold=spec.threshold,
         labels=spec.labels,

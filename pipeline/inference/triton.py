@@ -49,10 +49,10 @@ class TritonScorer:
         self._specs[model] = spec
         return spec
 
-    async def score(self, spec: ModelSpec, matrix: np.ndarray) -> tuple[np.ndarray, str]:
-        """Scores for each row and the model version that produced them."""
+    async def score(self, spec: ModelSpec, matrix: np.ndarray, version: str = "") -> tuple[np.ndarray, str]:
+        """Scores for each row by `version` ("": the one Triton chooses) and the version that gave them."""
         scores: list[np.ndarray] = []
-        version = ""
+        scored_by = ""
         for start in range(0, len(matrix), spec.max_batch_size):
             chunk = np.ascontiguousarray(matrix[start : start + spec.max_batch_size], dtype=np.float32)
             infer_input = grpcclient.InferInput(spec.input_name, list(chunk.shape), "FP32")
@@ -61,6 +61,7 @@ class TritonScorer:
                 result = await self._client.infer(
                     spec.name,
                     [infer_input],
+                    model_version=version,
                     outputs=[grpcclient.InferRequestedOutput(spec.output_name)],
                     client_timeout=self._settings.timeout_s,
                 )
@@ -70,8 +71,8 @@ class TritonScorer:
             if output is None or len(output) != len(chunk):
                 raise InferenceFailed(f"{spec.name}: expected {len(chunk)} scores, got an empty or short output")
             scores.append(output.reshape(-1))
-            version = result.get_response().model_version
-        return np.concatenate(scores), version
+            scored_by = result.get_response().model_version
+        return np.concatenate(scores), scored_by
 
     async def close(self) -> None:
         await self._client.close()

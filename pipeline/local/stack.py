@@ -53,11 +53,15 @@ class Ports:
 
 
 class LocalStack:
-    def __init__(self, run_dir: Path, ports: Ports, own_ports: bool = False) -> None:
+    def __init__(
+        self, run_dir: Path, ports: Ports, own_ports: bool = False, model_repository: Path | None = None
+    ) -> None:
         """`own_ports`: every service runs on its ports as started here (the tests): a port another
-        process holds is an error naming it, and a stop that leaves a port answering is one too."""
+        process holds is an error naming it, and a stop that leaves a port answering is one too.
+        `model_repository`: Triton's (default: the settings')."""
         self.run_dir = run_dir
         self.ports = ports
+        self.model_repository = model_repository
         self.own_ports = own_ports
         self._service_pids: dict[Path, int] = {}  # services started by this stack, by pid file
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # spawned by this process, by run name
@@ -70,16 +74,19 @@ class LocalStack:
         # stack's processes for its own.
         default_kafka = _port(KafkaSettings().bootstrap_servers)  # the default, not the environment's
         name = "stack" if ports.kafka == default_kafka else f"stack-{ports.kafka}"
-        return cls(PROJECT_ROOT / ".run" / name, ports)
+        return cls(PROJECT_ROOT / ".run" / name, ports, model_repository=settings.triton.model_repository)
 
     # -- settings of the processes of this stack ------------------------------------------------
     def settings(self, base: Settings | None = None) -> Settings:
         """`base` (default: from the environment) with this stack's addresses."""
         base = base or Settings()
         p = self.ports
+        triton: dict[str, object] = {"grpc_url": f"127.0.0.1:{p.triton_grpc}", "http_url": f"127.0.0.1:{p.triton_http}"}
+        if self.model_repository is not None:
+            triton["model_repository"] = self.model_repository
         return base.updated(
             kafka={"bootstrap_servers": f"127.0.0.1:{p.kafka}"},
-            triton={"grpc_url": f"127.0.0.1:{p.triton_grpc}", "http_url": f"127.0.0.1:{p.triton_http}"},
+            triton=triton,
             gateway={"port": p.gateway},
             worker={"metrics_port": p.worker_metrics},
         )
@@ -95,7 +102,12 @@ class LocalStack:
         )
 
     def start_triton(self) -> bool:
-        return self._service(TRITON_SCRIPT, "start", self._triton_env(), self.run_dir / "triton" / "triton.pid")
+        """Triton started (when not running) and, once started, serving each model's routed versions
+        (`serve_models`: Kafka must be up)."""
+        started = self._service(TRITON_SCRIPT, "start", self._triton_env(), self.run_dir / "triton" / "triton.pid")
+        if started:
+            self.serve_models(self.settings())
+        return started
 
     def stop_triton(self) -> None:
         p = self.ports
@@ -126,6 +138,7 @@ class LocalStack:
             "TRITON_GRPC_PORT": str(self.ports.triton_grpc),
             "TRITON_METRICS_PORT": str(self.ports.triton_http + 2),
             "TRITON_RUN_DIR": str(self.run_dir / "triton"),
+            "TRITON_MODEL_REPOSITORY": str(self.settings().triton.model_repository),
             "PYTHON": sys.executable,
         }
 
@@ -263,6 +276,22 @@ class LocalStack:
                 log.info("model_trained", model=name, summary=train.describe(name, report))
         if demo_data.apply(feast.repo_path, feast.accounts, feast.devices):
             log.info("features_materialised", accounts=feast.accounts, devices=feast.devices)
+
+    def serve_models(self, settings: Settings) -> None:
+        """Triton (in explicit model control) serves each model's routed versions; a model without
+        a routing yet gets its highest version on disk as its first stable one."""
+        from pipeline import topics
+        from pipeline.models.rollout import Rollout
+        from pipeline.models.routing_log import describe_routing
+
+        routing_topic = [spec for spec in topics.load_specs(settings) if spec.name == settings.topics.model_routing]
+        topics.apply(settings, routing_topic)
+        rollout = Rollout(settings)
+        try:
+            for model, routing in rollout.serve().items():
+                log.info("model_served", model=model, routing=describe_routing(routing))
+        finally:
+            rollout.close()
 
     @contextmanager
     def services(self, settings: Settings) -> Iterator[None]:

@@ -3,21 +3,19 @@ it for Triton.
 
 The autoencoder learns normal operation only (the training split's normal readings); the threshold on
 its error is the one with the best F1 on a validation split, and precision, recall and F1 are reported
-on a holdout split it never saw, the splits in time order. Writes
-`<repository>/anomaly_detector/1/model.pt` (TorchScript), `metrics.json` and the drift monitor's
-training reference `reference.json` beside it.
+on a holdout split it never saw, the splits in time order. Writes the model's next version,
+`<repository>/anomaly_detector/<N>/` (`export`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.models import reference
 from pipeline.models.anomaly_detector import AnomalyDetector
 from pipeline.models.export import export, feature_matrix
 from pipeline.models.spec import load_spec_file
@@ -38,6 +36,7 @@ class AnomalyReport:
     train_rows: int = 0
     holdout_rows: int = 0
     seconds: float = 0.0
+    version: int = 0  # the version directory it was exported to
 
 
 def f1_scores(labels: np.ndarray, flagged: np.ndarray) -> tuple[float, float, float]:
@@ -61,10 +60,18 @@ def best_threshold(labels: np.ndarray, errors: np.ndarray) -> tuple[float, float
 
 
 def train(
-    repository: Path, devices: int = 1000, rows: int = 150_000, days: float = 2.5, epochs: int = 40, seed: int = 0
+    repository: Path,
+    devices: int = 1000,
+    rows: int = 150_000,
+    days: float = 2.5,
+    epochs: int = 40,
+    seed: int = 0,
+    shuffle_labels: bool = False,
 ) -> AnomalyReport:
     """`rows` readings over `days` days (every hour of the day in each split but the holdout's last
-    hours), of as many of the `devices` as that takes."""
+    hours), of as many of the `devices` as that takes. `shuffle_labels`: fit to the labels in random order
+    (anomalies among the normal readings it learns, a threshold chosen on scrambled labels), a
+    deliberately poor model; its holdout figures are against the true labels."""
     started = time.perf_counter()
     torch.manual_seed(seed)
     spec = load_spec_file(repository / MODEL / "config.pbtxt")
@@ -75,17 +82,20 @@ def train(
     x = feature_matrix(spec, data.features, baselines)
     y = data.label
     train_end, validation_end = int(rows * 0.6), int(rows * 0.8)
+    fitted_on = y.copy()
+    if shuffle_labels:
+        fitted_on[:validation_end] = np.random.default_rng(seed).permutation(y[:validation_end])
     model = AnomalyDetector(
         load_column=spec.request_features.index("load"),
         hour_column=spec.request_features.index("hour_of_day"),
         store_offset=len(spec.request_features),
     )
-    normal = x[:train_end][y[:train_end] == 0]
+    normal = x[:train_end][fitted_on[:train_end] == 0]
     _fit(model, torch.from_numpy(normal), epochs)
     with torch.inference_mode():
         model.residual_scale.copy_(model.residuals(torch.from_numpy(normal)).std(dim=0).clamp(min=1e-4))
         errors = model.error(torch.from_numpy(x)).numpy()
-    threshold, validation_f1 = best_threshold(y[train_end:validation_end], errors[train_end:validation_end])
+    threshold, validation_f1 = best_threshold(fitted_on[train_end:validation_end], errors[train_end:validation_end])
     model.threshold.fill_(threshold)
     holdout, flagged = y[validation_end:], errors[validation_end:] >= threshold
     precision, recall, f1 = f1_scores(holdout, flagged)
@@ -103,13 +113,11 @@ def train(
         seconds=0.0,
     )
     report = AnomalyReport(**{**report.__dict__, "seconds": round(time.perf_counter() - started, 2)})
-    version_dir = repository / MODEL / "1"
-    export(model.eval(), version_dir, report)
     with torch.inference_mode():
-        scores = model(torch.from_numpy(x[:train_end])).numpy()
+        scores = model.eval()(torch.from_numpy(x[:train_end])).numpy()
     columns = {name: data.features[name].to_numpy()[:train_end] for name in spec.request_features}
-    reference.write(version_dir, columns | {"score": scores})
-    return report
+    version_dir = export(model, repository, MODEL, report, (x, fitted_on[:validation_end]), columns | {"score": scores})
+    return replace(report, version=int(version_dir.name))
 
 
 def _fit(model: AnomalyDetector, x: torch.Tensor, epochs: int) -> None:

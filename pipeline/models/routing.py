@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -27,7 +27,7 @@ from pipeline.errors import ConfigurationError
 
 BUCKETS = 10_000
 
-Action = Literal["publish", "share", "promote", "rollback"]
+Action = Literal["init", "publish", "share", "promote", "rollback"]
 
 
 class RoutingRefused(ConfigurationError):
@@ -37,6 +37,7 @@ class RoutingRefused(ConfigurationError):
 class Arm(StrEnum):
     STABLE = "stable"
     CANARY = "canary"
+    SHADOW = "shadow"  # a candidate's result on a stable event it also scored, kept apart
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Change:
 
     model: str
     action: Action
-    version: str | None = None  # publish: the candidate
+    version: str | None = None  # init: the first stable version; publish: the candidate
     canary_share: float | None = None  # share: the new shares (None: unchanged)
     shadow_share: float | None = None
     by: str = ""
@@ -77,29 +78,48 @@ def _share(value: float, name: str) -> float:
 
 @dataclass(frozen=True)
 class Routing:
+    """A model's routing. Before its first change (`init`) the stable version is "": whatever
+    Triton serves of the model."""
+
     model: str
-    stable: str
+    stable: str = ""
     candidate: str | None = None
     canary_share: float = 0.0
     shadow_share: float = 0.0
     earlier: tuple[str, ...] = ()  # the stable versions before this one, latest last: rollback's way back
+    # The shares in buckets, worked out once (the worker routes every event).
+    _canary_buckets: int = field(init=False, repr=False, compare=False)
+    _shadow_buckets: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_canary_buckets", round(self.canary_share * BUCKETS))
+        object.__setattr__(self, "_shadow_buckets", round(self.shadow_share * BUCKETS))
 
     def route(self, event_id: str) -> Route:
         if self.candidate is None:
             return Route(self.stable, Arm.STABLE)
-        if bucket(event_id) < round(self.canary_share * BUCKETS):
+        if bucket(event_id) < self._canary_buckets:
             return Route(self.candidate, Arm.CANARY)
-        shadowed = bucket(event_id, b"shadow") < round(self.shadow_share * BUCKETS)
+        shadowed = bucket(event_id, b"shadow") < self._shadow_buckets
         return Route(self.stable, Arm.STABLE, self.candidate if shadowed else None)
 
     def versions(self) -> set[str]:
         """The versions this routing sends events to (what must be loaded)."""
-        return {self.stable} | ({self.candidate} if self.candidate is not None else set())
+        routed = {self.stable} if self.stable else set()
+        return routed | ({self.candidate} if self.candidate is not None else set())
 
     def apply(self, change: Change) -> Routing:
         """The routing after `change`; `RoutingRefused` (saying why in one line) if it cannot apply."""
         if change.model != self.model:
             raise RoutingRefused(f"a change of {change.model} does not apply to {self.model}")
+        if change.action == "init":
+            if self.stable:
+                raise RoutingRefused(f"{self.model} already has a stable version ({self.stable})")
+            if not change.version:
+                raise RoutingRefused(f"the first stable version of {self.model} needs the version")
+            return Routing(self.model, change.version)
+        if self.stable == "":
+            raise RoutingRefused(f"{self.model} has no stable version yet (the stack serves one when it starts)")
         if change.action == "publish":
             return self._publish(change.version)
         if change.action == "share":

@@ -1,14 +1,14 @@
 """`pipeline models train`: fit the fraud scorer on synthetic data and export it for Triton (the anomaly
 detector's training: `anomaly_training`).
 
-Writes `<repository>/fraud_scorer/1/model.pt` (TorchScript), `metrics.json` and the drift monitor's
-training reference `reference.json` beside it.
+Writes the model's next version, `<repository>/fraud_scorer/<N>/` (`export`): the TorchScript model,
+its metrics and the drift monitor's training reference.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from pipeline.errors import ConfigurationError
-from pipeline.models import reference
+from pipeline.models import versions
 from pipeline.models.export import export, feature_matrix
 from pipeline.models.fraud_scorer import FraudScorer
 from pipeline.models.spec import ModelSpec, load_spec_file
@@ -36,6 +36,7 @@ class TrainingReport:
     train_rows: int
     holdout_rows: int
     seconds: float
+    version: int = 0  # the version directory it was exported to
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -47,18 +48,28 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def train(
-    repository: Path, rows: int = 80_000, epochs: int = 12, seed: int = 0, accounts: int = 10_000
+    repository: Path,
+    rows: int = 80_000,
+    epochs: int = 12,
+    seed: int = 0,
+    accounts: int = 10_000,
+    shuffle_labels: bool = False,
+    name: str = "fraud_scorer",
 ) -> TrainingReport:
+    """`name`: the model directory (a copy of the fraud scorer's under another name, say).
+    `shuffle_labels`: fit to the labels in random order, a deliberately useless model (what the
+    rollout guard must roll back); its holdout figures are against the true labels."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    spec = load_spec_file(repository / "fraud_scorer" / "config.pbtxt")
+    spec = load_spec_file(repository / name / "config.pbtxt")
     table = cards.accounts(accounts)
     data = cards.transactions(rows, table, seed=seed + 11)
     acct = table.set_index("account_id").loc[data.account_id].reset_index()
     x = feature_matrix(spec, data.features, acct)
     y = data.label.astype(np.float32)
     split = int(rows * 0.8)
-    model = _fit(spec, x[:split], y[:split], epochs)
+    fitted_on = np.random.default_rng(seed).permutation(y[:split]) if shuffle_labels else y[:split]
+    model = _fit(spec, x[:split], fitted_on, epochs)
     with torch.inference_mode():
         scores = model(torch.from_numpy(x[split:])).numpy()
     holdout = y[split:]
@@ -73,11 +84,9 @@ def train(
         holdout_rows=rows - split,
         seconds=round(time.perf_counter() - started, 2),
     )
-    version_dir = repository / "fraud_scorer" / "1"
-    export(model, version_dir, report)
-    columns = {name: data.features[name].to_numpy()[:split] for name in spec.request_features}
-    reference.write(version_dir, columns | {"score": scores})
-    return report
+    columns = {feature: data.features[feature].to_numpy()[:split] for feature in spec.request_features}
+    version_dir = export(model, repository, name, report, (x, fitted_on), columns | {"score": scores})
+    return replace(report, version=int(version_dir.name))
 
 
 def _fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, epochs: int) -> FraudScorer:
@@ -99,14 +108,14 @@ def _fit(spec: ModelSpec, x: np.ndarray, y: np.ndarray, epochs: int) -> FraudSco
 MODELS = ("fraud_scorer", "anomaly_detector")
 
 
-def train_model(name: str, repository: Path, accounts: int, devices: int) -> Any:
-    """Train and export one of MODELS; its training report."""
+def train_model(name: str, repository: Path, accounts: int, devices: int, shuffle_labels: bool = False) -> Any:
+    """Train one of MODELS and export it as its next version; its training report."""
     if name == "fraud_scorer":
-        return train(repository, accounts=accounts)
+        return train(repository, accounts=accounts, shuffle_labels=shuffle_labels)
     if name == "anomaly_detector":
         from pipeline.models import anomaly_training
 
-        return anomaly_training.train(repository, devices=devices)
+        return anomaly_training.train(repository, devices=devices, shuffle_labels=shuffle_labels)
     raise ConfigurationError(f"unknown model {name!r}: one of {', '.join(MODELS)}")
 
 
@@ -114,19 +123,20 @@ def describe(name: str, report: Any) -> str:
     """One line of a training report, as `pipeline models train` prints it."""
     if name == "fraud_scorer":
         return (
-            f"fraud_scorer: holdout ROC-AUC {report.holdout_auc:.4f}, fraud rate {report.fraud_rate:.3f}, "
+            f"fraud_scorer version {report.version}: holdout ROC-AUC {report.holdout_auc:.4f}, "
+            f"fraud rate {report.fraud_rate:.3f}, "
             f"precision {report.precision_at_threshold:.3f} / recall {report.recall_at_threshold:.3f} "
             f"at threshold {report.threshold}, {report.train_rows} training rows, {report.seconds:.1f} s"
         )
     kinds = ", ".join(f"{kind} {recall:.2f}" for kind, recall in report.recall_by_kind.items())
     return (
-        f"anomaly_detector: holdout precision {report.precision:.3f} / recall {report.recall:.3f} / "
+        f"anomaly_detector version {report.version}: holdout precision {report.precision:.3f} / "
+        f"recall {report.recall:.3f} / "
         f"F1 {report.f1:.3f} (recall by kind: {kinds}), anomaly rate {report.anomaly_rate:.3f}, "
         f"{report.train_rows} training rows, {report.seconds:.1f} s"
     )
 
 
 def is_trained(repository: Path, model: str = "fraud_scorer") -> bool:
-    """The model and its training reference for drift monitoring are there."""
-    version_dir = repository / model / "1"
-    return (version_dir / "model.pt").exists() and (version_dir / reference.FILE).exists()
+    """The model has a version on disk (`export` writes a version whole, its reference included)."""
+    return bool(versions.versions(repository, model))

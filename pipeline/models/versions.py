@@ -1,7 +1,8 @@
 """A model's versions on disk, as Triton's repository lays them out: `<repository>/<model>/<N>/`,
 each with its model, its training metrics (`metrics.json`) and its drift reference. A version is a
 directory whose name is a positive integer and which holds a model file; the next one trained gets
-the number after the highest.
+the number after the highest (`export` writes it aside and renames it into place, so none is
+half-written).
 
 `fingerprint` names the data a version was trained on: a SHA-256 over each array's dtype, shape and
 bytes, so the same rows give the same fingerprint on every machine and one changed value another.
@@ -52,11 +53,11 @@ def versions(repository: Path, model: str) -> list[Version]:
 
 
 def next_version(repository: Path, model: str) -> int:
-    """The number the next trained version gets: one past the highest directory that is a version
-    number (even one left without a model file, so a half-written version is never reused)."""
-    root = repository / model
-    numbers = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
-    return max(numbers, default=0) + 1
+    """The number the next trained version gets: one past the highest version. A numbered directory
+    without a model file (as a checkout ships `1/` with only the Python backend) is not a version:
+    it is the one filled next when nothing is above it."""
+    found = versions(repository, model)
+    return found[-1].number + 1 if found else 1
 
 
 def fingerprint(arrays: Iterable[np.ndarray]) -> str:

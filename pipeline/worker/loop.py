@@ -31,6 +31,7 @@ from pipeline import heap, metrics, topics
 from pipeline.contract import REPLY_TO, Source
 from pipeline.features.lookup import FeatureLookup
 from pipeline.inference.triton import TritonScorer
+from pipeline.models.routing_log import RoutingFollower
 from pipeline.settings import Settings
 from pipeline.worker import startup
 from pipeline.worker.answers import AnswerProducer
@@ -71,6 +72,7 @@ class Worker:
         self._ownership: Ownership | None = None  # which partitions are ours; opened by run()
         self._results = ResultReader(settings)
         self._processor: BatchProcessor | None = None
+        self._routing: RoutingFollower | None = None  # every model's routing, followed live; opened by run()
         self._consumer: Consumer | None = None
         self._metadata: Any = None
         self.lanes = Lanes(settings, self.requests, self._group_metadata)
@@ -178,6 +180,8 @@ class Worker:
         self.lanes.listen(entries_committed=self.state.committed)
         backfill = self._live_first is not None
         worker = settings.worker
+        self._routing = RoutingFollower(settings)
+        self._routing.wait_caught_up(settings.models.routing_wait_s)
         self._processor = BatchProcessor(
             settings.topics,
             settings.default_model,
@@ -188,6 +192,7 @@ class Worker:
             Backoff(worker.retry_initial_ms / 1000, worker.retry_max_ms / 1000, worker.retry_budget_s),
             copies=backfill,  # a backfill worker also writes to a replay's own results topic
             topic_exists=self._catalog().exists if backfill else None,
+            routings=self._routing.routings,
         )
         await self.lanes.open()
         if self._answer_when_scored or worker.direct_answers:
@@ -212,6 +217,8 @@ class Worker:
         if self._ownership is not None:
             await self._ownership.close()
         await self._results.close()
+        if self._routing is not None:
+            self._routing.close()
         if self.state is not None:
             self.state.store.close()
 

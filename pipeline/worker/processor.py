@@ -36,6 +36,7 @@ from pipeline.contract import (
 from pipeline.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, MissingFeatures, PipelineError
 from pipeline.inference import scoring
 from pipeline.inference.scoring import EntityId
+from pipeline.models.routing import Arm, Routing
 from pipeline.models.spec import ModelSpec
 from pipeline.settings import TopicSettings
 from pipeline.worker.messages import DedupEntry, Inbound, Outbound
@@ -62,7 +63,10 @@ class Scorer(Protocol):
     """Scores feature matrices: Triton (`inference.triton.TritonScorer`), or a model in the process."""
 
     async def spec(self, model: str) -> ModelSpec: ...
-    async def score(self, spec: ModelSpec, matrix: np.ndarray) -> tuple[np.ndarray, str]: ...
+    async def score(self, spec: ModelSpec, matrix: np.ndarray, version: str = "") -> tuple[np.ndarray, str]:
+        """Scores of each row by `version` ("": the one the server chooses), and the version that scored."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -105,6 +109,16 @@ class Validated:
 
 
 @dataclass(slots=True)
+class _Scored:
+    """One model's outcome for a batch: each request's score and the version and arm that gave it,
+    or its error; and the shadow scores of the events the candidate also scored."""
+
+    spec: ModelSpec
+    results: list[tuple[_Pending, float | PipelineError, str, str]] = field(default_factory=list)
+    shadow: list[tuple[_Pending, float, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Pending:
     request: InferenceRequest
     inbound: Inbound
@@ -124,11 +138,14 @@ class BatchProcessor:
         backoff: Backoff,
         copies: bool = False,
         topic_exists: Callable[[str], bool] | None = None,
+        routings: Callable[[], Mapping[str, Routing]] | None = None,
     ) -> None:
         """`copies`: a backfill worker's, which also writes each result to a replay's own results
         topic (the `results-topic` header of a replayed request); a live one ignores the header.
         `topic_exists` tells whether that topic exists: a request naming one that does not is
-        dead-lettered (a copy to a missing topic would fail its whole transaction)."""
+        dead-lettered (a copy to a missing topic would fail its whole transaction). `routings`: each
+        model's routing now (`models.routing_log.RoutingFollower`); without, every event goes to the
+        version Triton chooses."""
         self._topics = topics
         self._copies = copies
         self._topic_exists = topic_exists
@@ -138,6 +155,7 @@ class BatchProcessor:
         self._dedup = dedup
         self._stored = stored
         self._backoff = backoff
+        self._routings = routings
 
     def validate(self, batch: Sequence[Inbound]) -> Validated:
         """The first step, apart from `complete` so that a caller can look at a batch's event_ids
@@ -239,9 +257,7 @@ class BatchProcessor:
 
     async def _score_model(self, model: str, items: list[_Pending], outcome: Outcome) -> None:
         try:
-            (spec, version, scored), _ = await retrying(
-                lambda: self._score(model, items), self._backoff, self._on_retry
-            )
+            scored, _ = await retrying(lambda: self._score(model, items), self._backoff, self._on_retry)
         except RetriesExhausted as e:
             for item in items:
                 error = InferenceFailed(e.last.message, event_id=item.request.event_id)
@@ -252,47 +268,73 @@ class BatchProcessor:
                 self._dead_letter(type(e)(e.message, event_id=item.request.event_id), item.inbound, outcome)
             return
         scored_at = utc_timestamp()  # one model call scored them all (docs/performance.md#scored-at-stamp)
-        for item, result in scored:
+        for item, result, version, arm in scored.results:
             if isinstance(result, PipelineError):
                 self._dead_letter(result, item.inbound, outcome)
             else:
-                self._emit_result(item, spec, version, result, scored_at, outcome)
+                self._emit_result(item, scored.spec, version, arm, result, scored_at, outcome)
+        for item, score, version in scored.shadow:
+            self._emit_shadow(item, scored.spec, version, score, scored_at, outcome)
 
-    async def _score(
-        self, model: str, items: list[_Pending]
-    ) -> tuple[ModelSpec, str, list[tuple[_Pending, float | PipelineError]]]:
-        """Features for the batch in one call, scores in one call. Retriable errors propagate."""
+    async def _score(self, model: str, items: list[_Pending]) -> _Scored:
+        """Features for the batch in one call, scores in one call per routed version, under the
+        model's routing as it is now (a retry routes afresh: a version unloaded since is no longer
+        routed to). Retriable errors propagate."""
         spec = await self._scorer.spec(model)
+        routing = self._routing(model)
+        scored = _Scored(spec)
         checked: list[tuple[_Pending, int]] = []
-        results: list[tuple[_Pending, float | PipelineError]] = []
         for item in items:
             try:
                 scoring.check_features(item.request, spec)
                 checked.append((item, scoring.entity_id(item.request, spec)))
             except PipelineError as e:
-                results.append((item, e))
+                scored.results.append((item, e, "", ""))
         with metrics.STAGE_SECONDS.labels("features").time():
             rows = await self._features.fetch(spec, [entity for _, entity in checked])
-        found = []
+        by_version: dict[tuple[str, str], list[tuple[_Pending, np.ndarray]]] = defaultdict(list)
+        shadowed: dict[str, list[tuple[_Pending, np.ndarray]]] = defaultdict(list)
         for item, entity in checked:
             if (row := rows.get(entity)) is None:
                 message = f"no features for {spec.entity_key}={entity} in the feature store"
-                results.append((item, MissingFeatures(message, event_id=item.request.event_id)))
-            else:
-                found.append((item, row))
-        version = ""
-        if found:
-            matrix = scoring.feature_matrix(spec, [item.request for item, _ in found], [row for _, row in found])
-            with metrics.STAGE_SECONDS.labels("inference").time():
-                scores, version = await self._scorer.score(spec, matrix)
-            results += [(item, float(score)) for (item, _), score in zip(found, scores, strict=True)]
-        return spec, version, results
+                scored.results.append((item, MissingFeatures(message, event_id=item.request.event_id), "", ""))
+                continue
+            route = routing.route(item.request.event_id)
+            by_version[(route.version, route.arm)].append((item, row))
+            if route.shadow is not None:
+                shadowed[route.shadow].append((item, row))
+        for (routed, arm), found in by_version.items():
+            scores, version = await self._infer(spec, found, routed)
+            scored.results += [
+                (item, float(score), version, arm) for (item, _), score in zip(found, scores, strict=True)
+            ]
+        for routed, found in shadowed.items():
+            try:
+                scores, version = await self._infer(spec, found, routed)
+            except PipelineError as e:  # a shadow never holds up the live results: its events go unshadowed
+                metrics.SHADOW_FAILURES.labels(spec.name).inc(len(found))
+                log.warning("shadow_failed", model=spec.name, version=routed, events=len(found), error=e.message)
+                continue
+            scored.shadow += [(item, float(score), version) for (item, _), score in zip(found, scores, strict=True)]
+        return scored
+
+    def _routing(self, model: str) -> Routing:
+        routings = self._routings() if self._routings is not None else {}
+        return routings.get(model) or Routing(model)
+
+    async def _infer(
+        self, spec: ModelSpec, found: list[tuple[_Pending, np.ndarray]], version: str
+    ) -> tuple[np.ndarray, str]:
+        matrix = scoring.feature_matrix(spec, [item.request for item, _ in found], [row for _, row in found])
+        with metrics.STAGE_SECONDS.labels("inference").time():
+            return await self._scorer.score(spec, matrix, version)
 
     def _emit_result(
-        self, item: _Pending, spec: ModelSpec, version: str, score: float, scored_at: str, outcome: Outcome
+        self, item: _Pending, spec: ModelSpec, version: str, arm: str, score: float, scored_at: str, outcome: Outcome
     ) -> None:
         latency = time.monotonic() - item.inbound.received
         record = result_record(
+            arm=arm,
             event_id=item.request.event_id,
             model=spec.name,
             model_version=version,
@@ -321,6 +363,31 @@ class BatchProcessor:
             self._duplicate(repeat, value, outcome)
         outcome.events["scored"] += 1
         outcome.latencies.append(latency)
+
+    def _emit_shadow(
+        self, item: _Pending, spec: ModelSpec, version: str, score: float, scored_at: str, outcome: Outcome
+    ) -> None:
+        """The candidate's result on an event it shadows: to the shadow topic, in the same transaction
+        as the live result, never anywhere an HTTP caller or a results consumer reads."""
+        record = result_record(
+            event_id=item.request.event_id,
+            model=spec.name,
+            model_version=version,
+            score=score,
+            threshold=spec.threshold,
+            labels=spec.labels,
+            latency_ms=(time.monotonic() - item.inbound.received) * 1000,
+            scored_at=scored_at,
+            entity=item.request.entity,
+            arm=Arm.SHADOW,
+        )
+        partition = item.inbound.source.partition
+        replay = item.inbound.headers.get(REPLAY_ID)
+        headers = ((REPLAY_ID, replay),) if replay else ()
+        key = item.request.event_id.encode()
+        value = orjson.dumps(record)
+        outcome.messages.append(Outbound(partition, self._topics.shadow_results, key, value, None, headers))
+        outcome.events["shadowed"] += 1
 
     def _duplicate(self, inbound: Inbound, stored: bytes, outcome: Outcome) -> None:
         """A repeat of a scored event: no second result; an HTTP retry gets the original back."""

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from feast import FeatureStore
 
+from pipeline.models import routing_log
 from pipeline.settings import Settings
 
 
@@ -28,9 +29,12 @@ def _declared_features(config: Path) -> tuple[str, list[str], list[str], int]:
     return params["entity_key"], split[0], split[1], int(width.group(1))
 
 
-def reference_scores(settings: Settings, requests: list[dict[str, Any]], model: str = "fraud_scorer") -> np.ndarray:
-    """The exported TorchScript model run in-process, on a matrix built here: each request's features,
-    then its entity's features from Feast's get_online_features, in the order config.pbtxt declares."""
+def reference_scores(
+    settings: Settings, requests: list[dict[str, Any]], model: str = "fraud_scorer", version: str | None = None
+) -> np.ndarray:
+    """The exported TorchScript model (`version`, default: the stable one) run in-process, on a matrix
+    built here: each request's features, then its entity's features from Feast's get_online_features,
+    in the order config.pbtxt declares."""
     entity_key, request_features, store_features, width = _declared_features(
         settings.triton.model_repository / model / "config.pbtxt"
     )
@@ -47,7 +51,9 @@ def reference_scores(settings: Settings, requests: list[dict[str, Any]], model: 
         dtype=np.float32,
     )
     assert matrix.shape == (len(requests), width) and not np.isnan(matrix).any(), "every entity has its features"
-    model_path = settings.triton.model_repository / model / "1" / "model.pt"
+    if version is None:  # the version the workers route to
+        version = routing_log.read(settings).routing(model).stable
+    model_path = settings.triton.model_repository / model / version / "model.pt"
     scorer = torch.jit.load(str(model_path))
     with torch.inference_mode():
         return scorer(torch.from_numpy(matrix)).numpy().reshape(-1)

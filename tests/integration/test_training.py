@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 import torch
 
-from pipeline.models import export, reference, train
+from pipeline.models import export, reference, train, versions
 from pipeline.models.spec import load_spec_file
 from pipeline.settings import Settings
 
@@ -16,11 +20,18 @@ def spec_features(config) -> list[str]:
     return load_spec_file(config).request_features
 
 
+def checkout_of(model: str, repository: Path) -> Path:
+    """The model's directory as a checkout ships it: its config and version 1's Python backend only."""
+    shipped = Settings().triton.model_repository / model
+    (repository / model / "1").mkdir(parents=True)
+    shutil.copy(shipped / "config.pbtxt", repository / model / "config.pbtxt")
+    shutil.copy((shipped / "1" / "model.py").resolve(), repository / model / "1" / "model.py")
+    return shipped / "config.pbtxt"
+
+
 def test_training_reaches_the_holdout_auc_and_exports_torchscript(tmp_path):
     repository = tmp_path / "models"
-    source = Settings().triton.model_repository / "fraud_scorer" / "config.pbtxt"
-    (repository / "fraud_scorer").mkdir(parents=True)
-    shutil.copy(source, repository / "fraud_scorer" / "config.pbtxt")
+    source = checkout_of("fraud_scorer", repository)
 
     report = train.train(repository)
 
@@ -34,6 +45,35 @@ def test_training_reaches_the_holdout_auc_and_exports_torchscript(tmp_path):
     assert set(frozen) == {*spec_features(source), "score"}, "every request feature and the score"
     assert len(frozen["amount"].edges) == 9 and frozen["amount"].percentiles is not None
     assert frozen["is_foreign"].percentiles is None, "a flag: two bins, no KS"
+    assert report.version == 1
+
+
+def test_each_training_writes_the_next_version_with_when_and_on_what_data(tmp_path):
+    from pipeline.synthetic import cards
+
+    repository = tmp_path / "models"
+    checkout_of("fraud_scorer", repository)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    first = train.train(repository, rows=20_000, epochs=4)
+    bad = train.train(repository, rows=20_000, epochs=4, shuffle_labels=True)
+
+    found = versions.versions(repository, "fraud_scorer")
+    assert [v.number for v in found] == [1, 2] and (first.version, bad.version) == (1, 2)
+    for version in found:
+        assert (version.path / "model.py").read_bytes() == (repository / "fraud_scorer" / "1" / "model.py").read_bytes()
+        assert (version.path / reference.FILE).exists()
+        trained_at = datetime.fromisoformat(version.trained_at.replace("Z", "+00:00"))
+        assert before <= trained_at <= datetime.now(UTC)
+        assert orjson.loads((version.path / "metrics.json").read_bytes())["version"] == version.number
+    # The fingerprint of what version 1 was fitted to, rebuilt from the same synthetic rows.
+    spec = load_spec_file(repository / "fraud_scorer" / "config.pbtxt")
+    table = cards.accounts(10_000)
+    data = cards.transactions(20_000, table, seed=11)
+    x = export.feature_matrix(spec, data.features, table.set_index("account_id").loc[data.account_id].reset_index())
+    fitted = data.label.astype(np.float32)[:16_000]
+    assert found[0].data_fingerprint == versions.fingerprint((x, fitted))
+    assert found[1].data_fingerprint != found[0].data_fingerprint, "fitted to shuffled labels: other data"
+    assert first.holdout_auc >= 0.85 and bad.holdout_auc < 0.65, (first.holdout_auc, bad.holdout_auc)
 
 
 def test_the_anomaly_detector_reaches_f1_on_telemetry_it_was_not_trained_on(tmp_path):
@@ -41,9 +81,7 @@ def test_the_anomaly_detector_reaches_f1_on_telemetry_it_was_not_trained_on(tmp_
     from pipeline.synthetic import telemetry
 
     repository = tmp_path / "models"
-    source = Settings().triton.model_repository / "anomaly_detector" / "config.pbtxt"
-    (repository / "anomaly_detector").mkdir(parents=True)
-    shutil.copy(source, repository / "anomaly_detector" / "config.pbtxt")
+    source = checkout_of("anomaly_detector", repository)
 
     report = anomaly_training.train(repository, devices=300)
 

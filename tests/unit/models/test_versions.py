@@ -35,10 +35,10 @@ def test_versions_are_numbered_directories_with_a_model_lowest_first(tmp_path):
     assert next_version(tmp_path, "fraud_scorer") == 11
 
 
-def test_a_half_written_version_number_is_never_reused_and_a_new_model_starts_at_one(tmp_path):
+def test_a_numbered_directory_without_a_model_is_filled_next_and_a_new_model_starts_at_one(tmp_path):
     _version(tmp_path, "anomaly_detector", "1")
-    _version(tmp_path, "anomaly_detector", "2", model_file=False)
-    assert next_version(tmp_path, "anomaly_detector") == 3
+    _version(tmp_path, "anomaly_detector", "2", model_file=False)  # as a checkout ships 1/ with model.py only
+    assert next_version(tmp_path, "anomaly_detector") == 2
     assert next_version(tmp_path, "no_such_model") == 1
     assert versions(tmp_path, "no_such_model") == []
 

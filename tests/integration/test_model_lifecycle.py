@@ -1,0 +1,305 @@
+"""Changing a model's version under a live stream, on the real broker and Triton (explicit model
+control): `pipeline models publish`, `share`, `promote`, `rollback`, `list` and `history`.
+
+Each test works on a model of its own: a copy of the fraud scorer under another name in the session's
+model repository, its version 1 the fraud scorer's stable version and its version 2 trained here (on
+other rows, so its scores differ). The oracle for every score is the exported version's TorchScript
+model run in the test (`reference_scores`), and for every arm the routing's bucket rule written out
+here from the contract (BLAKE2b-64 with personalisation, modulo 10,000), not the worker's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+import numpy as np
+import pytest
+
+from pipeline.inference.repository import TritonRepository
+from pipeline.local import probe, traffic
+from pipeline.local.stack import settings_env
+from pipeline.models import routing_log, train
+from pipeline.models.rollout import Rollout
+from pipeline.models.routing import Routing
+from pipeline.settings import PROJECT_ROOT, Settings
+from tests.integration.reference import reference_scores
+
+pytestmark = pytest.mark.integration
+
+
+def contract_bucket(event_id: str, salt: bytes) -> int:
+    """docs/contract.md#model-routing: the BLAKE2b-64 hash of the event_id, modulo 10,000."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8, person=salt).digest()
+    return int.from_bytes(digest, "big") % 10_000
+
+
+def models_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "models", *args],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+
+
+def ok(settings: Settings, *args: str) -> str:
+    done = models_cli(settings, *args)
+    assert done.returncode == 0, f"models {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture
+def own_model(stack, pipeline_settings) -> tuple[Settings, str]:
+    """Fresh settings and a model of this test's own: version 1 served as its first stable version,
+    version 2 trained on other rows and not routed to."""
+    settings = pipeline_settings().updated(models={"unload_grace_s": 2.0})
+    repository = settings.triton.model_repository
+    name = f"fraud_lc{uuid.uuid4().hex[:8]}"
+    source = repository / "fraud_scorer"
+    (repository / name).mkdir()
+    config = (source / "config.pbtxt").read_text().replace('name: "fraud_scorer"', f'name: "{name}"')
+    (repository / name / "config.pbtxt").write_text(config)
+    shutil.copytree(source / routing_log.read(settings).routing("fraud_scorer").stable, repository / name / "1")
+    rollout = Rollout(settings)
+    try:
+        rollout.serve([name])
+    finally:
+        rollout.close()
+    train.train(repository, rows=20_000, epochs=4, seed=7, name=name)
+    return settings, name
+
+
+def requests_for(model: str, count: int, prefix: str) -> list[dict[str, object]]:
+    return [dict(r, model=model) for r in traffic.valid_requests(count, prefix=prefix)]
+
+
+def routings_of(settings: Settings, model: str) -> list[Routing]:
+    """The model's routing after each of its changes, in order (the changes as the topic holds them)."""
+    history = routing_log.read(settings)
+    assert not history.skipped.get(model), history.skipped[model]
+    routing, found = Routing(model), []
+    for change in history.changes[model]:
+        routing = routing.apply(change)
+        found.append(routing)
+    return found
+
+
+def expected_route(routing: Routing, event_id: str) -> tuple[str, str, bool]:
+    """(version, arm, shadowed) by the contract's bucket rule."""
+    if routing.candidate is None:
+        return routing.stable, "stable", False
+    if contract_bucket(event_id, b"arm") < round(routing.canary_share * 10_000):
+        return routing.candidate, "canary", False
+    return routing.stable, "stable", contract_bucket(event_id, b"shadow") < round(routing.shadow_share * 10_000)
+
+
+class _Stream:
+    """Requests published on a thread at `rate` a second until stopped, and HTTP calls to the bridge
+    beside them, so that both go on while the routing changes."""
+
+    def __init__(self, settings: Settings, rate: int, model: str) -> None:
+        self._settings, self._rate, self._model = settings, rate, model
+        self.published: list[dict[str, object]] = []
+        self.errors: list[BaseException] = []
+        self.http: list[tuple[dict[str, object], int, dict]] = []  # request, status, body
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._publish, daemon=True),
+            threading.Thread(target=self._call, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _publish(self) -> None:
+        prefix = f"lc-{uuid.uuid4().hex[:6]}-"
+        try:
+            while not self._stop.is_set():  # a second's worth at a time
+                second = requests_for(self._model, self._rate, prefix=f"{prefix}{len(self.published)}-")
+                probe.publish(self._settings, [traffic.message_for(r) for r in second], rate=self._rate)
+                self.published += second
+        except BaseException as e:  # noqa: BLE001 -- re-raised by stop()
+            self.errors.append(e)
+
+    def _call(self) -> None:
+        url = f"http://127.0.0.1:{self._settings.gateway.port}/v1/predict"
+        calls = requests_for(self._model, 2_000, prefix=f"http-{uuid.uuid4().hex[:6]}-")
+        with httpx.Client(timeout=30) as client:
+            for request in calls:
+                if self._stop.is_set():
+                    return
+                response = client.post(url, json=request)
+                self.http.append((request, response.status_code, response.json()))
+                time.sleep(0.05)
+
+    def stop(self) -> list[dict[str, object]]:
+        """Every request published, the HTTP callers' included."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        if self.errors:
+            raise self.errors[0]
+        return self.published + [request for request, _, _ in self.http]
+
+
+def test_publish_share_promote_and_rollback_under_a_live_stream_fail_no_request(own_model, start_worker, start_gateway):
+    settings, name = own_model
+    start_worker(settings)
+    start_gateway(settings)
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    shadow_start = probe.end_offsets(settings, [settings.topics.shadow_results])
+    stream = _Stream(settings, rate=400, model=name)
+
+    time.sleep(2)
+    ok(settings, "publish", name, "2", "--why", "trained on new rows")
+    ok(settings, "share", name, "--canary", "0.3", "--shadow", "0.5", "--why", "canary and shadow")
+    time.sleep(4)
+    ok(settings, "promote", name, "--why", "canary healthy")
+    time.sleep(3)
+    ok(settings, "rollback", name, "--why", "back to 1")
+    time.sleep(2)
+    requests = stream.stop()
+    collected = probe.collect(
+        settings, start, lambda c: c.distinct_results >= len(requests), timeout_s=300,
+        sentinels=probe.publish_sentinels(settings),
+    )  # fmt: skip
+
+    # No request failed: no dead letter, every HTTP call answered with a result.
+    assert collected.dead_letters == [], collected.dead_letter_codes()
+    assert stream.http and {status for _, status, _ in stream.http} == {200}, stream.http[-3:]
+    for request, _, body in stream.http:  # the caller got the event's one result
+        assert body == collected.results[str(request["event_id"])][0]
+    # Each event (the HTTP callers' too) scored once, by the version and arm a routing of the history
+    # sent it to, in order.
+    ids = {str(r["event_id"]) for r in requests}
+    assert set(collected.results) == ids
+    assert collected.repeated_results == 0
+    routings = routings_of(settings, name)
+    assert [(r.stable, r.candidate, r.canary_share, r.shadow_share) for r in routings] == [
+        ("1", None, 0.0, 0.0),
+        ("1", "2", 0.0, 0.0),
+        ("1", "2", 0.3, 0.5),
+        ("2", None, 0.0, 0.0),
+        ("1", None, 0.0, 0.0),
+    ]
+    # Each partition's results in offset order (its requests' order): the routing each needs never
+    # goes back.
+    results_start = {tp: offset for tp, offset in start.items() if tp.topic == settings.topics.results}
+    by_partition: dict[int, list[dict]] = defaultdict(list)
+    probe.read(
+        settings,
+        results_start,
+        lambda message, value: by_partition[message.partition()].append(value),
+        until=lambda: sum(map(len, by_partition.values())) >= len(ids),
+        timeout_s=60,
+    )
+    last = 0
+    for partition, results in by_partition.items():
+        at, moved_by = 0, None  # the routing the worker was under for this partition, and the result that said so
+        for result in results:
+            event_id, got = result["event_id"], (result["model_version"], result["arm"])
+            compatible = [i for i, r in enumerate(routings) if expected_route(r, event_id)[:2] == got and i >= at]
+            assert compatible, f"partition {partition}: {result} fits no routing from {at} on, as {moved_by} did"
+            if compatible[0] > at:
+                at, moved_by = compatible[0], result
+        last = max(last, at)
+    assert last == len(routings) - 1, "results came after the rollback"
+    arms = {(r[0]["model_version"], r[0]["arm"]) for r in collected.results.values()}
+    assert arms == {("1", "stable"), ("2", "canary"), ("2", "stable")}, arms
+    # Every score is its version's.
+    for version in ("1", "2"):
+        scored = [r for r in requests if collected.results[str(r["event_id"])][0]["model_version"] == version]
+        got = [collected.results[str(r["event_id"])][0]["score"] for r in scored]
+        np.testing.assert_allclose(got, reference_scores(settings, scored, name, version), atol=1e-5, rtol=0)
+    # The shadow: version 2's results on stable events in its shadow buckets, on their own topic only.
+    shadow = probe.read_to_end(settings, shadow_start)
+    assert shadow, "the candidate shadowed some events"
+    shadowed = [s["event_id"] for s in shadow]
+    assert len(shadowed) == len(set(shadowed)), "one shadow result per shadowed event"
+    by_id = {str(r["event_id"]): r for r in requests}
+    for record in shadow:
+        live = collected.results[record["event_id"]][0]
+        assert (record["arm"], record["model_version"]) == ("shadow", "2")
+        assert (live["arm"], live["model_version"]) == ("stable", "1")
+        assert contract_bucket(record["event_id"], b"shadow") < 5_000
+    np.testing.assert_allclose(
+        [s["score"] for s in shadow],
+        reference_scores(settings, [by_id[e] for e in shadowed], name, "2"),
+        atol=1e-5,
+        rtol=0,
+    )
+    # Triton serves the routed version only, once the grace is over; list and history say so.
+    triton = TritonRepository(settings.triton)
+    try:
+        triton.wait_gone(name, ["2"], timeout_s=30)
+        assert triton.ready(name, "1")
+    finally:
+        triton.close()
+    listed = {row[1]: row for row in (line.split() for line in ok(settings, "list").splitlines()) if row[0] == name}
+    assert listed["1"][2:4] == ["READY", "stable"], listed
+    assert listed["2"][2] != "READY" and "-" in listed["2"], listed
+    history = ok(settings, "history", name)
+    for why in ("trained on new rows", "canary and shadow", "canary healthy", "back to 1"):
+        assert why in history
+
+
+def test_bad_changes_get_one_line_and_a_non_zero_exit_and_leave_the_routing_as_it_was(own_model):
+    settings, name = own_model
+    repository = settings.triton.model_repository
+    broken = repository / name / "3"
+    shutil.copytree(repository / name / "2", broken)
+    (broken / "model.pt").write_bytes(b"not a TorchScript archive")
+    before = routing_log.read(settings).changes[name]
+
+    refusals = {
+        ("publish", name, "9"): "has no version '9'",
+        ("publish", "no_such_model", "1"): "unknown model 'no_such_model'",
+        ("share", name, "--canary", "1.5"): "no candidate",
+        ("promote", name): "has no candidate to promote",
+        ("publish", name, "3"): "PytorchStreamReader failed reading zip archive",
+    }
+    for args, reason in refusals.items():
+        done = models_cli(settings, *args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0], (args, lines)
+    ok(settings, "publish", name, "2")
+    done = models_cli(settings, "share", name, "--canary", "1.5")
+    assert done.returncode == 1 and "within [0, 1], not 1.5" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+    after = routing_log.read(settings).changes[name]
+    assert [c.action for c in after[len(before) :]] == ["publish"], "only the good publish was written"
+    triton = TritonRepository(settings.triton)
+    try:
+        assert triton.ready(name, "1") and triton.ready(name, "2"), "the broken version left the others serving"
+    finally:
+        triton.close()
+
+
+def test_the_canary_takes_its_share_of_20000_events_within_one_and_a_half_points(own_model, start_worker):
+    settings, name = own_model
+    ok(settings, "publish", name, "2", "--canary", "0.1")
+    start_worker(settings)
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    requests = requests_for(name, 20_000, prefix=f"share-{uuid.uuid4().hex[:6]}-")
+    probe.publish(settings, [traffic.message_for(r) for r in requests])
+    collected = probe.collect(
+        settings, start, lambda c: c.distinct_results >= len(requests), timeout_s=300,
+        sentinels=probe.publish_sentinels(settings),
+    )  # fmt: skip
+
+    canary = [e for e, r in collected.results.items() if r[0]["arm"] == "canary"]
+    assert abs(len(canary) / len(requests) - 0.1) <= 0.015, len(canary)
+    assert all(collected.results[e][0]["model_version"] == "2" for e in canary)
+    assert set(canary) == {str(r["event_id"]) for r in requests if contract_bucket(str(r["event_id"]), b"arm") < 1_000}
