@@ -18,7 +18,8 @@ from pipeline.settings import get_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming inference pipeline.")
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the contract.")
 models_app = typer.Typer(
-    no_args_is_help=True, help="Train models, and change which version scores events (docs/models.md)."
+    no_args_is_help=True,
+    help="Train models, and change which version scores events (docs/model.md#versions-and-rollouts).",
 )
 features_app = typer.Typer(no_args_is_help=True, help="Feast feature data.")
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter topic.")
@@ -99,6 +100,20 @@ def _routed(routing: Any) -> None:
     typer.echo(f"{routing.model}: {describe_routing(routing)}")
 
 
+@models_app.command("serve")
+def models_serve(
+    model: Annotated[
+        list[str] | None, typer.Argument(help="The models (default: every model of the repository).")
+    ] = None,
+) -> None:
+    """Load each model's routed versions in Triton (explicit model control starts with none); a model
+    never routed gets its highest version on disk as its first stable one. Run once Triton is up."""
+
+    served = _rollout(lambda rollout: rollout.serve(model or None))
+    for routing in served.values():
+        _routed(routing)
+
+
 @models_app.command("publish")
 def models_publish(
     model: Annotated[str, typer.Argument(help="The model.")],
@@ -161,6 +176,24 @@ def models_history(model: Annotated[str, typer.Argument(help="The model.")]) -> 
         typer.echo(f"{model}: no routing changes")
         return
     typer.echo(listing.table(listing.history_rows(changes, history.skipped.get(model, []))))
+
+
+@models_app.command("compare")
+def models_compare(
+    model: Annotated[str, typer.Argument(help="The model.")],
+    version: Annotated[str | None, typer.Option(help="The shadowed version (default: the latest).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Also write the figures here, as JSON.")] = None,
+) -> None:
+    """The candidate's shadow results against the live results of the same events: agreement,
+    label flips, score shift."""
+    import orjson
+
+    from pipeline.models.shadow_report import shadow_comparison
+
+    comparison = shadow_comparison(get_settings(), model, version)
+    typer.echo(comparison.table())
+    if output is not None:
+        output.write_bytes(orjson.dumps(comparison.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
 
 
 @models_app.command("list")
@@ -247,6 +280,12 @@ def consumers_anomaly(group_id: _GroupId = "", from_beginning: _FromBeginning = 
     _run_consumer("anomaly", group_id, from_beginning)
 
 
+@consumers_app.command("guard")
+def consumers_guard(group_id: _GroupId = "", from_beginning: _FromBeginning = False) -> None:
+    """The rollout guard: rolls a model's canary back when it fails, slows or scores unlike the stable arm."""
+    _run_consumer("guard", group_id, from_beginning)
+
+
 @consumers_app.command("drift")
 def consumers_drift(group_id: _GroupId = "", from_beginning: _FromBeginning = False) -> None:
     """Drift of request features and scores against the training reference: gauges, drift.alerts."""
@@ -256,7 +295,7 @@ def consumers_drift(group_id: _GroupId = "", from_beginning: _FromBeginning = Fa
 def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
     """Build the Faust app of consumer `name` (group default pipeline-NAME) and run it until stopped."""
     from pipeline import topics
-    from pipeline.consumers import anomaly, drift, fraud
+    from pipeline.consumers import anomaly, drift, fraud, guard
     from pipeline.consumers import app as consumer_app
 
     _configure_logging()
@@ -264,6 +303,8 @@ def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
     if name in ("fraud", "anomaly"):
         output = settings.topics.alerts if name == "fraud" else settings.topics.anomaly_alerts
         partitions = consumer_app.check_partitions(settings, output)
+    elif name == "guard":
+        partitions = topics.partition_count(settings, settings.topics.results)
     else:
         drift.check_reference(settings)
         partitions = topics.partition_count(settings, settings.topics.requests)
@@ -273,6 +314,8 @@ def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
         topics.apply(settings, fraud.install(faust_app, settings, partitions))
     elif name == "anomaly":
         topics.apply(settings, anomaly.install(faust_app, settings, partitions))
+    elif name == "guard":
+        guard.install(faust_app, settings)
     else:
         drift.install(faust_app, settings)
     consumer_app.run(faust_app, settings, name)

@@ -53,6 +53,9 @@ REPLAY_ID = "replay-id"  # set by `pipeline replay` on the requests it publishes
 # Set by `pipeline replay --results-topic`: a backfill worker also writes each result there, in the same
 # transaction (its own results topic stays the dedup state's changelog).
 RESULTS_TOPIC = "results-topic"
+# Set by `pipeline replay --model-version MODEL:VERSION`: a backfill worker scores the replayed requests
+# of MODEL with VERSION (a backtest), whatever the routing says; live workers ignore it.
+MODEL_VERSION = "model-version"
 
 
 # Entity ids are 64-bit integers or strings (Kafka keys, Feast INT64 entities).

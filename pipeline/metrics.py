@@ -81,6 +81,12 @@ GATEWAY_PENDING = Gauge("gateway_pending_replies", "Correlation ids waiting for 
 CONSUMED_RESULTS = Counter(
     "pipeline_consumer_results_total", "Results read by a consumer, by consumer and outcome", ["consumer", "outcome"]
 )
+GUARD_WINDOWS = Counter(
+    "pipeline_guard_windows_total",
+    "Windows the rollout guard judged a model's canary in, by verdict (healthy, unhealthy, too_few)",
+    ["model", "verdict"],
+)
+GUARD_ROLLBACKS = Counter("pipeline_guard_rollbacks_total", "Canaries the rollout guard rolled back", ["model"])
 ALERTS = Counter("pipeline_alerts_total", "Alerts published, by kind and rule", ["kind", "rule"])
 ALERTS_SKIPPED = Counter(
     "pipeline_alerts_repeated_total", "Alerts decided again and not published twice (already on the topic)", ["kind"]

@@ -207,6 +207,21 @@ class DriftSettings(_Block):
     alert: float = Field(default=0.25, gt=0)
 
 
+class GuardSettings(_Block):
+    """The rollout guard (`pipeline consumers guard`, `pipeline/consumers/guard_rules.py`): a canary
+    judged against the stable arm over tumbling windows, rolled back past these thresholds."""
+
+    window_s: float = Field(default=30.0, gt=0)
+    min_events: int = Field(default=200, ge=1)  # per arm and window, before a window is judged
+    failure_excess: float = Field(default=0.02, ge=0)  # canary failure rate minus the stable arm's
+    latency_ratio: float = Field(default=2.0, gt=1)  # canary p99 latency over the stable arm's
+    # PSI of the canary's scores against the stable arm's: a retrain on fresh rows measures 0.06-0.19
+    # against its predecessor (calibration moves at the low end), a broken model (fitted to shuffled
+    # labels) 5.5 (docs/model.md#versions-and-rollouts).
+    score_psi: float = Field(default=1.0, gt=0)
+    windows: int = Field(default=2, ge=1)  # unhealthy windows in a row that roll the canary back
+
+
 class ConsumerSettings(_Block):
     """The results' consumers (`pipeline consumers ...`, a Faust app)."""
 
@@ -232,6 +247,7 @@ class ConsumerSettings(_Block):
     fraud: FraudRuleSettings = FraudRuleSettings()
     anomaly: AnomalySettings = AnomalySettings()
     drift: DriftSettings = DriftSettings()
+    guard: GuardSettings = GuardSettings()
 
 
 class TritonSettings(_Block):
@@ -242,7 +258,7 @@ class TritonSettings(_Block):
 
 
 class ModelSettings(_Block):
-    """Model versions and their routing (`pipeline models ...`, docs/models.md)."""
+    """Model versions and their routing (`pipeline models ...`, docs/model.md#versions-and-rollouts)."""
 
     # A version no longer routed to stays loaded this long after the change, so that batches routed
     # before it (workers apply a change within a second) finish on it; then Triton unloads it.

@@ -1,6 +1,7 @@
 """The drift monitor (`pipeline consumers drift`): per model, each request feature (from the requests
-topic) and the score (from the results) over sliding windows against the model's training reference
-(`reference.json` beside it), as Prometheus gauges; one event on `drift.alerts` per upward crossing
+topic) and the score (from the results) over sliding windows against the training reference
+(`reference.json`) of the model's stable version (a score: of the version that gave it), as
+Prometheus gauges; one event on `drift.alerts` per upward crossing
 of a level (warning, alert), not one per event.
 
 Its windows live in the process: each member of the group sees the partitions it owns, a random
@@ -9,6 +10,7 @@ share of the stream (requests are keyed by entity), and a restarted one fills it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
@@ -22,33 +24,46 @@ from pipeline.consumers.fraud_rules import alert_id
 from pipeline.contract import parse_request, utc_timestamp
 from pipeline.errors import ConfigurationError, PipelineError
 from pipeline.models import reference
+from pipeline.models.routing import Routing
+from pipeline.models.routing_log import RoutingFollower
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
 class _Models:
-    """Each model's windows, made on its first event from its newest training reference."""
+    """Each model version's windows, made on its first event from that version's training reference.
+    A score is compared with the reference of the version that gave it; request features with the
+    reference of the model's stable version (the routing's; before any, its newest with one)."""
 
-    def __init__(self, settings: Settings, inputs: str) -> None:
-        self.settings, self.inputs = settings, inputs  # inputs: "features" or "score"
-        self._drifts: dict[str, tuple[str, ModelDrift] | None] = {}
+    def __init__(self, settings: Settings, inputs: str, routings: Callable[[], Mapping[str, Routing]]) -> None:
+        self.settings, self.inputs, self._routings = settings, inputs, routings  # inputs: "features" or "score"
+        self._drifts: dict[tuple[str, str], tuple[str, ModelDrift] | None] = {}
 
-    def get(self, model: str) -> tuple[str, ModelDrift] | None:
-        if model not in self._drifts:
-            found = reference.latest(self.settings.triton.model_repository / model)
-            if found is None:
-                log.warning("no_training_reference", model=model)
-                self._drifts[model] = None
-            else:
-                version, references = found
-                chosen = {k: v for k, v in references.items() if (k == "score") == (self.inputs == "score")}
-                drift = self.settings.consumers.drift
-                self._drifts[model] = (
+    def get(self, model: str, version: str | None = None) -> tuple[str, ModelDrift] | None:
+        if version is None:
+            routing = self._routings().get(model)
+            version = routing.stable if routing is not None else ""
+        if (model, version) not in self._drifts:
+            model_dir = self.settings.triton.model_repository / model
+            if version and (model_dir / version / reference.FILE).exists():
+                found: tuple[str, dict[str, reference.Reference]] | None = (
                     version,
+                    reference.load(model_dir / version),
+                )
+            else:
+                found = reference.latest(model_dir) if not version else None
+            if found is None:
+                log.warning("no_training_reference", model=model, version=version)
+                self._drifts[(model, version)] = None
+            else:
+                chosen = {k: v for k, v in found[1].items() if (k == "score") == (self.inputs == "score")}
+                drift = self.settings.consumers.drift
+                self._drifts[(model, version)] = (
+                    found[0],
                     ModelDrift(chosen, drift.window_events, drift.every_events, drift.warning, drift.alert),
                 )
-        return self._drifts[model]
+        return self._drifts[(model, version)]
 
 
 def check_reference(settings: Settings) -> None:
@@ -65,7 +80,9 @@ def install(app: faust.App, settings: Settings) -> None:
     requests = app.topic(settings.topics.requests, key_type=bytes, value_type=bytes, value_serializer="raw")
     results = app.topic(settings.topics.results, key_type=bytes, value_type=bytes, value_serializer="raw")
     alerts = app.topic(settings.topics.drift_alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
-    features, scores = _Models(settings, "features"), _Models(settings, "score")
+    follower = RoutingFollower(settings)
+    follower.wait_caught_up(settings.models.routing_wait_s)
+    features, scores = _Models(settings, "features", follower.routings), _Models(settings, "score", follower.routings)
 
     async def publish(model: str, version: str, crossed: list[Measured], event: Any) -> None:
         source = {"topic": event.message.topic, "partition": event.message.partition, "offset": event.message.offset}
@@ -75,8 +92,10 @@ def install(app: faust.App, settings: Settings) -> None:
             metrics.ALERTS.labels("drift", record["rule"]).inc()
             log.info("drift_alert", model=model, feature=m.feature, psi=round(m.psi, 4), crossed=m.level)
 
-    async def observe(models: _Models, model: str, values: dict[str, float], event: Any) -> None:
-        found = models.get(model)
+    async def observe(
+        models: _Models, model: str, values: dict[str, float], event: Any, version: str | None = None
+    ) -> None:
+        found = models.get(model, version)
         if found is None:
             return
         version, drift = found
@@ -100,11 +119,11 @@ def install(app: faust.App, settings: Settings) -> None:
     async def result_scores(event: Any) -> None:
         try:
             record = orjson.loads(event.value)
-            model, score = str(record["model"]), float(record["score"])
+            model, score, version = str(record["model"]), float(record["score"]), str(record["model_version"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             metrics.CONSUMED_RESULTS.labels("drift", "invalid").inc()
             return
-        await observe(scores, model, {"score": score}, event)
+        await observe(scores, model, {"score": score}, event, version)
 
     app.agent(requests, name="drift-features")(guarded("drift-features", request_features))
     app.agent(results, name="drift-scores")(guarded("drift-scores", result_scores))

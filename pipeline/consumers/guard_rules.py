@@ -16,7 +16,7 @@ without enough events in either arm neither counts nor resets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class Thresholds:
     min_events: int = 200  # per arm and window, before a window is judged
     failure_excess: float = 0.02  # canary failure rate minus stable failure rate
     latency_ratio: float = 2.0  # canary p99 / stable p99
-    score_psi: float = 0.25  # the drift monitor's alert level
+    score_psi: float = 1.0  # well above a good retrain's shift (GuardSettings.score_psi)
     windows: int = 2  # unhealthy windows in a row that roll the canary back
 
 
@@ -80,11 +80,39 @@ class Guard:
 
     limits: Thresholds
     unhealthy: int = 0
+    last: list[str] | None = None  # the last window's reasons (None: too few events to judge)
+
+    @property
+    def verdict(self) -> str:
+        """The last window's: "too_few", "healthy" or "unhealthy"."""
+        return "too_few" if self.last is None else "unhealthy" if self.last else "healthy"
 
     def judge(self, stable: ArmWindow, canary: ArmWindow) -> list[str] | None:
         """After one window: the reasons to roll the canary back now, or None to keep it."""
-        found = reasons(stable, canary, self.limits)
+        self.last = found = reasons(stable, canary, self.limits)
         if found is None:
             return None
         self.unhealthy = self.unhealthy + 1 if found else 0
         return found if self.unhealthy >= self.limits.windows else None
+
+
+@dataclass
+class Tally:
+    """One arm's outcomes as they come, until the window closes (`close`)."""
+
+    events: int = 0
+    failures: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def result(self, score: float, latency_ms: float) -> None:
+        self.events += 1
+        self.scores.append(score)
+        self.latencies_ms.append(latency_ms)
+
+    def failure(self) -> None:
+        self.events += 1
+        self.failures += 1
+
+    def close(self) -> ArmWindow:
+        return ArmWindow(self.events, self.failures, self.latencies_ms, self.scores)

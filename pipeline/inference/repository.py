@@ -67,6 +67,15 @@ class TritonRepository:
         if response.status_code != 200:
             raise LoadFailed(f"Triton could not load {model}: {one_line(_error(response))}")
 
+    def unload(self, model: str) -> None:
+        """Every version of `model` unloaded (returns before in-flight requests drain: `wait_gone`)."""
+        try:
+            response = self._client.post(f"{self._base}/v2/repository/models/{model}/unload")
+        except httpx.HTTPError as e:
+            raise ConfigurationError(f"Triton at {self._base} did not answer the unload of {model}: {e}") from e
+        if response.status_code != 200:
+            raise ConfigurationError(f"Triton could not unload {model}: {one_line(_error(response))}")
+
     def ready(self, model: str, version: str) -> bool:
         try:
             return self._client.get(f"{self._base}/v2/models/{model}/versions/{version}/ready").status_code == 200

@@ -30,7 +30,10 @@ log = structlog.get_logger(__name__)
 KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka" / "kafka.sh"
 TRITON_SCRIPT = PROJECT_ROOT / "deploy" / "triton" / "triton.sh"
 REDIS_SCRIPT = PROJECT_ROOT / "deploy" / "redis" / "redis.sh"
-CONSUMERS = ("fraud", "drift", "anomaly")  # `pipeline consumers NAME` run beside the worker by `stack up` and the demo
+CONSUMERS = ("fraud", "drift", "anomaly", "guard")  # `pipeline consumers NAME` run by `stack up` and the demo
+# Each one's metrics port, from PIPELINE_CONSUMERS__METRICS_PORT (9101): 9101-9103, and 9106 for the
+# guard (9104 and 9105 are the backfill worker's and the scaling policy service's).
+_METRICS_OFFSETS = {"fraud": 0, "drift": 1, "anomaly": 2, "guard": 5}
 
 
 @dataclass(frozen=True)
@@ -208,8 +211,10 @@ class LocalStack:
         """Each of CONSUMERS not running yet, started side by side (from the beginning of the topics
         when its group has no offsets) and waited for; the names of those started."""
         started = {}
-        for i, consumer in enumerate(CONSUMERS):  # metrics on consecutive ports from the configured one
-            own = settings.updated(consumers={"metrics_port": settings.consumers.metrics_port + i})
+        for consumer in CONSUMERS:
+            own = settings.updated(
+                consumers={"metrics_port": settings.consumers.metrics_port + _METRICS_OFFSETS[consumer]}
+            )
             if not self.is_running(name := f"{consumer}-consumer"):
                 started[name] = self.spawn(name, own, "consumers", consumer, "--from-beginning")
         try:

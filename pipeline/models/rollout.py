@@ -6,7 +6,7 @@ Every change is checked against the model's current routing before anything move
 cannot apply leaves everything as it was). A version a change routes to is loaded and ready in Triton
 before the change is written, so no worker routes an event to a version that cannot score it; a
 version a change no longer routes to is unloaded `unload_grace_s` after it, once the batches routed
-before the change are done (docs/models.md).
+before the change are done (docs/model.md#versions-and-rollouts).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import structlog
 from pipeline.errors import ConfigurationError
 from pipeline.inference.repository import LoadFailed, TritonRepository, model_names
 from pipeline.models import routing_log, versions
-from pipeline.models.routing import Change, Routing
+from pipeline.models.routing import Change, Routing, RoutingRefused
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -57,8 +57,9 @@ class Rollout:
     def promote(self, model: str, by: str, why: str) -> Routing:
         return self._change(Change(model, "promote", by=by, at=now(), why=why))
 
-    def rollback(self, model: str, by: str, why: str) -> Routing:
-        return self._change(Change(model, "rollback", by=by, at=now(), why=why))
+    def rollback(self, model: str, by: str, why: str, expect_candidate: str | None = None) -> Routing:
+        """`expect_candidate`: roll back only that candidate (the guard's, judged a moment ago)."""
+        return self._change(Change(model, "rollback", by=by, at=now(), why=why), expect_candidate)
 
     def serve(self, models: Iterable[str] | None = None, by: str = "pipeline stack") -> dict[str, Routing]:
         """Each model of the repository (or these of them) served as routed (Triton just started
@@ -80,12 +81,14 @@ class Rollout:
             served[model] = routing
         return served
 
-    def _change(self, change: Change) -> Routing:
+    def _change(self, change: Change, expect_candidate: str | None = None) -> Routing:
         model = change.model
         self._check_model(model)
         before = routing_log.read(self._settings).routing(model)
+        if expect_candidate is not None and before.candidate != expect_candidate:
+            raise RoutingRefused(f"{model}'s candidate is now {before.candidate or 'none'}, not {expect_candidate}")
         after = before.apply(change)  # RoutingRefused: nothing moved
-        self._load(model, before.versions() | after.versions())
+        self._load(model, before.versions() | after.versions(), unless_ready=True)
         routing_log.append(self._settings, change)
         dropped = before.versions() - after.versions()
         if dropped:
@@ -112,8 +115,13 @@ class Rollout:
                 f"(versions: {', '.join(on_disk) or 'none'}; `pipeline models train {model}` writes the next)"
             )
 
-    def _load(self, model: str, wanted: set[str]) -> None:
-        """Triton serves exactly `wanted` of `model`, each ready."""
+    def _load(self, model: str, wanted: set[str], unless_ready: bool = False) -> None:
+        """Triton serves exactly `wanted` of `model`, each ready. `unless_ready`: nothing is asked
+        when all of them are ready already (another load request would load them again)."""
+        if unless_ready:
+            ready = {v.version for v in self._triton.index().get(model, []) if v.state == "READY"}
+            if wanted <= ready:
+                return
         self._triton.load(model, [int(v) for v in wanted])
         deadline = time.monotonic() + self._settings.models.load_timeout_s
         for version in sorted(wanted):

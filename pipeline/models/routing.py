@@ -38,6 +38,7 @@ class Arm(StrEnum):
     STABLE = "stable"
     CANARY = "canary"
     SHADOW = "shadow"  # a candidate's result on a stable event it also scored, kept apart
+    BACKTEST = "backtest"  # a replayed event scored by the version its replay chose
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,14 @@ class Change:
     by: str = ""
     at: str = ""  # ISO 8601, UTC
     why: str = ""
+
+
+def pinned(header: bytes | None) -> tuple[str, str] | None:
+    """A `model-version` header's (model, version), or None when absent or not MODEL:VERSION."""
+    if not header:
+        return None
+    model, _, version = header.decode(errors="replace").rpartition(":")
+    return (model, version) if model and version.isdigit() else None
 
 
 def bucket(event_id: str, salt: bytes = b"arm") -> int:

@@ -46,6 +46,13 @@ Filters = Annotated[
     list[str] | None,
     typer.Option("--filter", help="FIELD=VALUE on model or an entity key; event_time>=/</... a time (repeatable)."),
 ]
+ModelVersion = Annotated[
+    str | None,
+    typer.Option(
+        help="MODEL:VERSION: score the replayed requests of MODEL with that version (a backtest; it must be "
+        "loaded: `pipeline models publish MODEL VERSION` loads it with no share of the live events)."
+    ),
+]
 Rate = Annotated[float | None, typer.Option(min=0.001, help="Publish at most this many events/s.")]
 Limit = Annotated[int | None, typer.Option(min=1, help="Publish at most this many requests in this run.")]
 DryRun = Annotated[bool, typer.Option(help="Read and validate; count what would be published; publish nothing.")]
@@ -64,6 +71,7 @@ def replay(
     topic: Topic = None,
     file: File = None,
     results_topic: ResultsTopic = None,
+    model_version: ModelVersion = None,
     filter_: Filters = None,
     rate: Rate = None,
     limit: Limit = None,
@@ -83,6 +91,7 @@ def replay(
     if file is not None and (topic or since or until or ranges):
         raise typer.BadParameter("a file, or a topic range (--topic/--since/--until/--range): not both")
     explicit = [PartitionRange.parse(r) for r in ranges or ()]
+    pinned = _pinned_version(settings, model_version) if model_version is not None else None
     opened = open_file(file) if file is not None else None  # a bad file fails before the broker is asked
     previous = checkpoint.latest(settings, replay_id)
     results = _results_topic(settings, results_topic, previous)
@@ -97,6 +106,7 @@ def replay(
     options = publisher.Options(
         replay_id=replay_id,
         results_topic=results,
+        model_version=pinned,
         filters=filters,
         rate=rate,
         limit=limit,
@@ -107,6 +117,28 @@ def replay(
     _print_summary(summary, dry_run)
     if summary.interrupted:
         raise typer.Exit(130)
+
+
+def _pinned_version(settings: Settings, asked: str) -> str:
+    """`MODEL:VERSION`, checked: a version Triton has loaded and ready."""
+    from pipeline.inference.repository import TritonRepository
+    from pipeline.models.routing import pinned
+
+    found = pinned(asked.encode())
+    if found is None:
+        raise typer.BadParameter(f"{asked!r} is not MODEL:VERSION (fraud_scorer:2)", param_hint="--model-version")
+    model, version = found
+    triton = TritonRepository(settings.triton, timeout_s=10)
+    try:
+        ready = triton.ready(model, version)
+    finally:
+        triton.close()
+    if not ready:
+        raise ConfigurationError(
+            f"{model} version {version} is not loaded in Triton: `pipeline models publish {model} {version}` "
+            "loads it beside the stable version with no share of the live events"
+        )
+    return asked
 
 
 def _checked_replay_id(replay_id: str | None) -> str:

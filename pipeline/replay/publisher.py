@@ -29,7 +29,7 @@ import structlog
 from confluent_kafka import KafkaException, Producer
 
 from pipeline import heap
-from pipeline.contract import REPLAY_ID, REQUESTS_PARTITIONER, RESULTS_TOPIC, entity_key, payload_text
+from pipeline.contract import MODEL_VERSION, REPLAY_ID, REQUESTS_PARTITIONER, RESULTS_TOPIC, entity_key, payload_text
 from pipeline.errors import ConfigurationError
 from pipeline.replay import pacing
 from pipeline.replay.checkpoint import Checkpoint
@@ -48,6 +48,7 @@ Headers = list[tuple[str, str | bytes | None]]  # as the producer takes them
 class Options:
     replay_id: str
     results_topic: str
+    model_version: str | None = None  # MODEL:VERSION, a backtest's (the `model-version` header)
     filters: Sequence[Filter] = ()
     rate: float | None = None  # events/s published at most
     limit: int | None = None  # requests published by this run at most
@@ -294,10 +295,13 @@ class _Outbox:
 
 
 def request_headers(settings: Settings, options: Options) -> Headers:
-    """The replay's id on each request; and the replay's own results topic, if it has one."""
+    """The replay's id on each request; the replay's own results topic, if it has one; the version it
+    backtests, if it chose one."""
     headers: Headers = [(REPLAY_ID, options.replay_id.encode())]
     if options.results_topic != settings.topics.backfill_results:
         headers.append((RESULTS_TOPIC, options.results_topic.encode()))
+    if options.model_version is not None:
+        headers.append((MODEL_VERSION, options.model_version.encode()))
     return headers
 
 

@@ -20,6 +20,7 @@ from pipeline import metrics
 from pipeline.contract import (
     ANSWER_TO,
     CORRELATION_ID,
+    MODEL_VERSION,
     REPLAY_ID,
     REPLY_KIND,
     REPLY_TO,
@@ -33,10 +34,18 @@ from pipeline.contract import (
     result_record,
     utc_timestamp,
 )
-from pipeline.errors import DeadlineExceeded, InferenceFailed, InvalidRequest, MissingFeatures, PipelineError
+from pipeline.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InferenceUnavailable,
+    InvalidRequest,
+    MissingFeatures,
+    PipelineError,
+    UnknownModel,
+)
 from pipeline.inference import scoring
 from pipeline.inference.scoring import EntityId
-from pipeline.models.routing import Arm, Routing
+from pipeline.models.routing import Arm, Routing, pinned
 from pipeline.models.spec import ModelSpec
 from pipeline.settings import TopicSettings
 from pipeline.worker.messages import DedupEntry, Inbound, Outbound
@@ -141,7 +150,8 @@ class BatchProcessor:
         routings: Callable[[], Mapping[str, Routing]] | None = None,
     ) -> None:
         """`copies`: a backfill worker's, which also writes each result to a replay's own results
-        topic (the `results-topic` header of a replayed request); a live one ignores the header.
+        topic (the `results-topic` header of a replayed request) and scores a replayed request with
+        the version its `model-version` header names; a live one ignores both headers.
         `topic_exists` tells whether that topic exists: a request naming one that does not is
         dead-lettered (a copy to a missing topic would fail its whole transaction). `routings`: each
         model's routing now (`models.routing_log.RoutingFollower`); without, every event goes to the
@@ -280,8 +290,15 @@ class BatchProcessor:
         """Features for the batch in one call, scores in one call per routed version, under the
         model's routing as it is now (a retry routes afresh: a version unloaded since is no longer
         routed to). Retriable errors propagate."""
-        spec = await self._scorer.spec(model)
         routing = self._routing(model)
+        try:
+            spec = await self._scorer.spec(model)
+        except UnknownModel as e:
+            if not routing.stable:
+                raise
+            # A routed model is to be served: Triton restarted, or loading it again, does not serve
+            # it yet (explicit model control), so the batch waits in its retries.
+            raise InferenceUnavailable(f"{e.message}, though routed to version {routing.stable}") from e
         scored = _Scored(spec)
         checked: list[tuple[_Pending, int]] = []
         for item in items:
@@ -298,6 +315,9 @@ class BatchProcessor:
             if (row := rows.get(entity)) is None:
                 message = f"no features for {spec.entity_key}={entity} in the feature store"
                 scored.results.append((item, MissingFeatures(message, event_id=item.request.event_id), "", ""))
+                continue
+            if self._copies and (chosen := pinned(item.inbound.headers.get(MODEL_VERSION))) and chosen[0] == model:
+                by_version[(chosen[1], Arm.BACKTEST)].append((item, row))  # a replay's chosen version
                 continue
             route = routing.route(item.request.event_id)
             by_version[(route.version, route.arm)].append((item, row))

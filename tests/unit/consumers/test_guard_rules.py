@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.consumers.guard_rules import ArmWindow, Guard, Thresholds, reasons
+from pipeline.consumers.guard_rules import ArmWindow, Guard, Tally, Thresholds, reasons
 
 LIMITS = Thresholds(min_events=200, failure_excess=0.02, latency_ratio=2.0, score_psi=0.25, windows=2)
 
@@ -65,3 +65,22 @@ def test_a_canary_whose_scores_moved_is_rolled_back_for_their_psi():
     found = reasons(_arm(1), moved, LIMITS)
     assert found is not None and len(found) == 1 and found[0].startswith("score PSI ")
     assert float(found[0].split()[2]) >= 0.25
+
+
+def test_each_window_leaves_its_verdict():
+    guard = Guard(LIMITS)
+    assert guard.verdict == "too_few" and guard.last is None
+    guard.judge(_arm(1), _arm(2))
+    assert guard.verdict == "healthy"
+    guard.judge(_arm(1), _arm(2, failures=100))
+    assert guard.verdict == "unhealthy" and guard.last and "failure rate" in guard.last[0]
+    guard.judge(_arm(1), _arm(3, events=10, failures=0))
+    assert guard.verdict == "too_few"
+
+
+def test_a_tally_counts_results_and_failures_as_events_of_its_arm():
+    tally = Tally()
+    tally.result(0.2, 12.5)
+    tally.result(0.9, 30.0)
+    tally.failure()
+    assert tally.close() == ArmWindow(events=3, failures=1, latencies_ms=[12.5, 30.0], scores=[0.2, 0.9])

@@ -116,3 +116,21 @@ def test_the_history_folds_to_one_routing_and_skips_what_cannot_apply_the_same_w
         ("promote", "fraud_scorer has no candidate to promote"),
     ]
     assert fold(Routing("fraud_scorer", "1"), history) == (routing, skipped)
+
+
+def test_a_model_without_changes_is_served_as_triton_chooses_until_its_first_stable_version():
+    unrouted = Routing("fraud_scorer")
+    assert unrouted.route("evt-1") == Route("", Arm.STABLE) and unrouted.versions() == set()
+    with pytest.raises(RoutingRefused, match="has no stable version yet"):
+        unrouted.apply(Change("fraud_scorer", "publish", version="2"))
+    first = unrouted.apply(Change("fraud_scorer", "init", version="3"))
+    assert first == Routing("fraud_scorer", "3") and first.versions() == {"3"}
+    with pytest.raises(RoutingRefused, match=r"already has a stable version \(3\)"):
+        first.apply(Change("fraud_scorer", "init", version="4"))
+
+
+def test_shares_in_buckets_follow_the_routing_through_its_changes():
+    shared = Routing("fraud_scorer", "1").apply(Change("fraud_scorer", "publish", version="2"))
+    shared = shared.apply(Change("fraud_scorer", "share", canary_share=0.25))
+    canary = {e for e in IDS if shared.route(e).arm is Arm.CANARY}
+    assert canary == {e for e in IDS if bucket(e) < 2_500}
