@@ -3,6 +3,8 @@
 # serving triton_models/ with the Python backend. On a machine with a GPU it uses the GPU.
 # Explicit model control: it starts serving no model; the stack then loads each model's routed
 # versions through the repository API (pipeline/models/rollout.py), as `pipeline models publish` does.
+# Not strict readiness: with it, one version that failed to load (a bad publish) leaves the server
+# unready for good, though every routed version serves; readiness is checked per routed version.
 #   triton.sh install   unpack the server into .triton/ and lay out the Python backend (once)
 #   triton.sh start     start it, wait until /v2/health/ready answers
 #   triton.sh stop      stop the server started with the same TRITON_RUN_DIR
@@ -56,7 +58,7 @@ start() {
     --cache-directory="$server/caches" \
     --http-address=127.0.0.1 --http-port="$http" --grpc-address=127.0.0.1 --grpc-port="$grpc" \
     --metrics-address=127.0.0.1 --metrics-port="$metrics" \
-    --model-control-mode="${TRITON_MODEL_CONTROL_MODE:-explicit}" --strict-readiness=true \
+    --model-control-mode="${TRITON_MODEL_CONTROL_MODE:-explicit}" --strict-readiness=false \
     --log-verbose=0 > "$run/triton.out" 2>&1 &
   echo $! > "$pidfile"
   local deadline=$(( $(date +%s) + ${TRITON_START_TIMEOUT:-120} ))

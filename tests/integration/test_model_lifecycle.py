@@ -313,6 +313,8 @@ def test_bad_changes_get_one_line_and_a_non_zero_exit_and_leave_the_routing_as_i
     triton = TritonRepository(settings.triton)
     try:
         assert triton.ready(name, "1") and triton.ready(name, "2"), "the broken version left the others serving"
+        ready = httpx.get(f"http://{settings.triton.http_url}/v2/health/ready")
+        assert ready.status_code == 200, "and the server ready for the workers (a failed load is not unreadiness)"
     finally:
         triton.close()
 
