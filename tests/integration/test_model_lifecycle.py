@@ -52,8 +52,13 @@ def contract_bucket(event_id: str, salt: bytes) -> int:
 
 
 def models_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return pipeline_cli(settings, "models", *args)
+
+
+def pipeline_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`pipeline ARGS` with these settings."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "models", *args],
+        [sys.executable, "-m", "pipeline", *args],
         env={**os.environ, **settings_env(settings)},
         capture_output=True,
         text=True,
@@ -488,14 +493,7 @@ def test_a_replay_lands_each_event_on_its_live_arm_and_a_backtest_scores_history
 
 
 def replay_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "replay", *args],
-        env={**os.environ, **settings_env(settings)},
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=300,
-    )
+    return pipeline_cli(settings, "replay", *args)
 
 
 def test_shadow_results_are_committed_with_their_live_results_through_a_worker_sigkill(own_model, start_worker):
