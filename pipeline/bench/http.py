@@ -13,11 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.bench import load, rounds
+from pipeline.bench import load, rounds, routed_model
 from pipeline.bench.context import Context, Group, Report
 from pipeline.bench.http_load import Bodies, closed_loop, direct_triton, measured, metered, open_loop
 from pipeline.bench.memory import RssSampler
 from pipeline.bench.options import Options
+from pipeline.bench.scenarios import ROUTED
 from pipeline.bench.stats import median_figures
 from pipeline.local.stack import free_port
 from pipeline.models.spec import load_spec_file
@@ -29,19 +30,24 @@ Figures = dict[str, Any]
 
 @dataclass
 class Stand:
-    """What the group loads: a worker and its bridge, the request-response peer, and a second worker
-    and bridge answering at commit (when its rate is not 0); every process started, by name."""
+    """What the group loads: a worker and its bridge, the request-response peer, a second worker
+    and bridge answering at commit (when its rate is not 0), and a worker and bridge per share of
+    ROUTED whose model has a candidate (when the routed rate is not 0); every process started, by name."""
 
     bridge: Settings
     peer: Settings
     committed: Settings | None = None
+    routed: dict[str, Settings] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def paths(self, context: Context) -> tuple[dict[str, int], dict[str, int]]:
         """The processes on each one's path, for its CPU per request: the bridge's, the peer's."""
         services = context.service_pids()
-        bridge = {n: self.processes[n].pid for n in (f"{BRIDGE}-worker", f"{BRIDGE}-gateway")} | services
-        return bridge, {PEER: self.processes[PEER].pid, "tritonserver": services["tritonserver"]}
+        return self.path(context, BRIDGE), {PEER: self.processes[PEER].pid, "tritonserver": services["tritonserver"]}
+
+    def path(self, context: Context, prefix: str) -> dict[str, int]:
+        """A worker and bridge pair's path: the two and the services."""
+        return {n: self.processes[n].pid for n in (f"{prefix}-worker", f"{prefix}-gateway")} | context.service_pids()
 
 
 def run(context: Context) -> Figures:
@@ -71,23 +77,30 @@ def _stood_up(context: Context) -> Iterator[Stand]:
     bridge = load.fresh_topics(context.settings, "http")
     bridge = bridge.updated(gateway={"port": free_port()}, worker={"metrics_port": free_port()})
     stand = Stand(bridge, peer=bridge.updated(gateway={"port": free_port()}))
-    try:
-        _start(context, stand)
-        yield stand
-    finally:
-        context.stop(stand.processes)
-        load.drop_topics(stand.bridge)
-        if stand.committed is not None:
-            load.drop_topics(stand.committed)
+    with routed_model.bench_model(context.settings) as model:
+        try:
+            _start(context, stand, model)
+            yield stand
+        finally:
+            context.stop(stand.processes)
+            for settings in (stand.bridge, stand.committed, *stand.routed.values()):
+                if settings is not None:
+                    load.drop_topics(settings)
 
 
-def _start(context: Context, stand: Stand) -> None:
+def _start(context: Context, stand: Stand, model: str) -> None:
     _start_pair(context, stand, BRIDGE, stand.bridge)
     if context.options.committed_answer_rate:
         stand.committed = load.fresh_topics(context.settings, "http-committed").updated(
             gateway={"port": free_port()}, worker={"metrics_port": free_port(), "reply_when": "committed"}
         )
         _start_pair(context, stand, COMMITTED, stand.committed)
+    if context.options.routed_http_rate:
+        for kind, shares in ROUTED.items():
+            fresh = load.fresh_topics(context.settings, f"http-{kind}")
+            stand.routed[kind] = fresh.updated(gateway={"port": free_port()}, worker={"metrics_port": free_port()})
+            stand.routed[kind] = routed_model.routed(stand.routed[kind], model, *shares)
+            _start_pair(context, stand, f"{BRIDGE}-{kind}", stand.routed[kind])
     # The request-response peer, served at the same route, loaded at the same rates in the same rounds.
     stand.processes[PEER] = context.stack.spawn(PEER, stand.peer, "bench-peer", "request-response")
     context.stack.wait_for_http(PEER, stand.processes[PEER], stand.peer.gateway.port)
@@ -99,17 +112,18 @@ def _start_pair(context: Context, stand: Stand, prefix: str, settings: Settings)
 
 
 def _levels(context: Context, stand: Stand, bodies: Bodies) -> dict[str, rounds.Level]:
-    """A round: the closed loop, each rate on the bridge then on the peer, the rate answered at commit."""
+    """A round: the closed loop, each rate on the bridge then on the peer, the rate answered at commit,
+    the closed loop and the routed rate on each bridge whose model has a candidate."""
     o = context.options
     bridge_path, peer_path = stand.paths(context)
 
-    def closed(_: int) -> Figures:
-        return measured(closed_loop(stand.bridge, bodies, o.closed_concurrency, o.http_seconds))
+    def closed(settings: Settings) -> rounds.Level:
+        return lambda _: measured(closed_loop(settings, bodies, o.closed_concurrency, o.http_seconds))
 
     def opened(settings: Settings, rate: float, path: dict[str, int]) -> rounds.Level:
         return lambda _: metered(open_loop(settings, bodies, rate, o.http_seconds), path)
 
-    levels: dict[str, rounds.Level] = {"http-closed": closed}
+    levels: dict[str, rounds.Level] = {"http-closed": closed(stand.bridge)}
     for rate in o.http_rates:
         levels[f"http-open@{rate:g}"] = opened(stand.bridge, rate, bridge_path)
         levels[f"http-request-response@{rate:g}"] = opened(stand.peer, rate, peer_path)
@@ -117,6 +131,10 @@ def _levels(context: Context, stand: Stand, bodies: Bodies) -> dict[str, rounds.
         levels["http-answered-once-committed"] = lambda _: measured(
             open_loop(committed, bodies, o.committed_answer_rate, o.http_seconds)
         )
+    for kind, routed in stand.routed.items():
+        levels[f"http-closed-{kind}"] = closed(routed)
+        path = stand.path(context, f"{BRIDGE}-{kind}")
+        levels[f"http-open-{kind}@{o.routed_http_rate:g}"] = opened(routed, o.routed_http_rate, path)
     return levels
 
 
@@ -129,6 +147,15 @@ def _medians(o: Options, recorded: dict[str, list[Figures]]) -> Figures:
         "request_response_open_loop": [median_figures(recorded[f"http-request-response@{r:g}"]) for r in o.http_rates],
         # The same open loop, callers answered only once their result is committed (reference).
         "open_loop_answered_once_committed": median_figures(committed) if committed else None,
+        # A 10% canary and a 100% shadow (bench/routed_model.py): the closed loop and the routed rate.
+        "routed": {
+            kind: {
+                "closed_loop": median_figures(recorded[f"http-closed-{kind}"]),
+                "open_loop": median_figures(recorded[f"http-open-{kind}@{o.routed_http_rate:g}"]),
+            }
+            for kind in ROUTED
+            if f"http-closed-{kind}" in recorded
+        },
     }
 
 
@@ -174,6 +201,9 @@ def _rows(h: Figures) -> list[tuple[str, Figures]]:
     rows += [(f"request-response, {f['offered']:g} req/s", f) for f in h.get("request_response_open_loop") or []]
     if committed := h.get("open_loop_answered_once_committed"):
         rows.append((f"  same, {committed['offered']:g}, at commit", committed))
+    for kind, routed in (h.get("routed") or {}).items():
+        rows.append((f"{kind}: closed, {routed['closed_loop']['offered']:g} users", routed["closed_loop"]))
+        rows.append((f"{kind}: open, {routed['open_loop']['offered']:g} req/s", routed["open_loop"]))
     rows.append((f"capacity, {h['capacity']['offered']:g} users", h["capacity"]))
     rows.append((f"overload, {h['overload']['offered']:g} req/s", h["overload"]))
     return rows

@@ -110,12 +110,13 @@ def drive(settings: Settings, counter: OutputCounter, messages: list[traffic.Mes
     return Run(began, counter.reached_at, len(messages), timeline)
 
 
-_RUN_TOPICS = ("requests", "results", "dlq", "replies", "alerts")
+_RUN_TOPICS = ("requests", "results", "dlq", "replies", "alerts", "shadow_results")
+_RUN_PREFIX = "bench-"
 
 
 def fresh_topics(settings: Settings, label: str) -> Settings:
     """Settings with this run's own topics (created) and consumer group."""
-    uid = f"bench-{label}-{time.time_ns() % 10**10}"
+    uid = f"{_RUN_PREFIX}{label}-{time.time_ns() % 10**10}"
     fresh = settings.updated(topics={name: f"{uid}.{name}" for name in _RUN_TOPICS}, worker={"app_id": uid})
     topics.apply(fresh)
     return fresh
@@ -123,8 +124,11 @@ def fresh_topics(settings: Settings, label: str) -> Settings:
 
 def drop_topics(settings: Settings) -> None:
     """Delete a run's topics once it is measured: a broker carrying every earlier run's partitions
-    (five topics, 42 partitions, per run) does more work per request, which would weigh on the runs after."""
+    (six topics, 54 partitions, per run) does more work per request, which would weigh on the runs after.
+    A routed run's own routing topic (routed_model.py) goes too."""
     names = [getattr(settings.topics, name) for name in _RUN_TOPICS]
+    if settings.topics.model_routing.startswith(_RUN_PREFIX):
+        names.append(settings.topics.model_routing)
     admin = topics.admin_client(settings)  # held until the futures resolve: they die with it
     for future in admin.delete_topics(names, operation_timeout=30).values():
         future.result()

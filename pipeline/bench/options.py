@@ -51,6 +51,11 @@ class Options:
     committed_answer_rate: Annotated[
         float, typer.Option(help="Also this rate with callers answered once committed (reply_when); 0: skip.")
     ] = 500.0
+    # Also the closed loop and this open-loop rate against a worker and bridge whose model has a 10%
+    # canary, and against one with a 100% shadow (bench/routed_model.py), interleaved; 0: not run.
+    routed_http_rate: Annotated[
+        float, typer.Option(help="Also this rate (and the closed loop) with a canary, then a shadow; 0: skip.")
+    ] = 500.0
     # The soak (run when soak_s > 0).
     soak_s: Annotated[
         float, typer.Option("--soak", help="Also run a worker this many seconds at a steady rate; RSS sampled.")

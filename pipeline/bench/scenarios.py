@@ -11,6 +11,9 @@ from collections.abc import Sequence
 PIPELINE = "pipeline"
 MIX = "model-mix"  # the pipeline fed requests for both models, half each
 LIMIT, MONOLITH = "passthrough", "monolith"
+# One worker on the bench's model with a candidate (routed_model.py): each scenario's suffix, and the
+# (canary share, shadow share) it routes to the candidate.
+ROUTED = {"canary10": (0.1, 0.0), "shadow100": (0.0, 1.0)}
 
 
 def pipeline_scenario(workers: int) -> str:
@@ -19,6 +22,15 @@ def pipeline_scenario(workers: int) -> str:
 
 def mix_scenario(workers: int) -> str:
     return f"{MIX}-{workers}w"
+
+
+def routed_scenario(kind: str) -> str:
+    return f"{pipeline_scenario(1)}-{kind}"
+
+
+def routing_of(scenario: str) -> tuple[float, float] | None:
+    """A routed scenario's (canary share, shadow share); None for the others."""
+    return next((shares for kind, shares in ROUTED.items() if scenario == routed_scenario(kind)), None)
 
 
 def runs_workers(scenario: str) -> bool:
@@ -33,10 +45,11 @@ def peer_scenario(kind: str, processes: int) -> str:
 def throughput_scenarios(workers: Sequence[int]) -> list[tuple[str, int]]:
     """Each throughput scenario, in run order, with how many consumer processes it runs: the limit,
     the pipeline and the monolith at each process count, the pipeline on a mix of both models, and
-    three references of one process."""
+    three references of one process; one worker with a candidate routed at each share of ROUTED."""
     scenarios = [(peer_scenario(LIMIT, n), n) for n in workers]
     scenarios.append(("passthrough-librdkafka", 1))
     scenarios += [(pipeline_scenario(n), n) for n in workers]
+    scenarios += [(routed_scenario(kind), 1) for kind in ROUTED]
     scenarios.append((mix_scenario(1), 1))
     scenarios += [(peer_scenario(MONOLITH, n), n) for n in workers]
     return [*scenarios, ("monolith-at-least-once", 1), ("naive", 1)]

@@ -9,10 +9,20 @@ docs/performance.md#throughput.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.bench.scenarios import LIMIT, MONOLITH, PIPELINE, mix_scenario, peer_scenario, pipeline_scenario
+from pipeline.bench.scenarios import (
+    LIMIT,
+    MONOLITH,
+    PIPELINE,
+    ROUTED,
+    mix_scenario,
+    peer_scenario,
+    pipeline_scenario,
+    routed_scenario,
+)
 from pipeline.bench.stats import median, ratio
 
 STATE_TARGET_ENTRIES = 10_000_000  # the RSS target is stated for a store of this many entries
@@ -110,7 +120,7 @@ class Rates:
 
 def _ratios(rates: Rates) -> dict[str, float]:
     """Like with like, then the references of one process; the unmeasured left out."""
-    counts = sorted({int(name[len(PIPELINE) + 1 : -1]) for name in rates.medians if name.startswith(f"{PIPELINE}-")})
+    counts = sorted({int(m[1]) for name in rates.medians if (m := re.fullmatch(rf"{PIPELINE}-(\d+)w", name))})
     ratios: dict[str, float] = {}
     for n in counts:
         ratios |= _like_with_like(rates, n)
@@ -139,7 +149,9 @@ def _references(medians: dict[str, float]) -> dict[str, float]:
     """One worker against the references of one process: the naive per-event loop, the copy on the
     pipeline's own client (librdkafka), a monolith without the pipeline's guarantee (no dedup, no
     transactions); and both models through one worker (a batch split by model: two feature reads,
-    two Triton calls) against the fraud scorer alone, the same number of events."""
+    two Triton calls) against the fraud scorer alone, the same number of events; and one worker with a
+    candidate routed to (a 10% canary: two Triton calls per batch; a 100% shadow: a second call for
+    every event, its results written too) against it without one."""
     one = pipeline_scenario(1)
     if one not in medians:
         return {}
@@ -150,6 +162,9 @@ def _references(medians: dict[str, float]) -> dict[str, float]:
     }
     if (mix := mix_scenario(1)) in medians:
         ratios[f"{mix}/{one}"] = ratio(medians[mix], medians[one])
+    for kind in ROUTED:
+        if (routed := routed_scenario(kind)) in medians:
+            ratios[f"{routed}/{one}"] = ratio(medians[routed], medians[one])
     return ratios
 
 
@@ -184,7 +199,7 @@ def _burst(burst_figures: dict[str, Any]) -> dict[str, Any]:
 
 def summarise_http(http_figures: dict[str, Any]) -> dict[str, Any]:
     """The bridge against the request-response peer at each open-loop rate (latency and CPU per
-    request), and the figures judged at HTTP_RATE."""
+    request), a bridge whose model has a candidate against it, and the figures judged at HTTP_RATE."""
     bridge = {f["offered"]: f for f in http_figures["open_loop"]}
     peer = {f["offered"]: f for f in http_figures.get("request_response_open_loop") or []}
     ratios: dict[str, float] = {}
@@ -195,6 +210,16 @@ def summarise_http(http_figures: dict[str, Any]) -> dict[str, Any]:
         ratios[f"bridge/request-response CPU per request@{rate:g}"] = ratio(
             b.get("cpu_ms_per_request", math.nan), p.get("cpu_ms_per_request", math.nan)
         )
+    # A canary or a shadow against the same bridge without a candidate, in the same rounds.
+    for kind, routed in (http_figures.get("routed") or {}).items():
+        closed = http_figures["closed_loop"]["achieved_per_s"]
+        ratios[f"{kind}/none closed-loop ok/s"] = ratio(routed["closed_loop"]["achieved_per_s"], closed)
+        if (plain := bridge.get(rate := routed["open_loop"]["offered"])) is not None:
+            for q in ("p50", "p99"):
+                ratios[f"{kind}/none {q}@{rate:g}"] = ratio(routed["open_loop"][q], plain[q])
+            ratios[f"{kind}/none CPU per request@{rate:g}"] = ratio(
+                routed["open_loop"].get("cpu_ms_per_request", math.nan), plain.get("cpu_ms_per_request", math.nan)
+            )
     judged: dict[str, float] = {}
     at = bridge.get(HTTP_RATE)
     if at is not None:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.bench import load, rounds
+from pipeline.bench import load, rounds, routed_model
 from pipeline.bench.context import Context, Group, Report, scrape
 from pipeline.bench.cpu import CpuMeter, per_million
 from pipeline.bench.memory import RssSampler
 from pipeline.bench.options import Options
-from pipeline.bench.scenarios import MIX, peer_kind, runs_workers, throughput_scenarios
+from pipeline.bench.scenarios import MIX, peer_kind, routing_of, runs_workers, throughput_scenarios
 from pipeline.bench.stats import median, stage_summary, stage_totals, steady_rate
 from pipeline.local import traffic
 from pipeline.local.stack import free_port
@@ -63,30 +63,37 @@ def run(context: Context) -> dict[str, list[dict[str, Any]]]:
     """Every scenario once per round; each scenario's recorded runs."""
     backlog = Backlog.make(context.options)
     rounds.quiet_collector()
-    levels = {
-        scenario: _level(context, backlog, scenario, processes)
-        for scenario, processes in throughput_scenarios(context.options.workers)
-    }
-    recorded = rounds.interleaved(context.options.repetitions, levels, context.options.warm_up_round)
+    with routed_model.bench_model(context.settings) as model:
+        levels = {
+            scenario: _level(context, backlog, scenario, processes, model)
+            for scenario, processes in throughput_scenarios(context.options.workers)
+        }
+        recorded = rounds.interleaved(context.options.repetitions, levels, context.options.warm_up_round)
     return {scenario: runs for scenario, runs in recorded.items() if runs}
 
 
-def _level(context: Context, backlog: Backlog, scenario: str, processes: int) -> rounds.Level:
+def _level(context: Context, backlog: Backlog, scenario: str, processes: int, model: str) -> rounds.Level:
     def one(repetition: int) -> dict[str, Any] | None:
         if repetition == rounds.WARMUP and scenario == "naive":
             return None  # the naive peer (hundreds of times slower) has no warm-up round
         warmup, events = backlog.of(scenario, repetition, context.options)
-        figures = _run(context, scenario, processes, warmup, events)
+        figures = _run(context, scenario, processes, warmup, events, model)
         return figures if repetition == rounds.WARMUP else figures | {"repetition": repetition}
 
     return one
 
 
-def _run(context: Context, scenario: str, count: int, warmup: Messages, events: Messages) -> dict[str, Any]:
+def _run(context: Context, scenario: str, count: int, warmup: Messages, events: Messages, model: str) -> dict[str, Any]:
     """One run on topics of its own: `count` processes started, the warm-up drained, then the timed
-    backlog, with the workers' stages between two scrapes."""
+    backlog, with the workers' stages between two scrapes. A routed scenario's worker scores the
+    bench's `model` (requests name no model) under the run's own routing; its committed shadow
+    results are counted."""
     settings = load.fresh_topics(context.settings, scenario)
+    shares = routing_of(scenario)
+    if shares is not None:
+        settings = routed_model.routed(settings, model, *shares)
     counter = load.OutputCounter(settings, settings.topics.results)
+    shadows = load.OutputCounter(settings, settings.topics.shadow_results) if shares else None
     processes: Processes = {}
     try:
         metrics_ports = _start(context, scenario, count, settings, processes)
@@ -95,11 +102,24 @@ def _run(context: Context, scenario: str, count: int, warmup: Messages, events: 
         drain = functools.partial(load.drive, settings, counter, events, timeout_s=120 + len(events) / 100)
         figures = _timed(context, scenario, processes, drain)
         after = stage_totals([scrape(p) for p in metrics_ports])
+        if shadows is not None and shares is not None:
+            figures["shadow_results"] = _shadowed(shadows, len(warmup) + len(events), shares[1])
     finally:
         counter.close()
+        if shadows is not None:
+            shadows.close()
         context.stop(processes)
         load.drop_topics(settings)
     return figures | {"stages": stage_summary(after, before) if metrics_ports else {}}
+
+
+def _shadowed(shadows: load.OutputCounter, events: int, share: float) -> int:
+    """The shadow results committed with the run's live ones (all of them before the run ended: they
+    share its transactions), waited for when every event is shadowed."""
+    if share == 1.0:
+        shadows.expect(events)
+        shadows.wait(timeout_s=30)
+    return shadows.count
 
 
 def _start(context: Context, scenario: str, count: int, settings: Settings, processes: Processes) -> list[int]:

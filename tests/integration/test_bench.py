@@ -35,6 +35,7 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
         capacity_concurrency=4,
         triton_calls=20,
         committed_answer_rate=30.0,
+        routed_http_rate=40.0,
         soak_s=6.0,
         soak_rate=50.0,
         state_entries=20_000,
@@ -76,6 +77,12 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     assert len([p for p in runs["monolith-2p"][0]["cpu_s"]["path"] if p.startswith("bench-monolith-2p")]) == 2
     assert runs["model-mix-1w"][0]["events"] == 400, "both models' results counted"
     assert written["summary"]["ratios"]["model-mix-1w/pipeline-1w"] > 0
+    # A 100% shadow: one committed shadow result per event, warm-up and timed; a canary alone: none.
+    assert runs["pipeline-1w-shadow100"][0]["shadow_results"] == 440
+    assert runs["pipeline-1w-canary10"][0]["shadow_results"] == 0
+    assert {"pipeline-1w-canary10/pipeline-1w", "pipeline-1w-shadow100/pipeline-1w"} <= set(
+        written["summary"]["ratios"]
+    )
     stages = runs["pipeline-1w"][0]["stages"]
     assert {"validate", "dedup", "features", "inference", "produce", "event:queue_wait"} <= set(stages)
     summary = written["summary"]
@@ -94,7 +101,10 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     http = written["http"]
     assert [f["offered"] for f in http["open_loop"]] == [20.0, 40.0]
     assert http["open_loop_answered_once_committed"]["offered"] == 30.0
+    routed = http["routed"]
+    assert set(routed) == {"canary10", "shadow100"} and all(r["open_loop"]["offered"] == 40.0 for r in routed.values())
     levels = [http["closed_loop"], *http["open_loop"], http["open_loop_answered_once_committed"]]
+    levels += [level for r in routed.values() for level in r.values()]
     for level in [*levels, http["capacity"], http["overload"]]:
         assert level["requests"] > 0 and level["server_errors_5xx"] == 0
         assert level["p50"] is not None and level["p99.9"] >= level["p50"]
@@ -102,8 +112,10 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     peer = http["request_response_open_loop"]
     assert [f["offered"] for f in peer] == [20.0, 40.0] and all(f["statuses"] == {"200": f["requests"]} for f in peer)
     assert all(f["cpu_ms_per_request"] > 0 for f in [*peer, *http["open_loop"]])
+    figures = ("p50", "p99", "CPU per request")
     assert set(summary["http"]) == {
-        f"bridge/request-response {figure}@{rate}" for figure in ("p50", "p99", "CPU per request") for rate in (20, 40)
+        *(f"bridge/request-response {figure}@{rate}" for figure in figures for rate in (20, 40)),
+        *(f"{kind}/none {figure}" for kind in routed for figure in (*(f"{f}@40" for f in figures), "closed-loop ok/s")),
     }
     assert written["soak"]["rss_mib_samples"] and written["soak"]["rss_mib_baseline"] > 0
     state = written["state"]
@@ -124,7 +136,7 @@ def test_a_tiny_bench_produces_every_figure(stack, tmp_path):
     assert written["services_peak_rss_mib"]
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert "pipeline-1w/passthrough-1p" in table and "direct Triton" in table and "at commit" in table
-    assert "request-response, 40 req/s" in table and "CPU s/M ev" in table
+    assert "request-response, 40 req/s" in table and "CPU s/M ev" in table and "shadow100: open, 40 req/s" in table
     assert "dedup state on disk" in table and "cold rebuild" in table and "worker restarted on it" in table
     capacity, latency = written["consumers"]["fraud_capacity"], written["consumers"]["fraud_alert_latency"]
     assert capacity["results"] == 6_000 and capacity["results_per_s"] > 0 and capacity["alerts"] > 0
