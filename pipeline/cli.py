@@ -353,6 +353,7 @@ def bench(
     from pipeline.bench import report, runner
 
     _configure_logging()
+    bench_options.check_scenarios(options)
     figures = runner.run(get_settings(), options, bench_options.groups(only))
     report.write(figures, out)
     typer.echo(report.table(figures))

@@ -9,7 +9,7 @@ import asyncio
 import subprocess
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,8 @@ def _stood_up(context: Context) -> Iterator[Stand]:
     bridge = load.fresh_topics(context.settings, "http")
     bridge = bridge.updated(gateway={"port": free_port()}, worker={"metrics_port": free_port()})
     stand = Stand(bridge, peer=bridge.updated(gateway={"port": free_port()}))
-    with routed_model.bench_model(context.settings) as model:
+    routed = context.options.routed_http_rate > 0
+    with routed_model.bench_model(context.settings) if routed else nullcontext("") as model:
         try:
             _start(context, stand, model)
             yield stand

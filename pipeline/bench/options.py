@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from pipeline.bench.scenarios import throughput_scenarios
+
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
 GROUPS = ("throughput", "http", "state", "consumers", "replay", "burst")  # as --only names them
 ALL = ",".join(GROUPS)
@@ -29,6 +31,9 @@ class Options:
     naive_events: Annotated[int, typer.Option(help="Requests per run of the (slow) naive peer.")] = 2_000
     warmup: Annotated[int, typer.Option(help="Warm-up requests before each timed run.")] = 2_000
     workers: tuple[int, ...] = (1, 2)
+    scenarios: Annotated[
+        tuple[str, ...], typer.Option(help="Throughput scenarios to run, comma-separated (default: all of them).")
+    ] = ()
     # The unrecorded round before the recorded ones (pipeline/bench/rounds.py); off only where the
     # figures are not compared (a test that the bench gives every figure).
     warm_up_round: bool = True
@@ -114,6 +119,16 @@ def groups(only: str) -> set[str]:
     return chosen
 
 
+def check_scenarios(options: Options) -> None:
+    """The throughput scenarios `--scenarios` names exist; an unknown one is a usage error."""
+    known = [name for name, _ in throughput_scenarios(options.workers)]
+    if unknown := [name for name in options.scenarios if name not in known]:
+        raise typer.BadParameter(
+            f"unknown throughput scenario(s): {', '.join(unknown)} (one of {', '.join(known)})",
+            param_hint="--scenarios",
+        )
+
+
 def command(run: Callable[..., None]) -> Callable[..., None]:
     """`run(options, **own)` as a typer command: every option of `Options`, then `run`'s own parameters;
     `run` gets the former as one `Options`."""
@@ -151,4 +166,4 @@ def _parsed(hint: Any, value: Any) -> Any:
     if typing.get_origin(kind) is not tuple:
         return value
     item = typing.get_args(kind)[0]
-    return tuple(item(part) for part in value.split(",") if part.strip())
+    return tuple(item(part.strip()) for part in value.split(",") if part.strip())

@@ -10,6 +10,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,11 @@ def run(context: Context) -> dict[str, list[dict[str, Any]]]:
     """Every scenario once per round; each scenario's recorded runs."""
     backlog = Backlog.make(context.options)
     rounds.quiet_collector()
-    with routed_model.bench_model(context.settings) as model:
-        levels = {
-            scenario: _level(context, backlog, scenario, processes, model)
-            for scenario, processes in throughput_scenarios(context.options.workers)
-        }
+    chosen = [(s, n) for s, n in throughput_scenarios(context.options.workers) if s in context.options.scenarios]
+    scenarios = chosen if context.options.scenarios else throughput_scenarios(context.options.workers)
+    routed = any(routing_of(scenario) is not None for scenario, _ in scenarios)
+    with routed_model.bench_model(context.settings) if routed else nullcontext("") as model:
+        levels = {scenario: _level(context, backlog, scenario, processes, model) for scenario, processes in scenarios}
         recorded = rounds.interleaved(context.options.repetitions, levels, context.options.warm_up_round)
     return {scenario: runs for scenario, runs in recorded.items() if runs}
 

@@ -57,3 +57,11 @@ def test_the_groups_only_names_and_an_unknown_one_refused():
     assert bench_options.groups(" http,state ,") == {"http", "state"}
     with pytest.raises(typer.BadParameter, match=r"unknown scenario group\(s\): nonsense"):
         bench_options.groups("http,nonsense")
+
+
+def test_the_scenarios_named_must_be_throughput_scenarios():
+    bench_options.check_scenarios(Options(scenarios=("pipeline-1w", "pipeline-1w-shadow100")))
+    with pytest.raises(typer.BadParameter, match=r"unknown throughput scenario\(s\): pipeline-9w \(one of "):
+        bench_options.check_scenarios(Options(scenarios=("pipeline-1w", "pipeline-9w")))
+    options, _, _ = _run("--scenarios", "pipeline-1w, pipeline-1w-canary10")
+    assert options.scenarios == ("pipeline-1w", "pipeline-1w-canary10")

@@ -21,6 +21,8 @@ RUNS = {
     "pipeline-1w": [_run(12_000, {"pipeline-1w-0": 6.0, "kafka": 3.0, "tritonserver": 1.0}, steady=18_000)],
     "pipeline-2w": [_run(v) for v in (11_000, 18_000, 13_000)],
     "model-mix-1w": [_run(10_800)],
+    "pipeline-1w-canary10": [_run(11_400)],
+    "pipeline-1w-shadow100": [_run(v) for v in (9_000, 7_200, 8_400)],
     "monolith-1p": [_run(20_000, {"monolith-1p-0": 5.0, "kafka": 3.0}, steady=30_000)],
     "monolith-2p": [_run(26_000)],
     "monolith-at-least-once": [_run(30_000)],
@@ -42,6 +44,8 @@ def test_every_ratio_pairs_the_same_number_of_processes_or_the_same_cpu():
         "pipeline-1w/passthrough-librdkafka": 0.3,
         "pipeline-1w/monolith-at-least-once": 0.4,
         "model-mix-1w/pipeline-1w": 0.9,  # both models, half each, against the fraud scorer alone
+        "pipeline-1w-canary10/pipeline-1w": 0.95,
+        "pipeline-1w-shadow100/pipeline-1w": 0.7,  # the median 8,400 against 12,000
     }
     assert summary["cpu_s_per_million_median"]["pipeline-1w"] == 100.0  # 10 CPU s over 100,000 events
     assert summary["events_per_cpu_s_median"]["monolith-1p"] == 12_500
@@ -99,6 +103,8 @@ def test_the_limit_and_the_monolith_run_at_each_process_count_beside_the_pipelin
         ("passthrough-librdkafka", 1),
         ("pipeline-1w", 1),
         ("pipeline-2w", 2),
+        ("pipeline-1w-canary10", 1),
+        ("pipeline-1w-shadow100", 1),
         ("model-mix-1w", 1),
         ("monolith-1p", 1),
         ("monolith-2p", 2),
@@ -126,3 +132,20 @@ def test_the_state_rss_target_is_judged_only_for_a_store_of_ten_million_entries(
     assert target(10_000_000, 390.0) == {"target": 400.0, "measured": 390.0, "met": True}
     assert target(10_000_000, 410.0)["met"] is False
     assert target(20_000, 90.0) is None
+
+
+def test_a_canary_and_a_shadow_are_set_against_the_same_bridge_without_a_candidate():
+    plain = {"offered": 500.0, "p50": 8.0, "p99": 40.0, "errors": 0, "cpu_ms_per_request": 2.0}
+    shadowed = {"offered": 500.0, "p50": 10.0, "p99": 50.0, "errors": 0, "cpu_ms_per_request": 3.0}
+    http = {
+        "closed_loop": {"achieved_per_s": 800.0},
+        "open_loop": [plain],
+        "routed": {"shadow100": {"closed_loop": {"achieved_per_s": 600.0}, "open_loop": shadowed}},
+    }
+
+    assert summarise({}, http)["http"] == {
+        "shadow100/none closed-loop ok/s": 0.75,
+        "shadow100/none p50@500": 1.25,
+        "shadow100/none p99@500": 1.25,
+        "shadow100/none CPU per request@500": 1.5,
+    }
