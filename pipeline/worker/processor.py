@@ -353,29 +353,12 @@ class BatchProcessor:
         self, item: _Pending, spec: ModelSpec, version: str, arm: str, score: float, scored_at: str, outcome: Outcome
     ) -> None:
         latency = time.monotonic() - item.inbound.received
-        record = result_record(
-            arm=arm,
-            event_id=item.request.event_id,
-            model=spec.name,
-            model_version=version,
-            score=score,
-            threshold=spec.threshold,
-            labels=spec.labels,
-            latency_ms=latency * 1000,
-            scored_at=scored_at,
-            entity=item.request.entity,
-            features={name: item.request.features[name] for name in spec.result_features}
-            if spec.result_features
-            else {},
-        )
-        value = orjson.dumps(record)
-        key = item.request.event_id.encode()
+        key, value = item.request.event_id.encode(), _record(item, spec, version, arm, score, scored_at, latency)
         # To the results partition numbered like the request's: the dedup state's changelog (see `changelog`).
         partition = item.inbound.source.partition
-        replay = item.inbound.headers.get(REPLAY_ID)
-        headers = ((REPLAY_ID, replay),) if replay else ()
+        headers = _replay_headers(item.inbound)
         outcome.messages.append(Outbound(partition, self._topics.results, key, value, partition, headers))
-        if self._copies and replay and (copy := item.inbound.headers.get(RESULTS_TOPIC)):
+        if self._copies and headers and (copy := item.inbound.headers.get(RESULTS_TOPIC)):
             outcome.messages.append(Outbound(partition, copy.decode(errors="replace"), key, value, None, headers))
         outcome.remembered.append(DedupEntry(item.key, partition, value))
         self._reply(item.inbound, key, value, "result", outcome)
@@ -389,24 +372,12 @@ class BatchProcessor:
     ) -> None:
         """The candidate's result on an event it shadows: to the shadow topic, in the same transaction
         as the live result, never anywhere an HTTP caller or a results consumer reads."""
-        record = result_record(
-            event_id=item.request.event_id,
-            model=spec.name,
-            model_version=version,
-            score=score,
-            threshold=spec.threshold,
-            labels=spec.labels,
-            latency_ms=(time.monotonic() - item.inbound.received) * 1000,
-            scored_at=scored_at,
-            entity=item.request.entity,
-            arm=Arm.SHADOW,
-        )
-        partition = item.inbound.source.partition
-        replay = item.inbound.headers.get(REPLAY_ID)
-        headers = ((REPLAY_ID, replay),) if replay else ()
+        latency = time.monotonic() - item.inbound.received
+        value = _record(item, spec, version, Arm.SHADOW, score, scored_at, latency)
         key = item.request.event_id.encode()
-        value = orjson.dumps(record)
-        outcome.messages.append(Outbound(partition, self._topics.shadow_results, key, value, None, headers))
+        partition = item.inbound.source.partition
+        topic = self._topics.shadow_results
+        outcome.messages.append(Outbound(partition, topic, key, value, None, _replay_headers(item.inbound)))
         outcome.events["shadowed"] += 1
 
     def _duplicate(self, inbound: Inbound, stored: bytes, outcome: Outcome) -> None:
@@ -421,8 +392,7 @@ class BatchProcessor:
             dead_letter_record(error, inbound.value, inbound.source, attempts=attempts, key=inbound.key)
         )
         key = error.event_id.encode() if error.event_id else None
-        replay = inbound.headers.get(REPLAY_ID)
-        headers = ((REPLAY_ID, replay),) if replay else ()
+        headers = _replay_headers(inbound)
         outcome.messages.append(Outbound(inbound.source.partition, self._topics.dlq, key, value, None, headers))
         self._reply(inbound, key, value, "dead_letter", outcome)
         outcome.events["dead_letter"] += 1
@@ -449,3 +419,30 @@ class BatchProcessor:
     def _on_retry(self, error: PipelineError, attempt: int, delay: float) -> None:
         metrics.RETRIES.labels(error.stage).inc()
         log.warning("transient_failure", error=error.message, attempt=attempt, retry_in_s=delay)
+
+
+def _record(
+    item: _Pending, spec: ModelSpec, version: str, arm: str, score: float, scored_at: str, latency_s: float
+) -> bytes:
+    """An event's result as the contract has it (a live and a shadow result alike)."""
+    request = item.request
+    record = result_record(
+        arm=arm,
+        event_id=request.event_id,
+        model=spec.name,
+        model_version=version,
+        score=score,
+        threshold=spec.threshold,
+        labels=spec.labels,
+        latency_ms=latency_s * 1000,
+        scored_at=scored_at,
+        entity=request.entity,
+        features={name: request.features[name] for name in spec.result_features} if spec.result_features else {},
+    )
+    return orjson.dumps(record)
+
+
+def _replay_headers(inbound: Inbound) -> tuple[tuple[str, bytes], ...]:
+    """What a record written for a request carries of its headers: a replay's id."""
+    replay = inbound.headers.get(REPLAY_ID)
+    return ((REPLAY_ID, replay),) if replay else ()
