@@ -6,6 +6,7 @@ runs the same under Faust, a test, or a bench.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -323,20 +324,31 @@ class BatchProcessor:
             by_version[(route.version, route.arm)].append((item, row))
             if route.shadow is not None:
                 shadowed[route.shadow].append((item, row))
-        for (routed, arm), found in by_version.items():
-            scores, version = await self._infer(spec, found, routed)
+        # Every version's call at once: a canary or a shadow adds a call, not its round trip in series.
+        live = [self._infer(spec, found, routed) for (routed, _), found in by_version.items()]
+        shadows = [self._shadow(spec, found, routed) for routed, found in shadowed.items()]
+        answers = await asyncio.gather(*live, *shadows)
+        for ((_, arm), found), (scores, version) in zip(by_version.items(), answers[: len(live)], strict=True):
             scored.results += [
                 (item, float(score), version, arm) for (item, _), score in zip(found, scores, strict=True)
             ]
-        for routed, found in shadowed.items():
-            try:
-                scores, version = await self._infer(spec, found, routed)
-            except PipelineError as e:  # a shadow never holds up the live results: its events go unshadowed
-                metrics.SHADOW_FAILURES.labels(spec.name).inc(len(found))
-                log.warning("shadow_failed", model=spec.name, version=routed, events=len(found), error=e.message)
-                continue
-            scored.shadow += [(item, float(score), version) for (item, _), score in zip(found, scores, strict=True)]
+        for found, shadow in zip(shadowed.values(), answers[len(live) :], strict=True):
+            if shadow is not None:
+                scores, version = shadow
+                scored.shadow += [(item, float(s), version) for (item, _), s in zip(found, scores, strict=True)]
         return scored
+
+    async def _shadow(
+        self, spec: ModelSpec, found: list[tuple[_Pending, np.ndarray]], version: str
+    ) -> tuple[np.ndarray, str] | None:
+        """A shadow call; None when it fails: a shadow never holds up the live results, its events go
+        unshadowed."""
+        try:
+            return await self._infer(spec, found, version)
+        except PipelineError as e:
+            metrics.SHADOW_FAILURES.labels(spec.name).inc(len(found))
+            log.warning("shadow_failed", model=spec.name, version=version, events=len(found), error=e.message)
+            return None
 
     def _routing(self, model: str) -> Routing:
         routings = self._routings() if self._routings is not None else {}
