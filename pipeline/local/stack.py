@@ -6,6 +6,7 @@ Everything started here is recorded in a run folder (pid files, logs) so `down` 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from urllib.request import urlopen
 import structlog
 
 from pipeline.errors import ConfigurationError
-from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings, WorkerSettings
+from pipeline.settings import PROJECT_ROOT, FeastSettings, KafkaSettings, Settings, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -267,11 +268,20 @@ class LocalStack:
 
     # -- whole stack -----------------------------------------------------------------------------
     def prepare(self, settings: Settings) -> None:
-        """Model exported and features loaded (each only when absent)."""
+        """Model exported and features loaded (each only when absent), by one process at a time: two
+        stacks side by side (test sessions) share the checkout's models and features."""
+        repository, feast = settings.triton.model_repository, settings.feast
+        lock_file = PROJECT_ROOT / ".run" / "prepare.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with lock_file.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            self._prepare(repository, feast)
+
+    @staticmethod
+    def _prepare(repository: Path, feast: FeastSettings) -> None:
         from pipeline.features import demo_data
         from pipeline.models import train
 
-        repository, feast = settings.triton.model_repository, settings.feast
         for name in train.MODELS:
             if not train.is_trained(repository, name):
                 import torch
