@@ -78,7 +78,8 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
         )
     except (OSError, ssl.SSLError) as e:
         # The reason names the file and what is wrong with it, never the key's password.
-        raise ConfigurationError(f"kafka TLS files: {e.strerror or e.reason or type(e).__name__}") from None
+        reason = getattr(e, "reason", None) or e.strerror or type(e).__name__
+        raise ConfigurationError(f"kafka TLS files: {reason}") from None
 
 
 def _sasl(kafka: KafkaSettings) -> bool:
