@@ -22,6 +22,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 import structlog
+from pydantic import SecretStr
 
 from pipeline.errors import ConfigurationError
 from pipeline.settings import PROJECT_ROOT, FeastSettings, KafkaSettings, Settings, WorkerSettings
@@ -400,12 +401,17 @@ def free_port() -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """`PIPELINE_*` variables that make a child process read back exactly `settings`."""
+    """`PIPELINE_*` variables that make a child process read back exactly `settings`: a secret as
+    itself (JSON shows it masked), a field left unset (None) not at all (its default is None)."""
     env: dict[str, str] = {}
     for name, value in settings.model_dump(mode="json").items():
         if isinstance(value, dict):
+            block = getattr(settings, name)
             for field, inner in value.items():
-                env[f"PIPELINE_{name.upper()}__{field.upper()}"] = _env_value(inner)
+                if isinstance(secret := getattr(block, field), SecretStr):
+                    inner = secret.get_secret_value()
+                if inner is not None:
+                    env[f"PIPELINE_{name.upper()}__{field.upper()}"] = _env_value(inner)
         else:
             env[f"PIPELINE_{name.upper()}"] = _env_value(value)
     return env
