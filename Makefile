@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 MODEL_ENV := .venv-triton
 PIP_FLAGS ?= -q
+# Test sessions side by side (pytest-xdist), each with Kafka and Triton of its own, a test file each at a time.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench up down lint clean redis-server
 
@@ -42,7 +44,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Every benchmark scenario in one run: table, bench-results/bench.json and bench.png (docs/performance.md).
 bench: setup

@@ -10,8 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigurationError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,10 +23,33 @@ class _Block(BaseModel):
 
 
 class KafkaSettings(_Block):
+    """How every Kafka client of the pipeline connects (pipeline/kafka/, docs/security.md)."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
     client_id: str = "pipeline"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    username: str = ""
+    # The password, or a file holding it (a mounted secret; read at start, its last newline dropped).
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    # TLS: the CA that signed the brokers' certificates (empty: the system's), and for mutual TLS the
+    # client's certificate and key (PEM) and the key's password.
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_key_password: SecretStr | None = None
     # Extra librdkafka options, merged over the safe defaults of every librdkafka client.
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    def secret(self) -> str | None:
+        """The SASL password: from its file when one is named, else the setting."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().removesuffix("\n")
+            except OSError as e:
+                raise ConfigurationError(f"kafka.password_file {self.password_file}: {e.strerror}") from None
+        return self.password.get_secret_value() if self.password is not None else None
 
 
 class TopicSettings(_Block):

@@ -11,8 +11,8 @@ import yaml
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic, OffsetSpec
 
-from pipeline.contract import REQUESTS_PARTITIONER
 from pipeline.errors import ConfigurationError
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 
@@ -43,13 +43,13 @@ def load_specs(settings: Settings, path: Path | None = None) -> list[TopicSpec]:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra})
+    return clients.admin(settings)
 
 
 def requests_producer(settings: Settings, options: dict[str, Any] | None = None) -> Producer:
     """A librdkafka producer for the requests topic, placing keys as every producer of it must
     (contract.REQUESTS_PARTITIONER); `options` are further client settings."""
-    return Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **(options or {}), **REQUESTS_PARTITIONER})
+    return clients.requests_producer(settings, options)
 
 
 def apply(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0) -> ApplyReport:

@@ -2,7 +2,8 @@
 started by the project's own scripts on test ports, plus the model and Feast data they need. The
 session owns those ports: it fails, naming the port, when another process already holds one, and a
 service it stops is stopped (its ports closed). `PIPELINE_TEST_PORT_OFFSET` moves every test port,
-so that two sessions can run side by side.
+so that two sessions can run side by side; under pytest-xdist (`make test` runs two) each worker is a
+session of its own, with its own services, 200 ports further on.
 
 Integration tests get factories: fresh settings with unique topic names and a unique worker app id
 (`pipeline_settings`), and real worker / gateway processes (`start_worker`, `start_gateway`).
@@ -26,7 +27,8 @@ from pipeline import topics
 from pipeline.local.stack import LocalStack, Ports, free_port
 from pipeline.settings import Settings
 
-PORT_OFFSET = int(os.environ.get("PIPELINE_TEST_PORT_OFFSET", "0"))
+XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+PORT_OFFSET = int(os.environ.get("PIPELINE_TEST_PORT_OFFSET", "0")) + 200 * XDIST_WORKER
 TEST_PORTS = Ports(
     kafka=19092 + PORT_OFFSET,  # and its controller on the next port
     triton_http=18000 + PORT_OFFSET,  # and Triton's metrics on 18002

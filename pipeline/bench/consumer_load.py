@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from pipeline.contract import result_record
+from pipeline.kafka import clients
 from pipeline.local import probe
 from pipeline.settings import Settings
 
@@ -61,12 +62,12 @@ class ResultsPublisher:
 
     def __init__(self, settings: Settings, partitions: int) -> None:
         self._topic, self._partitions = settings.topics.results, partitions
-        self._producer = Producer(
+        self._producer = clients.producer(
+            settings,
             {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
                 "transactional.id": f"bench-results-{uuid.uuid4().hex}",
                 "linger.ms": 5,
-            }
+            },
         )
         self._producer.init_transactions(30)
 
@@ -91,7 +92,7 @@ class AlertReader:
 
     def __post_init__(self) -> None:
         start = probe.end_offsets(self.settings, [self.settings.topics.alerts])
-        self._consumer = Consumer(probe.consumer_config(self.settings) | {"fetch.wait.max.ms": 10})
+        self._consumer = probe.new_consumer(self.settings, {"fetch.wait.max.ms": 10})
         self._consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in start.items()])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-reader", daemon=True)

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from pipeline import topics
 from pipeline.local import probe, traffic
@@ -52,7 +52,7 @@ class OutputCounter:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         start = probe.end_offsets(settings, [topic])
-        self._consumer = Consumer(probe.consumer_config(settings))
+        self._consumer = probe.new_consumer(settings)
         self._consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in start.items()])
         self._lock = threading.Lock()
         self._count = 0

@@ -24,15 +24,16 @@ import numpy as np
 import orjson
 import pandas as pd
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Message, Producer
 
 from pipeline.contract import InferenceRequest, parse_request, result_record
 from pipeline.errors import PipelineError, UnknownModel
 from pipeline.features.demo_data import PARQUET
 from pipeline.inference import scoring
 from pipeline.inference.scoring import EntityId
+from pipeline.kafka import clients
 from pipeline.models.spec import ModelSpec, load_spec_file
 from pipeline.settings import Settings
 
@@ -110,17 +111,16 @@ def _run_librdkafka(settings: Settings, kind: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     handler = _sync_handler(settings, kind)
-    bootstrap = settings.kafka.bootstrap_servers
-    consumer = Consumer(
+    consumer = clients.consumer(
+        settings,
         {
-            "bootstrap.servers": bootstrap,
             "group.id": settings.worker.app_id,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-        }
+        },
     )
     consumer.subscribe([settings.topics.requests])
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    producer = clients.producer(settings, {"acks": "all", "linger.ms": 5})
     log.info("peer_ready", kind=kind)
     try:
         while not stop.is_set():
@@ -174,14 +174,14 @@ async def _main(settings: Settings, kind: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     handler, close = await _handler(settings, kind)
-    consumer = AIOKafkaConsumer(
+    consumer = clients.aio_consumer(
+        settings,
         settings.topics.requests,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
         group_id=settings.worker.app_id,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=5)
+    producer = clients.aio_producer(settings, acks="all", linger_ms=5)
     await consumer.start()
     await producer.start()
     log.info("peer_ready", kind=kind)

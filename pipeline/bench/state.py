@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-from confluent_kafka import Producer
 
 from pipeline.bench.memory import status_mib
 from pipeline.bench.stats import median, per_event_us, ratio
 from pipeline.contract import result_record, utc_timestamp
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 from pipeline.worker import changelog, startup
 from pipeline.worker.dedup import DedupState
@@ -343,7 +343,7 @@ def run_role(role: str, directory: Path, options: dict[str, int], settings: Sett
 def publish_results(settings: Settings, entries: int, partition: int = 0) -> None:
     """`entries` results, keyed by event_id, onto one partition of the results topic (no transaction)."""
     # Uncompressed, as the worker's; aiokafka, which restore() reads with, has no lz4 codec here.
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "linger.ms": 20})
+    producer = clients.producer(settings, {"linger.ms": 20})
     results = Results()
     for index in range(entries):
         key = event_id(index)

@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 
 from pipeline import topics
 from pipeline.errors import ConfigurationError
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -127,11 +128,11 @@ def make_app(settings: Settings, group_id: str, from_beginning: bool, partitions
     """`group_id` is Faust's app id: the Kafka group and the prefix of its tables' changelog topics.
     `from_beginning`: a group with no committed offsets starts at the topics' start, else at their end."""
     consumers = settings.consumers
-    brokers = [f"kafka://{server.strip()}" for server in settings.kafka.bootstrap_servers.split(",")]
     consumers.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
-    return ConsumerApp(
+    return clients.faust_app(
+        settings,
         group_id,
-        broker=brokers,
+        ConsumerApp,
         env={},  # Faust's own environment variables would override these
         store="memory://",
         datadir=str(consumers.data_dir / f"{group_id}-data"),

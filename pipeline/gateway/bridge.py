@@ -15,6 +15,7 @@ from pipeline import metrics
 from pipeline.contract import ANSWER_TO, CORRELATION_ID, DEADLINE, REPLY_TO, PredictBody, request_key
 from pipeline.gateway.answer_server import AnswerServer
 from pipeline.gateway.replies import Reply, ReplyRouter
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 
@@ -117,8 +118,8 @@ class Bridge:
 def request_producer(settings: Settings) -> AIOKafkaProducer:
     """The bridge's producer of requests. aiokafka's default partitioner is Java's (murmur2), the
     one every producer of the requests topic uses (contract.REQUESTS_PARTITIONER)."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+    return clients.aio_producer(
+        settings,
         client_id=f"{settings.kafka.client_id}-gateway",
         acks="all",
         enable_idempotence=True,

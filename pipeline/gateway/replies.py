@@ -13,12 +13,13 @@ import contextlib
 from dataclasses import dataclass
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from pipeline import metrics
 from pipeline.contract import CORRELATION_ID, REPLY_KIND
 from pipeline.gateway.reply_assignor import ReplyPartitionAssignor
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -47,8 +48,8 @@ class ReplyRouter:
     async def start(self) -> None:
         gateway = self._settings.gateway
         topic = self._settings.topics.replies
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.kafka.bootstrap_servers,
+        self._consumer = clients.aio_consumer(
+            self._settings,
             client_id=f"{self._settings.kafka.client_id}-gateway-replies",
             group_id=gateway.reply_group or f"{topic}.gateways",
             enable_auto_commit=False,

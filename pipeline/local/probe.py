@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline import topics
 from pipeline.errors import ConfigurationError, PipelineError
+from pipeline.kafka import clients
 from pipeline.local import traffic
 from pipeline.local.traffic import Message
 from pipeline.settings import Settings
@@ -75,7 +76,7 @@ def is_sentinel(record: Any) -> bool:
 
 def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
     """Current end of every partition: read from here to see only what comes next."""
-    consumer = Consumer(consumer_config(settings))
+    consumer = new_consumer(settings)
     try:
         offsets = {}
         for topic in topics:
@@ -319,7 +320,7 @@ def until_committed(settings: Settings, group: str, ends: dict[TopicPartition, i
     """Until `group` has committed, on every partition of `ends`, at least its offset there: a
     consumer acknowledges what a record caused (state, alerts) before it commits past the record.
     Raises `NotCollected` with the partitions still behind past `timeout_s`."""
-    reader = Consumer(consumer_config(settings) | {"group.id": group})
+    reader = clients.reader(settings, group)
     deadline = time.monotonic() + timeout_s
     try:
         while behind := {
@@ -385,8 +386,8 @@ class _Reader:
     marker takes an offset that no record has). Sentinels' outcomes are noted, not passed on."""
 
     def __init__(self, settings: Settings, start: dict[TopicPartition, int]) -> None:
-        self._config = consumer_config(settings) | {"enable.partition.eof": True}
-        self._consumer = Consumer(self._config)
+        self._settings, self._options = settings, {"enable.partition.eof": True}
+        self._consumer = new_consumer(settings, self._options)
         self._consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in start.items()])
         self.reached = {(tp.topic, tp.partition): max(0, offset) for tp, offset in start.items()}
         self.sentinels_read: set[str] = set()
@@ -417,7 +418,7 @@ class _Reader:
     def ends(self) -> dict[tuple[str, int], int]:
         """Where each partition ends now, records of transactions not yet decided there included (its
         high watermark): a read_committed reader gets there once they are."""
-        uncommitted = Consumer(self._config | {"isolation.level": "read_uncommitted"})
+        uncommitted = new_consumer(self._settings, self._options | {"isolation.level": "read_uncommitted"})
         try:
             return {at: _high_watermark(uncommitted, TopicPartition(*at)) for at in self.reached}
         finally:
@@ -436,7 +437,7 @@ def read_json(
 ) -> list[dict[str, Any]]:
     """The JSON values committed on the topics of `start` from those offsets, once `done` holds (then
     `settle_s` more) or at the timeout."""
-    consumer = Consumer(consumer_config(settings))
+    consumer = new_consumer(settings)
     consumer.assign([TopicPartition(tp.topic, tp.partition, offset) for tp, offset in start.items()])
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
@@ -462,10 +463,14 @@ def _record(settings: Settings, collected: Collected, message: Any, value: Any) 
     collected.result_times_ms.setdefault(event_id, message.timestamp()[1])
 
 
+_GROUP = "pipeline-probe"  # never commits; assign() takes explicit offsets
+
+
+def new_consumer(settings: Settings, options: clients.Options | None = None) -> Consumer:
+    """A read_committed consumer that is only ever assigned partitions; `options` are further properties."""
+    return clients.reader(settings, _GROUP, options)
+
+
 def consumer_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
-        "group.id": "pipeline-probe",  # never commits; assign() takes explicit offsets
-        "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-    }
+    """The properties of `new_consumer(settings)`, for a consumer of a test's own making."""
+    return clients.config(settings, clients.reading(_GROUP))

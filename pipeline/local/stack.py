@@ -6,6 +6,7 @@ Everything started here is recorded in a run folder (pid files, logs) so `down` 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -21,9 +22,10 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 import structlog
+from pydantic import SecretStr
 
 from pipeline.errors import ConfigurationError
-from pipeline.settings import PROJECT_ROOT, KafkaSettings, Settings, WorkerSettings
+from pipeline.settings import PROJECT_ROOT, FeastSettings, KafkaSettings, Settings, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -267,11 +269,20 @@ class LocalStack:
 
     # -- whole stack -----------------------------------------------------------------------------
     def prepare(self, settings: Settings) -> None:
-        """Model exported and features loaded (each only when absent)."""
+        """Model exported and features loaded (each only when absent), by one process at a time: two
+        stacks side by side (test sessions) share the checkout's models and features."""
+        repository, feast = settings.triton.model_repository, settings.feast
+        lock_file = PROJECT_ROOT / ".run" / "prepare.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with lock_file.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            self._prepare(repository, feast)
+
+    @staticmethod
+    def _prepare(repository: Path, feast: FeastSettings) -> None:
         from pipeline.features import demo_data
         from pipeline.models import train
 
-        repository, feast = settings.triton.model_repository, settings.feast
         for name in train.MODELS:
             if not train.is_trained(repository, name):
                 import torch
@@ -390,12 +401,17 @@ def free_port() -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """`PIPELINE_*` variables that make a child process read back exactly `settings`."""
+    """`PIPELINE_*` variables that make a child process read back exactly `settings`: a secret as
+    itself (JSON shows it masked), a field left unset (None) not at all (its default is None)."""
     env: dict[str, str] = {}
     for name, value in settings.model_dump(mode="json").items():
         if isinstance(value, dict):
+            block = getattr(settings, name)
             for field, inner in value.items():
-                env[f"PIPELINE_{name.upper()}__{field.upper()}"] = _env_value(inner)
+                if isinstance(secret := getattr(block, field), SecretStr):
+                    inner = secret.get_secret_value()
+                if inner is not None:
+                    env[f"PIPELINE_{name.upper()}__{field.upper()}"] = _env_value(inner)
         else:
             env[f"PIPELINE_{name.upper()}"] = _env_value(value)
     return env

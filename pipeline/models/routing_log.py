@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from pipeline.errors import ConfigurationError
+from pipeline.kafka import clients
 from pipeline.models.routing import Change, Routing, RoutingRefused, decode, encode
-from pipeline.replay.clients import client_config, reader_config
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -72,7 +72,7 @@ def _topic_end(consumer: Consumer, topic: str, timeout_s: float) -> int:
 def read(settings: Settings, timeout_s: float = 30.0) -> History:
     """Every change on the routing topic, to its end."""
     topic = settings.topics.model_routing
-    consumer = Consumer(reader_config(settings, "pipeline-models"))
+    consumer = clients.reader(settings, "pipeline-models", clients.QUIET)
     history = History()
     try:
         end = _topic_end(consumer, topic, timeout_s)
@@ -97,7 +97,7 @@ def read(settings: Settings, timeout_s: float = 30.0) -> History:
 
 def append(settings: Settings, change: Change, timeout_s: float = 30.0) -> None:
     """Write one change (acknowledged by every in-sync replica before this returns)."""
-    producer = Producer(client_config(settings, **{"enable.idempotence": True, "acks": "all"}))
+    producer = clients.producer(settings, {"enable.idempotence": True, "acks": "all", **clients.QUIET})
     failures: list[str] = []
 
     def delivered(error: object, _message: object) -> None:
@@ -118,7 +118,7 @@ class RoutingFollower:
 
     def __init__(self, settings: Settings) -> None:
         self._topic = settings.topics.model_routing
-        self._consumer = Consumer(reader_config(settings, f"{settings.worker.app_id}-routing"))
+        self._consumer = clients.reader(settings, f"{settings.worker.app_id}-routing", clients.QUIET)
         self._history = History()
         self._snapshot: Mapping[str, Routing] = {}
         self._caught_up = threading.Event()

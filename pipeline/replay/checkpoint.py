@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from pipeline.contract import utc_timestamp
 from pipeline.errors import ConfigurationError
-from pipeline.replay.clients import reader_config
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 
@@ -83,7 +83,7 @@ class Checkpoint:
 def latest(settings: Settings, replay_id: str, timeout_s: float = 60.0) -> Checkpoint | None:
     """The replay's last committed checkpoint, or None when it never committed one."""
     topic = settings.topics.replay_checkpoints
-    consumer = Consumer(reader_config(settings, "pipeline-replay-checkpoints"))
+    consumer = clients.reader(settings, "pipeline-replay-checkpoints", clients.QUIET)
     try:
         try:
             metadata = consumer.list_topics(topic, timeout=10)

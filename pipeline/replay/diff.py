@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from pipeline.contract import REPLAY_ID
 from pipeline.errors import ConfigurationError
-from pipeline.replay.clients import reader_config
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 
@@ -78,7 +78,7 @@ def read_all(
     settings: Settings, topic: str, keys: Callable[[str], bool] | None = None, timeout_s: float = 600.0
 ) -> Iterator[Message]:
     """Every committed record of `topic` up to its current end (those whose key `keys` accepts)."""
-    consumer = Consumer(reader_config(settings, "pipeline-replay-diff"))
+    consumer = clients.reader(settings, "pipeline-replay-diff", clients.QUIET)
     try:
         try:
             found = consumer.list_topics(topic, timeout=10).topics.get(topic)

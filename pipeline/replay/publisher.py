@@ -29,11 +29,11 @@ import structlog
 from confluent_kafka import KafkaException, Producer
 
 from pipeline import heap
-from pipeline.contract import MODEL_VERSION, REPLAY_ID, REQUESTS_PARTITIONER, RESULTS_TOPIC, entity_key, payload_text
+from pipeline.contract import MODEL_VERSION, REPLAY_ID, RESULTS_TOPIC, entity_key, payload_text
 from pipeline.errors import ConfigurationError
+from pipeline.kafka import clients
 from pipeline.replay import pacing
 from pipeline.replay.checkpoint import Checkpoint
-from pipeline.replay.clients import client_config
 from pipeline.replay.progress import Progress
 from pipeline.replay.selection import Filter, judge, plain_entity
 from pipeline.replay.sources import CHUNK, Chunk, Source
@@ -310,22 +310,20 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 
 
 def _producer(settings: Settings, replay_id: str) -> Producer:
-    producer = Producer(
-        client_config(
-            settings,
-            **{
-                "client.id": f"{settings.kafka.client_id}-replay",
-                # The replay's own: a new run of it fences an old one and aborts what that left open.
-                "transactional.id": f"{settings.kafka.client_id}-replay-{replay_id}",
-                # Large batches: the broker's cost is mostly per request (docs/performance.md#replay-publishing).
-                "linger.ms": 100,
-                "batch.size": 4_000_000,
-                "batch.num.messages": 100_000,
-                "compression.type": "lz4",
-                "queue.buffering.max.messages": 200_000,
-                **REQUESTS_PARTITIONER,
-            },
-        )
+    producer = clients.requests_producer(
+        settings,
+        {
+            "client.id": f"{settings.kafka.client_id}-replay",
+            # The replay's own: a new run of it fences an old one and aborts what that left open.
+            "transactional.id": f"{settings.kafka.client_id}-replay-{replay_id}",
+            # Large batches: the broker's cost is mostly per request (docs/performance.md#replay-publishing).
+            "linger.ms": 100,
+            "batch.size": 4_000_000,
+            "batch.num.messages": 100_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 200_000,
+            **clients.QUIET,
+        },
     )
     try:
         producer.init_transactions(30)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from pipeline import topics
 from pipeline.contract import payload_bytes
 from pipeline.errors import ConfigurationError
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 
 
@@ -56,14 +57,7 @@ def select(letters: Iterable[DeadLetter], selection: Selection) -> Iterator[tupl
 
 def read_dead_letters(settings: Settings, timeout_s: float = 120.0) -> list[DeadLetter]:
     """Every committed dead letter, from the beginning of the topic to its current end."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": "pipeline-redrive",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
+    consumer = clients.reader(settings, "pipeline-redrive")
     try:
         topic = settings.topics.dlq
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -24,6 +24,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.errors import PipelineError
+from pipeline.kafka import clients
 
 
 class LagUnreadable(PipelineError):
@@ -58,6 +59,7 @@ class OffsetReader:
     it reads for a partition is the last stable offset."""
 
     def __init__(self, consumer_config: dict[str, Any], group: str, topic: str) -> None:
+        """`consumer_config`: the connection, as `kafka.clients.config` makes it."""
         self.group, self.topic = group, topic
         self._config = {
             **consumer_config,
@@ -78,7 +80,7 @@ class OffsetReader:
 
     def _read(self, tps: list[TopicPartition], timeout_s: float) -> dict[int, Offsets]:
         if self._consumer is None:
-            self._consumer = Consumer(self._config)
+            self._consumer = clients.consumer_of(self._config)
         deadline = time.monotonic() + timeout_s
         try:
             committed = self._consumer.committed(tps, timeout=timeout_s)
@@ -164,7 +166,7 @@ class BacklogReader:
     def __init__(self, consumer_config: dict[str, Any], group: str, topic: str) -> None:
         self.group, self.topic = group, topic
         self.offsets = OffsetReader(consumer_config, group, topic)
-        self._probe = Consumer(
+        self._probe = clients.consumer_of(
             {
                 **consumer_config,
                 "group.id": f"{group}.lag-probe",  # never subscribes or commits: needed by librdkafka only

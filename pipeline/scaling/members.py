@@ -105,9 +105,10 @@ def assignment_of(members: list[tuple[str, str, list[tuple[str, int]]]], topic: 
 def _serve(conn: Connection, config: dict[str, Any], group: str, topic: str) -> None:
     """In the child: one description per request, until the parent closes its end."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(config)
+    from pipeline.kafka.clients import admin_of
+
+    admin = admin_of(config)
     while True:
         try:
             timeout_s = conn.recv()

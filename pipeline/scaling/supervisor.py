@@ -19,6 +19,7 @@ import structlog
 
 from pipeline import metrics, topics
 from pipeline.errors import PipelineError
+from pipeline.kafka import clients
 from pipeline.scaling.lag import Backlog, BacklogReader, LagUnreadable
 from pipeline.scaling.members import GroupMembers
 from pipeline.scaling.policy import Decision, Limits, Observation, State, decide
@@ -68,7 +69,7 @@ class Autoscaler:
             restore_s=scaling.restore_s,
             start_s=scaling.start_s,
         )
-        connection = {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
+        connection = clients.config(settings)
         self._reader = BacklogReader(connection, self._group, self._topic)
         self._members = GroupMembers(connection, self._group, self._topic)
         self._meter = RateMeter(scaling.worker_rate_per_s, settle_s=scaling.restore_s + scaling.interval_s)

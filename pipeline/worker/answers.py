@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from typing import cast
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
 from pipeline import answer_wire, metrics
 from pipeline.contract import CORRELATION_ID, REPLY_KIND
+from pipeline.kafka import clients
 from pipeline.settings import Settings, WorkerSettings
 from pipeline.worker.delivery import produce_draining
 from pipeline.worker.messages import Outbound
@@ -35,17 +36,16 @@ _MAX_IDLE_LINKS = 64
 class AnswerProducer:
     def __init__(self, settings: Settings) -> None:
         self._timeout_s = settings.worker.transaction_timeout_ms / 1000
-        self._producer = Producer(
+        self._producer = clients.producer(
+            settings,
             {
-                "bootstrap.servers": settings.kafka.bootstrap_servers,
                 "client.id": f"{settings.kafka.client_id}-worker-answers",
                 "enable.idempotence": True,
                 "linger.ms": 0,  # a caller is waiting
                 # A caller gives up after its deadline (the bridge's timeout); later is no answer.
                 "message.timeout.ms": max(1000, int(settings.gateway.timeout_s * 1000)),
                 "error_cb": metrics.kafka_error_callback("answers"),
-                **settings.kafka.extra,
-            }
+            },
         )
         self._links = AnswerLinks(settings.worker) if settings.worker.direct_answers else None
 

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.contract import REPLAY_ID, dedup_key
 from pipeline.errors import ConfigurationError
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 from pipeline.worker.store import StateStore
 
@@ -165,8 +166,8 @@ def record_key(record: Any) -> str:
 
 
 async def reader(settings: Settings, name: str, isolation_level: str) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+    consumer = clients.aio_consumer(
+        settings,
         client_id=f"{settings.kafka.client_id}-{name}",
         enable_auto_commit=False,
         isolation_level=isolation_level,

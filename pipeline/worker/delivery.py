@@ -37,6 +37,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline import metrics
 from pipeline.errors import ProducerUnavailable
+from pipeline.kafka import clients
 from pipeline.settings import Settings
 from pipeline.worker.messages import Outbound, Record
 
@@ -148,9 +149,9 @@ class TransactionalDelivery:
         deadline = time.monotonic() + retry_for_s
         delay = 0.2
         while generation == self._generation:  # one left behind stops trying: it would fence its successor
-            producer = Producer(
+            producer = clients.producer(
+                self._settings,
                 {
-                    "bootstrap.servers": self._settings.kafka.bootstrap_servers,
                     "client.id": f"{self._settings.kafka.client_id}-worker",
                     "transactional.id": self.transactional_id,
                     "transaction.timeout.ms": self._settings.worker.transaction_timeout_ms,
@@ -158,8 +159,7 @@ class TransactionalDelivery:
                     "retry.backoff.ms": self._settings.worker.transaction_retry_backoff_ms,
                     "retry.backoff.max.ms": max(100, self._settings.worker.transaction_retry_backoff_ms),
                     "error_cb": metrics.kafka_error_callback("transactions"),
-                    **self._settings.kafka.extra,
-                }
+                },
             )
             try:
                 producer.init_transactions(self._timeout_s)

@@ -31,6 +31,7 @@ from pipeline import heap, metrics, topics
 from pipeline.contract import REPLY_TO, Source
 from pipeline.features.lookup import FeatureLookup
 from pipeline.inference.triton import TritonScorer
+from pipeline.kafka import clients
 from pipeline.models.routing_log import RoutingFollower
 from pipeline.settings import Settings
 from pipeline.worker import startup
@@ -200,7 +201,7 @@ class Worker:
             self.lanes.listen(committed=self._answers.send)
         frozen = heap.freeze_startup()  # what start-up built lives as long as the process
         log.info("startup_heap_frozen", objects=frozen)
-        consumer = Consumer(_consumer_config(settings))
+        consumer = clients.consumer(settings, _consumer_options(settings))
         self._consumer = consumer
         consumer.subscribe([self.requests], on_assign=self._on_assign, on_revoke=self._on_revoke)
         return consumer
@@ -369,10 +370,9 @@ class Worker:
         return await asyncio.get_running_loop().run_in_executor(self._consumer_thread, call, *args)
 
 
-def _consumer_config(settings: Settings) -> dict[str, Any]:
+def _consumer_options(settings: Settings) -> dict[str, Any]:
     worker = settings.worker
     return {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
         # With an instance id, the group's description tells the workers apart (`pipeline scale`).
         "client.id": "-".join(filter(None, (settings.kafka.client_id, "worker", worker.instance_id))),
         "group.id": worker.app_id,
@@ -385,7 +385,6 @@ def _consumer_config(settings: Settings) -> dict[str, Any]:
         "session.timeout.ms": worker.session_timeout_ms,
         "heartbeat.interval.ms": max(1000, worker.session_timeout_ms // 3),
         "error_cb": metrics.kafka_error_callback("consumer"),
-        **settings.kafka.extra,
     }
 
 

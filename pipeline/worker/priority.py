@@ -20,6 +20,7 @@ import structlog
 
 from pipeline import metrics, topics
 from pipeline.errors import PipelineError
+from pipeline.kafka import clients
 from pipeline.scaling.lag import OffsetReader, records_lag
 from pipeline.settings import Settings
 
@@ -46,8 +47,7 @@ class LiveFirst:
             replay.live_check_s,
             replay.live_unreadable_s,
         )
-        consumer = {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
-        self._offsets = OffsetReader(consumer, live_group, live_topic)
+        self._offsets = OffsetReader(clients.config(settings), live_group, live_topic)
         self._partitions = range(topics.partition_count(settings, live_topic))
         self._clock = clock
         self.yielding = False

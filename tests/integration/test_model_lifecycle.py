@@ -421,16 +421,19 @@ def test_twenty_publish_and_rollback_cycles_leave_every_version_ready_and_triton
         assert rolled_back.candidate is None and triton.ready(name, "1")
         triton.wait_gone(name, ["2"], timeout_s=30)
 
-    def shm_regions() -> set[str]:  # a stub's shared memory, left behind when it is not cleaned up
-        return {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(SHM_PREFIX)}
+    def orphan_regions() -> set[str]:
+        """Stubs' shared memory that no process maps: left behind (another session's Triton may hold
+        regions of its own meanwhile)."""
+        regions = {p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(SHM_PREFIX)}
+        return regions - _mapped_shm()
 
     try:
         cycle()  # the first load of each version's libraries is not growth
-        before, regions = status_mib(triton_pid, "VmRSS"), shm_regions()
+        before, orphans = status_mib(triton_pid, "VmRSS"), orphan_regions()
         started = time.monotonic()
         for _ in range(CYCLES):
             cycle()
-        after, left = status_mib(triton_pid, "VmRSS"), shm_regions()
+        after, left = status_mib(triton_pid, "VmRSS"), orphan_regions()
         seconds = time.monotonic() - started
     finally:
         rollout.close()
@@ -438,7 +441,19 @@ def test_twenty_publish_and_rollback_cycles_leave_every_version_ready_and_triton
     assert before is not None and after is not None
     print(f"Triton RSS {before:.0f} → {after:.0f} MiB over {CYCLES} cycles in {seconds:.0f} s")
     assert after - before < RSS_GROWTH_MIB, f"Triton's RSS grew {after - before:.0f} MiB over {CYCLES} cycles"
-    assert len(left) <= len(regions), f"{len(left - regions)} stub shared-memory regions left in /dev/shm"
+    assert left <= orphans, f"{len(left - orphans)} stub shared-memory regions left in /dev/shm"
+
+
+def _mapped_shm() -> set[str]:
+    """The /dev/shm files some running process maps."""
+    mapped = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        mapped |= {line.rsplit("/", 1)[-1] for line in text.splitlines() if "/dev/shm/" in line}
+    return mapped
 
 
 def test_a_replay_lands_each_event_on_its_live_arm_and_a_backtest_scores_history_with_the_candidate(

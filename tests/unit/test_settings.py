@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from pipeline.local.stack import LocalStack, Ports, settings_env
 from pipeline.settings import Settings
 from pipeline.topics import load_specs
@@ -23,6 +25,18 @@ def test_settings_survive_the_trip_through_a_child_process_env(monkeypatch, tmp_
         monkeypatch.setenv(name, value)
     assert Settings() == settings
     assert settings.kafka.bootstrap_servers == "127.0.0.1:19999"
+
+
+def test_kafka_credentials_survive_the_trip_through_a_child_process_env(monkeypatch, tmp_path: Path):
+    settings = Settings().updated(
+        kafka={"security_protocol": "SASL_SSL", "username": "worker", "password": SecretStr("pw-1e8a")}
+    )
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child == settings
+    assert child.kafka.secret() == "pw-1e8a", "the password itself, not its mask"
+    assert child.kafka.ssl_ca_file is None, "an unset file stays unset"
 
 
 def test_topic_specs_take_their_names_from_settings(monkeypatch):
