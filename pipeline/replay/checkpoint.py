@@ -37,6 +37,7 @@ class Checkpoint:
     started_at: str = field(default_factory=utc_timestamp)
     seconds: float = 0.0  # publishing time over every run of the replay
     rejects_bytes: int = 0  # the rejects file's length once this checkpoint's rejects are in it
+    model_version: str | None = None  # a backtest's MODEL:VERSION (--model-version), the same for every run
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -45,6 +46,7 @@ class Checkpoint:
                 "source": self.source,
                 "ranges": {str(p): list(r) for p, r in self.ranges.items()},
                 "results_topic": self.results_topic,
+                "model_version": self.model_version,
                 "positions": {str(p): n for p, n in self.positions.items()},
                 "counts": dict(self.counts),
                 "rejected": dict(self.rejected),
@@ -64,6 +66,7 @@ class Checkpoint:
             source=data["source"],
             ranges={int(p): (r[0], r[1]) for p, r in data["ranges"].items()},
             results_topic=data["results_topic"],
+            model_version=data.get("model_version"),
             positions={int(p): n for p, n in data["positions"].items()},
             counts=Counter(data["counts"]),
             rejected=Counter(data["rejected"]),

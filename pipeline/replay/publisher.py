@@ -92,7 +92,15 @@ def begin(previous: Checkpoint | None, source: Source, options: Options) -> Chec
     """The checkpoint to start from: the previous run's, for the same source, or a fresh one."""
     described = source.describe()
     if previous is None:
-        return Checkpoint(options.replay_id, described, source.ranges(), options.results_topic)
+        return Checkpoint(
+            options.replay_id, described, source.ranges(), options.results_topic, model_version=options.model_version
+        )
+    if previous.model_version != options.model_version:
+        began = f"--model-version {previous.model_version}" if previous.model_version else "no --model-version"
+        raise ConfigurationError(
+            f"replay {options.replay_id!r} began with {began}: resume it so (one replay is scored by one "
+            "version), or start a new replay with another --replay-id"
+        )
     if previous.source != described:
         raise ConfigurationError(
             f"replay {options.replay_id!r} began on another source ({_describe(previous.source)}); "
