@@ -37,6 +37,7 @@ TEST_PORTS = Ports(
     worker_metrics=0,
 )
 REDIS_PORT = 16379 + PORT_OFFSET
+SECURED_KAFKA_PORT = 19492 + PORT_OFFSET  # the secured broker's (and its controller on the next port)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,11 @@
 #   kafka.sh stop    stop the broker started with the same KAFKA_DATA_DIR
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DATA_DIR (deploy/kafka/.data),
 #      KAFKA_HEAP (512m), KAFKA_START_TIMEOUT (90 s).
+#      KAFKA_SECURED: a folder for the secured broker's secrets. When set, the client listener is
+#      SASL_SSL (SCRAM) with ACLs (server-secured.properties.in): tls.sh writes the certificates into
+#      its tls/, and the SCRAM users `broker` (between brokers) and `admin` (a super user, who creates
+#      the others and their ACLs: `pipeline topics acls --apply`) get random passwords in
+#      NAME.password (0600), all once; the storage is formatted with those users.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../lib.sh
@@ -22,10 +27,32 @@ fetch() {
   touch "$libs/.complete"
 }
 
+secrets="${KAFKA_SECURED:-}"
+
 write_config() {
   mkdir -p "$data/logs"
-  sed -e "s#@PORT@#$port#g" -e "s#@CPORT@#$cport#g" -e "s#@LOGDIR@#$data/logs#g" \
-    "$here/server.properties.in" > "$data/server.properties"
+  if [ -z "$secrets" ]; then
+    sed -e "s#@PORT@#$port#g" -e "s#@CPORT@#$cport#g" -e "s#@LOGDIR@#$data/logs#g" \
+      "$here/server.properties.in" > "$data/server.properties"
+    return 0
+  fi
+  bash "$here/tls.sh" "$secrets/tls"
+  local name
+  for name in broker admin; do
+    [ -s "$secrets/$name.password" ] || (umask 077 && openssl rand -hex 24 > "$secrets/$name.password")
+  done
+  (umask 077 && sed -e "s#@PORT@#$port#g" -e "s#@CPORT@#$cport#g" -e "s#@LOGDIR@#$data/logs#g" \
+    -e "s#@SECRETS@#$secrets#g" -e "s#@BROKER_PASSWORD@#$(cat "$secrets/broker.password")#g" \
+    "$here/server-secured.properties.in" > "$data/server.properties")
+}
+
+# The SCRAM users the storage is formatted with (secured broker only).
+scram_users() {
+  [ -n "$secrets" ] || return 0
+  local name
+  for name in broker admin; do
+    printf '%s\n' --add-scram "SCRAM-SHA-512=[name=$name,password=$(cat "$secrets/$name.password")]"
+  done
 }
 
 jvm_args=("-Xmx${KAFKA_HEAP:-512m}" "-Xms${KAFKA_HEAP:-512m}" -XX:+UseG1GC
@@ -41,7 +68,10 @@ start() {
   local cluster_id
   cluster_id="$(cat "$data/cluster.id" 2>/dev/null || java "${jvm_args[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)"
   echo "$cluster_id" > "$data/cluster.id"
-  java "${jvm_args[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" --ignore-formatted >/dev/null
+  local users=()
+  mapfile -t users < <(scram_users)
+  java "${jvm_args[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$data/server.properties" \
+    --ignore-formatted "${users[@]}" >/dev/null
   # Started directly (not through a function) so $! is the broker's own pid.
   java "${jvm_args[@]}" kafka.Kafka "$data/server.properties" > "$data/broker.out" 2>&1 &
   echo $! > "$pidfile"
@@ -53,7 +83,7 @@ start() {
     if [ "$(date +%s)" -ge "$deadline" ]; then echo "kafka: not ready in time" >&2; exit 1; fi
     sleep 0.5
   done
-  echo "kafka: ready on 127.0.0.1:$port (pid $(cat "$pidfile"), data $data)" >&2
+  echo "kafka: ready on 127.0.0.1:$port${secrets:+ (SASL_SSL)} (pid $(cat "$pidfile"), data $data)" >&2
 }
 
 stop() {

@@ -59,15 +59,23 @@ class Ports:
 
 class LocalStack:
     def __init__(
-        self, run_dir: Path, ports: Ports, own_ports: bool = False, model_repository: Path | None = None
+        self,
+        run_dir: Path,
+        ports: Ports,
+        own_ports: bool = False,
+        model_repository: Path | None = None,
+        secured: bool = False,
     ) -> None:
         """`own_ports`: every service runs on its ports as started here (the tests): a port another
         process holds is an error naming it, and a stop that leaves a port answering is one too.
-        `model_repository`: Triton's (default: the settings')."""
+        `model_repository`: Triton's (default: the settings'). `secured`: the broker's client listener
+        is SASL_SSL with ACLs, its secrets in <run_dir>/kafka-secrets, and this stack's settings
+        connect as its `admin` (deploy/kafka/kafka.sh)."""
         self.run_dir = run_dir
         self.ports = ports
         self.model_repository = model_repository
         self.own_ports = own_ports
+        self.secrets = run_dir / "kafka-secrets" if secured else None
         self._service_pids: dict[Path, int] = {}  # services started by this stack, by pid file
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # spawned by this process, by run name
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +97,17 @@ class LocalStack:
         triton: dict[str, object] = {"grpc_url": f"127.0.0.1:{p.triton_grpc}", "http_url": f"127.0.0.1:{p.triton_http}"}
         if self.model_repository is not None:
             triton["model_repository"] = self.model_repository
+        kafka: dict[str, object] = {"bootstrap_servers": f"127.0.0.1:{p.kafka}"}
+        if self.secrets is not None:
+            kafka |= {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "username": "admin",
+                "password_file": self.secrets / "admin.password",
+                "ssl_ca_file": self.secrets / "tls" / "ca.pem",
+            }
         return base.updated(
-            kafka={"bootstrap_servers": f"127.0.0.1:{p.kafka}"},
+            kafka=kafka,
             triton=triton,
             gateway={"port": p.gateway},
             worker={"metrics_port": p.worker_metrics},
@@ -135,7 +152,7 @@ class LocalStack:
             "KAFKA_PORT": str(self.ports.kafka),
             "KAFKA_CONTROLLER_PORT": str(self.ports.kafka + 1),
             "KAFKA_DATA_DIR": str(self.run_dir / "kafka"),
-        }
+        } | ({"KAFKA_SECURED": str(self.secrets)} if self.secrets is not None else {})
 
     def _triton_env(self) -> dict[str, str]:
         return {
