@@ -445,5 +445,18 @@ def main() -> None:
         typer.echo(f"error: {e.code}: {e.message}", err=True)
         raise SystemExit(1) from e
     except KafkaException as e:
-        typer.echo(f"error: kafka at {get_settings().kafka.bootstrap_servers}: {e.args[0].str()}", err=True)
+        typer.echo(f"error: {_kafka_failure(e)}", err=True)
         raise SystemExit(1) from e
+
+
+def _kafka_failure(failed: Exception) -> str:
+    """A Kafka call that failed, in one line: why the cluster cannot be reached, when it cannot
+    (a wrong password, an untrusted certificate), else the call's own error."""
+    from pipeline.kafka import reach
+
+    settings = get_settings()
+    try:
+        reach.check(settings, timeout_s=5)
+    except PipelineError as unreachable:
+        return unreachable.message
+    return f"kafka at {settings.kafka.bootstrap_servers}: {failed.args[0].str()}"

@@ -43,7 +43,9 @@ def load_specs(settings: Settings, path: Path | None = None) -> list[TopicSpec]:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return clients.admin(settings)
+    """An admin client whose failures reach the caller as errors (one line at the command line), not
+    as librdkafka's own log lines besides."""
+    return clients.admin(settings, clients.QUIET)
 
 
 def requests_producer(settings: Settings, options: dict[str, Any] | None = None) -> Producer:

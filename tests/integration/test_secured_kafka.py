@@ -5,15 +5,19 @@ one connection block (pipeline/kafka/), and no secret reaches a log."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 from pipeline import topics
 from pipeline.local import probe, traffic
-from pipeline.local.stack import LocalStack
+from pipeline.local.stack import LocalStack, settings_env
 from pipeline.models import routing_log
 from pipeline.models.rollout import now
 from pipeline.models.routing import Change
@@ -73,3 +77,29 @@ def test_a_stream_is_scored_once_and_a_caller_answered_over_sasl_ssl_with_no_sec
     logs = {name: (secured.run_dir / f"{name}.log").read_text(errors="replace") for name in started.names}
     assert all('"event": "worker_ready"' in text or "gateway_ready" in text for text in logs.values())
     assert not [name for name, text in logs.items() if password in text], "the Kafka password in a log"
+
+
+def _topics_apply(settings) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings_env(settings)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "topics", "apply"], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_wrong_password_and_an_untrusted_certificate_each_get_one_line_naming_the_cause(secured):
+    settings = secured.settings()
+    right = settings.kafka.secret()
+    assert right and _topics_apply(settings).returncode == 0, "the admin's own credentials work"
+    tls = secured.secrets / "tls"
+    wrong = settings.updated(kafka={"password_file": None, "password": SecretStr("not-the-password")})
+    untrusted = settings.updated(kafka={"ssl_ca_file": tls / "rogue-ca.pem"})
+
+    refused, unverified = _topics_apply(wrong), _topics_apply(untrusted)
+
+    for done in (refused, unverified):
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+        assert right not in done.stderr + done.stdout and "not-the-password" not in done.stderr + done.stdout
+    assert "authentication failed for user 'admin'" in refused.stderr and "kafka.password" in refused.stderr
+    assert "TLS handshake failed" in unverified.stderr and "kafka.ssl_ca_file" in unverified.stderr
