@@ -44,7 +44,9 @@ def _configure_logging() -> None:
 def topics_apply() -> None:
     """Create the contract's topics (idempotent: a second run changes nothing)."""
     from pipeline import topics
+    from pipeline.kafka import reach
 
+    reach.check(get_settings())  # a refused password or certificate said at once, not after a timeout
     report = topics.apply(get_settings())
     for name in report.created:
         typer.echo(f"created   {name}")

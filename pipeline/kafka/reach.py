@@ -5,6 +5,7 @@ names the cause (`check`), and a failed command says that instead (`pipeline.cli
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from contextlib import suppress
 
@@ -14,16 +15,23 @@ from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
 from pipeline.settings import KafkaSettings, Settings
 
+_TELLING = {KafkaError._AUTHENTICATION, KafkaError._SSL}  # causes no retry will change
+
 
 def check(settings: Settings, timeout_s: float = 10.0) -> None:
-    """Returns once a broker answers a metadata request; else `ConfigurationError` naming the cause."""
+    """Returns once a broker answers a metadata request; else `ConfigurationError` naming the cause, as
+    soon as one is known (a refused password or certificate shows within a second)."""
     seen: list[KafkaError] = []
     admin = clients.admin(settings, {"error_cb": seen.append, "log_level": 2})
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as e:
-        admin.poll(0)  # the error callbacks queued meanwhile
-        raise ConfigurationError(cause([*seen, e.args[0]], settings.kafka)) from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=min(1.0, timeout_s))
+            return
+        except KafkaException as e:
+            admin.poll(0)  # the error callbacks queued meanwhile
+            if _TELLING & {error.code() for error in seen} or time.monotonic() >= deadline:
+                raise ConfigurationError(cause([*seen, e.args[0]], settings.kafka)) from None
 
 
 def cause(errors: Sequence[KafkaError], kafka: KafkaSettings) -> str:
