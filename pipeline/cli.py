@@ -40,6 +40,16 @@ def _configure_logging() -> None:
     log.configure(get_settings())
 
 
+def _permitted(settings: Any, *components: str) -> None:
+    """The cluster allows this process's principal what each of `components` needs, or a one-line
+    refusal naming what it lacks (docs/security.md#acls)."""
+    from pipeline.kafka import permissions, reach
+
+    reach.check(settings)
+    for component in components:
+        permissions.check(settings, component)
+
+
 @topics_app.command("apply")
 def topics_apply() -> None:
     """Create the contract's topics (idempotent: a second run changes nothing)."""
@@ -54,6 +64,34 @@ def topics_apply() -> None:
         typer.echo(f"grown     {name}")
     for name in report.unchanged:
         typer.echo(f"unchanged {name}")
+
+
+@topics_app.command("acls")
+def topics_acls(
+    apply: Annotated[bool, typer.Option("--apply", help="Create them on the cluster (as an admin principal).")] = False,
+    principal: Annotated[
+        list[str] | None,
+        typer.Option(help="COMPONENT=PRINCIPAL: the principal a component runs as (default User:pipeline-COMPONENT)."),
+    ] = None,
+) -> None:
+    """The ACLs each component needs, and no more, under its own principal (docs/security.md#acls)."""
+    from pipeline.kafka import acls
+
+    try:
+        names = acls.parse_principals(principal or [])
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--principal") from e
+    settings = get_settings()
+    recipe = acls.recipe(settings, names)
+    for component, (who, granted) in zip(acls.COMPONENTS, recipe.items(), strict=True):
+        typer.echo(f"{who}  # {acls.COMPONENTS[component]}")
+        for grant in granted:
+            typer.echo(f"  ALLOW {grant.describe()}")
+    if apply:
+        from pipeline.kafka import access, reach
+
+        reach.check(settings)
+        typer.echo(f"applied {access.apply(settings, recipe)} ACLs")
 
 
 @models_app.command("train")
@@ -89,6 +127,7 @@ _Shadow = Annotated[float | None, typer.Option(help="Share of the stable arm's e
 def _rollout(action: Callable[[Any], Any]) -> Any:
     from pipeline.models.rollout import Rollout
 
+    _permitted(get_settings(), "models")
     rollout = Rollout(get_settings(), say=typer.echo)
     try:
         return action(rollout)
@@ -172,6 +211,7 @@ def models_history(model: Annotated[str, typer.Argument(help="The model.")]) -> 
     """Every routing change of a model: when, by whom, what and why."""
     from pipeline.models import listing, routing_log
 
+    _permitted(get_settings(), "models")
     history = routing_log.read(get_settings())
     changes = history.changes.get(model, [])
     if not changes:
@@ -192,6 +232,7 @@ def models_compare(
 
     from pipeline.models.shadow_report import shadow_comparison
 
+    _permitted(get_settings(), "models")
     comparison = shadow_comparison(get_settings(), model, version)
     typer.echo(comparison.table())
     if output is not None:
@@ -243,6 +284,7 @@ def dlq_redrive(
     if unknown:
         raise typer.BadParameter(f"unknown code(s) {sorted(unknown)}; codes are {', '.join(ERROR_CODES)}")
     selection = redrive.Selection(frozenset(code or ()), _aware(since), _aware(until))
+    _permitted(get_settings(), "redrive")
     count = redrive.redrive(get_settings(), selection, dry_run=dry_run)
     typer.echo(f"{'would re-publish' if dry_run else 're-published'} {count} dead letter(s)")
 
@@ -261,6 +303,7 @@ def worker(
     from pipeline.worker import loop as worker_module
 
     _configure_logging()
+    _permitted(get_settings(), "backfill" if backfill else "worker")
     worker_module.run(get_settings(), backfill=backfill)
 
 
@@ -302,6 +345,9 @@ def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
 
     _configure_logging()
     settings = get_settings()
+    if group_id:
+        settings = settings.updated(consumers={"group_id": group_id})
+    _permitted(settings, name)
     if name in ("fraud", "anomaly"):
         output = settings.topics.alerts if name == "fraud" else settings.topics.anomaly_alerts
         partitions = consumer_app.check_partitions(settings, output)
@@ -329,6 +375,7 @@ def gateway() -> None:
     from pipeline.gateway import app as gateway_app
 
     _configure_logging()
+    _permitted(get_settings(), "bridge")
     gateway_app.run(get_settings())
 
 
@@ -418,6 +465,7 @@ def scale(
     settings = get_settings().updated(scaling={k: v for k, v in given.items() if v is not None})
     if settings.scaling.min_workers > settings.scaling.max_workers:
         raise typer.BadParameter("--min-workers is above --max-workers")
+    _permitted(settings, *(["scale"] if serve else ["scale", "worker"]))  # its workers run as it does
     supervisor.run(settings, serve=serve)
 
 

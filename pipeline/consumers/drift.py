@@ -80,7 +80,7 @@ def install(app: faust.App, settings: Settings) -> None:
     requests = app.topic(settings.topics.requests, key_type=bytes, value_type=bytes, value_serializer="raw")
     results = app.topic(settings.topics.results, key_type=bytes, value_type=bytes, value_serializer="raw")
     alerts = app.topic(settings.topics.drift_alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
-    follower = RoutingFollower(settings)
+    follower = RoutingFollower(settings, f"{app.conf.id}-routing")
     follower.wait_caught_up(settings.models.routing_wait_s)
     features, scores = _Models(settings, "features", follower.routings), _Models(settings, "score", follower.routings)
 

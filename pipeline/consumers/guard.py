@@ -83,7 +83,7 @@ def install(app: faust.App, settings: Settings) -> RoutingFollower:
         settings.topics.dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     alerts = app.topic(settings.topics.drift_alerts, key_type=bytes, value_type=bytes, value_serializer="raw")
-    follower = RoutingFollower(settings)
+    follower = RoutingFollower(settings, f"{app.conf.id}-routing")
     follower.wait_caught_up(settings.models.routing_wait_s)
     watches = Watches(follower, thresholds(settings))
 

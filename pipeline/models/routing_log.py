@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
+from pipeline.kafka.acls import READERS
 from pipeline.models.routing import Change, Routing, RoutingRefused, decode, encode
 from pipeline.settings import Settings
 
@@ -72,7 +73,7 @@ def _topic_end(consumer: Consumer, topic: str, timeout_s: float) -> int:
 def read(settings: Settings, timeout_s: float = 30.0) -> History:
     """Every change on the routing topic, to its end."""
     topic = settings.topics.model_routing
-    consumer = clients.reader(settings, "pipeline-models", clients.QUIET)
+    consumer = clients.reader(settings, READERS["models"], clients.QUIET)
     history = History()
     try:
         end = _topic_end(consumer, topic, timeout_s)
@@ -116,9 +117,11 @@ class RoutingFollower:
     """Every model's routing, kept current from the routing topic by a thread of its own. `routings()`
     is a snapshot: a batch routed under it is routed under one routing even if a change arrives."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, group: str | None = None) -> None:
+        """`group`: the Kafka group its reader names (default: the worker's, `<app_id>-routing`)."""
         self._topic = settings.topics.model_routing
-        self._consumer = clients.reader(settings, f"{settings.worker.app_id}-routing", clients.QUIET)
+        group = group or f"{settings.worker.app_id}-routing"
+        self._consumer = clients.reader(settings, group, clients.QUIET)
         self._history = History()
         self._snapshot: Mapping[str, Routing] = {}
         self._caught_up = threading.Event()

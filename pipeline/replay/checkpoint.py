@@ -21,6 +21,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from pipeline.contract import utc_timestamp
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
+from pipeline.kafka.acls import READERS
 from pipeline.settings import Settings
 
 
@@ -86,7 +87,7 @@ class Checkpoint:
 def latest(settings: Settings, replay_id: str, timeout_s: float = 60.0) -> Checkpoint | None:
     """The replay's last committed checkpoint, or None when it never committed one."""
     topic = settings.topics.replay_checkpoints
-    consumer = clients.reader(settings, "pipeline-replay-checkpoints", clients.QUIET)
+    consumer = clients.reader(settings, f"{READERS['replay']}-checkpoints", clients.QUIET)
     try:
         try:
             metadata = consumer.list_topics(topic, timeout=10)

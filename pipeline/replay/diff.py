@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from pipeline.contract import REPLAY_ID
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
+from pipeline.kafka.acls import READERS
 from pipeline.settings import Settings
 
 
@@ -78,7 +79,7 @@ def read_all(
     settings: Settings, topic: str, keys: Callable[[str], bool] | None = None, timeout_s: float = 600.0
 ) -> Iterator[Message]:
     """Every committed record of `topic` up to its current end (those whose key `keys` accepts)."""
-    consumer = clients.reader(settings, "pipeline-replay-diff", clients.QUIET)
+    consumer = clients.reader(settings, f"{READERS['replay']}-diff", clients.QUIET)
     try:
         try:
             found = consumer.list_topics(topic, timeout=10).topics.get(topic)

@@ -18,6 +18,7 @@ from pipeline import topics
 from pipeline.contract import payload_bytes
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
+from pipeline.kafka.acls import READERS
 from pipeline.settings import Settings
 
 
@@ -57,7 +58,7 @@ def select(letters: Iterable[DeadLetter], selection: Selection) -> Iterator[tupl
 
 def read_dead_letters(settings: Settings, timeout_s: float = 120.0) -> list[DeadLetter]:
     """Every committed dead letter, from the beginning of the topic to its current end."""
-    consumer = clients.reader(settings, "pipeline-redrive")
+    consumer = clients.reader(settings, READERS["redrive"])
     try:
         topic = settings.topics.dlq
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

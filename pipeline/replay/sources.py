@@ -25,6 +25,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
+from pipeline.kafka.acls import READERS
 from pipeline.settings import Settings
 
 CHUNK = 10_000  # rows per chunk (and at most per replay transaction)
@@ -130,7 +131,7 @@ class TopicSource:
         if since and until and until <= since:
             raise ConfigurationError(f"--until {until.isoformat()} is not after --since {since.isoformat()}")
         self.settings, self.topic, self.since, self.until, self.explicit = settings, topic, since, until, explicit
-        self._consumer = clients.reader(settings, "pipeline-replay", clients.QUIET)
+        self._consumer = clients.reader(settings, READERS["replay"], clients.QUIET)
         self._ranges = resolved if resolved is not None else self._resolve()
 
     def describe(self) -> dict[str, Any]:
