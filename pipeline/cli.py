@@ -41,20 +41,22 @@ def _configure_logging() -> None:
 
 
 def _permitted(settings: Any, *components: str) -> None:
-    """The cluster allows this process's principal what each of `components` needs, or a one-line
-    refusal naming what it lacks (docs/security.md#acls)."""
-    from pipeline.kafka import permissions, reach
+    """Before a process of `components` starts, in one line each: the cluster cannot be reached, does not
+    allow this process's principal what they need (docs/security.md#acls), or keeps the topics they
+    write on too few replicas (docs/security.md#durability-checked-at-start)."""
+    from pipeline.kafka import acls, durability, permissions, reach
 
     reach.check(settings)
     for component in components:
         permissions.check(settings, component)
+    durability.check(settings, {n for c in components for n in acls.written(settings, c)})
 
 
 @topics_app.command("apply")
 def topics_apply() -> None:
     """Create the contract's topics (idempotent: a second run changes nothing)."""
     from pipeline import topics
-    from pipeline.kafka import reach
+    from pipeline.kafka import durability, reach
 
     reach.check(get_settings())  # a refused password or certificate said at once, not after a timeout
     report = topics.apply(get_settings())
@@ -64,6 +66,7 @@ def topics_apply() -> None:
         typer.echo(f"grown     {name}")
     for name in report.unchanged:
         typer.echo(f"unchanged {name}")
+    durability.check(get_settings(), [spec.name for spec in topics.load_specs(get_settings())])
 
 
 @topics_app.command("acls")

@@ -41,6 +41,9 @@ class KafkaSettings(_Block):
     ssl_key_password: SecretStr | None = None
     # Extra librdkafka options, merged over the safe defaults of every librdkafka client.
     extra: dict[str, Any] = Field(default_factory=dict)
+    # The fewest replicas a topic the process writes may have. 2 or more (production: 3) also requires
+    # min.insync.replicas of 2 or more; a process finding less refuses to start (pipeline/kafka/durability.py).
+    min_replication_factor: int = Field(default=1, ge=1)
 
     def secret(self) -> str | None:
         """The SASL password: from its file when one is named, else the setting."""

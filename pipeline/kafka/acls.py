@@ -69,7 +69,15 @@ def consumer_group(settings: Settings, consumer: str) -> str:
 
 
 def grants(settings: Settings, component: str) -> list[Grant]:
-    """What `component` must be allowed, and nothing more. Raises KeyError for an unknown component."""
+    """What `component` must be allowed, and nothing more. Raises KeyError for an unknown component.
+    Each topic it writes, it may also read the config of: its min.insync.replicas is checked at start
+    (`durability`), and the results' retention against the dedup window."""
+    granted = _grants(settings, component)
+    configs = [Grant(g.resource, g.name, "describe_configs", g.pattern) for g in granted if g.operation == "write"]
+    return [*granted, *(g for g in configs if g.resource == "topic")]
+
+
+def _grants(settings: Settings, component: str) -> list[Grant]:
     t = settings.topics
     match component:
         case "worker":
@@ -131,7 +139,6 @@ def _worker(settings: Settings, results_pattern: Pattern = "literal") -> list[Gr
         Grant("topic", t.requests, "read"),
         Grant("topic", t.results, "read", results_pattern),  # the dedup changelog, read back on assignment
         Grant("topic", t.results, "write", results_pattern),
-        Grant("topic", t.results, "describe_configs"),  # its retention, checked against the dedup window
         Grant("topic", t.dlq, "write"),
         Grant("topic", t.model_routing, "read"),
         Grant("group", app_id, "read", "prefixed"),  # its group, and the names of its readers
@@ -165,6 +172,11 @@ def _consumer(settings: Settings, consumer: str) -> list[Grant]:
                 Grant("topic", t.model_routing, "write"),
                 Grant("topic", t.drift_alerts, "write"),
             ]
+
+
+def written(settings: Settings, component: str) -> list[str]:
+    """The topics `component` writes (by name; a prefix's own name where it is one)."""
+    return [g.name for g in grants(settings, component) if g.resource == "topic" and g.operation == "write"]
 
 
 def recipe(settings: Settings, names: Mapping[str, str] | None = None) -> dict[str, list[Grant]]:

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from pipeline import topics
 from pipeline.errors import ConfigurationError
+from pipeline.local.stack import settings_env
 from pipeline.worker import startup
 
 pytestmark = pytest.mark.integration
@@ -37,3 +42,22 @@ def test_a_worker_refuses_a_results_topic_that_forgets_sooner_than_the_dedup_win
     ):
         startup.check_retention(short)
     startup.check_retention(short.updated(worker={"dedup_window_s": 1800}))
+
+
+def _pipeline(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings_env(settings)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_topics_below_the_production_replication_minimum_are_refused_at_start_in_one_line(pipeline_settings):
+    """The session's broker is a single one: every topic has one replica, below a production minimum."""
+    production = pipeline_settings().updated(kafka={"min_replication_factor": 3})
+    applied, worker = _pipeline(production, "topics", "apply"), _pipeline(production, "worker")
+    for done in (applied, worker):
+        assert done.returncode == 1, done.stderr[-2000:]
+        [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert f"{production.topics.results} has 1 replica(s), fewer than kafka.min_replication_factor 3" in line
+    assert "unchanged " in applied.stdout, "what topics apply did is still printed"
+    assert _pipeline(production.updated(kafka={"min_replication_factor": 1}), "topics", "apply").returncode == 0
