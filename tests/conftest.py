@@ -38,6 +38,7 @@ TEST_PORTS = Ports(
 )
 REDIS_PORT = 16379 + PORT_OFFSET
 SECURED_KAFKA_PORT = 19492 + PORT_OFFSET  # the secured broker's (and its controller on the next port)
+CLUSTER_KAFKA_PORT = 19792 + PORT_OFFSET  # the three-node cluster's first node (nodes 2 apart, controllers next)
 
 
 @pytest.fixture(scope="session")
@@ -58,10 +59,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         local.stop_kafka()
 
 
-def make_settings(stack: LocalStack, **worker: object) -> Settings:
-    """Settings for one test: unique topics and worker app id, topics created on the broker."""
+def make_settings(stack: LocalStack, base: Settings | None = None, **worker: object) -> Settings:
+    """Settings for one test: unique topics and worker app id, topics created on the broker (`base`'s:
+    default the stack's)."""
     uid = uuid.uuid4().hex[:10]
-    base = stack.settings()
+    base = base or stack.settings()
     settings = base.updated(
         topics={
             name: f"t{uid}.{name}"

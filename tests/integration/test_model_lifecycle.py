@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -41,6 +40,7 @@ from pipeline.settings import PROJECT_ROOT, Settings
 from pipeline.topics import TopicSpec
 from tests.conftest import free_port, metric, with_replay_topics
 from tests.integration.reference import reference_scores
+from tests.integration.streams import Stream, requests_for
 
 pytestmark = pytest.mark.integration
 
@@ -102,10 +102,6 @@ def own_model(stack, pipeline_settings) -> Iterator[tuple[Settings, str]]:
     shutil.rmtree(repository / name)
 
 
-def requests_for(model: str, count: int, prefix: str, seed: int = 3) -> list[dict[str, object]]:
-    return [dict(r, model=model) for r in traffic.valid_requests(count, prefix=prefix, seed=seed)]
-
-
 def routings_of(settings: Settings, model: str) -> list[Routing]:
     """The model's routing after each of its changes, in order (the changes as the topic holds them)."""
     history = routing_log.read(settings)
@@ -126,54 +122,6 @@ def expected_route(routing: Routing, event_id: str) -> tuple[str, str, bool]:
     return routing.stable, "stable", contract_bucket(event_id, b"shadow") < round(routing.shadow_share * 10_000)
 
 
-class _Stream:
-    """Requests published on a thread at `rate` a second until stopped, and (`http`) HTTP calls to the
-    bridge beside them, so that both go on while the routing changes."""
-
-    def __init__(self, settings: Settings, rate: int, model: str, http: bool = True) -> None:
-        self._settings, self._rate, self._model = settings, rate, model
-        self.published: list[dict[str, object]] = []
-        self.errors: list[BaseException] = []
-        self.http: list[tuple[dict[str, object], int, dict]] = []  # request, status, body
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._publish, daemon=True)]
-        if http:
-            self._threads.append(threading.Thread(target=self._call, daemon=True))
-        for thread in self._threads:
-            thread.start()
-
-    def _publish(self) -> None:
-        prefix = f"lc-{uuid.uuid4().hex[:6]}-"
-        try:
-            while not self._stop.is_set():  # a second's worth at a time, fresh transactions each
-                n = len(self.published)
-                second = requests_for(self._model, self._rate, prefix=f"{prefix}{n}-", seed=100 + n)
-                probe.publish(self._settings, [traffic.message_for(r) for r in second], rate=self._rate)
-                self.published += second
-        except BaseException as e:  # noqa: BLE001 -- re-raised by stop()
-            self.errors.append(e)
-
-    def _call(self) -> None:
-        url = f"http://127.0.0.1:{self._settings.gateway.port}/v1/predict"
-        calls = requests_for(self._model, 2_000, prefix=f"http-{uuid.uuid4().hex[:6]}-")
-        with httpx.Client(timeout=30) as client:
-            for request in calls:
-                if self._stop.is_set():
-                    return
-                response = client.post(url, json=request)
-                self.http.append((request, response.status_code, response.json()))
-                time.sleep(0.05)
-
-    def stop(self) -> list[dict[str, object]]:
-        """Every request published, the HTTP callers' included."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-        if self.errors:
-            raise self.errors[0]
-        return self.published + [request for request, _, _ in self.http]
-
-
 def test_publish_share_promote_and_rollback_under_a_live_stream_fail_no_request(
     own_model, start_worker, start_gateway, tmp_path
 ):
@@ -182,7 +130,7 @@ def test_publish_share_promote_and_rollback_under_a_live_stream_fail_no_request(
     start_gateway(settings)
     start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     shadow_start = probe.end_offsets(settings, [settings.topics.shadow_results])
-    stream = _Stream(settings, rate=400, model=name)
+    stream = Stream(settings, rate=400, model=name)
 
     time.sleep(2)
     ok(settings, "publish", name, "2", "--why", "trained on new rows")
@@ -356,7 +304,7 @@ def test_the_guard_rolls_back_a_bad_canary_within_its_windows_and_keeps_a_good_o
     start_worker(settings)
     group = f"guard-{uuid.uuid4().hex[:6]}"
     processes.started.append(processes.stack.start_consumer(settings, "guard", group, "--group-id", group))
-    stream = _Stream(settings, rate=500, model=name)
+    stream = Stream(settings, rate=500, model=name)
     try:
         ok(settings, "publish", name, str(bad.version), "--canary", "0.2", "--why", "fitted to shuffled labels")
         _until(lambda: metric(port, "pipeline_guard_rollbacks_total", model=name) >= 1, 120, "the guard's rollback")
@@ -517,7 +465,7 @@ def test_shadow_results_are_committed_with_their_live_results_through_a_worker_s
     worker = start_worker(settings)
     start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     shadow_start = probe.end_offsets(settings, [settings.topics.shadow_results])
-    stream = _Stream(settings, rate=800, model=name, http=False)
+    stream = Stream(settings, rate=800, model=name, http=False)
     probe.collect(settings, start, lambda c: c.distinct_results >= 2_000, timeout_s=120, settle_s=0)
     worker.send_signal(signal.SIGKILL)  # mid-transaction, most likely: its open one is aborted
     worker.wait(timeout=30)

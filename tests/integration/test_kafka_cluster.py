@@ -1,0 +1,137 @@
+"""The pipeline on a three-node Kafka cluster (deploy/kafka/cluster.sh: every topic on 3 replicas,
+min.insync.replicas 2, the transaction state log replicated) while its brokers are killed and
+restarted: where exactly-once implementations break (a partition's leader lost mid-stream, the
+transaction coordinator lost mid-transaction, every broker restarted in turn), no event is lost or
+scored twice."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from aiokafka.partitioner import murmur2
+
+from pipeline import topics
+from pipeline.local import probe, traffic
+from pipeline.local.cluster import LocalCluster, leader, transaction_coordinator
+from pipeline.local.stack import LocalStack
+from pipeline.settings import Settings
+from tests.conftest import CLUSTER_KAFKA_PORT, Processes, make_settings
+from tests.integration.streams import Stream, requests_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), CLUSTER_KAFKA_PORT)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def on_cluster(stack: LocalStack, cluster: LocalCluster) -> Iterator[tuple[Settings, Processes]]:
+    """Fresh topics on the cluster (the session's Triton scores), the processes a test starts, and
+    every node running again at its end."""
+    settings = make_settings(stack, cluster.settings(stack.settings()))
+    processes = Processes(stack)
+    try:
+        yield settings, processes
+    finally:
+        processes.stop_all()
+        for node in (1, 2, 3):
+            cluster.start_node(node)  # a node already running is left as it is
+
+
+def _progress(settings: Settings, start, at_least: int) -> None:
+    probe.collect(settings, start, lambda c: c.distinct_results >= at_least, timeout_s=180, settle_s=0)
+
+
+def test_the_leader_of_the_busiest_partition_and_then_the_transaction_coordinator_killed_lose_and_double_nothing(
+    cluster, on_cluster
+):
+    settings, processes = on_cluster
+    settings = settings.updated(worker={"instance_id": f"fo-{uuid.uuid4().hex[:6]}", "batch_size": 256})
+    stream = traffic.mixed(20_000, f"fo-{uuid.uuid4().hex[:6]}-", duplicate_rate=0.2, malformed_rate=0.01)
+    distinct, poison = len(stream.requests), sum(stream.expected_dead_letters.values())
+    partitions = topics.partition_count(settings, settings.topics.requests)
+    busiest, _ = Counter((murmur2(m.key) & 0x7FFFFFFF) % partitions for m in stream.messages).most_common(1)[0]
+    processes.worker(settings)
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    # The stream in two parts: the second is published after the second loss, so the worker goes on
+    # through both failovers, whatever this machine's speed.
+    first, second = stream.messages[: len(stream.messages) * 3 // 5], stream.messages[len(stream.messages) * 3 // 5 :]
+    probe.publish(settings, first)
+
+    _progress(settings, start, distinct // 5)
+    partition_leader = leader(settings, settings.topics.requests, busiest)
+    cluster.kill(partition_leader)
+    _progress(settings, start, distinct * 2 // 5)
+    cluster.start_node(partition_leader)  # two of three again before the next loss: min.insync.replicas
+    coordinator = transaction_coordinator(settings, f"{settings.worker.app_id}-{settings.worker.instance_id}-0")
+    cluster.kill(coordinator)
+    probe.publish(settings, second)
+    collected = probe.collect(
+        settings, start, lambda c: c.distinct_results >= distinct and len(c.dead_letters) >= poison,
+        timeout_s=300, sentinels=probe.publish_sentinels(settings),
+    )  # fmt: skip
+    [worker_log] = [processes.stack.run_dir / f"{name}.log" for name in processes.names]
+    seen = [line for line in worker_log.read_text().splitlines() if '"kafka_error"' in line]
+
+    assert set(collected.results) == set(stream.requests)
+    assert collected.repeated_results == 0, "an event scored twice across the failovers"
+    assert collected.dead_letter_codes() == dict(stream.expected_dead_letters)
+    assert len(collected.dead_letters) == poison, "one dead letter per poison message"
+    assert any(f":{cluster.port(coordinator)}" in line for line in seen), "the worker met the coordinator's loss"
+    print(f"killed node {partition_leader} (leader of requests[{busiest}]), then node {coordinator} (coordinator)")
+
+
+def test_a_rolling_restart_of_every_broker_under_a_stream_and_http_calls_loses_nothing_and_answers_no_500(
+    cluster, on_cluster
+):
+    settings, processes = on_cluster
+    processes.worker(settings)
+    processes.gateway(settings)
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    stream = Stream(settings, rate=300, model="fraud_scorer")
+    for node in (1, 2, 3):  # as an operator upgrades a cluster: one node at a time, back in sync before the next
+        time.sleep(2)
+        cluster.stop_node(node)
+        cluster.start_node(node)
+        cluster.wait_in_sync(settings)
+    time.sleep(2)
+    requests = stream.stop()
+    ready = httpx.get(f"http://127.0.0.1:{settings.gateway.port}/readyz", timeout=10)
+    after = httpx.post(
+        f"http://127.0.0.1:{settings.gateway.port}/v1/predict",
+        json=requests_for("fraud_scorer", 1, prefix=f"after-{uuid.uuid4().hex[:6]}-")[0],
+        timeout=30,
+    )
+    collected = probe.collect(
+        settings, start, lambda c: c.distinct_results >= len(requests) - _unpublished(stream), timeout_s=300,
+        sentinels=probe.publish_sentinels(settings),
+    )  # fmt: skip
+
+    statuses = Counter(status for _, status, _ in stream.http)
+    assert statuses[200] > 0 and set(statuses) <= {200, 503, 504}, statuses
+    published = [r for r in requests if r["event_id"] not in _refused(stream)]
+    assert {r["event_id"] for r in published} <= set(collected.results), "a published request with no result"
+    assert collected.repeated_results == 0 and collected.dead_letters == []
+    assert ready.status_code == 200 and after.status_code == 200, (ready.text, after.text)
+    print(f"{len(requests)} requests through three restarts; HTTP {dict(statuses)}")
+
+
+def _refused(stream: Stream) -> set[str]:
+    """The HTTP calls the bridge refused with 503: never published (contract.md: HTTP errors)."""
+    return {str(request["event_id"]) for request, status, _ in stream.http if status == 503}
+
+
+def _unpublished(stream: Stream) -> int:
+    return len(_refused(stream))
