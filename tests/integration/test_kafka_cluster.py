@@ -6,21 +6,27 @@ scored twice."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from aiokafka.partitioner import murmur2
+from confluent_kafka import TopicPartition
 
 from pipeline import topics
 from pipeline.local import probe, traffic
 from pipeline.local.cluster import LocalCluster, leader, transaction_coordinator
-from pipeline.local.stack import LocalStack
+from pipeline.local.stack import LocalStack, free_port, settings_env
 from pipeline.settings import Settings
-from tests.conftest import CLUSTER_KAFKA_PORT, Processes, make_settings
+from tests.conftest import CLUSTER_KAFKA_PORT, Processes, make_settings, with_replay_topics
+from tests.integration.reference import reference_scores
 from tests.integration.streams import Stream, requests_for
 
 pytestmark = pytest.mark.integration
@@ -135,3 +141,75 @@ def _refused(stream: Stream) -> set[str]:
 
 def _unpublished(stream: Stream) -> int:
     return len(_refused(stream))
+
+
+def test_the_fraud_consumer_and_a_replay_carry_on_across_leader_changes_without_a_repeat(
+    stack, cluster, on_cluster, tmp_path
+):
+    settings, processes = on_cluster
+    settings = with_replay_topics(settings).updated(consumers={"metrics_port": free_port()})
+    processes.worker(settings)
+    processes.started.append(
+        stack.start_consumer(settings, "fraud", f"fraud-{uuid.uuid4().hex[:6]}", "--from-beginning")
+    )
+    processes.started.append(stack.start_worker(settings, f"backfill-{uuid.uuid4().hex[:6]}", backfill=True))
+    requests = traffic.valid_requests(4_000, prefix=f"lc-{uuid.uuid4().hex[:6]}-", seed=31)
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
+    probe.publish(settings, [traffic.message_for(r) for r in requests])
+
+    # The results' leader moves while the worker writes them and the consumer reads them.
+    _progress(settings, start, len(requests) // 4)
+    moved = leader(settings, settings.topics.results, 0)
+    cluster.stop_node(moved)
+    collected = probe.collect(
+        settings, start, lambda c: c.distinct_results >= len(requests), timeout_s=180,
+        sentinels=probe.publish_sentinels(settings),
+    )  # fmt: skip
+    cluster.start_node(moved)
+    cluster.wait_in_sync(settings)
+
+    # A replay of them, its requests' leader moving while it publishes.
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "replay", "--replay-id", "lc1", "--since", since.isoformat(),
+         "--rate", "500"],
+        env={**os.environ, **settings_env(settings)}, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(1.5)
+    backfill_leader = leader(settings, settings.topics.backfill_requests, 0)
+    cluster.stop_node(backfill_leader)
+    _, err = replay.communicate(timeout=180)
+    cluster.start_node(backfill_leader)
+
+    scores = dict(zip([r["event_id"] for r in requests], reference_scores(settings, requests), strict=True))
+    surely = {e for e, s in scores.items() if s >= settings.consumers.fraud.hard_threshold + 1e-4}
+    alerts = _until_alerts(settings, surely)
+    replayed = Counter(
+        value["event_id"]
+        for value in probe.read_to_end(settings, _from_start(settings, settings.topics.backfill_requests))
+        if str(value.get("event_id", "")).startswith("lc-")
+    )
+
+    assert collected.distinct_results == len(requests) and collected.repeated_results == 0
+    ids = Counter(a["alert_id"] for a in alerts)
+    assert not [i for i, n in ids.items() if n > 1], "an alert published twice"
+    high = {e for a in alerts if a["rule"] == "high_score" for e in a["event_ids"]}
+    assert surely <= high <= {e for e, s in scores.items() if s >= settings.consumers.fraud.hard_threshold - 1e-4}
+    assert replay.returncode == 0, err.decode()[-2000:]
+    assert set(replayed) == set(scores) and max(replayed.values()) == 1, "a request replayed twice"
+    print(f"results' leader {moved} stopped, then the backfill requests' {backfill_leader}; {len(ids)} alerts")
+
+
+def _from_start(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    return {tp: 0 for tp in probe.end_offsets(settings, [topic])}
+
+
+def _until_alerts(settings: Settings, expected: set[str], timeout_s: float = 120) -> list[dict]:
+    """The committed fraud alerts, once the high-score alerts of `expected` events are all in."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alerts = probe.read_to_end(settings, _from_start(settings, settings.topics.alerts))
+        if expected <= {e for a in alerts if a["rule"] == "high_score" for e in a["event_ids"]}:
+            return alerts
+        assert time.monotonic() < deadline, f"not every expected alert within {timeout_s:g} s"
+        time.sleep(1)
