@@ -24,6 +24,9 @@ from pipeline import topics
 from pipeline.local import probe, traffic
 from pipeline.local.cluster import LocalCluster, leader, transaction_coordinator
 from pipeline.local.stack import LocalStack, free_port, settings_env
+from pipeline.models import routing_log
+from pipeline.models.rollout import now
+from pipeline.models.routing import Change
 from pipeline.settings import Settings
 from tests.conftest import CLUSTER_KAFKA_PORT, Processes, make_settings, with_replay_topics
 from tests.integration.reference import reference_scores
@@ -34,9 +37,15 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The cluster, its routing topic naming the version of the fraud scorer the session's Triton serves."""
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), CLUSTER_KAFKA_PORT)
     local.start()
     try:
+        settings = local.settings(stack.settings())
+        topics.apply(settings)
+        stable = routing_log.read(stack.settings()).routing("fraud_scorer").stable
+        served = Change("fraud_scorer", "init", version=stable, by="test", at=now(), why="the session's Triton")
+        routing_log.append(settings, served)
         yield local
     finally:
         local.stop()
