@@ -25,6 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import topics
 from pipeline.local.stack import LocalStack, Ports, free_port
+from pipeline.models import routing_log
+from pipeline.models.rollout import now
+from pipeline.models.routing import Change
 from pipeline.settings import Settings
 
 XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
@@ -94,6 +97,15 @@ def with_replay_topics(settings: Settings, **replay: object) -> Settings:
     )
     topics.apply(settings)
     return settings
+
+
+def route_as_served(stack: LocalStack, settings: Settings) -> None:
+    """The contract's topics on `settings`' broker (another than the session's), and its routing of the
+    fraud scorer set to the version the session's Triton serves."""
+    topics.apply(settings)
+    stable = routing_log.read(stack.settings()).routing("fraud_scorer").stable
+    served = Change("fraud_scorer", "init", version=stable, by="test", at=now(), why="the session's Triton")
+    routing_log.append(settings, served)
 
 
 class Processes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
@@ -51,11 +53,7 @@ def apply(settings: Settings, recipe: Mapping[str, list[Grant]], timeout_s: floa
     """Creates every binding of `recipe` (creating one that exists changes nothing); how many."""
     bindings = [binding(principal, grant) for principal, granted in recipe.items() for grant in granted]
     admin = clients.admin(settings, clients.QUIET)
-    for acl, future in admin.create_acls(bindings, request_timeout=timeout_s).items():
-        try:
-            future.result()
-        except KafkaException as e:
-            raise ConfigurationError(f"the ACL {acl} was refused: {e.args[0].str()}") from e
+    _done(admin.create_acls(bindings, request_timeout=timeout_s), "the ACL {}")
     return len(bindings)
 
 
@@ -69,8 +67,14 @@ def upsert_users(settings: Settings, passwords: Mapping[str, str], timeout_s: fl
         UserScramCredentialUpsertion(user, info, password.encode()) for user, password in passwords.items()
     ]
     admin = clients.admin(settings, clients.QUIET)
-    for user, future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout_s).items():
+    _done(admin.alter_user_scram_credentials(upserts, request_timeout=timeout_s), "the SCRAM credentials of {!r}")
+
+
+def _done(futures: Mapping[Any, Future[Any]], what: str) -> None:
+    """Each admin request's outcome; the first refused one as a `ConfigurationError` naming it (`what`
+    formatted with its key: never a password, which no key holds)."""
+    for key, future in futures.items():
         try:
             future.result()
         except KafkaException as e:
-            raise ConfigurationError(f"the SCRAM credentials of {user!r} were refused: {e.args[0].str()}") from e
+            raise ConfigurationError(f"{what.format(key)} was refused: {e.args[0].str()}") from e

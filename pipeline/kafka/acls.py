@@ -162,8 +162,13 @@ def _consumer(settings: Settings, consumer: str) -> list[Grant]:
             # CREATE too: Faust declares a table's changelog topic at its start (the topic exists, so the
             # broker creates nothing), and stops when refused.
             return [*own, *(Grant("topic", alerts, op) for op in ("read", "write", "create"))]
-        case "drift":
-            return [*own, Grant("topic", t.requests, "read"), Grant("topic", t.drift_alerts, "write")]
+        case "drift":  # the routing too: each model's scores are judged against its stable version's reference
+            return [
+                *own,
+                Grant("topic", t.requests, "read"),
+                Grant("topic", t.model_routing, "read"),
+                Grant("topic", t.drift_alerts, "write"),
+            ]
         case _:  # guard: the dead letters of each arm, the routing it follows and rolls back
             return [
                 *own,

@@ -24,11 +24,8 @@ from pipeline import topics
 from pipeline.local import probe, traffic
 from pipeline.local.cluster import LocalCluster, leader, transaction_coordinator
 from pipeline.local.stack import LocalStack, free_port, settings_env
-from pipeline.models import routing_log
-from pipeline.models.rollout import now
-from pipeline.models.routing import Change
 from pipeline.settings import Settings
-from tests.conftest import CLUSTER_KAFKA_PORT, Processes, make_settings, with_replay_topics
+from tests.conftest import CLUSTER_KAFKA_PORT, Processes, make_settings, route_as_served, with_replay_topics
 from tests.integration.reference import reference_scores
 from tests.integration.streams import Stream, requests_for
 
@@ -41,11 +38,7 @@ def cluster(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iter
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), CLUSTER_KAFKA_PORT)
     local.start()
     try:
-        settings = local.settings(stack.settings())
-        topics.apply(settings)
-        stable = routing_log.read(stack.settings()).routing("fraud_scorer").stable
-        served = Change("fraud_scorer", "init", version=stable, by="test", at=now(), why="the session's Triton")
-        routing_log.append(settings, served)
+        route_as_served(stack, local.settings(stack.settings()))
         yield local
     finally:
         local.stop()
@@ -192,6 +185,7 @@ def test_the_fraud_consumer_and_a_replay_carry_on_across_leader_changes_without_
 
     scores = dict(zip([r["event_id"] for r in requests], reference_scores(settings, requests), strict=True))
     surely = {e for e, s in scores.items() if s >= settings.consumers.fraud.hard_threshold + 1e-4}
+    assert surely, "some events over the hard threshold, for the consumer to alert on"
     alerts = _until_alerts(settings, surely)
     replayed = Counter(
         value["event_id"]

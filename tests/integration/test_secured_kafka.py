@@ -21,15 +21,11 @@ import pytest
 from confluent_kafka import TopicPartition
 from pydantic import SecretStr
 
-from pipeline import topics
 from pipeline.kafka import access, acls
 from pipeline.local import probe, traffic
 from pipeline.local.stack import LocalStack, free_port, settings_env
-from pipeline.models import routing_log
-from pipeline.models.rollout import now
-from pipeline.models.routing import Change
 from pipeline.settings import Settings
-from tests.conftest import SECURED_KAFKA_PORT, TEST_PORTS, Processes, make_settings, with_replay_topics
+from tests.conftest import SECURED_KAFKA_PORT, TEST_PORTS, Processes, make_settings, route_as_served, with_replay_topics
 from tests.integration.reference import reference_scores
 
 pytestmark = pytest.mark.integration
@@ -44,11 +40,7 @@ def secured(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iter
     local.model_repository = stack.model_repository
     local.start_kafka()
     try:
-        settings = local.settings()
-        topics.apply(settings)
-        stable = routing_log.read(stack.settings()).routing("fraud_scorer").stable
-        served = Change("fraud_scorer", "init", version=stable, by="test", at=now(), why="the session's Triton")
-        routing_log.append(settings, served)
+        route_as_served(stack, local.settings())
         yield local
     finally:
         local.stop_kafka()
@@ -166,8 +158,17 @@ def test_every_component_works_under_its_own_principal_with_only_the_acl_recipe(
     try:
         started.worker(as_("worker"))
         started.gateway(as_("bridge"))
-        fraud = as_("fraud").updated(consumers={"metrics_port": metrics_port})
-        started.started.append(secured.start_consumer(fraud, "fraud", "acl-fraud", "--from-beginning"))
+        consumers = {}
+        for consumer in ("fraud", "anomaly", "drift", "guard"):  # side by side, each as its own principal
+            own = as_(consumer).updated(
+                consumers={"metrics_port": metrics_port if consumer == "fraud" else free_port()}
+            )
+            name = f"acl-{consumer}"
+            consumers[name] = secured.spawn(name, own, "consumers", consumer, "--from-beginning")
+            started.started.append(consumers[name])
+            started.names.append(name)
+        for name, process in consumers.items():
+            secured.wait_for_log(name, "consumer_ready", process)
         start = probe.end_offsets(admin, [admin.topics.results, admin.topics.dlq])
         probe.publish(admin, messages + messages[:80] + poison)  # 80 repeats
         collected = probe.collect(
