@@ -13,7 +13,8 @@ from pipeline.settings import KafkaSettings
 
 
 def librdkafka(kafka: KafkaSettings) -> dict[str, Any]:
-    """librdkafka properties: the servers, the security, then `extra` over them."""
+    """librdkafka properties of the connection: the servers and the security (`clients.config` puts a
+    client's options, then `extra`, over them)."""
     config: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,
         "security.protocol": kafka.security_protocol,
@@ -30,7 +31,7 @@ def librdkafka(kafka: KafkaSettings) -> dict[str, Any]:
         config |= {name: str(path) for name, path in files.items() if path is not None}
         if kafka.ssl_key_password is not None:
             config["ssl.key.password"] = kafka.ssl_key_password.get_secret_value()
-    return config | kafka.extra
+    return config
 
 
 def aiokafka(kafka: KafkaSettings) -> dict[str, Any]:

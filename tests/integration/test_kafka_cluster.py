@@ -216,3 +216,16 @@ def _until_alerts(settings: Settings, expected: set[str], timeout_s: float = 120
             return alerts
         assert time.monotonic() < deadline, f"not every expected alert within {timeout_s:g} s"
         time.sleep(1)
+
+
+def test_a_worker_refuses_at_start_a_results_topic_where_one_in_sync_replica_acknowledges(on_cluster):
+    settings, _ = on_cluster
+    lax = settings.updated(topics={"results": f"{settings.topics.results}.lax"})
+    topics.apply(lax, [topics.TopicSpec(lax.topics.results, 12, {"min.insync.replicas": "1"})])
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "worker"], env={**os.environ, **settings_env(lax)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert f"{lax.topics.results} has min.insync.replicas 1: acks=all is then acknowledged by one replica" in line

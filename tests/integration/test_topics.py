@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import topics
 from pipeline.errors import ConfigurationError
-from pipeline.local.stack import settings_env
+from pipeline.local.stack import free_port, settings_env
 from pipeline.worker import startup
 
 pytestmark = pytest.mark.integration
@@ -61,3 +61,11 @@ def test_topics_below_the_production_replication_minimum_are_refused_at_start_in
         assert f"{production.topics.results} has 1 replica(s), fewer than kafka.min_replication_factor 3" in line
     assert "unchanged " in applied.stdout, "what topics apply did is still printed"
     assert _pipeline(production.updated(kafka={"min_replication_factor": 1}), "topics", "apply").returncode == 0
+
+
+def test_a_bootstrap_where_no_broker_answers_stops_a_worker_at_start_in_one_line(pipeline_settings):
+    nowhere = pipeline_settings().updated(kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    done = _pipeline(nowhere, "worker")
+    assert done.returncode == 1, done.stderr[-2000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert f"kafka at {nowhere.kafka.bootstrap_servers}: no broker answered" in line, line
