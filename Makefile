@@ -6,9 +6,9 @@ PIP_FLAGS ?= -q
 # Test sessions side by side (pytest-xdist), each with Kafka and Triton of its own, a test file each at a time.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test bench up down lint clean redis-server
+.PHONY: setup demo test bench up down lint clean redis-server prometheus
 
-setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed redis-server
+setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed redis-server prometheus
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ deploy/kafka/.libs/.complete: deploy/kafka/pom.xml
 # Redis backs the Feast online store's production option (and its outage test); Debian's package.
 redis-server:
 	bash deploy/redis/redis.sh install
+
+# promtool checks and unit-tests the alerting rules (deploy/prometheus/); Debian's package.
+prometheus:
+	bash deploy/prometheus/prometheus.sh install
 
 demo: setup
 	$(VENV)/bin/pipeline demo $(DEMO_ARGS)
