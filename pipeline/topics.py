@@ -62,7 +62,13 @@ def apply(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: f
     grow = [s for s in specs if s.name in existing and len(existing[s.name].partitions) < s.partitions]
     if missing:
         new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=-1, config=s.config) for s in missing]
-        _wait(admin.create_topics(new, operation_timeout=timeout_s), ignore="TOPIC_ALREADY_EXISTS")
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                _wait(admin.create_topics(new, operation_timeout=timeout_s), ignore="TOPIC_ALREADY_EXISTS")
+                break
+            except KafkaException as e:  # a request lost on its way: created again, or found created
+                if e.args[0].code() not in _IN_TRANSIT or attempt == _CREATE_ATTEMPTS - 1:
+                    raise ConfigurationError(f"creating topics: {e.args[0].str()}") from e
     if grow:
         _wait(admin.create_partitions([NewPartitions(s.name, s.partitions) for s in grow]))
     if missing or grow:
@@ -147,6 +153,12 @@ _NEVER_SERVED = {
 }
 
 
+# A request that failed on its way, not refused: a fresh client's first requests can go out on its
+# bootstrap connections, which librdkafka drops once it knows the brokers (_DESTROY_BROKER).
+_IN_TRANSIT = {KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
+_CREATE_ATTEMPTS = 3
+
+
 def _wait(futures: dict, ignore: str | None = None) -> None:
     for name, future in futures.items():
         try:
@@ -154,4 +166,6 @@ def _wait(futures: dict, ignore: str | None = None) -> None:
         except KafkaException as e:
             if ignore and e.args[0].name() == ignore:
                 continue
+            if e.args[0].code() in _IN_TRANSIT:
+                raise  # the caller may ask again
             raise ConfigurationError(f"topic {name}: {e.args[0].str()}") from e

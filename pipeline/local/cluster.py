@@ -38,8 +38,20 @@ class LocalCluster:
         """`base` connected to this cluster, which keeps every topic on 3 replicas."""
         return base.updated(kafka={"bootstrap_servers": self.bootstrap_servers, "min_replication_factor": 3})
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 60) -> None:
+        """The three nodes started, once a client sees all three brokers."""
         self._script("start")
+        admin = clients.admin(self.settings(Settings()), clients.QUIET)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if len(admin.list_topics(timeout=5).brokers) == len(NODES):
+                    return
+            except KafkaException:
+                pass  # not answering yet
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"the cluster's brokers not all registered after {timeout_s:g} s")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         self._script("stop")

@@ -304,7 +304,7 @@ def test_the_guard_rolls_back_a_bad_canary_within_its_windows_and_keeps_a_good_o
     start_worker(settings)
     group = f"guard-{uuid.uuid4().hex[:6]}"
     processes.started.append(processes.stack.start_consumer(settings, "guard", group, "--group-id", group))
-    stream = Stream(settings, rate=500, model=name)
+    stream = Stream(settings, rate=500, model=name, http=False)
     try:
         ok(settings, "publish", name, str(bad.version), "--canary", "0.2", "--why", "fitted to shuffled labels")
         _until(lambda: metric(port, "pipeline_guard_rollbacks_total", model=name) >= 1, 120, "the guard's rollback")
