@@ -41,15 +41,9 @@ def _configure_logging() -> None:
 
 
 def _permitted(settings: Any, *components: str) -> None:
-    """Before a process of `components` starts, in one line each: the cluster cannot be reached, does not
-    allow this process's principal what they need (docs/security.md#acls), or keeps the topics they
-    write on too few replicas (docs/security.md#durability-checked-at-start)."""
-    from pipeline.kafka import acls, durability, permissions, reach
+    from pipeline.kafka import preflight
 
-    reach.check(settings)
-    for component in components:
-        permissions.check(settings, component)
-    durability.check(settings, {n for c in components for n in acls.written(settings, c)})
+    preflight.check(settings, *components)
 
 
 @topics_app.command("apply")
@@ -345,6 +339,7 @@ def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
     from pipeline import topics
     from pipeline.consumers import anomaly, drift, fraud, guard
     from pipeline.consumers import app as consumer_app
+    from pipeline.kafka import acls
 
     _configure_logging()
     settings = get_settings()
@@ -359,7 +354,7 @@ def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
     else:
         drift.check_reference(settings)
         partitions = topics.partition_count(settings, settings.topics.requests)
-    group = group_id or settings.consumers.group_id or f"pipeline-{name}"
+    group = acls.consumer_group(settings, name)
     faust_app = consumer_app.make_app(settings, group, from_beginning, partitions)
     if name == "fraud":
         topics.apply(settings, fraud.install(faust_app, settings, partitions))

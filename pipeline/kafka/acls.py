@@ -55,6 +55,11 @@ class Grant:
 READERS = {"replay": "pipeline-replay", "redrive": "pipeline-redrive", "models": "pipeline-models"}
 
 
+def lag_probe_group(group: str) -> str:
+    """The group a lag reader's probe of `group`'s backlog names (`scaling.lag.BacklogReader`)."""
+    return f"{group}.lag-probe"
+
+
 def principal(component: str, names: Mapping[str, str] | None = None) -> str:
     """The component's principal: the operator's name for it, else `User:pipeline-<component>`."""
     given = (names or {}).get(component)
@@ -73,8 +78,8 @@ def grants(settings: Settings, component: str) -> list[Grant]:
     Each topic it writes, it may also read the config of: its min.insync.replicas is checked at start
     (`durability`), and the results' retention against the dedup window."""
     granted = _grants(settings, component)
-    configs = [Grant(g.resource, g.name, "describe_configs", g.pattern) for g in granted if g.operation == "write"]
-    return [*granted, *(g for g in configs if g.resource == "topic")]
+    written = [g for g in granted if g.resource == "topic" and g.operation == "write"]
+    return [*granted, *(Grant("topic", g.name, "describe_configs", g.pattern) for g in written)]
 
 
 def _grants(settings: Settings, component: str) -> list[Grant]:
@@ -120,7 +125,7 @@ def _grants(settings: Settings, component: str) -> list[Grant]:
             return [
                 Grant("topic", t.requests, "read"),  # the oldest waiting record's time: the lag in seconds
                 Grant("group", settings.worker.app_id, "describe"),  # its committed offsets and members
-                Grant("group", f"{settings.worker.app_id}.lag-probe", "describe"),
+                Grant("group", lag_probe_group(settings.worker.app_id), "describe"),
             ]
         case "models":
             return [

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import ConfigResource, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
@@ -46,12 +46,13 @@ def findings(topics: Iterable[Replication], minimum: int) -> tuple[list[str], li
     return refusals, warnings
 
 
-def check(settings: Settings, topics: Iterable[str], timeout_s: float = 15.0) -> None:
-    """Raises `ConfigurationError` with the refusals in one line; logs the warnings."""
+def check(settings: Settings, topics: Iterable[str], timeout_s: float = 15.0, admin: AdminClient | None = None) -> None:
+    """Raises `ConfigurationError` with the refusals in one line; logs the warnings (asked through
+    `admin`, default a client of its own)."""
     names = sorted(set(topics))
     if not names:
         return
-    admin = clients.admin(settings, clients.QUIET)
+    admin = admin or clients.admin(settings, clients.QUIET)
     metadata = admin.list_topics(timeout=timeout_s).topics
     found = {n: metadata[n] for n in names if n in metadata and metadata[n].error is None and metadata[n].partitions}
     if not found:

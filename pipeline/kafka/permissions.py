@@ -12,24 +12,26 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
 from pipeline.kafka.acls import Grant, grants
 from pipeline.settings import Settings
 
-_SHOWN = 3
+_SHOWN = 3  # missing grants named in the line; the rest counted
 _COORDINATOR_MOVING = {
     KafkaError.NOT_COORDINATOR,
     KafkaError.COORDINATOR_NOT_AVAILABLE,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-}  # missing grants named in the line; the rest counted
+}
 
 
-def check(settings: Settings, component: str, timeout_s: float = 15.0) -> None:
-    """Raises `ConfigurationError` naming the grants of `component` that the settings' principal lacks."""
+def check(settings: Settings, component: str, timeout_s: float = 15.0, admin: AdminClient | None = None) -> None:
+    """Raises `ConfigurationError` naming the grants of `component` that the settings' principal lacks
+    (asked through `admin`, default a client of its own)."""
     needed = [g for g in grants(settings, component) if g.resource in ("topic", "group")]
-    admin = clients.admin(settings, clients.QUIET)
+    admin = admin or clients.admin(settings, clients.QUIET)
     allowed: dict[tuple[str, str], set[str] | None] = {}
     topics = sorted({g.name for g in needed if g.resource == "topic"})
     for name, future in admin.describe_topics(

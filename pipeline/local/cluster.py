@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -130,9 +131,10 @@ def transaction_coordinator(settings: Settings, transactional_id: str) -> int:
 
 def _java_hash(text: str) -> int:
     """Java's String.hashCode (over UTF-16 code units), as a signed 32-bit int."""
+    units = text.encode("utf-16-be")
     h = 0
-    for unit in text.encode("utf-16-be").hex(" ", 2).split():
-        h = (31 * h + int(unit, 16)) & 0xFFFFFFFF
+    for unit in struct.unpack(f">{len(units) // 2}H", units):
+        h = (31 * h + unit) & 0xFFFFFFFF
     return h - (1 << 32) if h >= 1 << 31 else h
 
 

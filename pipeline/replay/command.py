@@ -82,7 +82,7 @@ def replay(
     results. Resumable: run it again with the same --replay-id to continue; a finished replay adds nothing."""
     if ctx.invoked_subcommand is not None:
         return
-    from pipeline.kafka import permissions, reach
+    from pipeline.kafka import preflight
     from pipeline.replay import checkpoint, publisher, selection
     from pipeline.replay.sources import PartitionRange, TopicSource, open_file
 
@@ -94,8 +94,7 @@ def replay(
     explicit = [PartitionRange.parse(r) for r in ranges or ()]
     pinned = _pinned_version(settings, model_version) if model_version is not None else None
     opened = open_file(file) if file is not None else None  # a bad file fails before the broker is asked
-    reach.check(settings)
-    permissions.check(settings, "replay")  # a missing ACL named now, not midway (docs/security.md#acls)
+    preflight.check(settings, "replay")  # a missing ACL named now, not midway (docs/security.md#acls)
     previous = checkpoint.latest(settings, replay_id)
     results = _results_topic(settings, results_topic, previous)
     source = opened or TopicSource(

@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.errors import PipelineError
 from pipeline.kafka import clients
+from pipeline.kafka.acls import lag_probe_group
 
 
 class LagUnreadable(PipelineError):
@@ -169,7 +170,7 @@ class BacklogReader:
         self._probe = clients.consumer_of(
             {
                 **consumer_config,
-                "group.id": f"{group}.lag-probe",  # never subscribes or commits: needed by librdkafka only
+                "group.id": lag_probe_group(group),  # never subscribes or commits: needed by librdkafka only
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,
