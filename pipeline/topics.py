@@ -107,24 +107,27 @@ def _await_leaders(admin: AdminClient, wanted: dict[str, int], timeout_s: float)
     deadline = time.monotonic() + timeout_s
     pending = [TopicPartition(name, p) for name, count in wanted.items() for p in range(count)]
     errors: dict[TopicPartition, str] = {}
+    leaderless = sorted(wanted)
     while time.monotonic() < deadline:
         try:
             metadata = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).topics
         except KafkaException as e:
             raise ConfigurationError(f"the broker's metadata could not be read: {e}") from e
-        if all(
-            name in metadata
-            and len(metadata[name].partitions) >= count
-            and all(p.leader >= 0 for p in metadata[name].partitions.values())
-            for name, count in wanted.items()
-        ):
+        leaderless = [
+            name
+            for name, count in sorted(wanted.items())
+            if name not in metadata
+            or len(metadata[name].partitions) < count
+            or any(p.leader < 0 for p in metadata[name].partitions.values())
+        ]
+        if not leaderless:
             errors = _unserved(admin, pending, max(0.1, deadline - time.monotonic()))
             if not errors:
                 return
             pending = list(errors)
         time.sleep(0.1)
     if not errors:
-        raise ConfigurationError(f"topics {sorted(wanted)} have no leader for every partition after {timeout_s:g} s")
+        raise ConfigurationError(f"topics {leaderless} have no leader for every partition after {timeout_s:g} s")
     unserved = ", ".join(f"{tp.topic}[{tp.partition}]: {error}" for tp, error in list(errors.items())[:3])
     raise ConfigurationError(f"{len(errors)} new partition(s) not served after {timeout_s:g} s: {unserved}")
 

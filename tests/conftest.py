@@ -12,6 +12,7 @@ Integration tests get factories: fresh settings with unique topic names and a un
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -42,6 +43,7 @@ TEST_PORTS = Ports(
 REDIS_PORT = 16379 + PORT_OFFSET
 SECURED_KAFKA_PORT = 19492 + PORT_OFFSET  # the secured broker's (and its controller on the next port)
 CLUSTER_KAFKA_PORT = 19792 + PORT_OFFSET  # the three-node cluster's first node (nodes 2 apart, controllers next)
+TEST_TOPIC = re.compile(r"t[0-9a-f]{10}\.")  # make_settings' topic names
 
 
 @pytest.fixture(scope="session")
@@ -174,6 +176,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed and isinstance(started, Processes):
         for name, tail in started.log_tails():
             report.sections.append((f"{name} log, last lines", tail))
+
+
+@pytest.fixture(autouse=True)
+def _test_topics_deleted(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The topics of its own (`make_settings`' names) a test created on the session's broker are
+    deleted after it; those of module fixtures, there before it, are kept. A session creates some
+    150 sets of them, and a broker holding every one answers metadata ever more slowly."""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    stack: LocalStack = request.getfixturevalue("stack")
+    admin = topics.admin_client(stack.settings())
+    before = set(admin.list_topics(timeout=30).topics)
+    yield
+    created = [name for name in admin.list_topics(timeout=30).topics if name not in before and TEST_TOPIC.match(name)]
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=30).values():
+            future.exception()  # waited for; a topic already gone is no matter
 
 
 @pytest.fixture
