@@ -6,9 +6,9 @@ PIP_FLAGS ?= -q
 # Test sessions side by side (pytest-xdist), each with Kafka and Triton of its own, a test file each at a time.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test bench up down lint clean redis-server prometheus
+.PHONY: setup demo test bench up down lint clean redis-server prometheus docker-compose
 
-setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed redis-server prometheus
+setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed redis-server prometheus docker-compose
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ redis-server:
 # promtool checks and unit-tests the alerting rules (deploy/prometheus/); Debian's package.
 prometheus:
 	bash deploy/prometheus/prometheus.sh install
+
+# `docker-compose config` checks docker-compose.yml without an engine; Debian's package.
+docker-compose:
+	bash deploy/compose/compose.sh install
 
 demo: setup
 	$(VENV)/bin/pipeline demo $(DEMO_ARGS)

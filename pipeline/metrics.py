@@ -18,6 +18,17 @@ SHADOW_FAILURES = Counter(
     "Shadowed events the candidate could not score (left unshadowed), by model",
     ["model"],
 )
+SCORED = Counter(
+    "pipeline_scored_total",
+    "Events scored, by model, the version that scored them and its arm (stable, canary, shadow, backtest)",
+    ["model", "version", "arm"],
+)
+SCORES = Histogram(
+    "pipeline_score",
+    "Scores given, by model and arm: the arms' distributions side by side (the rollout dashboard's compare)",
+    ["model", "arm"],
+    buckets=tuple(round(0.1 * i, 1) for i in range(1, 10)),
+)
 RETRIES = Counter("pipeline_retries_total", "Retries of a transient failure, by stage (inference, features)", ["stage"])
 TRANSACTION_ABORTS = Counter("pipeline_transaction_aborts_total", "Aborted transactions, by reason", ["reason"])
 REBALANCES = Counter("pipeline_rebalances_total", "Partition assignments and revocations", ["change"])
@@ -146,7 +157,7 @@ def kafka_error_callback(client: str) -> Callable[[KafkaError], None]:
     return count
 
 
-def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+def observe_many(histogram: Histogram, values: Sequence[float] | np.ndarray) -> None:
     """`histogram.observe(v)` for each value, counted per bucket in one pass: per-event latencies
     are observed for whole batches, not with one `observe` per event (docs/performance.md#per-batch-metrics).
     Uses the histogram's own bucket and sum values (prometheus_client's layout since 0.4)."""

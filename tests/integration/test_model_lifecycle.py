@@ -275,6 +275,7 @@ def test_bad_changes_get_one_line_and_a_non_zero_exit_and_leave_the_routing_as_i
 def test_the_canary_takes_its_share_of_20000_events_within_one_and_a_half_points(own_model, start_worker):
     settings, name = own_model
     ok(settings, "publish", name, "2", "--canary", "0.1")
+    settings = settings.updated(worker={"metrics_port": free_port()})
     start_worker(settings)
     start = probe.end_offsets(settings, [settings.topics.results, settings.topics.dlq])
     requests = requests_for(name, 20_000, prefix=f"share-{uuid.uuid4().hex[:6]}-")
@@ -288,6 +289,10 @@ def test_the_canary_takes_its_share_of_20000_events_within_one_and_a_half_points
     assert abs(len(canary) / len(requests) - 0.1) <= 0.015, len(canary)
     assert all(collected.results[e][0]["model_version"] == "2" for e in canary)
     assert set(canary) == {str(r["event_id"]) for r in requests if contract_bucket(str(r["event_id"]), b"arm") < 1_000}
+    # The worker's count of events scored by version and arm (the rollout dashboard's) is the results'.
+    port = settings.worker.metrics_port
+    assert metric(port, "pipeline_scored_total", model=name, version="2", arm="canary") == len(canary)
+    assert metric(port, "pipeline_scored_total", model=name, version="1", arm="stable") == len(requests) - len(canary)
 
 
 def test_the_guard_rolls_back_a_bad_canary_within_its_windows_and_keeps_a_good_one(own_model, processes, start_worker):

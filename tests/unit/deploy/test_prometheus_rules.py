@@ -4,24 +4,17 @@ every metric they name is one the pipeline or Triton exports."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY
 
-import pipeline.metrics  # noqa: F401 -- registers the pipeline's metrics
 from pipeline.settings import PROJECT_ROOT, Settings
+from tests.unit.deploy.promql import TRITON, exported, metric_names
 
 RULES = PROJECT_ROOT / "deploy" / "prometheus" / "rules.yml"
 RULE_TESTS = PROJECT_ROOT / "deploy" / "prometheus" / "rules.test.yml"
-# Triton's own metrics the rules read (https://docs.nvidia.com/deeplearning/triton-inference-server/
-# user-guide/docs/user_guide/metrics.html), and prometheus_client's process collector.
-TRITON = {"nv_inference_queue_duration_us", "nv_inference_request_success"}
-_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
-_FUNCTIONS = {"sum", "max", "rate", "increase", "changes", "or", "and", "unless"}
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -32,15 +25,6 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _rules() -> list[dict]:
     return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
-
-
-def exported() -> set[str]:
-    """The series names the pipeline's processes export (a labelled metric before its first sample too)."""
-    names = set()
-    for family in REGISTRY.collect():
-        names |= {family.name + suffix for suffix in _SUFFIXES.get(family.type, ("",))}
-        names |= {sample.name for sample in family.samples}
-    return names
 
 
 def test_the_rules_are_valid_and_their_unit_tests_pass():
@@ -58,9 +42,7 @@ def test_every_alert_has_a_unit_test():
 
 @pytest.mark.parametrize("rule", _rules(), ids=lambda rule: rule["alert"])
 def test_every_metric_a_rule_reads_is_exported(rule):
-    # Selectors, strings, ranges and grouping labels aside: what is left names metrics and functions.
-    expr = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^]]*\]|\b(?:by|without|on|ignoring)\s*\([^)]*\)', " ", rule["expr"])
-    named = {word for word in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if word not in _FUNCTIONS}
+    named = metric_names(rule["expr"])
     assert named, rule["expr"]
     unknown = named - exported() - TRITON
     assert not unknown, f"{rule['alert']} reads {sorted(unknown)}, which nothing exports"
