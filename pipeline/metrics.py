@@ -9,6 +9,8 @@ import structlog
 from confluent_kafka import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
+from pipeline.contract import ERROR_CODES
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 EVENTS = Counter("pipeline_events_total", "Requests consumed, by outcome", ["outcome"])
@@ -144,6 +146,16 @@ WORKER_STOP_SECONDS = Histogram(
     "From SIGTERM to a worker's exit (its batch finished, committed, the group left)",
     buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
+
+
+def zero_worker_series() -> None:
+    """The worker's counters over a closed set of labels, exported at 0 from its start: a rule's
+    rate() and a dashboard panel see the first dead letter of a code, or the first retry, as an
+    increase rather than as a series that was not there."""
+    for code in ERROR_CODES:
+        DEAD_LETTERS.labels(code)
+    for stage in ("inference", "features"):  # the stages whose failures are retried (`errors`)
+        RETRIES.labels(stage)
 
 
 def kafka_error_callback(client: str) -> Callable[[KafkaError], None]:

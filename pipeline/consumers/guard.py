@@ -71,6 +71,7 @@ class Watches:
         watch = self._watches.get(model)
         if watch is None or watch.candidate != routing.candidate:
             watch = self._watches[model] = _Watch(routing.candidate, Guard(self._limits))
+            metrics.GUARD_ROLLBACKS.labels(model)  # exported at 0 while a canary is watched
         return routing, watch
 
     def items(self) -> list[tuple[str, _Watch]]:

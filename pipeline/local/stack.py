@@ -9,19 +9,22 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
 import structlog
+import yaml
 from pydantic import SecretStr
 
 from pipeline.errors import ConfigurationError
@@ -32,6 +35,7 @@ log = structlog.get_logger(__name__)
 KAFKA_SCRIPT = PROJECT_ROOT / "deploy" / "kafka" / "kafka.sh"
 TRITON_SCRIPT = PROJECT_ROOT / "deploy" / "triton" / "triton.sh"
 REDIS_SCRIPT = PROJECT_ROOT / "deploy" / "redis" / "redis.sh"
+PROMETHEUS_SCRIPT = PROJECT_ROOT / "deploy" / "prometheus" / "prometheus.sh"
 CONSUMERS = ("fraud", "drift", "anomaly", "guard")  # `pipeline consumers NAME` run by `stack up` and the demo
 # Each one's metrics port, from PIPELINE_CONSUMERS__METRICS_PORT (9101): 9101-9103, and 9106 for the
 # guard (9104 and 9105 are the backfill worker's and the scaling policy service's).
@@ -143,6 +147,34 @@ class LocalStack:
 
     def stop_redis(self, port: int) -> None:
         self._service(REDIS_SCRIPT, "stop", self._redis_env(port), self.run_dir / f"redis-{port}" / "redis.pid", port)
+
+    def start_prometheus(self, port: int, config: dict[str, Any], rule_files: Sequence[Path] = ()) -> str:
+        """Debian's Prometheus on `port` with this configuration, `rule_files` copied beside it (name
+        them by file name in `config`); its URL once it says it is ready."""
+        folder = self.run_dir / f"prometheus-{port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        for path in rule_files:
+            shutil.copy(path, folder / path.name)
+        self._service(PROMETHEUS_SCRIPT, "start", self._prometheus_env(port), folder / "prometheus.pid")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urlopen(f"{url}/-/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return url
+            except (URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise ConfigurationError(f"prometheus on {url} not ready after 60 s; see {folder / 'prometheus.log'}")
+
+    def stop_prometheus(self, port: int) -> None:
+        folder = self.run_dir / f"prometheus-{port}"
+        self._service(PROMETHEUS_SCRIPT, "stop", self._prometheus_env(port), folder / "prometheus.pid", port)
+
+    def _prometheus_env(self, port: int) -> dict[str, str]:
+        return {"PROMETHEUS_PORT": str(port), "PROMETHEUS_DIR": str(self.run_dir / f"prometheus-{port}")}
 
     def _redis_env(self, port: int) -> dict[str, str]:
         return {"REDIS_PORT": str(port), "REDIS_DIR": str(self.run_dir / f"redis-{port}")}

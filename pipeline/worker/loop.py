@@ -446,6 +446,7 @@ def run(settings: Settings, backfill: bool = False) -> None:
     # at a cost in RSS and start-up (docs/performance.md#no-torch-in-workers). Scoring happens in
     # Triton, so the worker process declines the import; Feast runs without it, as without torch.
     sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
+    metrics.zero_worker_series()
     server, _ = start_http_server(settings.worker.metrics_port, addr=settings.worker.metrics_host)
     log.info("worker_starting", app_id=settings.worker.app_id, metrics_port=server.server_port)
 

@@ -11,11 +11,9 @@ here from the contract (BLAKE2b-64 with personalisation, modulo 10,000), not the
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -32,13 +30,13 @@ from pipeline import topics
 from pipeline.bench.memory import status_mib
 from pipeline.inference.repository import TritonRepository
 from pipeline.local import probe, traffic
-from pipeline.local.stack import settings_env
 from pipeline.models import routing_log, train
 from pipeline.models.rollout import Rollout
 from pipeline.models.routing import Routing
-from pipeline.settings import PROJECT_ROOT, Settings
+from pipeline.settings import Settings
 from pipeline.topics import TopicSpec
 from tests.conftest import free_port, metric, with_replay_topics
+from tests.integration.models import models_cli, ok, pipeline_cli, served_copy
 from tests.integration.reference import reference_scores
 from tests.integration.streams import Stream, requests_for
 
@@ -51,55 +49,12 @@ def contract_bucket(event_id: str, salt: bytes) -> int:
     return int.from_bytes(digest, "big") % 10_000
 
 
-def models_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return pipeline_cli(settings, "models", *args)
-
-
-def pipeline_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """`pipeline ARGS` with these settings."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        env={**os.environ, **settings_env(settings)},
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=300,
-    )
-
-
-def ok(settings: Settings, *args: str) -> str:
-    done = models_cli(settings, *args)
-    assert done.returncode == 0, f"models {' '.join(args)}: {done.stderr}"
-    return done.stdout
-
-
 @pytest.fixture
 def own_model(stack, pipeline_settings) -> Iterator[tuple[Settings, str]]:
-    """Fresh settings and a model of this test's own: version 1 served as its first stable version,
-    version 2 trained on other rows and not routed to. Unloaded and removed afterwards (a Triton
-    restarted later serves only the session's models)."""
+    """Fresh settings and a model of this test's own (`tests.integration.models.served_copy`)."""
     settings = pipeline_settings().updated(models={"unload_grace_s": 2.0})
-    repository = settings.triton.model_repository
-    name = f"fraud_lc{uuid.uuid4().hex[:8]}"
-    source = repository / "fraud_scorer"
-    (repository / name).mkdir()
-    config = (source / "config.pbtxt").read_text().replace('name: "fraud_scorer"', f'name: "{name}"')
-    (repository / name / "config.pbtxt").write_text(config)
-    shutil.copytree(source / routing_log.read(settings).routing("fraud_scorer").stable, repository / name / "1")
-    rollout = Rollout(settings)
-    try:
-        rollout.serve([name])
-    finally:
-        rollout.close()
-    train.train(repository, rows=20_000, epochs=4, seed=7, name=name)
-    yield settings, name
-    triton = TritonRepository(settings.triton)
-    try:
-        triton.unload(name)
-        triton.wait_gone(name, [v.version for v in triton.index().get(name, [])], timeout_s=60)
-    finally:
-        triton.close()
-    shutil.rmtree(repository / name)
+    with served_copy(settings) as name:
+        yield settings, name
 
 
 def routings_of(settings: Settings, model: str) -> list[Routing]:
