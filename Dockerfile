@@ -25,13 +25,15 @@ RUN groupadd --system --gid "${UID}" pipeline \
  && useradd --system --uid "${UID}" --gid pipeline --home-dir /var/lib/pipeline --shell /usr/sbin/nologin pipeline
 COPY --from=build /opt/venv /opt/venv
 # Read-only files: the topics' definitions, the Feast repository's definitions, the models' code
-# and Triton configurations (their trained versions: `pipeline models train`).
+# and Triton configurations (their trained versions: `pipeline models train`), and the models' GPU
+# configurations (deploy/triton/gpu/, which the Helm chart's set-up uses on a GPU).
 COPY topics /opt/pipeline/topics
 COPY feature_repo /opt/pipeline/feature_repo
 # Everything written goes under /var/lib/pipeline, one volume: the dedup state, the consumers'
 # data, the scaled workers' run directory, the Feast repository (registry and SQLite online store)
 # and the Triton model repository the models verbs write versions into.
 COPY triton_models /opt/pipeline/triton_models
+COPY deploy/triton/gpu /opt/pipeline/triton_gpu
 RUN mkdir -p /var/lib/pipeline/state /var/lib/pipeline/consumers /var/lib/pipeline/scale \
  && cp -r /opt/pipeline/feature_repo /var/lib/pipeline/feature_repo \
  && cp -r /opt/pipeline/triton_models /var/lib/pipeline/models \

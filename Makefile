@@ -5,10 +5,13 @@ MODEL_ENV := .venv-triton
 PIP_FLAGS ?= -q
 # Test sessions side by side (pytest-xdist), each with Kafka and Triton of its own, a test file each at a time.
 PYTEST_WORKERS ?= 2
+# helm, for linting and rendering the chart (deploy/helm/); built from its Go module.
+HELM_VERSION ?= v4.3.2
+HELM := .tools/bin/helm
 
 .PHONY: setup demo test bench up down lint clean redis-server prometheus docker-compose
 
-setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed redis-server prometheus docker-compose
+setup: $(VENV)/.installed $(MODEL_ENV)/.installed deploy/kafka/.libs/.complete .triton/.installed redis-server prometheus docker-compose $(HELM)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +44,9 @@ redis-server:
 # promtool checks and unit-tests the alerting rules (deploy/prometheus/); Debian's package.
 prometheus:
 	bash deploy/prometheus/prometheus.sh install
+
+$(HELM):
+	GOBIN=$(CURDIR)/.tools/bin go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 # `docker-compose config` checks docker-compose.yml without an engine; Debian's package.
 docker-compose:

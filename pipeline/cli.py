@@ -70,6 +70,9 @@ def topics_acls(
         list[str] | None,
         typer.Option(help="COMPONENT=PRINCIPAL: the principal a component runs as (default User:pipeline-COMPONENT)."),
     ] = None,
+    strimzi: Annotated[
+        bool, typer.Option("--strimzi", help="Print them as the ACLs of Strimzi KafkaUsers (YAML), by user.")
+    ] = False,
 ) -> None:
     """The ACLs each component needs, and no more, under its own principal (docs/security.md#acls)."""
     from pipeline.kafka import acls
@@ -80,6 +83,15 @@ def topics_acls(
         raise typer.BadParameter(str(e), param_hint="--principal") from e
     settings = get_settings()
     recipe = acls.recipe(settings, names)
+    if strimzi:
+        import yaml
+
+        try:
+            users = acls.strimzi_users(recipe)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--principal") from e
+        typer.echo(yaml.safe_dump({"users": users}, sort_keys=False), nl=False)
+        return
     for component, (who, granted) in zip(acls.COMPONENTS, recipe.items(), strict=True):
         typer.echo(f"{who}  # {acls.COMPONENTS[component]}")
         for grant in granted:

@@ -203,3 +203,32 @@ def parse_principals(given: Iterable[str]) -> dict[str, str]:
             raise ValueError(f"{item!r}: expected COMPONENT=PRINCIPAL with COMPONENT one of {', '.join(COMPONENTS)}")
         names[component] = name
     return names
+
+
+def strimzi_users(recipe: Mapping[str, Iterable[Grant]]) -> dict[str, list[dict[str, object]]]:
+    """The recipe as Strimzi `KafkaUser` ACLs (`spec.authorization.acls` of type simple), by user
+    name: a SCRAM user `pipeline-worker` is the principal `User:pipeline-worker`. One rule per
+    resource, its operations together."""
+    users: dict[str, list[dict[str, object]]] = {}
+    for who, granted in recipe.items():
+        kind, _, name = who.partition(":")
+        if kind != "User":
+            raise ValueError(f"{who}: Strimzi's KafkaUser names a User principal")
+        by_resource: dict[tuple[str, str, str], list[str]] = {}
+        for grant in granted:
+            pattern = "prefix" if grant.pattern == "prefixed" else "literal"
+            key = (_STRIMZI_RESOURCE[grant.resource], grant.name, pattern)
+            by_resource.setdefault(key, []).append("".join(part.capitalize() for part in grant.operation.split("_")))
+        users[name] = [
+            {"resource": {"type": kind_, "name": name_, "patternType": pattern}, "operations": sorted(set(operations))}
+            for (kind_, name_, pattern), operations in sorted(by_resource.items())
+        ]
+    return users
+
+
+_STRIMZI_RESOURCE: dict[str, str] = {
+    "topic": "topic",
+    "group": "group",
+    "transactional_id": "transactionalId",
+    "cluster": "cluster",
+}

@@ -69,3 +69,32 @@ def test_topics_acls_prints_the_recipe_and_refuses_a_bad_principal_in_one_line()
     assert "  ALLOW DESCRIBE         group pipeline-worker\n" in printed.output
     refused = CliRunner().invoke(app, ["topics", "acls", "--principal", "scaler=keda"])
     assert refused.exit_code == 2 and "COMPONENT=PRINCIPAL" in refused.output
+
+
+def test_the_recipe_as_strimzi_users_groups_operations_by_resource():
+    recipe = {
+        "User:pipeline-worker": [
+            acls.Grant("topic", "inference.results", "write"),
+            acls.Grant("topic", "inference.results", "describe_configs"),
+            acls.Grant("group", "pipeline-worker", "read", "prefixed"),
+            acls.Grant("transactional_id", "pipeline-worker", "write", "prefixed"),
+        ]
+    }
+    assert acls.strimzi_users(recipe) == {
+        "pipeline-worker": [
+            {"resource": {"type": "group", "name": "pipeline-worker", "patternType": "prefix"}, "operations": ["Read"]},
+            {
+                "resource": {"type": "topic", "name": "inference.results", "patternType": "literal"},
+                "operations": ["DescribeConfigs", "Write"],
+            },
+            {
+                "resource": {"type": "transactionalId", "name": "pipeline-worker", "patternType": "prefix"},
+                "operations": ["Write"],
+            },
+        ]
+    }
+
+
+def test_strimzi_users_are_user_principals_only():
+    with pytest.raises(ValueError, match="Group:ops"):
+        acls.strimzi_users({"Group:ops": []})
