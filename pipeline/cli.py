@@ -13,7 +13,7 @@ from pipeline.bench import options as bench_options
 from pipeline.contract import ERROR_CODES
 from pipeline.errors import PipelineError
 from pipeline.replay import command as replay_command
-from pipeline.settings import get_settings
+from pipeline.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming inference pipeline.")
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics of the contract.")
@@ -38,6 +38,13 @@ def _configure_logging() -> None:
     from pipeline import log
 
     log.configure(get_settings())
+
+
+def _trace(settings: Settings, service: str) -> None:
+    """OpenTelemetry for this process, when PIPELINE_TRACING__ENABLED (docs/operations.md#traces)."""
+    from pipeline import tracing
+
+    tracing.setup(settings.tracing, service)
 
 
 def _permitted(settings: Any, *components: str) -> None:
@@ -313,6 +320,7 @@ def worker(
 
     _configure_logging()
     _permitted(get_settings(), "backfill" if backfill else "worker")
+    _trace(get_settings(), "pipeline-backfill-worker" if backfill else "pipeline-worker")
     worker_module.run(get_settings(), backfill=backfill)
 
 
@@ -367,6 +375,7 @@ def _run_consumer(name: str, group_id: str, from_beginning: bool) -> None:
         drift.check_reference(settings)
         partitions = topics.partition_count(settings, settings.topics.requests)
     group = acls.consumer_group(settings, name)
+    _trace(settings, f"pipeline-{name}")
     faust_app = consumer_app.make_app(settings, group, from_beginning, partitions)
     if name == "fraud":
         topics.apply(settings, fraud.install(faust_app, settings, partitions))
@@ -386,6 +395,7 @@ def gateway() -> None:
 
     _configure_logging()
     _permitted(get_settings(), "bridge")
+    _trace(get_settings(), "pipeline-gateway")
     gateway_app.run(get_settings())
 
 

@@ -56,6 +56,9 @@ RESULTS_TOPIC = "results-topic"
 # Set by `pipeline replay --model-version MODEL:VERSION`: a backfill worker scores the replayed requests
 # of MODEL with VERSION (a backtest), whatever the routing says; live workers ignore it.
 MODEL_VERSION = "model-version"
+# W3C trace context (https://www.w3.org/TR/trace-context/): on a request, the span that published it;
+# on a result, the span that scored it. Optional; set only where tracing is on (`pipeline.tracing`).
+TRACEPARENT = "traceparent"
 
 
 # Entity ids are 64-bit integers or strings (Kafka keys, Feast INT64 entities).

@@ -336,6 +336,23 @@ class GatewaySettings(_Block):
     max_body_bytes: int = 1_048_576
 
 
+class TracingSettings(_Block):
+    """OpenTelemetry traces across the bridge, Kafka, the worker and the consumers (`pipeline.tracing`,
+    docs/operations.md#traces); the W3C `traceparent` travels in the Kafka headers."""
+
+    enabled: bool = False
+    # OTLP over HTTP (protobuf) to a collector, e.g. http://otel-collector:4318/v1/traces. Empty,
+    # with no file: the OpenTelemetry default (http://localhost:4318/v1/traces).
+    otlp_endpoint: str = ""
+    # Spans written here instead, one JSON object a line (OpenTelemetry's console exporter): for
+    # tests and a look without a collector.
+    file: Path | None = None
+    # The share of new traces kept (a trace a caller started keeps its caller's decision).
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # A worker batch links to at most this many of its events' traces.
+    max_links: int = Field(default=128, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", frozen=True)
 
@@ -349,6 +366,7 @@ class Settings(BaseSettings):
     consumers: ConsumerSettings = ConsumerSettings()
     replay: ReplaySettings = ReplaySettings()
     scaling: ScalingSettings = ScalingSettings()
+    tracing: TracingSettings = TracingSettings()
     default_model: str = "fraud_scorer"
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

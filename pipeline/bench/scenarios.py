@@ -14,6 +14,8 @@ LIMIT, MONOLITH = "passthrough", "monolith"
 # One worker on the bench's model with a candidate (routed_model.py): each scenario's suffix, and the
 # (canary share, shadow share) it routes to the candidate.
 ROUTED = {"canary10": (0.1, 0.0), "shadow100": (0.0, 1.0)}
+# One worker with tracing on, fed requests that each carry a trace of their own (`traceparent`).
+TRACED = f"{PIPELINE}-1w-traced"
 
 
 def pipeline_scenario(workers: int) -> str:
@@ -45,11 +47,13 @@ def peer_scenario(kind: str, processes: int) -> str:
 def throughput_scenarios(workers: Sequence[int]) -> list[tuple[str, int]]:
     """Each throughput scenario, in run order, with how many consumer processes it runs: the limit,
     the pipeline and the monolith at each process count, the pipeline on a mix of both models, and
-    three references of one process; one worker with a candidate routed at each share of ROUTED."""
+    three references of one process; one worker with a candidate routed at each share of ROUTED, and
+    one with tracing on."""
     scenarios = [(peer_scenario(LIMIT, n), n) for n in workers]
     scenarios.append(("passthrough-librdkafka", 1))
     scenarios += [(pipeline_scenario(n), n) for n in workers]
     scenarios += [(routed_scenario(kind), 1) for kind in ROUTED]
+    scenarios.append((TRACED, 1))
     scenarios.append((mix_scenario(1), 1))
     scenarios += [(peer_scenario(MONOLITH, n), n) for n in workers]
     return [*scenarios, ("monolith-at-least-once", 1), ("naive", 1)]

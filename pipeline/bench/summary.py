@@ -18,6 +18,7 @@ from pipeline.bench.scenarios import (
     MONOLITH,
     PIPELINE,
     ROUTED,
+    TRACED,
     mix_scenario,
     peer_scenario,
     pipeline_scenario,
@@ -165,6 +166,8 @@ def _references(medians: dict[str, float]) -> dict[str, float]:
     for kind in ROUTED:
         if (routed := routed_scenario(kind)) in medians:
             ratios[f"{routed}/{one}"] = ratio(medians[routed], medians[one])
+    if TRACED in medians:
+        ratios[f"{TRACED}/{one}"] = ratio(medians[TRACED], medians[one])
     return ratios
 
 

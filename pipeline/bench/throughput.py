@@ -4,14 +4,17 @@ pipeline's workers, their per-stage means (docs/performance.md#throughput)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
+import secrets
 import subprocess
 import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.bench import load, rounds, routed_model
@@ -19,8 +22,9 @@ from pipeline.bench.context import Context, Group, Report, scrape
 from pipeline.bench.cpu import CpuMeter, per_million
 from pipeline.bench.memory import RssSampler
 from pipeline.bench.options import Options
-from pipeline.bench.scenarios import MIX, peer_kind, routing_of, runs_workers, throughput_scenarios
+from pipeline.bench.scenarios import MIX, TRACED, peer_kind, routing_of, runs_workers, throughput_scenarios
 from pipeline.bench.stats import median, stage_summary, stage_totals, steady_rate
+from pipeline.contract import TRACEPARENT
 from pipeline.local import probe, traffic
 from pipeline.local.stack import free_port
 from pipeline.settings import Settings
@@ -55,9 +59,20 @@ class Backlog:
         warmup = self.warm[: max(1, options.warmup // 20)] if naive else self.warm
         if scenario.startswith(MIX):
             events, warmup = self.mixed_timed, self.mixed_warm
+        if scenario == TRACED:
+            warmup, events = traced(warmup), traced(events)
         if repetition == rounds.WARMUP:
             events = events[: max(1, len(events) // 2)]
         return warmup, events
+
+
+def traced(messages: Messages) -> Messages:
+    """The messages, each in a sampled trace of its own (as from a producer that traces)."""
+
+    def traceparent() -> bytes:
+        return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01".encode()
+
+    return [dataclasses.replace(m, headers=((TRACEPARENT, traceparent()),)) for m in messages]
 
 
 def run(context: Context) -> dict[str, list[dict[str, Any]]]:
@@ -90,6 +105,8 @@ def _run(context: Context, scenario: str, count: int, warmup: Messages, events: 
     bench's `model` (requests name no model) under the run's own routing; its committed shadow
     results are counted."""
     settings = load.fresh_topics(context.settings, scenario)
+    if scenario == TRACED:  # every span made and serialised as for a collector, then dropped
+        settings = settings.updated(tracing={"enabled": True, "file": Path(os.devnull)})
     shares = routing_of(scenario)
     if shares is not None:
         settings = routed_model.routed(settings, model, *shares)

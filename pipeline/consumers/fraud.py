@@ -18,12 +18,13 @@ import faust
 import orjson
 import structlog
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.consumers.app import guarded, published_alerts, results_topic
 from pipeline.consumers.fraud_rules import Scored, WindowRule, high_score, parse_result, windowed
 from pipeline.errors import InvalidRequest
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec
+from pipeline.tracing import SpanKind
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +54,19 @@ def install(app: faust.App, settings: Settings, partitions: int) -> list[TopicSp
         alerts = decide_alerts(scored, windows, fraud.hard_threshold, time.time())
         publish_alerts(alerts, published, event.message.timestamp)
 
-    app.agent(results, name="fraud")(guarded("fraud", decide))
+    def decide_traced(event: Any) -> None:
+        """A result that names the span that scored it: the rules as a span of that trace, each alert
+        they publish a span within (docs/operations.md#traces)."""
+        caller = tracing.context_of(event.headers)
+        if caller is None:
+            return decide(event)
+        attributes = {"messaging.system": "kafka", "messaging.destination.name": settings.topics.results}
+        with tracing.tracer().start_as_current_span(
+            "fraud rules", context=caller, kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            decide(event)
+
+    app.agent(results, name="fraud")(guarded("fraud", decide_traced if tracing.ENABLED else decide))
     return [window_changelog(rule, table, partitions) for rule, table in windows]
 
 
@@ -116,6 +129,9 @@ def publish_alerts(decided: list[dict[str, Any]], published: Any, at: float) -> 
             continue
         published[key] = orjson.dumps(alert)  # the table's changelog is the alerts topic
         fresh.append(alert["rule"])
+        if tracing.ENABLED:
+            attributes = {"alert_id": alert["alert_id"], "rule": alert["rule"], "account_id": str(alert["account_id"])}
+            tracing.tracer().start_span(f"alert {alert['rule']}", kind=SpanKind.PRODUCER, attributes=attributes).end()
         log.info("alert", rule=alert["rule"], account_id=alert["account_id"], alert_id=alert["alert_id"])
     if fresh:
         # Sent at once by Faust's producer buffer; acknowledged before the offsets of the results

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
-from pipeline import heap, metrics
+from pipeline import heap, metrics, tracing
 from pipeline.contract import PredictBody
 from pipeline.gateway.auth import ApiKeys
 from pipeline.gateway.bridge import Answer, Bridge
@@ -50,6 +50,7 @@ from pipeline.gateway.refusals import (
     unauthorized,
 )
 from pipeline.settings import GatewaySettings, Settings
+from pipeline.tracing import SpanKind
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +102,7 @@ def _lifespan(bridge: Bridge, keys: ApiKeys, gateway: GatewaySettings) -> Lifesp
             yield
         finally:
             await bridge.stop()
+            tracing.flush()  # uvicorn ends the process by its signal again: no exit handlers run
 
     return lifespan
 
@@ -150,7 +152,15 @@ def predict_handler(bridge: Bridge, admission: Admission, timeout_s: float) -> P
         metrics.GATEWAY_REQUESTS.labels(PREDICT, str(answer.status)).inc()
         return answer.status, answer.body, {}
 
-    return serve_predict
+    async def serve_traced(headers: Mapping[str, str], body: PredictBody) -> tuple[int, bytes, dict[str, str]]:
+        """The same as the server span of the caller's trace (or of a new one)."""
+        caller = tracing.http_context(headers)
+        with tracing.tracer().start_as_current_span(f"POST {PREDICT}", context=caller, kind=SpanKind.SERVER) as span:
+            status, payload, extra = await serve_predict(headers, body)
+            span.set_attribute("http.response.status_code", status)
+            return status, payload, extra
+
+    return serve_traced if tracing.ENABLED else serve_predict
 
 
 def _add_predict_routes(
@@ -167,7 +177,8 @@ def _add_predict_routes(
         started = time.perf_counter()
         admission.admit(request.headers, len(body.requests))
         try:
-            answers = await bridge.submit(body.requests, timeout_s)
+            with tracing.span(f"POST {PREDICT_BATCH}", SpanKind.SERVER, context=tracing.http_context(request.headers)):
+                answers = await bridge.submit(body.requests, timeout_s)
         finally:
             admission.release(len(body.requests))
         metrics.GATEWAY_LATENCY.labels(PREDICT_BATCH).observe(time.perf_counter() - started)

@@ -11,12 +11,13 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.contract import ANSWER_TO, CORRELATION_ID, DEADLINE, REPLY_TO, PredictBody, request_key
 from pipeline.gateway.answer_server import AnswerServer
 from pipeline.gateway.replies import Reply, ReplyRouter
 from pipeline.kafka import clients
 from pipeline.settings import Settings
+from pipeline.tracing import SpanKind
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,32 @@ class Bridge:
         ]
         if self.answers is not None and self.answers.address is not None:
             headers.append((ANSWER_TO, self.answers.address.encode()))
+        topic, value, key = self.settings.topics.requests, orjson.dumps(payload), request_key(body)
         try:
-            await self.producer.send_and_wait(
-                self.settings.topics.requests, orjson.dumps(payload), key=request_key(body), headers=headers
-            )
+            if tracing.ENABLED:
+                await self._send_traced(topic, value, key, headers, event_id)
+            else:
+                await self.producer.send_and_wait(topic, value, key=key, headers=headers)
         except KafkaError as e:
             self.replies.forget(correlation_id)
             raise NotPublished(event_id, str(e)) from e
         return event_id, correlation_id, future
+
+    async def _send_traced(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]], event_id: str
+    ) -> None:
+        """The publish as a producer span of the caller's request, named in the `traceparent` header."""
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.message.id": event_id,
+        }
+        with tracing.tracer().start_as_current_span(
+            f"publish {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+        ) as span:
+            if (traceparent := tracing.header(span)) is not None:
+                headers.append(traceparent)
+            await self.producer.send_and_wait(topic, value, key=key, headers=headers)
 
     @staticmethod
     def _answer(sent: tuple[str, str, asyncio.Future[Reply]] | BaseException, timeout_s: float) -> Answer:

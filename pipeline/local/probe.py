@@ -137,7 +137,9 @@ def publish(
         now_ms = int(time.time() * 1000)
         while True:
             try:
-                producer.produce(target, message.value, key=message.key, timestamp=now_ms)
+                producer.produce(
+                    target, message.value, key=message.key, timestamp=now_ms, headers=list(message.headers) or None
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -29,6 +29,7 @@ class Message:
     value: bytes
     event_id: str | None
     kind: str  # "valid", "duplicate", or one of MALFORMED_KINDS
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass

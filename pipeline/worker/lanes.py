@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.settings import Settings
 from pipeline.worker.batching import LaneState
 from pipeline.worker.delivery import Aborted, BatchCommit, TransactionalDelivery, rewind_points
@@ -113,8 +113,10 @@ class Lane:
         self.inflight = asyncio.create_task(self._commit(commit, answers, entries), name="commit")
 
     async def _commit(self, commit: BatchCommit, answers: list[Outbound], entries: list[DedupEntry]) -> bool:
+        # Traced, the transaction is a span linked to the spans of the events it commits.
+        events = tracing.message_links(m.headers for m in commit.messages) if tracing.ENABLED else []
         try:
-            with metrics.STAGE_SECONDS.labels("produce").time():
+            with metrics.STAGE_SECONDS.labels("produce").time(), tracing.span("commit transaction", links=events):
                 results_offsets = await self.delivery.commit(commit)
         except Aborted as e:
             log.warning("transaction_aborted", partitions=sorted(commit.offsets), error=str(e))

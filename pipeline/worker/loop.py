@@ -27,7 +27,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import start_http_server
 
-from pipeline import heap, metrics, topics
+from pipeline import heap, metrics, topics, tracing
 from pipeline.contract import REPLY_TO, Source
 from pipeline.features.lookup import FeatureLookup
 from pipeline.inference.triton import TritonScorer
@@ -471,3 +471,4 @@ def run(settings: Settings, backfill: bool = False) -> None:
         log.info("worker_stopped", stop_s=round(time.monotonic() - signalled[0], 3) if signalled else None)
 
     asyncio.run(main())
+    tracing.flush()

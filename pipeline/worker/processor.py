@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import structlog
 
-from pipeline import metrics
+from pipeline import metrics, tracing
 from pipeline.contract import (
     ANSWER_TO,
     CORRELATION_ID,
@@ -49,6 +49,7 @@ from pipeline.inference.scoring import EntityId
 from pipeline.models.routing import Arm, Routing, pinned
 from pipeline.models.spec import ModelSpec
 from pipeline.settings import TopicSettings
+from pipeline.tracing import SpanKind
 from pipeline.worker.messages import DedupEntry, Inbound, Outbound
 from pipeline.worker.retry import Backoff, RetriesExhausted, retrying
 from pipeline.worker.store import Located
@@ -180,6 +181,21 @@ class BatchProcessor:
 
     async def complete(self, validated: Validated) -> Outcome:
         """Dedup, features, scores: the outcome of a validated batch."""
+        if not tracing.ENABLED:
+            return await self._complete(validated)
+        # One span for the batch, linked to its events' traces; each traced event gets its own span
+        # in its trace (`_traced`), linked back to this one (docs/operations.md#traces).
+        events = tracing.links(tracing.context_of(inbound.headers) for _, inbound in validated.parsed)
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.batch.message_count": validated.size,
+        }
+        with tracing.tracer().start_as_current_span(
+            "process batch", kind=SpanKind.CONSUMER, links=events, attributes=attributes
+        ):
+            return await self._complete(validated)
+
+    async def _complete(self, validated: Validated) -> Outcome:
         outcome = validated.outcome
         with metrics.STAGE_SECONDS.labels("dedup").time():
             pending, located = self._admit(validated.parsed, outcome)
@@ -312,7 +328,10 @@ class BatchProcessor:
                 checked.append((item, scoring.entity_id(item.request, spec)))
             except PipelineError as e:
                 scored.results.append((item, e, "", ""))
-        with metrics.STAGE_SECONDS.labels("features").time():
+        with (
+            metrics.STAGE_SECONDS.labels("features").time(),
+            tracing.span("features", attributes={"entities": len(checked)}),
+        ):
             rows = await self._features.fetch(spec, [entity for _, entity in checked])
         by_version: dict[tuple[str, str], list[tuple[_Pending, np.ndarray]]] = defaultdict(list)
         shadowed: dict[str, list[tuple[_Pending, np.ndarray]]] = defaultdict(list)
@@ -366,7 +385,11 @@ class BatchProcessor:
         self, spec: ModelSpec, found: list[tuple[_Pending, np.ndarray]], version: str
     ) -> tuple[np.ndarray, str]:
         matrix = scoring.feature_matrix(spec, [item.request for item, _ in found], [row for _, row in found])
-        with metrics.STAGE_SECONDS.labels("inference").time():
+        attributes = {"model": spec.name, "model.version": version, "rows": len(found)}
+        with (
+            metrics.STAGE_SECONDS.labels("inference").time(),
+            tracing.span("triton infer", SpanKind.CLIENT, attributes=attributes),
+        ):
             return await self._scorer.score(spec, matrix, version)
 
     def _emit_result(
@@ -377,6 +400,8 @@ class BatchProcessor:
         # To the results partition numbered like the request's: the dedup state's changelog (see `changelog`).
         partition = item.inbound.source.partition
         headers = _replay_headers(item.inbound)
+        if tracing.ENABLED:
+            headers = _traced(item, spec.name, version, arm, score, headers)
         outcome.messages.append(Outbound(partition, self._topics.results, key, value, partition, headers))
         if self._copies and headers and (copy := item.inbound.headers.get(RESULTS_TOPIC)):
             outcome.messages.append(Outbound(partition, copy.decode(errors="replace"), key, value, None, headers))
@@ -460,6 +485,33 @@ def _record(
         features={name: request.features[name] for name in spec.result_features} if spec.result_features else {},
     )
     return orjson.dumps(record)
+
+
+def _traced(
+    item: _Pending, model: str, version: str, arm: str, score: float, headers: tuple[tuple[str, bytes], ...]
+) -> tuple[tuple[str, bytes], ...]:
+    """An event that came with a trace gets a span in it, from its consume to its result, linked to
+    its batch's span; its result names that span (`traceparent`), for the consumers that follow."""
+    caller = tracing.context_of(item.inbound.headers)
+    if caller is None:
+        return headers
+    span = tracing.tracer().start_span(
+        f"score {model}",
+        context=caller,
+        kind=SpanKind.CONSUMER,
+        start_time=tracing.wall_ns(item.inbound.received),
+        links=tracing.current_link(),
+        attributes={
+            "messaging.message.id": item.request.event_id,
+            "model": model,
+            "model.version": version,
+            "arm": arm,
+            "score": score,
+        },
+    )
+    span.end()
+    traceparent = tracing.header(span)
+    return (*headers, traceparent) if traceparent is not None else headers
 
 
 def _replay_headers(inbound: Inbound) -> tuple[tuple[str, bytes], ...]:
