@@ -44,6 +44,8 @@ __all__ = [
     "http_context",
     "links",
     "message_links",
+    "recorded",
+    "sampled",
     "setup",
     "span",
     "tracer",
@@ -118,6 +120,22 @@ def context_of(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes | None]]
         if name == TRACEPARENT and value:
             return _PROPAGATOR.extract({TRACEPARENT: value.decode(errors="replace")})
     return None
+
+
+def recorded(traceparent: bytes | None) -> bool:
+    """Whether a `traceparent` header says its trace is sampled, read from its flags without parsing
+    the rest (`00-<32 hex>-<16 hex>-<flags>`): an unsampled event costs the worker no more than this."""
+    if not traceparent or len(traceparent) < 55:
+        return False
+    try:
+        return bool(int(traceparent[53:55], 16) & 1)
+    except ValueError:
+        return False
+
+
+def sampled(context: Context) -> bool:
+    """Whether the trace this context names is being recorded (its caller's sampling decision)."""
+    return trace.get_current_span(context).get_span_context().trace_flags.sampled
 
 
 def header(span: Span) -> tuple[str, bytes] | None:

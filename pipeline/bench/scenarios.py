@@ -14,8 +14,9 @@ LIMIT, MONOLITH = "passthrough", "monolith"
 # One worker on the bench's model with a candidate (routed_model.py): each scenario's suffix, and the
 # (canary share, shadow share) it routes to the candidate.
 ROUTED = {"canary10": (0.1, 0.0), "shadow100": (0.0, 1.0)}
-# One worker with tracing on, fed requests that each carry a trace of their own (`traceparent`).
-TRACED = f"{PIPELINE}-1w-traced"
+# One worker with tracing on, fed requests that each carry a trace of their own (`traceparent`), of
+# which this share is sampled (recorded) by their producer.
+TRACED = {f"{PIPELINE}-1w-traced": 1.0, f"{PIPELINE}-1w-traced-1pct": 0.01}
 
 
 def pipeline_scenario(workers: int) -> str:
@@ -48,12 +49,12 @@ def throughput_scenarios(workers: Sequence[int]) -> list[tuple[str, int]]:
     """Each throughput scenario, in run order, with how many consumer processes it runs: the limit,
     the pipeline and the monolith at each process count, the pipeline on a mix of both models, and
     three references of one process; one worker with a candidate routed at each share of ROUTED, and
-    one with tracing on."""
+    one with tracing on at each sampled share of TRACED."""
     scenarios = [(peer_scenario(LIMIT, n), n) for n in workers]
     scenarios.append(("passthrough-librdkafka", 1))
     scenarios += [(pipeline_scenario(n), n) for n in workers]
     scenarios += [(routed_scenario(kind), 1) for kind in ROUTED]
-    scenarios.append((TRACED, 1))
+    scenarios += [(scenario, 1) for scenario in TRACED]
     scenarios.append((mix_scenario(1), 1))
     scenarios += [(peer_scenario(MONOLITH, n), n) for n in workers]
     return [*scenarios, ("monolith-at-least-once", 1), ("naive", 1)]

@@ -166,8 +166,9 @@ def _references(medians: dict[str, float]) -> dict[str, float]:
     for kind in ROUTED:
         if (routed := routed_scenario(kind)) in medians:
             ratios[f"{routed}/{one}"] = ratio(medians[routed], medians[one])
-    if TRACED in medians:
-        ratios[f"{TRACED}/{one}"] = ratio(medians[TRACED], medians[one])
+    for traced in TRACED:
+        if traced in medians:
+            ratios[f"{traced}/{one}"] = ratio(medians[traced], medians[one])
     return ratios
 
 

@@ -59,20 +59,23 @@ class Backlog:
         warmup = self.warm[: max(1, options.warmup // 20)] if naive else self.warm
         if scenario.startswith(MIX):
             events, warmup = self.mixed_timed, self.mixed_warm
-        if scenario == TRACED:
-            warmup, events = traced(warmup), traced(events)
+        if (share := TRACED.get(scenario)) is not None:
+            warmup, events = traced(warmup, share), traced(events, share)
         if repetition == rounds.WARMUP:
             events = events[: max(1, len(events) // 2)]
         return warmup, events
 
 
-def traced(messages: Messages) -> Messages:
-    """The messages, each in a sampled trace of its own (as from a producer that traces)."""
+def traced(messages: Messages, share: float) -> Messages:
+    """The messages, each in a trace of its own (as from a producer that traces), `share` of the
+    traces sampled: evenly spread, one in every 1/share."""
+    every = round(1 / share)
 
-    def traceparent() -> bytes:
-        return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01".encode()
+    def traceparent(index: int) -> bytes:
+        flags = "01" if index % every == 0 else "00"
+        return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-{flags}".encode()
 
-    return [dataclasses.replace(m, headers=((TRACEPARENT, traceparent()),)) for m in messages]
+    return [dataclasses.replace(m, headers=((TRACEPARENT, traceparent(i)),)) for i, m in enumerate(messages)]
 
 
 def run(context: Context) -> dict[str, list[dict[str, Any]]]:
@@ -105,7 +108,7 @@ def _run(context: Context, scenario: str, count: int, warmup: Messages, events: 
     bench's `model` (requests name no model) under the run's own routing; its committed shadow
     results are counted."""
     settings = load.fresh_topics(context.settings, scenario)
-    if scenario == TRACED:  # every span made and serialised as for a collector, then dropped
+    if scenario in TRACED:  # every span made and serialised as for a collector, then dropped
         settings = settings.updated(tracing={"enabled": True, "file": Path(os.devnull)})
     shares = routing_of(scenario)
     if shares is not None:

@@ -26,6 +26,7 @@ from pipeline.contract import (
     REPLY_KIND,
     REPLY_TO,
     RESULTS_TOPIC,
+    TRACEPARENT,
     InferenceRequest,
     dead_letter_record,
     deadline_passed,
@@ -185,7 +186,11 @@ class BatchProcessor:
             return await self._complete(validated)
         # One span for the batch, linked to its events' traces; each traced event gets its own span
         # in its trace (`_traced`), linked back to this one (docs/operations.md#traces).
-        events = tracing.links(tracing.context_of(inbound.headers) for _, inbound in validated.parsed)
+        events = tracing.links(
+            tracing.context_of(inbound.headers)
+            for _, inbound in validated.parsed
+            if tracing.recorded(inbound.headers.get(TRACEPARENT))
+        )
         attributes: dict[str, str | int] = {
             "messaging.system": "kafka",
             "messaging.batch.message_count": validated.size,
@@ -492,9 +497,12 @@ def _traced(
 ) -> tuple[tuple[str, bytes], ...]:
     """An event that came with a trace gets a span in it, from its consume to its result, linked to
     its batch's span; its result names that span (`traceparent`), for the consumers that follow."""
-    caller = tracing.context_of(item.inbound.headers)
-    if caller is None:
+    traceparent = item.inbound.headers.get(TRACEPARENT)
+    if traceparent is None:
         return headers
+    if not tracing.recorded(traceparent):  # recorded nowhere: the caller's context goes on as it came
+        return (*headers, (TRACEPARENT, traceparent))
+    caller = tracing.context_of(item.inbound.headers)
     span = tracing.tracer().start_span(
         f"score {model}",
         context=caller,
@@ -510,8 +518,8 @@ def _traced(
         },
     )
     span.end()
-    traceparent = tracing.header(span)
-    return (*headers, traceparent) if traceparent is not None else headers
+    named = tracing.header(span)
+    return (*headers, named) if named is not None else headers
 
 
 def _replay_headers(inbound: Inbound) -> tuple[tuple[str, bytes], ...]:

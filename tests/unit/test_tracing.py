@@ -59,3 +59,17 @@ def test_a_batch_links_to_at_most_its_limit_of_traces(traced):
     assert len(tracing.links((tracing.context_of(h) for h in headers), limit=3)) == 3
     assert tracing.links([None, None], limit=3) == []
     assert len(tracing.message_links([*headers, [("reply-to", b"x")]])) == 5
+
+
+def test_a_trace_its_producer_did_not_sample_is_not_recorded(traced):
+    kept = tracing.context_of({TRACEPARENT: b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"})
+    dropped = tracing.context_of({TRACEPARENT: b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-00"})
+    assert tracing.sampled(kept) and not tracing.sampled(dropped)
+
+
+def test_the_sampled_flag_is_read_from_the_header_alone():
+    sampled = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    assert tracing.recorded(sampled) and tracing.recorded(sampled[:-2] + b"03")
+    assert not tracing.recorded(sampled[:-2] + b"00") and not tracing.recorded(sampled[:-2] + b"02")
+    assert not tracing.recorded(None) and not tracing.recorded(b"00-short")
+    assert not tracing.recorded(sampled[:-2] + b"zz")
