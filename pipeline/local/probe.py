@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pipeline import topics
 from pipeline.errors import ConfigurationError, PipelineError
 from pipeline.kafka import clients
+from pipeline.kafka.offsets import watermarks
 from pipeline.local import traffic
 from pipeline.local.traffic import Message
 from pipeline.settings import Settings
@@ -101,7 +102,7 @@ def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 3
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+            return watermarks(consumer, tp)[1]
         except KafkaException as e:
             error = e.args[0]
             if (error.code() not in _NOT_READY and not error.retriable()) or time.monotonic() > deadline:

@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
 from pipeline.kafka.acls import READERS
+from pipeline.kafka.offsets import watermarks
 from pipeline.models.routing import Change, Routing, RoutingRefused, decode, encode
 from pipeline.settings import Settings
 
@@ -65,7 +66,7 @@ def _topic_end(consumer: Consumer, topic: str, timeout_s: float) -> int:
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:
             raise ConfigurationError(f"topic {topic!r} does not exist: run `pipeline topics apply`")
-        return int(consumer.get_watermark_offsets(TopicPartition(topic, _PARTITION), timeout=timeout_s)[1])
+        return watermarks(consumer, TopicPartition(topic, _PARTITION), timeout_s)[1]
     except KafkaException as e:
         raise ConfigurationError(f"{topic}: the broker could not be asked for its end ({e})") from e
 

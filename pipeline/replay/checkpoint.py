@@ -22,6 +22,7 @@ from pipeline.contract import utc_timestamp
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
 from pipeline.kafka.acls import READERS
+from pipeline.kafka.offsets import watermarks
 from pipeline.settings import Settings
 
 
@@ -98,7 +99,7 @@ def latest(settings: Settings, replay_id: str, timeout_s: float = 60.0) -> Check
             raise ConfigurationError(f"topic {topic!r} does not exist: run `pipeline topics apply`")
         ends = {}
         for p in found.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, TopicPartition(topic, p))
             if high > low:
                 ends[p] = (low, high)
         if not ends:

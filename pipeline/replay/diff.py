@@ -24,6 +24,7 @@ from pipeline.contract import REPLAY_ID
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
 from pipeline.kafka.acls import READERS
+from pipeline.kafka.offsets import watermarks
 from pipeline.settings import Settings
 
 
@@ -87,7 +88,7 @@ def read_all(
             raise ConfigurationError(f"{settings.kafka.bootstrap_servers}: broker unreachable ({e})") from e
         if found is None or found.error is not None:
             raise ConfigurationError(f"topic {topic!r} does not exist")
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in found.partitions}
+        ends = {p: watermarks(consumer, TopicPartition(topic, p)) for p in found.partitions}
         assigned = [TopicPartition(topic, p, low) for p, (low, high) in ends.items() if high > low]
         if not assigned:
             return

@@ -19,6 +19,7 @@ from pipeline.contract import payload_bytes
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
 from pipeline.kafka.acls import READERS
+from pipeline.kafka.offsets import watermarks
 from pipeline.settings import Settings
 
 
@@ -62,7 +63,7 @@ def read_dead_letters(settings: Settings, timeout_s: float = 120.0) -> list[Dead
     try:
         topic = settings.topics.dlq
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+        ends = {p: watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
         assigned = [TopicPartition(topic, p, low) for p, (low, high) in ends.items() if high > low]
         consumer.assign(assigned)
         letters: list[DeadLetter] = []

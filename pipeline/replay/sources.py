@@ -26,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from pipeline.errors import ConfigurationError
 from pipeline.kafka import clients
 from pipeline.kafka.acls import READERS
+from pipeline.kafka.offsets import watermarks
 from pipeline.settings import Settings
 
 CHUNK = 10_000  # rows per chunk (and at most per replay transaction)
@@ -155,7 +156,7 @@ class TopicSource:
         if found is None or found.error is not None or not found.partitions:
             raise ConfigurationError(f"topic {self.topic!r} does not exist")
         partitions = sorted(found.partitions)
-        marks = {p: self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in partitions}
+        marks = {p: watermarks(self._consumer, TopicPartition(self.topic, p)) for p in partitions}
         if self.explicit:
             ranges = {}
             for r in self.explicit:

@@ -1,0 +1,33 @@
+"""A partition's low and high watermarks, asked again while its leadership moves: during a leader
+election the broker answers NOT_LEADER_FOR_PARTITION (and the like) until clients learn the new
+leader, which librdkafka's watermark query does not retry on its own."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+# The errors of a partition between leaders: the next metadata refresh finds the new one.
+_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError.REQUEST_TIMED_OUT,
+}
+
+
+def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float = 10.0) -> tuple[int, int]:
+    """(low, high) of `partition`, within `timeout_s` however many leader changes it takes; a
+    KafkaException for any other error, or once the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = max(0.1, deadline - time.monotonic())
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=left, cached=False)
+            return int(low), int(high)
+        except KafkaException as e:
+            if e.args[0].code() not in _MOVING or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
