@@ -45,7 +45,6 @@ __all__ = [
     "links",
     "message_links",
     "recorded",
-    "sampled",
     "setup",
     "span",
     "tracer",
@@ -131,11 +130,6 @@ def recorded(traceparent: bytes | None) -> bool:
         return bool(int(traceparent[53:55], 16) & 1)
     except ValueError:
         return False
-
-
-def sampled(context: Context) -> bool:
-    """Whether the trace this context names is being recorded (its caller's sampling decision)."""
-    return trace.get_current_span(context).get_span_context().trace_flags.sampled
 
 
 def header(span: Span) -> tuple[str, bytes] | None:

@@ -1,6 +1,7 @@
-"""A partition's low and high watermarks, asked again while its leadership moves: during a leader
-election the broker answers NOT_LEADER_FOR_PARTITION (and the like) until clients learn the new
-leader, which librdkafka's watermark query does not retry on its own."""
+"""A partition's low and high watermarks, asked again while its leadership moves or is not taken up
+yet: during a leader election, or just after the partition was created, the broker answers
+NOT_LEADER_FOR_PARTITION (and the like) until clients learn the leader, which librdkafka's
+watermark query does not retry on its own."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-# The errors of a partition between leaders: the next metadata refresh finds the new one.
-_MOVING = {
+# The errors of a partition between leaders, or new: a later metadata refresh finds its leader.
+# Errors librdkafka flags retriable are asked again too.
+_NOT_READY = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._TRANSPORT,
-    KafkaError._TIMED_OUT,
-    KafkaError.REQUEST_TIMED_OUT,
 }
 
 
@@ -28,6 +29,7 @@ def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float =
             low, high = consumer.get_watermark_offsets(partition, timeout=left, cached=False)
             return int(low), int(high)
         except KafkaException as e:
-            if e.args[0].code() not in _MOVING or time.monotonic() >= deadline:
+            error = e.args[0]
+            if (error.code() not in _NOT_READY and not error.retriable()) or time.monotonic() >= deadline:
                 raise
-            time.sleep(0.2)
+            time.sleep(0.1)

@@ -90,24 +90,9 @@ def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartitio
         consumer.close()
 
 
-_NOT_READY = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}
-
-
 def _high_watermark(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> int:
-    # A partition created a moment ago may not have taken up its leadership yet: retry that.
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return watermarks(consumer, tp)[1]
-        except KafkaException as e:
-            error = e.args[0]
-            if (error.code() not in _NOT_READY and not error.retriable()) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    # A partition created a moment ago may not have taken up its leadership yet: asked again.
+    return watermarks(consumer, tp, timeout_s)[1]
 
 
 def publish(

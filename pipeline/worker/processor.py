@@ -128,8 +128,6 @@ class _Scored:
     spec: ModelSpec
     results: list[tuple[_Pending, float | PipelineError, str, str]] = field(default_factory=list)
     shadow: list[tuple[_Pending, float, str]] = field(default_factory=list)
-    # Events scored per (version, arm), shadow included: counted per call, not per event.
-    counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -309,8 +307,6 @@ class BatchProcessor:
                 self._emit_result(item, scored.spec, version, arm, result, scored_at, outcome)
         for item, score, version in scored.shadow:
             self._emit_shadow(item, scored.spec, version, score, scored_at, outcome)
-        for (version, arm), count in scored.counts.items():
-            metrics.SCORED.labels(model, version, arm).inc(count)
 
     async def _score(self, model: str, items: list[_Pending]) -> _Scored:
         """Features for the batch in one call, scores in one call per routed version, under the
@@ -360,14 +356,12 @@ class BatchProcessor:
             scored.results += [
                 (item, float(score), version, arm) for (item, _), score in zip(found, scores, strict=True)
             ]
-            scored.counts[(version, arm)] = scored.counts.get((version, arm), 0) + len(found)
-            metrics.observe_many(metrics.SCORES.labels(spec.name, arm), scores)
+            _count_scored(spec.name, version, arm, scores)
         for found, shadow in zip(shadowed.values(), answers[len(live) :], strict=True):
             if shadow is not None:
                 scores, version = shadow
                 scored.shadow += [(item, float(s), version) for (item, _), s in zip(found, scores, strict=True)]
-                scored.counts[(version, Arm.SHADOW)] = len(found)
-                metrics.observe_many(metrics.SCORES.labels(spec.name, Arm.SHADOW), scores)
+                _count_scored(spec.name, version, Arm.SHADOW, scores)
         return scored
 
     async def _shadow(
@@ -490,6 +484,13 @@ def _record(
         features={name: request.features[name] for name in spec.result_features} if spec.result_features else {},
     )
     return orjson.dumps(record)
+
+
+def _count_scored(model: str, version: str, arm: str, scores: np.ndarray) -> None:
+    """One call's scores in the metrics, per call, not per event: how many by version and arm, and
+    their distribution by arm."""
+    metrics.SCORED.labels(model, version, arm).inc(len(scores))
+    metrics.observe_many(metrics.SCORES.labels(model, arm), scores)
 
 
 def _traced(

@@ -61,12 +61,6 @@ def test_a_batch_links_to_at_most_its_limit_of_traces(traced):
     assert len(tracing.message_links([*headers, [("reply-to", b"x")]])) == 5
 
 
-def test_a_trace_its_producer_did_not_sample_is_not_recorded(traced):
-    kept = tracing.context_of({TRACEPARENT: b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"})
-    dropped = tracing.context_of({TRACEPARENT: b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-00"})
-    assert tracing.sampled(kept) and not tracing.sampled(dropped)
-
-
 def test_the_sampled_flag_is_read_from_the_header_alone():
     sampled = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
     assert tracing.recorded(sampled) and tracing.recorded(sampled[:-2] + b"03")
