@@ -470,7 +470,12 @@ def scale(
         int | None, typer.Option(min=1, help="Fewest workers (PIPELINE_SCALING__MIN_WORKERS).")
     ] = None,
     max_workers: Annotated[
-        int | None, typer.Option(min=1, help="Most workers (PIPELINE_SCALING__MAX_WORKERS).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Most workers (PIPELINE_SCALING__MAX_WORKERS; default: the CPUs it may use, or with --serve "
+            "the partitions).",
+        ),
     ] = None,
     drain_s: Annotated[
         float | None,
@@ -483,7 +488,8 @@ def scale(
     _configure_logging()
     given = {"min_workers": min_workers, "max_workers": max_workers, "drain_s": drain_s}
     settings = get_settings().updated(scaling={k: v for k, v in given.items() if v is not None})
-    if settings.scaling.min_workers > settings.scaling.max_workers:
+    most = settings.scaling.max_workers
+    if most is not None and settings.scaling.min_workers > most:
         raise typer.BadParameter("--min-workers is above --max-workers")
     _permitted(settings, *(["scale"] if serve else ["scale", "worker"]))  # its workers run as it does
     supervisor.run(settings, serve=serve)

@@ -137,6 +137,23 @@ SCALING_EVENTS = Counter("pipeline_scaling_events_total", "Changes of the desire
 SCALING_WORKER_START = Gauge("pipeline_scaling_worker_start_seconds", "From a scale-up to its workers in the group")
 SCALING_WORKER_EXITS = Counter("pipeline_scaling_worker_exits_total", "Workers that exited without being stopped")
 SCALING_LAG_UNREADABLE = Counter("pipeline_scaling_lag_unreadable_total", "Readings of the lag that failed")
+SCALING_SATURATED = Gauge(
+    "pipeline_scaling_saturated",
+    "1 while the policy holds the count because more workers did not (or would not) add: by cause",
+    ["reason"],
+)
+SATURATION_CAUSES = ("CPU", "Triton queue", "broker")
+SCALING_MARGINAL_GAIN = Gauge(
+    "pipeline_scaling_marginal_gain",
+    "The last step up's added drain rate over what its workers were expected to add (1: each added a worker's rate)",
+)
+SCALING_TRITON_QUEUE = Gauge(
+    "pipeline_scaling_triton_queue_seconds",
+    "Triton's queue time per request over the last interval (the model that waited most): what Triton's own "
+    "autoscaler can follow",
+)
+SCALING_CPU_BUSY = Gauge("pipeline_scaling_cpu_busy_ratio", "Share of the CPUs the supervisor's workers may use, busy")
+SCALING_MAX_WORKERS = Gauge("pipeline_scaling_max_workers", "The most workers the policy may ask for")
 SCALING_GROUP_READER_LOST = Counter(
     "pipeline_scaling_group_reader_lost_total",
     "Child processes describing the workers' group that died or hung (librdkafka ended them), each replaced",

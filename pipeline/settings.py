@@ -74,6 +74,8 @@ class TopicSettings(_Block):
     model_routing: str = "models.routing"
     # The candidate's results on the events it shadows, apart from the live results.
     shadow_results: str = "inference.results.shadow"
+    # One worker's rate as `pipeline scale` learnt it, one record per workers' group (compacted).
+    scaling_rates: str = "scaling.rates"
     definitions: Path = PROJECT_ROOT / "topics" / "topics.yaml"
 
 
@@ -165,9 +167,11 @@ class ScalingSettings(_Block):
     """`pipeline scale`: the lag-based policy, the supervisor's worker processes, the policy service."""
 
     # The policy (`scaling/policy.py`): drain any backlog within drain_s at the measured rate of one
-    # worker, between min_workers and max_workers (never more than the requests' partitions).
+    # worker, between min_workers and max_workers (never more than the requests' partitions). Unset,
+    # max_workers is the CPUs `pipeline scale` may use where it runs the workers (affinity and cgroup
+    # quota: `scaling/cpus.py`), and the partitions with --serve.
     min_workers: int = Field(default=1, ge=1)
-    max_workers: int = Field(default=12, ge=1)
+    max_workers: int | None = Field(default=None, ge=1)
     drain_s: float = Field(default=30.0, gt=0)
     up_cooldown_s: float = Field(default=30.0, ge=0)
     down_window_s: float = Field(default=300.0, ge=0)
@@ -175,8 +179,19 @@ class ScalingSettings(_Block):
     # From a worker's start to its joining the group, until the supervisor has measured one: a backlog
     # the running workers drain sooner than a new one could start gets none.
     start_s: float = Field(default=15.0, ge=0)
-    # One worker's rate (requests/s) until one has been measured while the group had a backlog.
+    # One worker's rate (requests/s) until one has been measured while the group had a backlog (or read
+    # back from the scaling_rates topic); a backlog waits measure_s for a measure, then takes at most
+    # one step on this prior.
     worker_rate_per_s: float = Field(default=5_000.0, gt=0)
+    measure_s: float = Field(default=5.0, ge=0)
+    # A step up whose workers add less than min_gain of their expected rate is taken back, and the count
+    # held (saturated) for saturated_hold_s, or until its rate measured again moves by a quarter.
+    min_gain: float = Field(default=0.5, ge=0, le=1)
+    saturated_hold_s: float = Field(default=600.0, ge=0)
+    # No worker is added while the usable CPUs are this busy (where the supervisor runs them), or while
+    # Triton's queue time per request (`triton.metrics_url`) is this long.
+    cpu_busy_limit: float = Field(default=0.9, gt=0, le=1)
+    triton_queue_s: float = Field(default=0.05, gt=0)
     interval_s: float = Field(default=2.0, gt=0)  # lag read and decision this often
     status_every_s: float = Field(default=30.0, gt=0)  # a standing decision logged this often
     # The supervisor's worker processes: after SIGTERM a worker finishes its batch, commits and leaves
@@ -281,6 +296,7 @@ class ConsumerSettings(_Block):
 class TritonSettings(_Block):
     grpc_url: str = "127.0.0.1:8001"
     http_url: str = "127.0.0.1:8000"
+    metrics_url: str = "http://127.0.0.1:8002/metrics"  # its queue time, read by `pipeline scale`
     timeout_s: float = 10.0
     model_repository: Path = PROJECT_ROOT / "triton_models"
 

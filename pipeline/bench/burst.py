@@ -1,7 +1,8 @@
 """The burst group of `pipeline bench`: a burst of requests into an idle pipeline, drained by one
-worker, by a fixed maximum of workers, and by `pipeline scale` starting at one; the time from the
-burst's first request to its last result, and the supervisor's scale events until it is back at
-its minimum.
+worker, by a fixed maximum of workers (default: the CPUs `pipeline scale` may use), and by
+`pipeline scale` starting at one with its own default ceiling; the time from the burst's first
+request to its last result, against one worker's and against the better fixed count's, and the
+supervisor's scale events until it is back at its minimum.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.bench import load
 from pipeline.bench.context import Context, Group, Report
 from pipeline.local.stack import LocalStack, free_port
+from pipeline.scaling import cpus
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -28,9 +30,10 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class Policy:
-    """The supervisor's policy in the bench: drain within `drain_s`, back down after `down_window_s`."""
+    """The supervisor's policy in the bench: drain within `drain_s`, back down after `down_window_s`;
+    at most `max_workers` (None: its default, the CPUs it may use)."""
 
-    max_workers: int
+    max_workers: int | None = None
     drain_s: float = 5.0
     up_cooldown_s: float = 10.0
     down_window_s: float = 30.0
@@ -40,20 +43,25 @@ def run(context: Context) -> dict[str, Any]:
     """One burst, three ways: a fixed single worker, a fixed maximum, the supervisor between."""
     o, stack, settings = context.options, context.stack, context.settings
     messages = load.requests(o.burst_events, prefix=f"burst-{time.time_ns() % 10**10}-")
+    top = o.burst_max_workers or cpus.count()
     one = fixed(stack, settings, 1, messages)
     log.info("bench_run", scenario="burst-1w", seconds=one["seconds"])
-    most = fixed(stack, settings, o.burst_max_workers, messages)
-    log.info("bench_run", scenario=f"burst-{o.burst_max_workers}w", seconds=most["seconds"])
+    most = fixed(stack, settings, top, messages) if top > 1 else one
+    log.info("bench_run", scenario=f"burst-{top}w", seconds=most["seconds"])
     drained = scaled(stack, settings, Policy(max_workers=o.burst_max_workers), messages)
     log.info("bench_run", scenario="burst-scaled", seconds=drained["seconds"], events=drained["scale_events"])
+    best = min(one, most, key=lambda run: run["seconds"])
     return {
         "events": o.burst_events,
+        "cpus": cpus.count(),
         "fixed_one": one,
         "fixed_max": most,
+        "fixed_best": best,
         "scaled": drained,
-        "ratios": {  # drain time against one fixed worker's, in this run
+        "ratios": {  # drain time against one fixed worker's, and the better fixed count's, in this run
             "fixed_max/fixed_one": round(most["seconds"] / one["seconds"], 3),
             "scaled/fixed_one": round(drained["seconds"] / one["seconds"], 3),
+            "scaled/fixed_best": round(drained["seconds"] / best["seconds"], 3),
         },
     }
 
@@ -83,7 +91,7 @@ def scaled(stack: LocalStack, settings: Settings, policy: Policy, messages: list
     own = fresh.updated(
         scaling={
             "min_workers": 1,
-            "max_workers": policy.max_workers,
+            **({"max_workers": policy.max_workers} if policy.max_workers is not None else {}),
             "drain_s": policy.drain_s,
             "up_cooldown_s": policy.up_cooldown_s,
             "down_window_s": policy.down_window_s,
@@ -107,8 +115,12 @@ def scaled(stack: LocalStack, settings: Settings, policy: Policy, messages: list
         counter.close()
         stack.stop_process(name, timeout_s=120)
         load.drop_topics(fresh)
+    decisions = _decisions(stack.run_dir / f"{name}.log")
     return run.figures() | {
-        "most_workers": max(d["desired_workers"] for d in _decisions(stack.run_dir / f"{name}.log")),
+        "most_workers": max(d["desired_workers"] for d in decisions),
+        "max_workers": decisions[0]["max_workers"],
+        "saturated": sorted({d["saturated"] for d in decisions if d.get("saturated")}),
+        "reasons": _changes(decisions),
         "scale_events": events,
         "back_to_one_after_s": round(back_at - run.done_at, 1),
         "policy": policy.__dict__,
@@ -138,6 +150,16 @@ def _decisions(log: Path) -> list[dict[str, Any]]:
     return [line for line in lines if line.get("event") == "scale_decision"]
 
 
+def _changes(decisions: list[dict[str, Any]]) -> list[str]:
+    """The reason of each change of the desired count, and of each new saturation, in order."""
+    said, count, cause = [], None, None
+    for d in decisions:
+        if d["desired_workers"] != count or (d.get("saturated") and d.get("saturated") != cause):
+            said.append(f"{d['desired_workers']}: {d['reason']}")
+        count, cause = d["desired_workers"], d.get("saturated")
+    return said
+
+
 def _ready_workers(run_dir: Path) -> int:
     return sum("worker_ready" in log.read_text(errors="replace") for log in run_dir.glob("*.log"))
 
@@ -156,15 +178,19 @@ def _wait(check: Any, process: subprocess.Popen[bytes], timeout_s: float) -> Non
 def lines(report: Report) -> list[str]:
     burst = report["burst"]
     one, most, drained = burst["fixed_one"], burst["fixed_max"], burst["scaled"]
-    events, policy = drained["scale_events"], drained["policy"]
+    events, policy, ratios = drained["scale_events"], drained["policy"], burst["ratios"]
+    saturated = f", held as saturated ({', '.join(drained['saturated'])})" if drained.get("saturated") else ""
     return [
-        f"a burst of {burst['events']:,} requests into an idle pipeline, first request to last result:",
+        f"a burst of {burst['events']:,} requests into an idle pipeline, first request to last result "
+        f"({burst.get('cpus', '?')} CPUs):",
         f"  one worker {one['seconds']:.1f} s, {most['workers']} workers {most['seconds']:.1f} s "
-        f"(ratio {burst['ratios']['fixed_max/fixed_one']:.2f})",
-        f"  pipeline scale from one (drain target {policy['drain_s']:g} s, at most {policy['max_workers']}): "
-        f"{drained['seconds']:.1f} s (ratio {burst['ratios']['scaled/fixed_one']:.2f}), up to "
-        f"{drained['most_workers']} workers, {events['up']} scale-up(s) and {events['down']} scale-down(s), "
-        f"back at one {drained['back_to_one_after_s']:.0f} s after the last result",
+        f"(ratio {ratios['fixed_max/fixed_one']:.2f})",
+        f"  pipeline scale from one (drain target {policy['drain_s']:g} s, at most "
+        f"{drained.get('max_workers', policy['max_workers'])}): {drained['seconds']:.1f} s (ratio "
+        f"{ratios['scaled/fixed_one']:.2f} to one worker, {ratios.get('scaled/fixed_best', 0):.2f} to the better "
+        f"fixed count), up to {drained['most_workers']} workers, {events['up']} scale-up(s) and "
+        f"{events['down']} scale-down(s){saturated}, back at one {drained['back_to_one_after_s']:.0f} s after "
+        "the last result",
     ]
 
 

@@ -104,11 +104,12 @@ class Options:
     replay_live_events: int = 100_000
     replay_http_rate: float = 100.0
     # The burst group: this many requests at once into an idle pipeline, drained by one worker, by
-    # burst_max_workers, and by `pipeline scale` between the two.
+    # burst_max_workers (None: the CPUs), and by `pipeline scale` from one (at most burst_max_workers,
+    # else its own default, the CPUs).
     burst_events: Annotated[int, typer.Option(help="Requests in the burst group's burst.")] = 300_000
     burst_max_workers: Annotated[
-        int, typer.Option(help="The burst group's fixed maximum, and the supervisor's top.")
-    ] = 3
+        int | None, typer.Option(help="The burst group's fixed maximum, and the supervisor's top (default: the CPUs).")
+    ] = None
 
 
 def groups(only: str) -> set[str]:

@@ -193,9 +193,12 @@ def _replay(replay_figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def _burst(burst_figures: dict[str, Any]) -> dict[str, Any]:
-    seconds = {way: burst_figures[way]["seconds"] for way in ("fixed_one", "fixed_max", "scaled")}
+    ways = [way for way in ("fixed_one", "fixed_max", "fixed_best", "scaled") if way in burst_figures]
+    seconds = {way: burst_figures[way]["seconds"] for way in ways}
     return {
         "seconds": seconds,
+        "most_workers": burst_figures["scaled"]["most_workers"],
+        "saturated": burst_figures["scaled"].get("saturated", []),
         "scale_events": burst_figures["scaled"]["scale_events"],
         "ratios": burst_figures["ratios"],
     }

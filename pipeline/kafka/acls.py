@@ -126,6 +126,8 @@ def _grants(settings: Settings, component: str) -> list[Grant]:
                 Grant("topic", t.requests, "read"),  # the oldest waiting record's time: the lag in seconds
                 Grant("group", settings.worker.app_id, "describe"),  # its committed offsets and members
                 Grant("group", lag_probe_group(settings.worker.app_id), "describe"),
+                Grant("topic", t.scaling_rates, "read"),  # one worker's rate as learnt, read back at its start
+                Grant("topic", t.scaling_rates, "write"),
             ]
         case "models":
             return [

@@ -98,7 +98,11 @@ class LocalStack:
         """`base` (default: from the environment) with this stack's addresses."""
         base = base or Settings()
         p = self.ports
-        triton: dict[str, object] = {"grpc_url": f"127.0.0.1:{p.triton_grpc}", "http_url": f"127.0.0.1:{p.triton_http}"}
+        triton: dict[str, object] = {
+            "grpc_url": f"127.0.0.1:{p.triton_grpc}",
+            "http_url": f"127.0.0.1:{p.triton_http}",
+            "metrics_url": f"http://127.0.0.1:{p.triton_http + 2}/metrics",
+        }
         if self.model_repository is not None:
             triton["model_repository"] = self.model_repository
         kafka: dict[str, object] = {"bootstrap_servers": f"127.0.0.1:{p.kafka}"}

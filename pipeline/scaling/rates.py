@@ -20,6 +20,9 @@ class Rates:
     consume_per_s: float = 0.0
     per_worker_per_s: float = 0.0
     measured: bool = False  # per_worker_per_s measured (else the configured prior)
+    # The group's consume rate over the last interval where its workers were busy and settled (else None):
+    # its drain rate, what a step up is judged by.
+    group_per_s: float | None = None
 
 
 def worker_rates(last: Backlog, now: Backlog, assignment: Mapping[str, Sequence[int]]) -> dict[str, float]:
@@ -65,9 +68,14 @@ class RateMeter:
         # steady traffic would otherwise read as the workers' top rate.
         took = consumed * elapsed
         busy = took > 0 and workers > 0 and min(last.lag, backlog.lag) >= took
+        group = None
         if busy and last.at - self._changed_at >= self.settle_s:
-            now = consumed / workers
+            now, group = consumed / workers, consumed
             per_worker = now if not measured else self.smoothing * now + (1 - self.smoothing) * per_worker
             measured = True
-        self.rates = Rates(arrival, consumed, per_worker, measured)
+        self.rates = Rates(arrival, consumed, per_worker, measured, group)
         return self.rates
+
+    def learnt(self, per_worker_per_s: float) -> None:
+        """One worker's rate as measured before (a restart's): it stands until the next measure."""
+        self.rates = Rates(per_worker_per_s=per_worker_per_s, measured=True)

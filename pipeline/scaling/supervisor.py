@@ -3,12 +3,15 @@
 The supervisor runs the workers itself (`pool`); with `--serve` it runs none and only publishes
 the count (`service`, for KEDA's metrics-api scaler on Kubernetes), taking the group's members as
 the workers there are. Either way the same policy (`policy.decide`) decides, from the same readings:
-lag in records and seconds (`lag`), arrival and per-worker rates (`rates`). Each change is logged
+lag in records and seconds (`lag`), arrival and per-worker rates (`rates`), how busy the usable CPUs
+are where it runs the workers (`cpus`) and Triton's queue time (`triton_queue`). One worker's rate,
+once measured, is kept in Kafka (`learnt`) and read back at the next start. Each change is logged
 with its reason, and where nothing changes the decision is logged every `scaling.status_every_s`.
 """
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -20,11 +23,14 @@ import structlog
 from pipeline import metrics, topics
 from pipeline.errors import PipelineError
 from pipeline.kafka import clients
+from pipeline.scaling import cpus
 from pipeline.scaling.lag import Backlog, BacklogReader, LagUnreadable
+from pipeline.scaling.learnt import Learnt, LearntRates
 from pipeline.scaling.members import GroupMembers
 from pipeline.scaling.policy import Decision, Limits, Observation, State, decide
 from pipeline.scaling.pool import WorkerPool
 from pipeline.scaling.rates import RateMeter, Rates, worker_rates
+from pipeline.scaling.triton_queue import TritonQueue
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,6 +52,11 @@ class Status:
     per_worker_measured: bool
     worker_rates: dict[str, float]  # each group member's consume rate, by its client id
     worker_start_s: float | None  # a worker's start to its joining, as measured (None: not yet)
+    max_workers: int  # the most the policy may ask for
+    saturated: str | None  # what holds the count ("CPU", "Triton queue", "broker"), or None
+    marginal_gain: float | None  # the last judged step up's added rate over its workers' expected rate
+    cpu_busy: float | None  # share of the usable CPUs busy (the supervisor's own machine; None with --serve)
+    triton_queue_s: float | None  # Triton's queue time per request over the last interval
     at: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,17 +73,31 @@ class Autoscaler:
         self.limits = Limits(
             partitions=partitions,
             min_workers=scaling.min_workers,
-            max_workers=scaling.max_workers,
+            max_workers=most_workers(settings, partitions, local=pool is not None),
             drain_s=scaling.drain_s,
             up_cooldown_s=scaling.up_cooldown_s,
             down_window_s=scaling.down_window_s,
             restore_s=scaling.restore_s,
             start_s=scaling.start_s,
+            measure_s=scaling.measure_s,
+            min_gain=scaling.min_gain,
+            hold_s=scaling.saturated_hold_s,
+            cpu_busy_limit=scaling.cpu_busy_limit,
+            triton_queue_s=scaling.triton_queue_s,
         )
         connection = clients.config(settings)
         self._reader = BacklogReader(connection, self._group, self._topic)
         self._members = GroupMembers(connection, self._group, self._topic)
         self._meter = RateMeter(scaling.worker_rate_per_s, settle_s=scaling.restore_s + scaling.interval_s)
+        self._learnt = LearntRates(settings, self._group)
+        if (learnt := self._learnt.load()) is not None:
+            self._meter.learnt(learnt.per_worker_per_s)
+            log.info("worker_rate_read_back", per_worker_per_s=learnt.per_worker_per_s, measured_at=learnt.at)
+        # The CPUs are the workers' only where this process runs them; Triton's queue wherever it is.
+        self._cpu = cpus.CpuMeter() if pool is not None else None
+        self._triton = TritonQueue(settings.triton.metrics_url)
+        for unknown in (metrics.SCALING_MARGINAL_GAIN, metrics.SCALING_CPU_BUSY, metrics.SCALING_TRITON_QUEUE):
+            unknown.set(math.nan)  # not known until read (or a step judged): no 0 that reads as a value
         first = self.limits.steps()[0]
         if pool is None:  # serving: the group's members are the workers there are
             first = max(len(self._assignment() or {}), first)
@@ -104,6 +129,10 @@ class Autoscaler:
             self._members_seen = members
             self._meter.changed(now)
         rates = self._meter.update(backlog, consuming) if backlog is not None else self._meter.rates or Rates()
+        if rates.group_per_s is not None and consuming:
+            self._learnt.save(Learnt(rates.per_worker_per_s, now, consuming))
+        cpu_busy = self._cpu.read() if self._cpu is not None else None
+        triton_queue_s = self._triton.read()
         each: dict[str, float] = {}
         if backlog is not None:
             if self._last is not None and assignment is not None:
@@ -115,6 +144,11 @@ class Autoscaler:
             arrival_per_s=rates.arrival_per_s,
             per_worker_per_s=rates.per_worker_per_s,
             start_s=self.start_s,
+            measured=rates.measured,
+            group_per_s=rates.group_per_s,
+            members=consuming,
+            cpu_busy=cpu_busy,
+            triton_queue_s=triton_queue_s,
         )
         before = self.state.workers
         decision, self.state = decide(self.limits, self.state, observation)
@@ -128,7 +162,7 @@ class Autoscaler:
             self._pool.resize(decision.workers)
             self._pool.restart_exited()
             workers = self._pool.size
-        self._publish(decision, workers, members, backlog, rates, each, now)
+        self._publish(decision, workers, members, backlog, rates, each, now, cpu_busy, triton_queue_s)
         return decision
 
     def _publish(
@@ -140,6 +174,8 @@ class Autoscaler:
         rates: Rates,
         each: dict[str, float],
         now: float,
+        cpu_busy: float | None,
+        triton_queue_s: float | None,
     ) -> None:
         self.status = Status(
             desired_workers=decision.workers,
@@ -154,9 +190,23 @@ class Autoscaler:
             per_worker_measured=rates.measured,
             worker_rates={worker: round(rate, 1) for worker, rate in each.items()},
             worker_start_s=round(self.start_s, 1) if self.start_s is not None else None,
+            max_workers=self.limits.max_workers,
+            saturated=decision.saturated,
+            marginal_gain=round(self.state.gain, 3) if self.state.gain is not None else None,
+            cpu_busy=round(cpu_busy, 3) if cpu_busy is not None else None,
+            triton_queue_s=round(triton_queue_s, 6) if triton_queue_s is not None else None,
             at=now,
         )
         metrics.SCALING_DESIRED.set(decision.workers)
+        metrics.SCALING_MAX_WORKERS.set(self.limits.max_workers)
+        for cause in metrics.SATURATION_CAUSES:
+            metrics.SCALING_SATURATED.labels(cause).set(1 if decision.saturated == cause else 0)
+        if self.state.gain is not None:
+            metrics.SCALING_MARGINAL_GAIN.set(self.state.gain)
+        if cpu_busy is not None:
+            metrics.SCALING_CPU_BUSY.set(cpu_busy)
+        if triton_queue_s is not None:
+            metrics.SCALING_TRITON_QUEUE.set(triton_queue_s)
         metrics.SCALING_WORKERS.set(workers)
         if members is not None:
             metrics.SCALING_GROUP_MEMBERS.set(members)
@@ -199,6 +249,19 @@ class Autoscaler:
     def close(self) -> None:
         self._reader.close()
         self._members.close()
+        self._learnt.close()
+
+
+def most_workers(settings: Settings, partitions: int, local: bool) -> int:
+    """The most workers: as set, else the CPUs this process may use where it runs them (`local`), else
+    the partitions; never more than the partitions."""
+    given = settings.scaling.max_workers
+    usable = cpus.count()
+    if given is None:
+        return min(partitions, usable if local else partitions)
+    if local and given > usable:
+        log.warning("max_workers_above_cpus", max_workers=given, cpus=usable)
+    return min(partitions, given)
 
 
 def run(settings: Settings, serve: bool) -> None:
@@ -217,6 +280,8 @@ def run(settings: Settings, serve: bool) -> None:
         group=settings.worker.app_id,
         topic=settings.topics.requests,
         steps=autoscaler.limits.steps(),
+        max_workers=autoscaler.limits.max_workers,
+        cpus=cpus.count(),
         port=server.server_port,
     )
     try:

@@ -68,5 +68,8 @@ def test_a_tiny_bench_produces_every_http_state_replay_and_burst_figure(stack, t
     assert burst["fixed_one"]["events"] == burst["fixed_max"]["events"] == burst["scaled"]["events"] == 3_000
     assert burst["fixed_max"]["workers"] == 2 and 1 <= burst["scaled"]["most_workers"] <= 2
     assert set(burst["scaled"]["scale_events"]) == {"up", "down"} and burst["ratios"]["scaled/fixed_one"] > 0
+    best = min(burst["fixed_one"]["seconds"], burst["fixed_max"]["seconds"])
+    assert burst["fixed_best"]["seconds"] == best and burst["scaled"]["max_workers"] == 2
+    assert burst["ratios"]["scaled/fixed_best"] == round(burst["scaled"]["seconds"] / best, 3)
     assert summary["burst"]["seconds"]["scaled"] > 0
     assert "a burst of 3,000 requests" in table and "pipeline scale from one" in table

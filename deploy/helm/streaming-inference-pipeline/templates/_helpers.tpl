@@ -123,6 +123,14 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
+{{- define "sip.tritonMetrics" -}}
+{{- if .Values.triton.enabled -}}
+http://{{ include "sip.fullname" . }}-triton:8002/metrics
+{{- else -}}
+{{ .Values.triton.external.metricsUrl }}
+{{- end -}}
+{{- end -}}
+
 {{/* The shared volumes: the model repository and the Feast repository (with Redis as its store). */}}
 {{- define "sip.sharedMounts" -}}
 - name: models
