@@ -3,14 +3,16 @@ saturation signals.
 
 The usable count is the fewest of the CPUs the scheduler lets the process run on (its affinity) and
 the cgroup's quota rounded up (v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), never the
-host's count: a container limited to two CPUs on a 64-core node has two. Busy is read from
-`/proc/stat`'s lines of those CPUs between two readings.
+host's count: a container limited to two CPUs on a 64-core node has two. Busy, between two
+readings: under a quota, the cgroup's own CPU time over the quota's (`/proc/stat` is the host's, and
+a quota does not narrow the affinity); otherwise `/proc/stat`'s lines of the CPUs of the affinity.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +48,34 @@ def allowed() -> set[int]:
     return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
+def quota() -> float | None:
+    """The cgroup's CPU quota in CPUs (None: none, or not Linux)."""
+    found = quota_cpus(_read(_CGROUP / "cpu.max")) if (_CGROUP / "cpu.max").exists() else None
+    if found is None:
+        v1 = _CGROUP / "cpu"
+        found = quota_cpus(None, _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us"))
+    return found
+
+
 def count() -> int:
     """The CPUs this process may use (see the module)."""
-    quota = quota_cpus(_read(_CGROUP / "cpu.max")) if (_CGROUP / "cpu.max").exists() else None
-    if quota is None:
-        v1 = _CGROUP / "cpu"
-        quota = quota_cpus(None, _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us"))
-    return usable(len(allowed()), quota)
+    return usable(len(allowed()), quota())
+
+
+def usage_s(cpu_stat: str | None = None, cpuacct_usage: str | None = None) -> float | None:
+    """Pure: the cgroup's CPU seconds used, from v2 `cpu.stat` (usage_usec) or v1 `cpuacct.usage` (ns)."""
+    if cpu_stat is not None:
+        for line in cpu_stat.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+    if cpuacct_usage is not None and cpuacct_usage.strip():
+        return int(cpuacct_usage) / 1e9
+    return None
+
+
+def _cgroup_usage_s() -> float | None:
+    return usage_s(_read(_CGROUP / "cpu.stat"), _read(_CGROUP / "cpuacct" / "cpuacct.usage"))
 
 
 @dataclass(frozen=True)
@@ -84,12 +107,19 @@ class CpuMeter:
     """How busy the usable CPUs were since the last reading (None at the first, or off Linux)."""
 
     def __init__(self) -> None:
-        self._cpus = allowed()
+        self._cpus, self._quota = allowed(), quota()
         self._last: Ticks | None = None
+        self._used: tuple[float, float] | None = None  # (monotonic s, cgroup CPU s) at the last reading
 
     def read(self) -> float | None:
+        if self._quota is not None and (used := _cgroup_usage_s()) is not None:
+            now, last = time.monotonic(), self._used
+            self._used = (now, used)
+            if last is None or now <= last[0]:
+                return None
+            return min(1.0, (used - last[1]) / ((now - last[0]) * self._quota))
         stat = _read(Path("/proc/stat"))
         if stat is None:
             return None
-        last, self._last = self._last, ticks(stat, self._cpus)
-        return busy_fraction(last, self._last) if last is not None else None
+        previous, self._last = self._last, ticks(stat, self._cpus)
+        return busy_fraction(previous, self._last) if previous is not None else None

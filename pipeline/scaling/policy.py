@@ -18,15 +18,18 @@
   `drain_s`: never down only to go up again.
 - **Blind, hold.** When the lag cannot be read, the count is held and the reason says so; an error
   is never read as no lag.
-- **Measured, not assumed.** Until one worker's rate has been measured, a backlog waits `measure_s`
-  for a measure, and then takes at most one step on the configured prior.
-- **A step must pay.** A step up from a count whose drain rate was measured is a trial: once the new
-  workers are in the group and settled, the group's drain rate is measured again. Workers that add
-  less than `min_gain` of what they were expected to add (one worker's rate each) are taken back,
-  and the count is held there, `saturated` with the cause (the usable CPUs busy, Triton's queue
-  grown, else the broker), for `hold_s`, or until the rate at that count, measured again, has moved
-  by more than `rate_change`. Before any step up, CPUs busy past `cpu_busy_limit` or a Triton queue
-  past `triton_queue_s` add no worker: they would only share what is already saturated.
+- **Measured, not assumed.** A step up waits up to `measure_s` for the group's drain rate measured
+  at the current count since the demand rose (the baseline it will be judged against). Until one
+  worker's rate has been measured at all, it then takes at most one step on the configured prior.
+- **A step must pay.** A step up from a measured baseline is a trial: once the new workers are in
+  the group and settled, the group's drain rate is measured again (the mean of two readings). The
+  count goes back to what the measured rate supports when the added workers add less than
+  `min_gain` of what they were expected to add (one worker's rate each), and is held there,
+  `saturated` with the cause (the usable CPUs busy, Triton's queue grown, else the broker), for
+  `hold_s`, or until the rate at that count, measured again, has moved by more than `rate_change`.
+  A trial not judged before `expires_at` (the backlog ran out, workers never joined), or across a
+  change of count, is dropped. Before any step up, CPUs busy past `cpu_busy_limit` or a Triton
+  queue past `triton_queue_s` add no worker: they would only share what is already saturated.
 """
 
 from __future__ import annotations
@@ -87,12 +90,14 @@ class Decision:
 
 @dataclass(frozen=True)
 class Busy:
-    """The group's drain rate measured at a count (and Triton's queue then)."""
+    """The group's drain rate measured at a count, smoothed over the readings since the count was
+    reached (`readings` of them), and Triton's queue then."""
 
     workers: int
     per_s: float
     at: float
     queue_s: float | None = None
+    readings: int = 1
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ class Trial:
     before_per_s: float
     per_worker_per_s: float  # what each added worker was expected to add
     before_queue_s: float | None
+    expires_at: float  # dropped unjudged past this
+    samples: tuple[float, ...] = ()  # the group's drain rate at `after`, settled
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ class State:
     trial: Trial | None = None
     saturated: Saturation | None = None
     gain: float | None = None  # the last judged step's added rate over what its workers were expected to add
-    backlog_since: float | None = None  # when the lag last went from none to some
+    wanted_since: float | None = None  # since when the demand has been above the count
     on_prior: bool = False  # a step was taken on the prior rate, not yet measured since
 
 
@@ -145,7 +152,7 @@ def decide(limits: Limits, state: State, observation: Observation) -> tuple[Deci
     current, now = state.workers, observation.at
     if observation.lag is None:
         return Decision(current, f"lag unreadable: holding {current}", _cause(state, now)), state
-    state = _observe(state, observation)
+    state = _observe(limits, state, observation)
     if state.trial is not None:
         judged, state = _judge(limits, state, observation)
         if judged is not None:
@@ -161,29 +168,45 @@ def decide(limits: Limits, state: State, observation: Observation) -> tuple[Deci
         f"{observation.per_worker_per_s:.0f}/s per worker"
     )
     if step > current:
-        return _up(limits, state, observation, step, f"{load}: {needed:.1f} needed")
-    lower = max(step, max(n for _, n in steady))
-    saturated = _cause(state, now)
+        if state.wanted_since is None:
+            state = replace(state, wanted_since=now)
+        decision, state = _up(limits, state, observation, step, f"{load}: {needed:.1f} needed")
+    else:
+        state = replace(state, wanted_since=None)
+        decision, state = _down(limits, state, observation, step, load, needed)
+    if decision.saturated is None and (cause := _cause(state, now)) is not None:
+        decision = replace(decision, saturated=cause)
+    return decision, state
+
+
+def _down(
+    limits: Limits, state: State, observation: Observation, step: int, load: str, needed: float
+) -> tuple[Decision, State]:
+    current, now = state.workers, observation.at
+    lower = max(step, max(n for _, n in state.steady))
     if lower >= current or now - state.last_change_at < limits.down_window_s:
-        return Decision(current, f"{load}: {needed:.1f} needed, {current} kept", saturated), state
+        return Decision(current, f"{load}: {needed:.1f} needed, {current} kept"), state
     if not _worth_it(limits, observation, lower):
-        kept = f"{load}: {lower} would not drain what a rebalance piles up; {current} kept"
-        return Decision(current, kept, saturated), state
-    state = replace(state, workers=lower, last_change_at=now)
+        return Decision(current, f"{load}: {lower} would not drain what a rebalance piles up; {current} kept"), state
+    state = replace(state, workers=lower, last_change_at=now, trial=None)
     down = f"{load}: at most {lower} needed for {limits.down_window_s:.0f} s, down to {lower}"
-    return Decision(lower, down, _cause(state, now)), state
+    return Decision(lower, down), state
 
 
-def _observe(state: State, observation: Observation) -> State:
-    """The state with this reading's drain rate at the current count, and when the backlog began."""
+def _observe(limits: Limits, state: State, observation: Observation) -> State:
+    """The state with this reading's drain rate at the current count (smoothed over the readings
+    since the count was reached, each within `measure_s` of the last), and no longer on the prior
+    once a worker's rate is measured."""
     if observation.group_per_s is not None and observation.members == state.workers:
-        busy = Busy(state.workers, observation.group_per_s, observation.at, observation.triton_queue_s)
+        last, per_s, readings = state.busy, observation.group_per_s, 1
+        recent = last is not None and last.at >= max(state.last_change_at, observation.at - limits.measure_s)
+        if last is not None and recent and last.workers == state.workers:
+            per_s, readings = (last.per_s + per_s) / 2, last.readings + 1
+        busy = Busy(state.workers, per_s, observation.at, observation.triton_queue_s, readings)
         state = replace(state, busy=busy)
     if observation.measured and state.on_prior:
         state = replace(state, on_prior=False)
-    if not observation.lag:
-        return replace(state, backlog_since=None)
-    return state if state.backlog_since is not None else replace(state, backlog_since=observation.at)
+    return state
 
 
 def _up(limits: Limits, state: State, observation: Observation, step: int, load: str) -> tuple[Decision, State]:
@@ -207,59 +230,74 @@ def _up(limits: Limits, state: State, observation: Observation, step: int, load:
     if (queue := observation.triton_queue_s) is not None and queue >= limits.triton_queue_s:
         detail = f"{queue * 1000:.0f} ms per request: the rate needs Triton instances or GPUs, not workers"
         return Decision(current, f"saturated: Triton queue ({detail})", "Triton queue"), state
-    note = ""
+    waited = now - (state.wanted_since if state.wanted_since is not None else now)
+    baseline = state.busy
+    fresh = baseline is not None and baseline.workers == current and baseline.at >= now - waited
+    note, trial = "", None
     if not observation.measured:
-        since = state.backlog_since if state.backlog_since is not None else now
-        if now - since < limits.measure_s:
+        if waited < limits.measure_s:
             return Decision(current, f"{load}: measuring one worker's rate before a step"), state
         if state.on_prior:
             return Decision(current, f"{load}: one step taken on the prior rate; measuring before another"), state
         step, note = min(step, _next(limits, current)), " (one step: one worker's rate is not measured yet)"
         state = replace(state, on_prior=True)
-    trial: Trial | None = None
-    if (busy_then := state.busy) is not None and busy_then.workers == current and observation.measured:
-        trial = Trial(current, step, now, busy_then.per_s, observation.per_worker_per_s, busy_then.queue_s)
+    elif not fresh and waited < limits.measure_s:
+        return Decision(current, f"{load}: measuring the drain rate of {current} before a step"), state
+    elif fresh and baseline is not None:
+        expires = now + _ready_in(limits, observation) + limits.up_cooldown_s
+        per_worker = observation.per_worker_per_s
+        trial = Trial(current, step, now, baseline.per_s, per_worker, baseline.queue_s, expires)
     state = replace(state, workers=step, last_up_at=now, last_change_at=now, trial=trial)
-    return Decision(step, f"{load}, up to {step}{note}", _cause(state, now)), state
+    return Decision(step, f"{load}, up to {step}{note}"), state
 
 
 def _judge(limits: Limits, state: State, observation: Observation) -> tuple[Decision | None, State]:
-    """A step up under test, once its workers are in and settled: kept, or taken back (saturated)."""
+    """A step up under test, once its workers are in and settled (two readings): kept, or taken back
+    to the count its measured rate supports (saturated). Dropped unjudged past its time."""
     trial = state.trial
     assert trial is not None
-    if not observation.lag:
-        return None, replace(state, trial=None)  # drained before it could be judged
-    if observation.group_per_s is None or (observation.members or 0) < trial.after:
+    now = observation.at
+    if state.workers != trial.after or now > trial.expires_at:
+        return None, replace(state, trial=None)
+    if observation.group_per_s is None or observation.members is None or observation.members < trial.after:
         return None, state
-    per_s = observation.group_per_s
-    gain = (per_s - trial.before_per_s) / ((trial.after - trial.before) * max(trial.per_worker_per_s, 1e-9))
+    samples = (*trial.samples, observation.group_per_s)
+    if len(samples) < 2:
+        return None, replace(state, trial=replace(trial, samples=samples))
+    per_s = sum(samples) / len(samples)
+    expected = max(trial.per_worker_per_s, 1e-9)
+    gain = (per_s - trial.before_per_s) / ((trial.after - trial.before) * expected)
     state = replace(state, trial=None, gain=gain)
     if gain >= limits.min_gain:
         return None, state
+    # As many workers as the measured rate supports: the baseline's, plus one per worker's rate added.
+    supported = trial.before + max(0.0, per_s - trial.before_per_s) / expected
+    back = max([n for n in limits.steps() if trial.before <= n <= supported], default=trial.before)
     cause, detail = _saturation(limits, trial, observation)
-    now = observation.at
-    held = Saturation(trial.before, cause, detail, now, now + limits.hold_s, trial.before_per_s)
-    state = replace(state, workers=trial.before, last_change_at=now, saturated=held)
+    held = Saturation(
+        back, cause, detail, now, now + limits.hold_s, trial.before_per_s if back == trial.before else per_s
+    )
+    state = replace(state, workers=back, last_change_at=now, saturated=held)
     reason = (
         f"saturated: {cause} ({detail}): {trial.after} workers drained {per_s:.0f}/s against "
         f"{trial.before_per_s:.0f}/s with {trial.before}, {gain:.0%} of what the added ones were expected "
-        f"to add; back to {trial.before}"
+        f"to add; back to {back}"
     )
-    return Decision(trial.before, reason, cause), state
+    return Decision(back, reason, cause), state
 
 
 def _saturation(limits: Limits, trial: Trial, observation: Observation) -> tuple[str, str]:
     """Why added workers did not add: the usable CPUs busy, Triton's queue grown, else the broker."""
     if (busy := observation.cpu_busy) is not None and busy >= limits.cpu_busy_limit:
         return "CPU", f"{busy:.0%} of the usable CPUs busy"
-    queue, before = observation.triton_queue_s, trial.before_queue_s or 0.0
+    queue, before = observation.triton_queue_s, trial.before_queue_s
     # Grown with the workers: doubled, and past a tenth of the limit (a queue of microseconds doubling
-    # is the dynamic batcher's delay, not a bottleneck).
-    grew = queue is not None and queue >= 2 * before and queue >= limits.triton_queue_s / 10
+    # is the dynamic batcher's delay, not a bottleneck). Without a queue measured before, only the limit.
+    grew = queue is not None and before is not None and queue >= 2 * before and queue >= limits.triton_queue_s / 10
     if queue is not None and (queue >= limits.triton_queue_s or grew):
+        was = f", from {before * 1000:.1f} ms" if before is not None else ""
         return "Triton queue", (
-            f"{queue * 1000:.1f} ms per request, from {before * 1000:.1f} ms: the rate needs Triton instances "
-            "or GPUs, not workers"
+            f"{queue * 1000:.1f} ms per request{was}: the rate needs Triton instances or GPUs, not workers"
         )
     return "broker", "neither the CPUs nor Triton's queue: the brokers (or the feature store) serve no faster"
 
@@ -268,10 +306,11 @@ def _lifted(limits: Limits, state: State, held: Saturation, now: float) -> bool:
     """A saturation is lifted after `hold_s`, or once the held count's rate, measured again, moved."""
     if now >= held.until:
         return True
-    busy = state.busy
+    busy = state.busy  # two readings at least, smoothed: one noisy interval lifts nothing
     return (
         busy is not None
         and busy.at > held.at
+        and busy.readings >= 2
         and busy.workers == held.workers
         and abs(busy.per_s - held.per_s) > limits.rate_change * held.per_s
     )

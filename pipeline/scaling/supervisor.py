@@ -96,8 +96,6 @@ class Autoscaler:
         # The CPUs are the workers' only where this process runs them; Triton's queue wherever it is.
         self._cpu = cpus.CpuMeter() if pool is not None else None
         self._triton = TritonQueue(settings.triton.metrics_url)
-        for unknown in (metrics.SCALING_MARGINAL_GAIN, metrics.SCALING_CPU_BUSY, metrics.SCALING_TRITON_QUEUE):
-            unknown.set(math.nan)  # not known until read (or a step judged): no 0 that reads as a value
         first = self.limits.steps()[0]
         if pool is None:  # serving: the group's members are the workers there are
             first = max(len(self._assignment() or {}), first)
@@ -124,13 +122,14 @@ class Autoscaler:
             metrics.SCALING_LAG_UNREADABLE.inc()
             log.warning("lag_unreadable", error=e.message, holding=self.state.workers)
             backlog = None
-        consuming = members if members is not None else workers
         if members is not None and members != self._members_seen:  # a rebalance: rates pause meanwhile
             self._members_seen = members
             self._meter.changed(now)
-        rates = self._meter.update(backlog, consuming) if backlog is not None else self._meter.rates or Rates()
-        if rates.group_per_s is not None and consuming:
-            self._learnt.save(Learnt(rates.per_worker_per_s, now, consuming))
+        # Members unknown: arrival and consumption are still read, but no worker's rate is measured (the
+        # processes running are no measure of the workers in the group).
+        rates = self._meter.update(backlog, members or 0) if backlog is not None else self._meter.rates or Rates()
+        if backlog is not None and rates.group_per_s is not None and members:
+            self._learnt.save(Learnt(rates.per_worker_per_s, now, members))
         cpu_busy = self._cpu.read() if self._cpu is not None else None
         triton_queue_s = self._triton.read()
         each: dict[str, float] = {}
@@ -145,8 +144,8 @@ class Autoscaler:
             per_worker_per_s=rates.per_worker_per_s,
             start_s=self.start_s,
             measured=rates.measured,
-            group_per_s=rates.group_per_s,
-            members=consuming,
+            group_per_s=rates.group_per_s if backlog is not None else None,
+            members=members,
             cpu_busy=cpu_busy,
             triton_queue_s=triton_queue_s,
         )
@@ -201,12 +200,10 @@ class Autoscaler:
         metrics.SCALING_MAX_WORKERS.set(self.limits.max_workers)
         for cause in metrics.SATURATION_CAUSES:
             metrics.SCALING_SATURATED.labels(cause).set(1 if decision.saturated == cause else 0)
-        if self.state.gain is not None:
-            metrics.SCALING_MARGINAL_GAIN.set(self.state.gain)
-        if cpu_busy is not None:
-            metrics.SCALING_CPU_BUSY.set(cpu_busy)
-        if triton_queue_s is not None:
-            metrics.SCALING_TRITON_QUEUE.set(triton_queue_s)
+        gain = self.state.gain
+        metrics.SCALING_MARGINAL_GAIN.set(gain if gain is not None else math.nan)  # NaN: not known
+        metrics.SCALING_CPU_BUSY.set(cpu_busy if cpu_busy is not None else math.nan)
+        metrics.SCALING_TRITON_QUEUE.set(triton_queue_s if triton_queue_s is not None else math.nan)
         metrics.SCALING_WORKERS.set(workers)
         if members is not None:
             metrics.SCALING_GROUP_MEMBERS.set(members)
@@ -250,15 +247,16 @@ class Autoscaler:
         self._reader.close()
         self._members.close()
         self._learnt.close()
+        self._triton.close()
 
 
 def most_workers(settings: Settings, partitions: int, local: bool) -> int:
-    """The most workers: as set, else the CPUs this process may use where it runs them (`local`), else
-    the partitions; never more than the partitions."""
-    given = settings.scaling.max_workers
+    """The most workers: as set, else the CPUs this process may use where it runs them (`local`, and
+    at least `min_workers`), else the partitions; never more than the partitions."""
+    given, fewest = settings.scaling.max_workers, settings.scaling.min_workers
     usable = cpus.count()
-    if given is None:
-        return min(partitions, usable if local else partitions)
+    if given is None:  # never below the fewest asked for
+        return min(partitions, max(fewest, usable) if local else partitions)
     if local and given > usable:
         log.warning("max_workers_above_cpus", max_workers=given, cpus=usable)
     return min(partitions, given)

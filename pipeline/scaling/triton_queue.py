@@ -57,16 +57,20 @@ class TritonQueue:
     """Reads Triton's metrics; `read()` is the queue time per request since the last reading (None:
     not known, the endpoint unreachable or nothing served)."""
 
-    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
-        self._url, self._timeout_s = url, timeout_s
+    def __init__(self, url: str, timeout_s: float = 0.5) -> None:
+        # One connection kept; a short timeout: an unreachable Triton costs the decision loop little.
+        self._url, self._client = url, httpx.Client(timeout=timeout_s)
         self._last: Counters | None = None
 
     def read(self) -> float | None:
         try:
-            response = httpx.get(self._url, timeout=self._timeout_s)
+            response = self._client.get(self._url)
             response.raise_for_status()
         except httpx.HTTPError:
             self._last = None
             return None
         last, self._last = self._last, counters(response.text)
         return queue_s(last, self._last) if last is not None else None
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pipeline.scaling.cpus import Ticks, busy_fraction, quota_cpus, ticks, usable
+from pipeline.scaling.cpus import Ticks, busy_fraction, quota_cpus, ticks, usable, usage_s
 
 
 def test_the_usable_cpus_are_the_affinity_capped_by_the_quota_rounded_up():
@@ -31,3 +31,9 @@ def test_busy_is_the_share_of_the_usable_cpus_time_not_idle():
     assert busy_fraction(ticks(STAT, {1}), ticks(LATER, {1})) == 225 / 230, "cpu1 alone: its own time"
     assert busy_fraction(ticks(STAT, {0}), ticks(LATER, {0})) == 15 / 100, "iowait is not busy"
     assert busy_fraction(ticks(STAT, {0}), ticks(STAT, {0})) is None
+
+
+def test_a_cgroups_cpu_time_comes_from_v2_cpu_stat_or_v1_cpuacct():
+    assert usage_s("usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n") == 2.5
+    assert usage_s(None, "3000000000\n") == 3.0
+    assert usage_s(None, None) is None

@@ -1,15 +1,24 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pipeline.scaling.policy import Limits, Observation, State, decide, naive
 
 LIMITS = Limits(partitions=12, max_workers=12, drain_s=30, up_cooldown_s=30, down_window_s=300, restore_s=5)
+
+
+def measured(at: float, lag: int | None, arrival: float, per_worker: float, workers: int) -> Observation:
+    """A reading of workers that scale linearly: with a backlog, the group drains `workers` times one
+    worker's rate (so a step always pays)."""
+    drained = per_worker * workers if lag else None
+    return Observation(at, lag, arrival, per_worker, group_per_s=drained, members=workers)
 
 
 def run(limits: Limits, ticks: list[tuple[float, int | None, float]], per_worker: float = 1_000.0, start: int = 1):
     """(at, lag, arrival/s) per tick → the count decided at each tick, and the decisions."""
     state, counts, decisions = State(workers=start), [], []
     for at, lag, arrival in ticks:
-        decision, state = decide(limits, state, Observation(at, lag, arrival, per_worker))
+        decision, state = decide(limits, state, measured(at, lag, arrival, per_worker, state.workers))
         counts.append(decision.workers)
         decisions.append(decision)
     return counts, decisions
@@ -62,9 +71,11 @@ def test_the_cost_of_a_rebalance_keeps_a_count_that_a_step_down_could_not_sustai
 
 
 def test_a_scale_up_waits_for_the_cooldown():
-    counts, decisions = run(LIMITS, [(0, 60_000, 0.0), (10, 200_000, 0.0), (31, 200_000, 0.0)])
-    assert counts == [2, 2, 12]
-    assert "after the cooldown" in decisions[1].reason
+    ticks = [(0, 60_000, 0.0), (10, 200_000, 0.0), (15, 200_000, 0.0), (31, 200_000, 0.0)]
+    counts, decisions = run(LIMITS, ticks)
+    assert counts == [2, 2, 2, 12]
+    assert "2 measured against 1's 1000/s first" in decisions[1].reason, "the step up is judged first"
+    assert "after the cooldown" in decisions[2].reason, "judged (it paid): then the cooldown"
 
 
 def test_an_unreadable_lag_holds_the_count_and_says_so():
@@ -76,10 +87,10 @@ def test_an_unreadable_lag_holds_the_count_and_says_so():
 def test_a_backlog_drained_before_a_new_worker_could_help_gets_none():
     # Drain within 5 s; 1 worker of 10,000/s; a new one takes 15 s to start and 5 s to restore.
     limits = Limits(partitions=12, drain_s=5, start_s=15, restore_s=5)
-    decision, _ = decide(limits, State(workers=1), Observation(0.0, 150_000, 0.0, 10_000.0))
+    decision, _ = decide(limits, State(workers=1), measured(0.0, 150_000, 0.0, 10_000.0, 1))
     assert decision.workers == 1 and "drain it in 15 s, before a new worker takes requests (20 s)" in decision.reason
-    decision, _ = decide(limits, State(workers=1), Observation(0.0, 250_000, 0.0, 10_000.0))
+    decision, _ = decide(limits, State(workers=1), measured(0.0, 250_000, 0.0, 10_000.0, 1))
     assert decision.workers == 6, "25 s to drain alone: more workers help"
-    quick = Observation(0.0, 150_000, 0.0, 10_000.0, start_s=2.0)
+    quick = replace(measured(0.0, 150_000, 0.0, 10_000.0, 1), start_s=2.0)
     decision, _ = decide(limits, State(workers=1), quick)
     assert decision.workers == 3, "workers measured to start in 2 s are ready in 7 s"
