@@ -188,8 +188,9 @@ class ScalingSettings(_Block):
     # held (saturated) for saturated_hold_s, or until its rate measured again moves by a quarter.
     min_gain: float = Field(default=0.5, ge=0, le=1)
     saturated_hold_s: float = Field(default=600.0, ge=0)
-    # No worker is added while the usable CPUs are this busy (where the supervisor runs them), or while
-    # Triton's queue time per request (`triton.metrics_url`) is this long.
+    # No worker is added while the usable CPUs are busier than this share (where the supervisor runs
+    # them; 1: never held for CPU), or while Triton's queue time per request (`triton.metrics_url`) is
+    # this long.
     cpu_busy_limit: float = Field(default=0.9, gt=0, le=1)
     triton_queue_s: float = Field(default=0.05, gt=0)
     interval_s: float = Field(default=2.0, gt=0)  # lag read and decision this often

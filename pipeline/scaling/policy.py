@@ -52,7 +52,7 @@ class Limits:
     min_gain: float = 0.5  # a step's workers must add this share of their expected rate, or are taken back
     hold_s: float = 600.0  # a count found saturated is held this long ...
     rate_change: float = 0.25  # ... unless its rate, measured again, moved by more than this share
-    cpu_busy_limit: float = 0.9  # the usable CPUs this busy: no worker more
+    cpu_busy_limit: float = 0.9  # the usable CPUs busier than this: no worker more (1: never)
     triton_queue_s: float = 0.05  # Triton's queue per request this long: no worker more
 
     def steps(self) -> list[int]:
@@ -224,7 +224,7 @@ def _up(limits: Limits, state: State, observation: Observation, step: int, load:
     if (drained_in := _drain_time(observation, current)) <= (ready_in := _ready_in(limits, observation)):
         held_for = f"{load}: {current} drain it in {drained_in:.0f} s, before a new worker takes requests"
         return Decision(current, f"{held_for} ({ready_in:.0f} s)"), state
-    if (busy := observation.cpu_busy) is not None and busy >= limits.cpu_busy_limit:
+    if (busy := observation.cpu_busy) is not None and busy > limits.cpu_busy_limit:
         detail = f"{busy:.0%} of the usable CPUs busy"
         return Decision(current, f"saturated: CPU ({detail}): a worker more would only share them", "CPU"), state
     if (queue := observation.triton_queue_s) is not None and queue >= limits.triton_queue_s:
@@ -288,7 +288,7 @@ def _judge(limits: Limits, state: State, observation: Observation) -> tuple[Deci
 
 def _saturation(limits: Limits, trial: Trial, observation: Observation) -> tuple[str, str]:
     """Why added workers did not add: the usable CPUs busy, Triton's queue grown, else the broker."""
-    if (busy := observation.cpu_busy) is not None and busy >= limits.cpu_busy_limit:
+    if (busy := observation.cpu_busy) is not None and busy > limits.cpu_busy_limit:
         return "CPU", f"{busy:.0%} of the usable CPUs busy"
     queue, before = observation.triton_queue_s, trial.before_queue_s
     # Grown with the workers: doubled, and past a tenth of the limit (a queue of microseconds doubling

@@ -309,7 +309,7 @@ def test_a_transaction_the_broker_aborted_is_rewound_and_reloaded_by_the_same_wo
     aborted = False
     tries = 0
     try:
-        while not aborted and tries < 20:
+        while not aborted and tries < 50:
             tries += 1
             aborts_before = sum(_aborts(port).values())
             worker.send_signal(signal.SIGSTOP)

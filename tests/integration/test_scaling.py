@@ -25,16 +25,17 @@ from tests.conftest import metric
 
 pytestmark = pytest.mark.integration
 
-BURST = 50_000
+BURST = 100_000
 
 
 @pytest.fixture
 def scale_settings(pipeline_settings, tmp_path):
     """A fresh group on fresh topics; a policy quick enough for a test: a backlog is drained within
-    2 s (so 50,000 requests call for the most workers, a new one assumed to start in 5 s), up at
+    2 s (so 100,000 requests call for the most workers, a new one assumed to start in 2 s), up at
     most every 5 s, down after 15 s. Three workers, above this machine's cores, and every step kept
     whatever it adds (`min_gain` 0, no CPU limit): what is tested is the mechanism of a step.
-    Batches of 32 keep one worker slow enough (~3,000/s) for a scale-up to be worth it."""
+    Batches of 32 keep one worker slow enough (~9,000/s here) that it drains such a burst in longer
+    than a new worker takes to help, so a scale-up is worth it."""
     return pipeline_settings(state_dir=tmp_path / "state", batch_size=32).updated(
         scaling={
             "min_workers": 1,
@@ -43,8 +44,9 @@ def scale_settings(pipeline_settings, tmp_path):
             "up_cooldown_s": 5.0,
             "down_window_s": 15.0,
             "restore_s": 1.0,
-            "start_s": 5.0,
+            "start_s": 2.0,
             "interval_s": 1.0,
+            "status_every_s": 0.5,  # every decision in the log: a failure shows the way it went
             "worker_rate_per_s": 2_000.0,
             "min_gain": 0.0,
             "cpu_busy_limit": 1.0,
@@ -55,14 +57,16 @@ def scale_settings(pipeline_settings, tmp_path):
     )
 
 
-def _wait(what: str, check, timeout_s: float, every_s: float = 0.5, process=None):
+def _wait(what: str, check, timeout_s: float, every_s: float = 0.5, process=None, port: int | None = None):
+    """`check()`'s value once truthy; on time out, the failure says the service's last decision."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process is None or process.poll() is None, f"exited ({process.returncode}) waiting for: {what}"
         if value := check():
             return value
         time.sleep(every_s)
-    raise AssertionError(f"not within {timeout_s:g} s: {what}")
+    last = _desired(port) if port is not None else None
+    raise AssertionError(f"not within {timeout_s:g} s: {what}" + (f"; last decision: {last}" if last else ""))
 
 
 def _desired(port: int) -> dict | None:
@@ -91,7 +95,7 @@ def test_a_burst_is_scaled_up_drained_and_scaled_down_once_each(stack, processes
     burst = traffic.mixed(BURST, f"burst-{uuid.uuid4().hex[:6]}-", duplicate_rate=0.2, malformed_rate=0)
     distinct = len(burst.requests)
     probe.publish(settings, burst.messages)
-    _wait("scaled up", lambda: (d := _desired(port)) and d["desired_workers"] > 1 and d, 30, every_s=0.2)
+    _wait("scaled up", lambda: (d := _desired(port)) and d["desired_workers"] > 1 and d, 30, every_s=0.2, port=port)
 
     collected = probe.collect(
         settings,
@@ -267,9 +271,11 @@ def test_the_policy_service_serves_the_count_for_the_groups_workers(stack, proce
     idle = _wait("a decision", lambda: _desired(port), 60, process=service)
     assert idle["desired_workers"] == 1 and idle["group_members"] == 1 and idle["workers"] == 1
     assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
-    probe.publish(settings, [traffic.message_for(r) for r in traffic.valid_requests(20_000, "serve-", seed=7)])
-    busy = _wait("more workers asked for", lambda: (d := _desired(port)) and d["desired_workers"] > 1 and d, 30)
-    assert busy["desired_workers"] == 3 and busy["group_members"] == 1, "asked for, not started"
+    probe.publish(settings, [traffic.message_for(r) for r in traffic.valid_requests(BURST, "serve-", seed=7)])
+    busy = _wait(
+        "the most workers asked for", lambda: (d := _desired(port)) and d["desired_workers"] == 3 and d, 60, port=port
+    )
+    assert busy["group_members"] == 1, "asked for, not started"
     assert busy["lag_records"] > 0
     assert len(busy["worker_rates"]) == 1, "the one member's own rate"
     assert not list(Path(settings.scaling.run_dir).glob("*.log")), "no worker process of its own"
