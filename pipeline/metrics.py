@@ -50,7 +50,9 @@ STATE_RESTORES = Counter(
     "pipeline_state_restores_total", "Partitions whose dedup state was restored, by mode (warm, cold)", ["mode"]
 )
 STATE_RESTORED_ENTRIES = Counter(
-    "pipeline_state_restored_entries_total", "Dedup entries read back from the changelog, by mode", ["mode"]
+    "pipeline_state_restored_entries_total",
+    "Dedup entries read back from the changelog, by mode (warm, cold; reload: after an abort)",
+    ["mode"],
 )
 STAGE_SECONDS = Histogram("pipeline_stage_seconds", "Time per batch in each stage", ["stage"], buckets=_LATENCY_BUCKETS)
 EVENT_LATENCY = Histogram(

@@ -16,7 +16,10 @@ For every scored batch, or group of batches, of the lane's input partitions:
    dedup entries) and notes where each of its partitions must restart, at the first record not
    committed (`rewind_points`, in `Lane.settle`). The worker then takes in the fetch under way and
    the batch being scored, seeks each of those partitions back there, drops their uncommitted dedup
-   entries and what it held of them (`Worker._rewind`), and scores them again.
+   entries and what it held of them, reads into their store the results committed since it last had
+   them (`Worker._rewind`), and scores them again. That read matters where the outcome was not seen:
+   a stalled commit whose producer was replaced, or a commit still retriable when its time ran out,
+   may have committed at the broker; its records, fetched again, are then repeats, not scored twice.
 
 In full: docs/architecture.md.
 """

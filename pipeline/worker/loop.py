@@ -300,15 +300,17 @@ class Worker:
 
     async def _rewind(self, consumer: Consumer) -> set[int]:
         """After an abort (delivery, step 5): back to the first uncommitted record of each partition of
-        the aborted lane(s), with their dedup state as committed (the overlay of the dropped batches
-        goes). Returns the partitions rewound."""
+        the aborted lane(s), with their dedup state as committed at the broker (the overlay of the
+        dropped batches goes; the results committed since the store last had them are read in: an
+        outcome the worker could not see may have been a commit). Returns the partitions rewound."""
         rewind = self.lanes.take_rewinds()
         self._metadata = await self._on_consumer(consumer.consumer_group_metadata)  # it may be why
         owned = sorted(p for p in rewind if p in self._owned)
         for partition in owned:
             await self._on_consumer(consumer.seek, TopicPartition(self.requests, partition, rewind[partition]))
-        assert self.state is not None
+        assert self.state is not None and self._ownership is not None
         self.state.discard(rewind)
+        await self._ownership.reload(owned)
         await asyncio.sleep(0.2)  # let a broker or coordinator recover before the retry
         return set(rewind)
 

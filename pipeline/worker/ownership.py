@@ -59,6 +59,16 @@ class Ownership:
         metrics.REBALANCES.labels("revoked").inc(len(partitions))
         log.info("partitions_revoked", partitions=partitions)
 
+    async def reload(self, partitions: list[int]) -> None:
+        """Owned partitions' stores brought up to their results partitions' ends, after an abort. A
+        transaction the worker could not see end (a stalled commit whose producer was replaced, a
+        commit timed out past its retries) may have committed at the broker: its results are then read
+        into the state, and its records, fetched again, are repeats rather than scored twice. Of one
+        that did abort, nothing is read (read_committed)."""
+        async for partition, restored in self._restorer.restore(partitions):
+            log.info("state_reloaded", partition=partition, **restored.fields())
+            metrics.STATE_RESTORED_ENTRIES.labels("reload").inc(restored.entries)
+
     async def close(self) -> None:
         for task in set(self._restoring.values()):
             task.cancel()

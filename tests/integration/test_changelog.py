@@ -1,7 +1,8 @@
 """Restoring partitions' dedup state from their results partitions, on the real broker: the partitions
 of one assignment come back as each one's tail is in (a long one does not hold the others back), a
-partition no longer wanted stops being read and keeps its progress, and a warm restore reads only what
-was written after the store's recorded offset."""
+partition no longer wanted stops being read and keeps its progress, a warm restore reads only what
+was written after the store's recorded offset, and a commit the worker counted aborted is read into
+its state by the rewind's reload."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import pytest
 from confluent_kafka import Producer
 
 from pipeline.worker import changelog, startup
+from pipeline.worker.dedup import DedupState
+from pipeline.worker.messages import DedupEntry
+from pipeline.worker.ownership import Ownership
 from pipeline.worker.result_reader import ResultReader
 from pipeline.worker.store import UNBOUNDED, Located
 
@@ -115,3 +119,49 @@ def test_a_committed_result_is_read_back_from_where_the_store_says_it_is(pipelin
             await stored.close()
 
     assert asyncio.run(run()) == {(3, "r3-7"): b'{"n":7}', (3, "r3-199"): b'{"n":199}', (4, "r4-9"): b'{"m":9}'}
+
+
+def test_a_commit_whose_end_the_worker_did_not_see_is_in_its_state_after_an_abort(pipeline_settings, tmp_path):
+    """A commit that stalls is left behind and its producer replaced; the replacement's init settles
+    the open transaction, committed if the coordinator had begun to commit it, while the worker
+    counts it aborted. Its rewind drops the overlay and reads the results partitions on: the events
+    are repeats, found where their results are, not scored a second time."""
+    settings = pipeline_settings(state_dir=tmp_path)
+    store = startup.open_store(settings, 12)
+    state = DedupState(store)
+    scored = [DedupEntry(f"unseen-{i}", 1, RESULT) for i in range(3)]
+    keys = [(1, entry.key) for entry in scored]
+
+    async def run() -> tuple[list, list]:
+        ownership = Ownership(changelog.Restorer(settings, store), _nothing, _nothing, lambda: None)
+        try:
+            _publish(settings, 1, 3, "before-")
+            await ownership.reload([1])
+            assert store.offset(1) == 3
+            state.put_many(scored)  # scored; their transaction then commits, unseen
+            producer = Producer(
+                {"bootstrap.servers": settings.kafka.bootstrap_servers, "transactional.id": f"unseen-{tmp_path.name}"}
+            )
+            producer.init_transactions(30)
+            producer.begin_transaction()
+            for entry in scored:
+                producer.produce(settings.topics.results, RESULT, entry.key.encode(), partition=1)
+            producer.commit_transaction(30)
+            state.discard([1])
+            dropped = state.get_many(keys, time.time())
+            await ownership.reload([1])
+            return dropped, state.get_many(keys, time.time())
+        finally:
+            await ownership.close()
+
+    try:
+        dropped, reloaded = asyncio.run(run())
+        assert dropped == [None] * 3, "the store alone: as if never scored"
+        assert reloaded == [Located(3, 4), Located(4, 5), Located(5, 6)], "repeats, where their results are"
+        assert (store.offset(1) or 0) >= 6, "past its results"
+    finally:
+        store.close()
+
+
+async def _nothing(*_) -> None:
+    return None
