@@ -20,6 +20,7 @@ from pipeline.local import probe, traffic
 from pipeline.local.stack import free_port, settings_env
 from pipeline.scaling import cpus
 from pipeline.scaling.lag import BacklogReader
+from pipeline.scaling.learnt import LearntRates
 from pipeline.scaling.pool import WorkerPool, instance
 from tests.conftest import metric
 
@@ -134,6 +135,16 @@ def test_a_burst_is_scaled_up_drained_and_scaled_down_once_each(stack, processes
     assert started == [instance(0), instance(1), instance(2)], "one at the start, two for the burst"
     # Whether the two join before one worker has drained the burst depends on the machine's load;
     # a worker joining mid-stream is test_guarantee's partitions-revoked test.
+
+    # One worker's rate as measured is kept on the group's record, and a scaler started next reads it back.
+    measured = {d["per_worker_per_s"] for d in decisions if d["per_worker_measured"]}
+    kept = LearntRates(settings, settings.worker.app_id)
+    try:
+        learnt = kept.load()
+    finally:
+        kept.close()
+    assert learnt is not None and round(learnt.per_worker_per_s, 1) in measured, (learnt, measured)
+    assert 1 <= learnt.workers <= 3
 
 
 IDLE_BURST = 100_000
