@@ -294,7 +294,19 @@ def test_the_guard_rolls_back_a_bad_canary_within_its_windows_and_keeps_a_good_o
     # The good canary stays: healthy windows, no second rollback.
     assert after_good.candidate == str(good.version) and after_good.canary_share == 0.2
     assert metric(port, "pipeline_guard_rollbacks_total", model=name) == 1
-    assert metric(port, "pipeline_guard_windows_total", model=name, verdict="unhealthy") == 2, "none of the good one's"
+    # One window of a good canary may be unhealthy on a loaded box (a p99 of a few hundred events is its
+    # slowest batch): two in a row, which `windows` takes to roll back, may not.
+    windows = [
+        line
+        for line in _events(processes.stack.run_dir / f"{group}.log")
+        if line.get("event") == "guard_window" and line.get("candidate") == str(good.version)
+    ]
+    verdicts = "".join("u" if w["verdict"] == "unhealthy" else "." for w in windows if w["verdict"] != "too_few")
+    assert "uu" not in verdicts and verdicts.count("u") <= 1, [w["reasons"] for w in windows]
+
+
+def _events(log: Path) -> list[dict]:
+    return [orjson.loads(line) for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
 
 
 def _from_start(settings: Settings, topic: str) -> dict[TopicPartition, int]:

@@ -40,6 +40,13 @@ def _range(url: str, expr: str, start: float) -> list[dict]:
     return body["data"]["result"]
 
 
+def _wait_for_series(url: str, query: str, since: float, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _has_data(_range(url, query, since)):
+        assert time.monotonic() < deadline, f"Prometheus holds no {query} within {timeout_s:g} s"
+        time.sleep(1)
+
+
 def _has_data(series: list[dict]) -> bool:
     return any(not math.isnan(float(value)) for s in series for _, value in s["values"])
 
@@ -104,6 +111,13 @@ def test_every_dashboard_panel_returns_data_from_a_running_stack(stack, pipeline
                     settings, start, lambda c: len(c.dead_letters) >= len(bad) and c.distinct_results >= 1_600,
                     timeout_s=180,
                 )  # fmt: skip
+                # A rate needs the alert counts to rise between two scrapes: a second velocity alert once
+                # Prometheus holds the first (alerts raised all before the series' first scrape rise nowhere).
+                _wait_for_series(url, "sum(pipeline_alert_latency_seconds_count)", started_at)
+                again = traffic.valid_requests(12, prefix=f"obs-again-{uid}-")
+                for request in again:
+                    request["entity"] = {"account_id": 8}
+                probe.publish(settings, [traffic.message_for(r) for r in again])
 
                 queries = {(name, title, for_prometheus(expr, RATE_INTERVAL)) for name, title, expr in panel_queries()}
                 empty = set(queries)
