@@ -318,9 +318,15 @@ class FeastSettings(_Block):
     repo_path: Path = PROJECT_ROOT / "feature_repo"
     accounts: int = 10_000  # synthetic card accounts 1..N (fraud_scorer's entity)
     devices: int = 1_000  # synthetic machines 1..N (anomaly_detector's entity)
-    # Feature rows are reused this long per entity (0: every batch reads the store). The online
-    # store only changes on materialisation, so a few seconds are invisible to the model.
+    # Feature rows are reused this long per entity where they are not held (0: none reused, held or
+    # not; every batch reads the store): a few seconds are invisible to the model.
     cache_ttl_s: float = Field(default=5.0, ge=0)
+    # Rows of views fed only by materialisation are held until the registry, looked at every
+    # registry_poll_s, records the next one (docs/performance.md#feature-cache); at most
+    # cache_max_rows rows of each kind are kept, the oldest dropped first.
+    hold_until_materialised: bool = True
+    registry_poll_s: float = Field(default=5.0, gt=0)
+    cache_max_rows: int = Field(default=200_000, ge=0)
 
 
 class GatewaySettings(_Block):

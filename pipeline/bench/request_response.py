@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         clients.scorer = TritonScorer(settings.triton)
-        clients.features = FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
+        clients.features = FeatureLookup.from_settings(settings.feast)
         await clients.scorer.spec(settings.default_model)  # connected and the model's config read up front
         log.info("peer_ready", kind="request-response", port=settings.gateway.port)
         try:

@@ -17,6 +17,9 @@ ROUTED = {"canary10": (0.1, 0.0), "shadow100": (0.0, 1.0)}
 # One worker with tracing on, fed requests that each carry a trace of their own (`traceparent`), of
 # which this share is sampled (recorded) by their producer.
 TRACED = {f"{PIPELINE}-1w-traced": 1.0, f"{PIPELINE}-1w-traced-1pct": 0.01}
+# One worker whose feature rows are all reused for the TTL alone, none held until the next
+# materialisation (docs/performance.md#feature-cache).
+FEATURE_TTL = f"{PIPELINE}-1w-ttl"
 
 
 def pipeline_scenario(workers: int) -> str:
@@ -49,12 +52,14 @@ def throughput_scenarios(workers: Sequence[int]) -> list[tuple[str, int]]:
     """Each throughput scenario, in run order, with how many consumer processes it runs: the limit,
     the pipeline and the monolith at each process count, the pipeline on a mix of both models, and
     three references of one process; one worker with a candidate routed at each share of ROUTED, and
-    one with tracing on at each sampled share of TRACED."""
+    one with tracing on at each sampled share of TRACED, and one with its feature rows under the TTL
+    alone."""
     scenarios = [(peer_scenario(LIMIT, n), n) for n in workers]
     scenarios.append(("passthrough-librdkafka", 1))
     scenarios += [(pipeline_scenario(n), n) for n in workers]
     scenarios += [(routed_scenario(kind), 1) for kind in ROUTED]
     scenarios += [(scenario, 1) for scenario in TRACED]
+    scenarios.append((FEATURE_TTL, 1))
     scenarios.append((mix_scenario(1), 1))
     scenarios += [(peer_scenario(MONOLITH, n), n) for n in workers]
     return [*scenarios, ("monolith-at-least-once", 1), ("naive", 1)]

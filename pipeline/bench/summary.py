@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.bench.scenarios import (
+    FEATURE_TTL,
     LIMIT,
     MONOLITH,
     PIPELINE,
@@ -169,6 +170,8 @@ def _references(medians: dict[str, float]) -> dict[str, float]:
     for traced in TRACED:
         if traced in medians:
             ratios[f"{traced}/{one}"] = ratio(medians[traced], medians[one])
+    if FEATURE_TTL in medians:
+        ratios[f"{FEATURE_TTL}/{one}"] = ratio(medians[FEATURE_TTL], medians[one])
     return ratios
 
 

@@ -22,7 +22,15 @@ from pipeline.bench.context import Context, Group, Report, scrape
 from pipeline.bench.cpu import CpuMeter, per_million
 from pipeline.bench.memory import RssSampler
 from pipeline.bench.options import Options
-from pipeline.bench.scenarios import MIX, TRACED, peer_kind, routing_of, runs_workers, throughput_scenarios
+from pipeline.bench.scenarios import (
+    FEATURE_TTL,
+    MIX,
+    TRACED,
+    peer_kind,
+    routing_of,
+    runs_workers,
+    throughput_scenarios,
+)
 from pipeline.bench.stats import median, stage_summary, stage_totals, steady_rate
 from pipeline.contract import TRACEPARENT
 from pipeline.local import probe, traffic
@@ -110,6 +118,8 @@ def _run(context: Context, scenario: str, count: int, warmup: Messages, events: 
     settings = load.fresh_topics(context.settings, scenario)
     if scenario in TRACED:  # every span made and serialised as for a collector, then dropped
         settings = settings.updated(tracing={"enabled": True, "file": Path(os.devnull)})
+    if scenario == FEATURE_TTL:
+        settings = settings.updated(feast={"hold_until_materialised": False})
     shares = routing_of(scenario)
     if shares is not None:
         settings = routed_model.routed(settings, model, *shares)

@@ -1,12 +1,13 @@
-"""A short-lived cache of feature rows per entity, so hot entities are read from the store once per TTL.
+"""Feature rows per entity, so that hot entities are not read from the store for every batch.
 
-Online features change when they are materialised (minutes to hours apart), so a few seconds of
-reuse does not change what a model sees in practice, and it takes the store read (the largest cost
-of a worker's batch) off most events. A TTL of 0 turns it off.
+A row is kept `ttl_s` (0: nothing is kept), or, with `ttl_s` infinite, until `clear()`: the lookup
+clears it when the registry records a new materialisation (`materialisations`). Insertion order is
+expiry order (every entry lives as long), so expiry and eviction past `max_entries` pop from the front.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -14,14 +15,13 @@ _ABSENT = object()
 
 
 class TtlCache:
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        # Insertion order is expiry order (every entry lives ttl_s), so expiry pops from the front.
+    def __init__(self, ttl_s: float, max_entries: int | None = None) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
         self._entries: dict[Hashable, tuple[float, Any]] = {}
 
     @property
     def enabled(self) -> bool:
-        return self.ttl_s > 0
+        return self.ttl_s > 0 and self.max_entries != 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -42,11 +42,20 @@ class TtlCache:
         if not self.enabled:
             return
         expires = now + self.ttl_s
+        entries = self._entries
         for key, value in values.items():
-            self._entries.pop(key, None)
-            self._entries[key] = (expires, value)
+            entries.pop(key, None)
+            entries[key] = (expires, value)
+        if self.max_entries is not None:
+            while len(entries) > self.max_entries:  # the oldest go first
+                del entries[next(iter(entries))]
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def _expire(self, now: float) -> None:
+        if math.isinf(self.ttl_s):
+            return
         while self._entries:
             key = next(iter(self._entries))
             if self._entries[key][0] > now:

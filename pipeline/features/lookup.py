@@ -7,14 +7,16 @@ values straight into float rows. On SQLite (the default store) it runs the same 
 without the timestamp columns (Feast parses a datetime per feature value), writes each value
 straight into the batch's matrix, and remembers each entity's serialised key (a key is read again
 whenever its cached row expires): docs/performance.md#sqlite-feature-read. A test keeps the result
-identical to `get_online_features` on SQLite and Redis. Rows are reused for
-`PIPELINE_FEAST__CACHE_TTL_S` seconds (see `cache`).
+identical to `get_online_features` on SQLite and Redis. Rows are reused: those of views fed only by
+materialisation until the registry records the next one (`materialisations`), the others for
+`PIPELINE_FEAST__CACHE_TTL_S` seconds (docs/performance.md#feature-cache).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import sqlite3
 import time
 from collections import defaultdict
@@ -25,13 +27,18 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 from redis.exceptions import RedisError
 
 from pipeline import metrics
 from pipeline.errors import FeatureStoreUnavailable
 from pipeline.features.cache import TtlCache
 from pipeline.features.feast_import import import_feast
+from pipeline.features.materialisations import Materialisations, fed_by_push
 from pipeline.models.spec import ModelSpec
+from pipeline.settings import FeastSettings
+
+log = structlog.get_logger(__name__)
 
 EntityId = int | str
 
@@ -43,7 +50,18 @@ _CACHED, _READ = metrics.FEATURE_ROWS.labels("cache"), metrics.FEATURE_ROWS.labe
 
 
 class FeatureLookup:
-    def __init__(self, repo_path: Path, cache_ttl_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        repo_path: Path,
+        cache_ttl_s: float = 0.0,
+        *,
+        hold_until_materialised: bool = False,
+        registry_poll_s: float = 5.0,
+        max_rows: int | None = None,
+    ) -> None:
+        """Rows reused for `cache_ttl_s` (0: none reused, held or not); with `hold_until_materialised`,
+        those of views fed only by materialisation until the registry (looked at every
+        `registry_poll_s`) records the next one. At most `max_rows` rows of each kind are kept."""
         feast = import_feast()  # heavy, kept out of module import time
         from feast.infra.provider import get_provider
 
@@ -53,9 +71,23 @@ class FeatureLookup:
         self._sqlite = _SqliteRead(self._store.config) if self._store.config.online_store.type == "sqlite" else None
         if self._store.config.online_store.type == "redis":
             _fail_fast(self._provider.online_store, self._store.config.online_store)
-        self._cache = TtlCache(cache_ttl_s)
+        self._cache = TtlCache(cache_ttl_s, max_rows)
+        hold = hold_until_materialised and cache_ttl_s > 0
+        self._held = TtlCache(math.inf, max_rows) if hold else None
+        self._materialisations = Materialisations(self._store, registry_poll_s) if hold else None
+        self._cache_of: dict[tuple[str, ...], TtlCache] = {}  # by the spec's features
         # Feast's SQLite connection belongs to the thread that opened it: use one thread, always.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast")
+
+    @classmethod
+    def from_settings(cls, feast: FeastSettings) -> FeatureLookup:
+        return cls(
+            feast.repo_path,
+            feast.cache_ttl_s,
+            hold_until_materialised=feast.hold_until_materialised,
+            registry_poll_s=feast.registry_poll_s,
+            max_rows=feast.cache_max_rows,
+        )
 
     async def fetch(self, spec: ModelSpec, entity_ids: Sequence[EntityId]) -> dict[EntityId, np.ndarray | None]:
         """Feature rows (in the spec's order) by entity id; None where the store has no complete row."""
@@ -63,19 +95,47 @@ class FeatureLookup:
         if not unique:
             return {}
         now = time.monotonic()
-        cached, missing = self._cache.get_many(((spec.store_features, e) for e in unique), now)
+        loop = asyncio.get_running_loop()
+        cache = self._cache_for(spec)
+        watch = self._materialisations if cache is self._held else None
+        if (
+            watch is not None
+            and watch.due(now)
+            and await loop.run_in_executor(self._thread, self._materialised, watch, now)
+        ):
+            cache.clear()
+        cached, missing = cache.get_many(((spec.store_features, e) for e in unique), now)
         rows: dict[EntityId, np.ndarray | None] = {key[1]: row for key, row in cached.items()}  # type: ignore[index]
         _CACHED.inc(len(cached))
         if missing:
             _READ.inc(len(missing))
-            loop = asyncio.get_running_loop()
             try:
                 read = await loop.run_in_executor(self._thread, self._read, spec, [key[1] for key in missing])  # type: ignore[index]
             except (sqlite3.Error, RedisError, OSError) as e:
                 raise FeatureStoreUnavailable(f"feature store read failed: {e}") from e
-            self._cache.put_many({(spec.store_features, e): row for e, row in read.items()}, now)
+            cache.put_many({(spec.store_features, e): row for e, row in read.items()}, now)
             rows.update(read)
         return rows
+
+    def _cache_for(self, spec: ModelSpec) -> TtlCache:
+        """Held rows for a spec whose views are all fed by materialisation alone; else the TTL's."""
+        if (found := self._cache_of.get(spec.store_features)) is None:
+            held = self._held is not None and not any(fed_by_push(self._view(name)) for name in _by_view(spec))
+            found = self._cache_of[spec.store_features] = self._held if held and self._held is not None else self._cache
+        return found
+
+    @staticmethod
+    def _materialised(watch: Materialisations, now: float) -> bool:
+        """Whether held rows must go: a materialisation recorded, or the registry unreadable (what it
+        would say is unknown, so nothing held is trusted)."""
+        try:
+            moved = watch.moved(now)
+        except Exception as e:  # noqa: BLE001 -- any registry's failure (file, SQL, remote): read the store
+            log.warning("feature_registry_unreadable", error=str(e))
+            return True
+        if moved:
+            log.info("feature_rows_dropped", reason="a feature view was materialised")
+        return moved
 
     def _read(self, spec: ModelSpec, unique: list[EntityId]) -> dict[EntityId, np.ndarray | None]:
         matrix = np.full((len(unique), len(spec.store_features)), np.nan, dtype=np.float32)

@@ -66,7 +66,7 @@ class Worker:
         self.settings = settings
         worker = settings.worker
         self._scorer = scorer or TritonScorer(settings.triton)
-        self._features = features or FeatureLookup(settings.feast.repo_path, settings.feast.cache_ttl_s)
+        self._features = features or FeatureLookup.from_settings(settings.feast)
         self._live_first = live_first
         self.requests = settings.topics.requests
         self.state: DedupState | None = None  # opened by run(), once the topics are checked

@@ -49,10 +49,11 @@ def test_a_tiny_bench_produces_every_throughput_and_consumer_figure(stack, tmp_p
     # A 100% shadow: one committed shadow result per event, warm-up and timed; a canary alone: none.
     assert runs["pipeline-1w-shadow100"][0]["shadow_results"] == 440
     assert runs["pipeline-1w-canary10"][0]["shadow_results"] == 0
-    # Tracing on, every request in a trace of its own (all, or 1% sampled): against the worker without.
-    for traced in ("pipeline-1w-traced", "pipeline-1w-traced-1pct"):
-        assert runs[traced][0]["events"] == 400
-        assert written["summary"]["ratios"][f"{traced}/pipeline-1w"] > 0
+    # Tracing on, every request in a trace of its own (all, or 1% sampled), and the feature rows under
+    # the TTL alone (none held): each against the worker without.
+    for variant in ("pipeline-1w-traced", "pipeline-1w-traced-1pct", "pipeline-1w-ttl"):
+        assert runs[variant][0]["events"] == 400
+        assert written["summary"]["ratios"][f"{variant}/pipeline-1w"] > 0
     assert {"pipeline-1w-canary10/pipeline-1w", "pipeline-1w-shadow100/pipeline-1w"} <= set(
         written["summary"]["ratios"]
     )

@@ -1,6 +1,10 @@
-"""The worker's direct online-store read returns exactly what Feast's get_online_features returns."""
+"""The worker's direct online-store read returns exactly what Feast's get_online_features returns; rows
+are reused from its cache, and held rows are dropped once the registry records a materialisation."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -81,3 +85,43 @@ def test_the_online_store_is_reloaded_when_the_generated_data_change(stack, tmp_
         features=["device_baselines:rpm_mean"], entity_rows=[{"device_id": 12}, {"device_id": 13}]
     )
     assert [v is not None for v in online.to_dict()["rpm_mean"]] == [True, False]
+
+
+async def test_rows_are_held_past_the_ttl_until_the_registry_records_a_materialisation(stack, spec, tmp_path):
+    """Held rows outlive the TTL with no store read; once a materialisation is recorded they go,
+    and an account the store had no row for, now materialised, is read."""
+    from pipeline.features import demo_data
+
+    source = stack.settings().feast.repo_path
+    for item in [*source.glob("*.py"), source / ".feastignore", source / "feature_store.yaml"]:
+        (tmp_path / item.name).write_bytes(item.read_bytes())
+    assert demo_data.apply(tmp_path, accounts=30, devices=10) is True
+    lookup = FeatureLookup(tmp_path, cache_ttl_s=0.001, hold_until_materialised=True, registry_poll_s=0.1)
+    accounts = list(range(1, 32))  # 31: no row yet
+
+    def reads() -> float:
+        return REGISTRY.get_sample_value("pipeline_feature_rows_total", {"source": "store"}) or 0.0
+
+    try:
+        first = await lookup.fetch(spec, accounts)
+        read_first = reads()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # many TTLs and registry looks: still held
+            held = await lookup.fetch(spec, accounts)
+        read_held = reads()
+
+        assert demo_data.apply(tmp_path, accounts=31, devices=10) is True
+        deadline = time.monotonic() + 30
+        after = await lookup.fetch(spec, accounts)
+        while after[31] is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the next registry look
+            after = await lookup.fetch(spec, accounts)
+    finally:
+        lookup.close()
+
+    assert first[31] is None and all(first[a] is not None for a in accounts[:-1])
+    assert read_held == read_first, "no store read while no materialisation was recorded"
+    for account in accounts[:-1]:
+        np.testing.assert_array_equal(held[account], first[account])
+    assert after[31] is not None, "read again once materialised"
+    assert reads() >= read_first + len(accounts), "every held row dropped and read again"

@@ -107,6 +107,7 @@ def test_the_limit_and_the_monolith_run_at_each_process_count_beside_the_pipelin
         ("pipeline-1w-shadow100", 1),
         ("pipeline-1w-traced", 1),
         ("pipeline-1w-traced-1pct", 1),
+        ("pipeline-1w-ttl", 1),
         ("model-mix-1w", 1),
         ("monolith-1p", 1),
         ("monolith-2p", 2),

@@ -37,3 +37,15 @@ def test_ttl_zero_caches_nothing():
     cache.put_many({"a": 1}, now=100.0)
 
     assert cache.get_many(["a"], now=100.0) == ({}, ["a"])
+
+
+def test_rows_held_until_cleared_never_expire_and_the_oldest_go_past_the_bound():
+    cache = TtlCache(float("inf"), max_entries=2)
+    cache.put_many({"a": 1, "b": 2}, now=100.0)
+    assert cache.get_many(["a", "b"], now=1e9) == ({"a": 1, "b": 2}, [])
+
+    cache.put_many({"c": 3}, now=1e9)
+    assert cache.get_many(["a", "b", "c"], now=1e9) == ({"b": 2, "c": 3}, ["a"])
+
+    cache.clear()
+    assert cache.get_many(["b", "c"], now=1e9) == ({}, ["b", "c"])
