@@ -131,6 +131,10 @@ def test_a_burst_is_scaled_up_drained_and_scaled_down_once_each(stack, processes
     up = decisions[counts.index(3)]
     assert "needed, up to 3" in up["reason"] and up["max_workers"] == 3, up
     assert all(d["reason"] for d in decisions)
+    # Read beside the lag: the usable CPUs (the supervisor runs the workers here) and Triton's queue, from
+    # Triton's own metrics endpoint.
+    assert all(d["cpu_busy"] is not None and 0 <= d["cpu_busy"] <= 1 for d in decisions[1:]), decisions
+    assert any(d["triton_queue_s"] is not None and d["triton_queue_s"] >= 0 for d in decisions), decisions
     started = [line["instance"] for line in lines if line["event"] == "worker_started"]
     assert started == [instance(0), instance(1), instance(2)], "one at the start, two for the burst"
     # Whether the two join before one worker has drained the burst depends on the machine's load;
