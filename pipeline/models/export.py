@@ -5,6 +5,7 @@ for Triton (`versions`)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -39,9 +40,9 @@ def export(
     reference_columns: Mapping[str, np.ndarray],
 ) -> Path:
     """The model as the next version of `<repository>/<name>/`: TorchScript (`model.pt`), the Python
-    backend's `model.py` (copied from the lowest version that has one), the training report with
-    the version, when it was trained and the training data's fingerprint (`metrics.json`), and the
-    drift monitor's reference (`reference.json`). Written aside and renamed into place, so a version
+    backend's `model.py` (copied from the lowest version that has one; a link stays a link), the
+    training report with the version, when it was trained and the training data's fingerprint
+    (`metrics.json`), and the drift monitor's reference (`reference.json`). Written aside and renamed into place, so a version
     directory is whole or absent. Returns the version directory."""
     model_dir = repository / name
     backend = _backend_file(model_dir)
@@ -49,7 +50,10 @@ def export(
     staging = model_dir / f".staging-{number}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shutil.copyfile(backend, staging / BACKEND_FILE)
+    if backend.is_symlink():  # a model sharing another's backend keeps the link, and the checkout stays clean
+        (staging / BACKEND_FILE).symlink_to(os.readlink(backend))
+    else:
+        shutil.copyfile(backend, staging / BACKEND_FILE)
     torch.jit.script(model).save(str(staging / versions.MODEL_FILE))
     metrics = asdict(report) | {
         "version": number,
@@ -68,5 +72,5 @@ def _backend_file(model_dir: Path) -> Path:
     numbered = sorted((p for p in model_dir.glob("[0-9]*") if p.name.isdigit()), key=lambda p: int(p.name))
     for version_dir in numbered:
         if (version_dir / BACKEND_FILE).is_file():
-            return (version_dir / BACKEND_FILE).resolve()
+            return version_dir / BACKEND_FILE
     raise ConfigurationError(f"{model_dir}: no version directory holds the Python backend's {BACKEND_FILE}")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,15 @@ def checkout_of(model: str, repository: Path) -> Path:
     shipped = Settings().triton.model_repository / model
     (repository / model / "1").mkdir(parents=True)
     shutil.copy(shipped / "config.pbtxt", repository / model / "config.pbtxt")
-    shutil.copy((shipped / "1" / "model.py").resolve(), repository / model / "1" / "model.py")
+    backend = shipped / "1" / "model.py"
+    if backend.is_symlink():  # another model's backend, linked as the checkout links it
+        target = os.readlink(backend)
+        shared = repository / model / "1" / target
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(backend.resolve(), shared)
+        (repository / model / "1" / "model.py").symlink_to(target)
+    else:
+        shutil.copy(backend, repository / model / "1" / "model.py")
     return shipped / "config.pbtxt"
 
 
@@ -100,4 +109,6 @@ def test_the_anomaly_detector_reaches_f1_on_telemetry_it_was_not_trained_on(tmp_
     _, _, f1 = anomaly_training.f1_scores(data.label, scores >= spec.threshold)
     assert f1 >= 0.8, f"F1 {f1:.3f} on fresh telemetry"
     frozen = reference.load(repository / "anomaly_detector" / "1")
+    linked = repository / "anomaly_detector" / "1" / "model.py"
+    assert linked.is_symlink() and linked.resolve() == (repository / "fraud_scorer" / "1" / "model.py").resolve()
     assert set(frozen) == {*spec.request_features, "score"}
