@@ -44,17 +44,22 @@ def write_json(report: Report, path: Path) -> None:
 
 
 def chart(report: Report, path: Path) -> None:
-    """Throughput bars (median, with each run's points) and HTTP latency percentiles against load."""
+    """Throughput bars (median, with each run's points); HTTP latency percentiles against the open-loop
+    rates users run at, on an axis of their own; the overload run apart, its rate far past theirs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    http = report.get("http")
+    if http:
+        fig, (left, right, apart) = plt.subplots(1, 3, figsize=(17, 5), width_ratios=[5, 5, 2])
+        _http_latency(right, http)
+        _http_overload(apart, http, right)
+    else:
+        fig, left = plt.subplots(1, 1, figsize=(7, 5))
     _throughput_bars(left, report)
     plt.setp(left.get_xticklabels(), rotation=30, ha="right")
-    if "http" in report:
-        _http_latency(right, report["http"])
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -72,11 +77,15 @@ def _throughput_bars(axes: Axes, report: Report) -> None:
     axes.set_title("Throughput, same machine, same run")
 
 
+PERCENTILES = ("p50", "p90", "p99", "p99.9")
+
+
 def _http_latency(axes: Axes, http: dict[str, Any]) -> None:
-    points = sorted(http["open_loop"] + [http["overload"]], key=lambda f: f["offered"])
+    """The open-loop rates (100-1,000 req/s by default) on a linear axis that ends past the highest."""
+    points = sorted(http["open_loop"], key=lambda f: f["offered"])
     rates = [f["offered"] for f in points]
-    for q in ("p50", "p90", "p99", "p99.9"):
-        axes.plot(rates, [f[q] for f in points], marker="o", label=q)
+    for q in PERCENTILES:
+        axes.plot(rates, [f[q] for f in points], marker="o", label=f"{q}, bridge")
     if peer := http.get("request_response_open_loop"):
         for q, color in (("p50", "C0"), ("p99", "C2")):
             label = f"{q}, request-response peer"
@@ -86,11 +95,33 @@ def _http_latency(axes: Axes, http: dict[str, Any]) -> None:
             label = f"{q}, answered at commit"
             axes.scatter([committed["offered"]], [committed[q]], marker="x", s=60, color=color, label=label)
     axes.axhline(http["direct_triton_one_row"]["p50"], color="grey", linestyle=":", label="direct Triton p50")
+    axes.set_xlim(0, max(rates) * 1.1)
+    axes.set_xticks(rates)
     axes.set_xlabel("offered load (req/s, open loop)")
     axes.set_ylabel("latency of accepted requests (ms)")
     axes.set_yscale("log")
-    axes.set_title("POST /v1/predict latency vs load")
-    axes.legend()
+    axes.set_title("POST /v1/predict latency by load")
+    axes.legend(fontsize="small")
+
+
+def _http_overload(axes: Axes, http: dict[str, Any], beside: Axes) -> None:
+    """The overload run's percentiles (accepted requests) at its rate, on the latency axis beside."""
+    overload = http["overload"]
+    values = [overload[q] for q in PERCENTILES]
+    for i, value in enumerate(values):
+        axes.scatter([i], [value], color=f"C{i}", s=40)
+    low, high = beside.get_ylim()
+    limits = (min(low, min(values) / 1.5), max(high, max(values) * 1.5))
+    for each in (axes, beside):
+        each.set_yscale("log")
+        each.set_ylim(*limits)
+    axes.set_xticks(range(len(PERCENTILES)), PERCENTILES)
+    axes.set_xlim(-0.5, len(PERCENTILES) - 0.5)
+    axes.tick_params(labelleft=False)
+    axes.grid(axis="y", which="major", alpha=0.3)
+    beside.grid(axis="y", which="major", alpha=0.3)
+    axes.set_xlabel(f"{overload['offered']:,.0f} req/s offered, {overload['achieved_per_s']:,.0f}/s accepted")
+    axes.set_title(f"Overload: {overload.get('factor_of_capacity', math.nan):g}x capacity")
 
 
 def _finite(value: Any) -> Any:
