@@ -42,8 +42,8 @@ def export(
     """The model as the next version of `<repository>/<name>/`: TorchScript (`model.pt`), the Python
     backend's `model.py` (copied from the lowest version that has one; a link stays a link), the
     training report with the version, when it was trained and the training data's fingerprint
-    (`metrics.json`), and the drift monitor's reference (`reference.json`). Written aside and renamed into place, so a version
-    directory is whole or absent. Returns the version directory."""
+    (`metrics.json`), and the drift monitor's reference (`reference.json`). Written aside and renamed
+    into place, so a version directory is whole or absent. Returns the version directory."""
     model_dir = repository / name
     backend = _backend_file(model_dir)
     number = versions.next_version(repository, name)
