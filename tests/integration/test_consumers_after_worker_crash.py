@@ -73,7 +73,7 @@ BURST = 20  # one account's payments at once: twice the velocity rule's count
 RISKY_RETRIES = 6  # a risky payment tried again: twice what repeated_high_scores needs
 FAULTY_EVERY = 7  # every 7th machine has a faulty pressure sensor throughout: episodes with follow-ups
 REPEAT_RATE = 0.1
-RATE = 300  # requests a second: the stream flows for ~14 s, through the crash
+RATE = 200  # requests a second: the stream flows for ~21 s, through the crash (a try takes ~0.6 s)
 
 ANY_TIME = 0.0  # `now` for the oracle's alerts: their created_at is left out of every comparison
 
@@ -285,21 +285,15 @@ def _read(settings: Settings, topic: str, isolation: str = "read_committed") -> 
         reader.close()
 
 
-def _undecided(settings: Settings, partition: int) -> list[Record]:
+def _undecided(committed_view: Consumer, everything: Consumer, tp: TopicPartition) -> list[Record]:
     """The results partition's records past its last stable offset, when it stays there while they
     are read: those of a transaction still open there (the worker's; nothing else writes the results)."""
-    tp = TopicPartition(settings.topics.results, partition)
-    committed_view, everything = _reader(settings), _reader(settings, "read_uncommitted")
-    try:
-        stable = committed_view.get_watermark_offsets(tp, timeout=10)[1]
-        end = everything.get_watermark_offsets(tp, timeout=10)[1]
-        if stable >= end:
-            return []
-        found = _consume(everything, tp.topic, {partition: (stable, end)})
-        return found if committed_view.get_watermark_offsets(tp, timeout=10)[1] == stable else []
-    finally:
-        committed_view.close()
-        everything.close()
+    stable = committed_view.get_watermark_offsets(tp, timeout=10)[1]
+    end = everything.get_watermark_offsets(tp, timeout=10)[1]
+    if stable >= end:
+        return []
+    found = _consume(everything, tp.topic, {tp.partition: (stable, end)})
+    return found if committed_view.get_watermark_offsets(tp, timeout=10)[1] == stable else []
 
 
 # -- the crash -----------------------------------------------------------------------------------------
@@ -318,12 +312,16 @@ def _kill_inside_an_open_transaction(
     commit the broker had already begun would have its markers written by then); SIGKILL it there.
     The records of that transaction."""
     rng = random.Random(7)
-    killed = False
+    killed, tries = False, 0
+    # The two views are opened once: a try is then a pause and three offset queries.
+    committed_view, everything = _reader(settings), _reader(settings, "read_uncommitted")
+    machines = TopicPartition(settings.topics.results, MACHINES)
     try:
         while publisher.publishing:
+            tries += 1
             os.kill(worker.pid, signal.SIGSTOP)
             time.sleep(0.3)
-            open_records = _undecided(settings, MACHINES)
+            open_records = _undecided(committed_view, everything, machines)
             if any(_is_anomalous(settings, r) for r in open_records):
                 worker.send_signal(signal.SIGKILL)
                 worker.wait(timeout=30)
@@ -331,10 +329,14 @@ def _kill_inside_an_open_transaction(
                 return open_records
             os.kill(worker.pid, signal.SIGCONT)
             time.sleep(rng.uniform(0.05, 0.4))
-        raise AssertionError("the stream ended before the worker was caught inside an open transaction")
+        raise AssertionError(
+            f"the stream ended before the worker was caught inside an open transaction ({tries} tries)"
+        )
     finally:
         if not killed and worker.poll() is None:
             os.kill(worker.pid, signal.SIGCONT)
+        committed_view.close()
+        everything.close()
 
 
 # -- the consumers -------------------------------------------------------------------------------------
