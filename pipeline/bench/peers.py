@@ -10,6 +10,9 @@
 
 Each reads the settings' requests topic in its own consumer group and writes the results topic; all
 but `monolith` at-least-once (produce, flush, commit). What each measures: docs/performance.md#throughput.
+Each logs `peer_ready` once it holds partitions, as a worker logs `worker_ready`: the bench starts the
+processes of a scenario one after another, each once the one before is ready, so its timed run never
+pays a group's rebalance.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import numpy as np
 import orjson
 import pandas as pd
 import structlog
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord
-from confluent_kafka import Message, Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from pipeline.contract import InferenceRequest, parse_request, result_record
 from pipeline.errors import PipelineError, UnknownModel
@@ -64,8 +67,14 @@ async def _monolith(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("peer_ready", kind="monolith")
-    await Worker(settings, scorer, features).run(stop)
+    worker = Worker(settings, scorer, features)
+    running = asyncio.create_task(worker.run(stop))
+    ready = asyncio.create_task(worker.ready.wait())
+    await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done():
+        log.info("peer_ready", kind="monolith")
+    ready.cancel()
+    await running
 
 
 class InProcessScorer:
@@ -119,9 +128,15 @@ def _run_librdkafka(settings: Settings, kind: str) -> None:
             "enable.auto.commit": False,
         },
     )
-    consumer.subscribe([settings.topics.requests])
+    assigned = threading.Event()
+
+    def on_assign(_: Consumer, partitions: list[TopicPartition]) -> None:
+        if partitions and not assigned.is_set():
+            assigned.set()
+            log.info("peer_ready", kind=kind)
+
+    consumer.subscribe([settings.topics.requests], on_assign=on_assign)
     producer = clients.producer(settings, {"acks": "all", "linger.ms": 5})
-    log.info("peer_ready", kind=kind)
     try:
         while not stop.is_set():
             records = [r for r in consumer.consume(settings.worker.batch_size, 0.02) if r.error() is None]
@@ -175,15 +190,14 @@ async def _main(settings: Settings, kind: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     handler, close = await _handler(settings, kind)
     consumer = clients.aio_consumer(
-        settings,
-        settings.topics.requests,
-        group_id=settings.worker.app_id,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+        settings, group_id=settings.worker.app_id, auto_offset_reset="earliest", enable_auto_commit=False
     )
+    assigned = _Assigned()
+    consumer.subscribe([settings.topics.requests], listener=assigned)
     producer = clients.aio_producer(settings, acks="all", linger_ms=5)
     await consumer.start()
     await producer.start()
+    await assigned.wait()  # the group's coordinator joins in the background meanwhile
     log.info("peer_ready", kind=kind)
     try:
         while not stop.is_set():
@@ -197,6 +211,23 @@ async def _main(settings: Settings, kind: str) -> None:
         await consumer.stop()
         await producer.stop()
         await close()
+
+
+class _Assigned(ConsumerRebalanceListener):
+    """Set once the group has given this consumer partitions."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        if assigned:
+            self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 async def _handler(settings: Settings, kind: str) -> tuple[Handler, Callable[[], Awaitable[None]]]:
