@@ -46,7 +46,7 @@ TARGETS = {
     "pipeline-2w/passthrough-2p": Target(0.5, True),
     "pipeline-1w/monolith-1p": Target(1.0, True),
     "pipeline-2w/monolith-2p": Target(1.0, True),
-    "pipeline-1w/monolith-1p per CPU s": Target(0.8, True),
+    "pipeline-1w/monolith-1p per CPU s": Target(0.9, True),
     "pipeline-1w/naive": Target(10.0, True),
     "http@500 p50 ms": Target(10.0, False),
     "http@500 p99 ms": Target(50.0, False),
