@@ -9,12 +9,15 @@ from pathlib import Path
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of every thread of a live process and of its live descendants (a
-    Triton backend's stub processes, say); None once the process is gone."""
+def cpu_seconds(pid: int, with_descendants: bool = True) -> float | None:
+    """User + system CPU seconds of every thread of a live process and (unless not
+    `with_descendants`) of its live descendants (a Triton backend's stub processes, say); None once
+    the process is gone."""
     own = _stat(pid)
     if own is None:
         return None
+    if not with_descendants:
+        return parse_stat(own)
     return parse_stat(own) + sum(parse_stat(text) for child in descendants(pid) if (text := _stat(child)))
 
 
@@ -50,20 +53,24 @@ def _stat(pid: int) -> str | None:
 
 
 class CpuMeter:
-    """CPU seconds each named process spends between `start()` and `stop()`."""
+    """CPU seconds each named process spends between `start()` and `stop()`, with its descendants'
+    unless not `with_descendants` (the bench's own process, whose descendants are what it measures)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], with_descendants: bool = True) -> None:
         self.pids = pids
+        self._descendants = with_descendants
         self._began: dict[str, float] = {}
 
     def start(self) -> CpuMeter:
-        self._began = {name: s for name, pid in self.pids.items() if (s := cpu_seconds(pid)) is not None}
+        self._began = {
+            name: s for name, pid in self.pids.items() if (s := cpu_seconds(pid, self._descendants)) is not None
+        }
         return self
 
     def stop(self) -> dict[str, float]:
         spent = {}
         for name, pid in self.pids.items():
-            now = cpu_seconds(pid)
+            now = cpu_seconds(pid, self._descendants)
             if now is not None and name in self._began:
                 spent[name] = round(now - self._began[name], 3)
         return spent

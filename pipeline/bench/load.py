@@ -18,6 +18,19 @@ def requests(count: int, prefix: str, seed: int = 5) -> list[traffic.Message]:
     return [traffic.message_for(r) for r in traffic.valid_requests(count, prefix=prefix, seed=seed)]
 
 
+def every_account(warmup: list[traffic.Message], accounts: int, prefix: str) -> list[traffic.Message]:
+    """A request for each account 1..`accounts` that `warmup` does not name (keyed by account), so that
+    a worker holds every account's feature row before a timed run, as the monolith peer holds its table
+    from its start (docs/performance.md#warm-up)."""
+    named = {int(m.key) for m in warmup if m.key is not None}
+    template = traffic.valid_requests(1, prefix=prefix)[0]
+    return [
+        traffic.message_for(template | {"event_id": f"{prefix}{account:07d}", "entity": {"account_id": account}})
+        for account in range(1, accounts + 1)
+        if account not in named
+    ]
+
+
 def mixed(requests: list[traffic.Message], prefix: str, seed: int = 31) -> list[traffic.Message]:
     """As many messages as `requests`, alternating: one of theirs (the fraud scorer's), one reading
     for the anomaly detector."""

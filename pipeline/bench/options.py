@@ -29,7 +29,9 @@ class Options:
     events: Annotated[int, typer.Option(help="Requests per throughput run.")] = 100_000
     repetitions: Annotated[int, typer.Option(help="Runs of each throughput scenario (medians reported).")] = 3
     naive_events: Annotated[int, typer.Option(help="Requests per run of the (slow) naive peer.")] = 2_000
-    warmup: Annotated[int, typer.Option(help="Warm-up requests before each timed run.")] = 2_000
+    warmup: Annotated[
+        int, typer.Option(help="Warm-up requests before each timed run (and one for each account they miss).")
+    ] = 2_000
     workers: tuple[int, ...] = (1, 2)
     scenarios: Annotated[
         tuple[str, ...], typer.Option(help="Throughput scenarios to run, comma-separated (default: all of them).")

@@ -52,12 +52,15 @@ class Backlog:
     mixed_timed: Messages
 
     @classmethod
-    def make(cls, options: Options) -> Backlog:
+    def make(cls, options: Options, accounts: int) -> Backlog:
+        """`options.warmup` requests, and one for each of the `accounts` they do not name, before each
+        timed run: a run measures workers that hold their feature rows (docs/performance.md#warm-up)."""
         prefix = f"bench-{uuid.uuid4().hex[:6]}-"
         messages = load.requests(options.events + options.warmup, prefix=prefix)
         mixed = load.mixed(messages, prefix=f"{prefix}device-")
         w = options.warmup
-        return cls(messages[:w], messages[w:], mixed[:w], mixed[w:])
+        rest = load.every_account(messages[:w], accounts, prefix=f"{prefix}account-")
+        return cls(messages[:w] + rest, messages[w:], mixed[:w] + rest, mixed[w:])
 
     def of(self, scenario: str, repetition: int, options: Options) -> tuple[Messages, Messages]:
         """One run's warm-up and timed requests: the naive peer's fewer, the model mix's mixed, and
@@ -88,7 +91,7 @@ def traced(messages: Messages, share: float) -> Messages:
 
 def run(context: Context) -> dict[str, list[dict[str, Any]]]:
     """Every scenario once per round; each scenario's recorded runs."""
-    backlog = Backlog.make(context.options)
+    backlog = Backlog.make(context.options, context.settings.feast.accounts)
     rounds.quiet_collector()
     chosen = [(s, n) for s, n in throughput_scenarios(context.options.workers) if s in context.options.scenarios]
     scenarios = chosen if context.options.scenarios else throughput_scenarios(context.options.workers)
@@ -170,7 +173,8 @@ def _timed(context: Context, scenario: str, processes: Processes, drain: Callabl
     """The timed backlog drained, with the CPU of every process on its path and their peak RSS."""
     sampler = RssSampler({name: p.pid for name, p in processes.items()}, interval_s=0.5)
     path = _path_meter(context, processes, triton=runs_workers(scenario) or scenario == "naive")
-    generator = CpuMeter({"load_generator": os.getpid()}).start()
+    # The bench's own process alone: the scenario's processes are its descendants.
+    generator = CpuMeter({"load_generator": os.getpid()}, with_descendants=False).start()
     drained = drain()
     cpu = {"path": path.stop(), **generator.stop()}
     return _figures(drained, cpu, peaks=sampler.stop())

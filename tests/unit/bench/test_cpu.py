@@ -17,7 +17,7 @@ def test_a_stat_line_gives_user_plus_system_seconds_whatever_the_command_name_ho
     assert cpu.parse_ppid(STAT) == 1
 
 
-def test_a_busy_child_counts_towards_its_parent_and_a_gone_process_is_none():
+def test_a_busy_child_counts_towards_its_parent_unless_asked_not_to_and_a_gone_process_is_none():
     busy = "import time\ninput()\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ninput()"
     parent = subprocess.Popen(
         [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}])"],
@@ -26,6 +26,7 @@ def test_a_busy_child_counts_towards_its_parent_and_a_gone_process_is_none():
     assert parent.stdin is not None
     try:
         meter = cpu.CpuMeter({"parent": parent.pid}).start()
+        alone = cpu.CpuMeter({"parent": parent.pid}, with_descendants=False).start()
         parent.stdin.write(b"spin\n")  # the grandchild spins once the meter has started
         parent.stdin.flush()
         for _ in range(100):
@@ -34,6 +35,7 @@ def test_a_busy_child_counts_towards_its_parent_and_a_gone_process_is_none():
                 break
             subprocess.run([sys.executable, "-c", "import time; time.sleep(0.05)"], check=True)
         assert spent >= 0.25, "the child's CPU is the parent's"
+        assert alone.stop()["parent"] < 0.1, "the parent alone only waits for its child"
     finally:
         parent.stdin.close()
         parent.wait(10)
