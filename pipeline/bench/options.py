@@ -39,6 +39,9 @@ class Options:
     # The unrecorded round before the recorded ones (pipeline/bench/rounds.py); off only where the
     # figures are not compared (a test that the bench gives every figure).
     warm_up_round: bool = True
+    # A request for each account the warm-up does not name, before each timed throughput run
+    # (docs/performance.md#warm-up); off likewise.
+    warm_every_account: bool = True
     # The HTTP group.
     http_seconds: Annotated[float, typer.Option(help="Seconds of each HTTP load level.")] = 10.0
     http_rates: Annotated[tuple[float, ...], typer.Option(help="Open-loop arrival rates, req/s, comma-separated.")] = (

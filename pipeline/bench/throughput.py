@@ -53,13 +53,14 @@ class Backlog:
 
     @classmethod
     def make(cls, options: Options, accounts: int) -> Backlog:
-        """`options.warmup` requests, and one for each of the `accounts` they do not name, before each
-        timed run: a run measures workers that hold their feature rows (docs/performance.md#warm-up)."""
+        """`options.warmup` requests, and (`warm_every_account`) one for each of the `accounts` they do not
+        name, before each timed run: a run measures workers that hold their feature rows
+        (docs/performance.md#warm-up)."""
         prefix = f"bench-{uuid.uuid4().hex[:6]}-"
         messages = load.requests(options.events + options.warmup, prefix=prefix)
         mixed = load.mixed(messages, prefix=f"{prefix}device-")
         w = options.warmup
-        rest = load.every_account(messages[:w], accounts, prefix=f"{prefix}account-")
+        rest = load.every_account(messages[:w], accounts, f"{prefix}account-") if options.warm_every_account else []
         return cls(messages[:w] + rest, messages[w:], mixed[:w] + rest, mixed[w:])
 
     def of(self, scenario: str, repetition: int, options: Options) -> tuple[Messages, Messages]:

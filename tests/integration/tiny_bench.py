@@ -8,6 +8,7 @@ TINY = runner.Options(
     warmup=40,
     repetitions=1,
     warm_up_round=False,  # its figures are not compared
+    warm_every_account=False,  # likewise: 40 warm-up requests, not 10,000
     http_rates=(20.0, 40.0),
     http_seconds=1.0,
     closed_concurrency=2,
