@@ -39,7 +39,7 @@ PROMETHEUS_SCRIPT = PROJECT_ROOT / "deploy" / "prometheus" / "prometheus.sh"
 CONSUMERS = ("fraud", "drift", "anomaly", "guard")  # `pipeline consumers NAME` run by `stack up` and the demo
 # Each one's metrics port, from PIPELINE_CONSUMERS__METRICS_PORT (9101): 9101-9103, and 9106 for the
 # guard (9104 and 9105 are the backfill worker's and the scaling policy service's).
-_METRICS_OFFSETS = {"fraud": 0, "drift": 1, "anomaly": 2, "guard": 5}
+METRICS_OFFSETS = {"fraud": 0, "drift": 1, "anomaly": 2, "guard": 5}
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,7 @@ class LocalStack:
         started = {}
         for consumer in CONSUMERS:
             own = settings.updated(
-                consumers={"metrics_port": settings.consumers.metrics_port + _METRICS_OFFSETS[consumer]}
+                consumers={"metrics_port": settings.consumers.metrics_port + METRICS_OFFSETS[consumer]}
             )
             if not self.is_running(name := f"{consumer}-consumer"):
                 started[name] = self.spawn(name, own, "consumers", consumer, "--from-beginning")

@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.local.stack import settings_env
+from pipeline.local.stack import METRICS_OFFSETS, settings_env
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _consumers_base_port() -> int:
+    """A base whose consumers' metrics ports (the base plus each one's offset) are all free now: a
+    port past a free one may be another process's (an outgoing connection's, say)."""
+    while True:
+        base = free_port()
+        if all(_free(base + offset) for offset in METRICS_OFFSETS.values()):
+            return base
+
+
 def test_demo_runs_to_completion_and_scores_every_distinct_event(stack):
     settings = stack.settings()
     settings = settings.updated(
-        gateway={"port": free_port()}, worker={"app_id": "demo-worker"}, consumers={"metrics_port": free_port()}
+        gateway={"port": free_port()},
+        worker={"app_id": "demo-worker"},
+        consumers={"metrics_port": _consumers_base_port()},
     )
     env = {**os.environ, **settings_env(settings)}
     result = subprocess.run(
