@@ -222,8 +222,10 @@ def test_a_burst_into_an_idle_pipeline_drains_no_slower_than_one_worker_and_with
     assert max(d["desired_workers"] for d in decisions) <= cores, [d["reason"] for d in decisions]
     started = {line["instance"] for line in lines if line["event"] == "worker_started"}
     assert len(started) <= cores, started
-    # No slower than one worker, within the noise of runs on two shared cores (a quarter).
-    assert scaled_s <= 1.25 * one_s, (scaled_s, before_s, one_s, [d["reason"] for d in decisions])
+    # No slower than one worker, within the noise of runs on two shared cores beside another test
+    # process and the supervisor's own polling (a run kept at one worker came to 1.28x in CI); the
+    # defect this guards against drained 3-4 times slower.
+    assert scaled_s <= 1.5 * one_s, (scaled_s, before_s, one_s, [d["reason"] for d in decisions])
 
 
 def _events(path: Path) -> list[dict]:
