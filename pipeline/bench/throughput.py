@@ -210,10 +210,11 @@ def lines(report: Report) -> list[str]:
     runs, summary = report["throughput_runs"], report["summary"]
     if not runs:
         return []
+    width = max(30, *(2 + len(_each(figures)) for figures in runs.values()))  # five runs and more fit
     lines = [
-        f"{'throughput scenario':<24}{'median ev/s':>12}{'runs (ev/s)':>30}{'steady ev/s':>13}"
+        f"{'throughput scenario':<24}{'median ev/s':>12}{'runs (ev/s)':>{width}}{'steady ev/s':>13}"
         f"{'CPU s/M ev':>12}{'load gen':>10}{'peak RSS MiB':>14}",
-        *(_row(name, figures, summary) for name, figures in runs.items()),
+        *(_row(name, figures, summary, width) for name, figures in runs.items()),
         "  -1w/-2w: pipeline workers (model-mix: half the events for each model); -1p/-2p: peer processes.",
         "  CPU s/M ev: CPU seconds per million events",
         "  of every process on the path (consumers, broker, Triton where used); load gen apart.",
@@ -227,15 +228,19 @@ def lines(report: Report) -> list[str]:
     return lines
 
 
-def _row(name: str, runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    each = ", ".join(f"{r['events_per_s']:,.0f}" for r in runs)
+def _each(runs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{r['events_per_s']:,.0f}" for r in runs)
+
+
+def _row(name: str, runs: list[dict[str, Any]], summary: dict[str, Any], width: int) -> str:
+    each = _each(runs)
     rss = max((v for r in runs for v in r["peak_rss_mib"].values()), default=float("nan"))
     generated = (r.get("cpu_s_per_million", {}).get("load_generator", math.nan) for r in runs)
     generator = median([v for v in generated if math.isfinite(v)])
     steady = summary.get("steady_events_per_s_median", {}).get(name, math.nan)
     cpu = summary.get("cpu_s_per_million_median", {}).get(name, math.nan)
     return (
-        f"{name:<24}{summary['events_per_s_median'][name]:>12,.0f}{each:>30}"
+        f"{name:<24}{summary['events_per_s_median'][name]:>12,.0f}{each:>{width}}"
         f"{steady:>13,.0f}{cpu:>12,.1f}{generator:>10,.1f}{rss:>14,.0f}"
     )
 
