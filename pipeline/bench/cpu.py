@@ -1,5 +1,6 @@
 """CPU time of processes, from /proc: what a scenario's work costs, the figure that travels between
-machines where rates move with the host's speed and load."""
+machines where rates move with the host's speed and load; and the time their threads waited for a
+core (schedstat), what a latency made of several processes' hops pays on a busy box."""
 
 from __future__ import annotations
 
@@ -73,6 +74,51 @@ class CpuMeter:
             now = cpu_seconds(pid, self._descendants)
             if now is not None and name in self._began:
                 spent[name] = round(now - self._began[name], 3)
+        return spent
+
+
+def parse_schedstat(text: str) -> int:
+    """Pure: nanoseconds a thread has waited on a run queue, the second field of
+    /proc/<pid>/task/<tid>/schedstat (time on the CPU, time waiting for one, timeslices run)."""
+    return int(text.split()[1])
+
+
+def run_queue_waits(pid: int, with_descendants: bool = True) -> dict[int, int]:
+    """Each live thread's run-queue wait so far (ns), by thread id, of a process and (unless not
+    `with_descendants`) its descendants; empty once the process is gone."""
+    waits: dict[int, int] = {}
+    for process in [pid, *(descendants(pid) if with_descendants else [])]:
+        for task in Path(f"/proc/{process}/task").glob("*"):
+            try:
+                waits[int(task.name)] = parse_schedstat((task / "schedstat").read_text())
+            except (OSError, ValueError, IndexError):  # the thread is gone, or no schedstat here
+                continue
+    return waits
+
+
+def waited(before: dict[int, int], after: dict[int, int]) -> float:
+    """Pure: seconds the threads waited for a core between two `run_queue_waits`: a thread started
+    since counts from zero, one ended since is not counted (its last wait is not known)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
+
+
+class WaitMeter:
+    """Seconds each named process's threads (and its descendants') spent runnable but waiting for a
+    core between `start()` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._began: dict[str, dict[int, int]] = {}
+
+    def start(self) -> WaitMeter:
+        self._began = {name: run_queue_waits(pid) for name, pid in self.pids.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        spent = {}
+        for name, pid in self.pids.items():
+            if (now := run_queue_waits(pid)) and self._began.get(name):
+                spent[name] = round(waited(self._began[name], now), 3)
         return spent
 
 

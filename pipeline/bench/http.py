@@ -187,11 +187,13 @@ def lines(report: Report) -> list[str]:
     d = h["direct_triton_one_row"]
     return [
         f"HTTP POST /v1/predict, medians of {len(h['closed_loop'].get('repetitions', [None]))} repetitions:",
-        f"{'':<30}{'ok/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'errors':>8}{'CPU ms/req':>12}",
+        f"{'':<30}{'ok/s':>8}{'p50':>8}{'p90':>8}{'p99':>8}{'p99.9':>8}{'errors':>8}{'CPU ms/req':>12}"
+        f"{'wait ms/req':>13}",
         *(_row(label, figures) for label, figures in _rows(h)),
         f"{'direct Triton, 1 row':<30}{'':>8}{d['p50']:>8.1f}{d['p90']:>8.1f}{d['p99']:>8.1f}{d['p99.9']:>8.1f}",
         f"overload statuses: {h['overload']['statuses']}",
         "  CPU ms/req: bridge, worker, broker and Triton; request-response: the service and Triton",
+        "  wait ms/req: the time those processes' threads were runnable but waited for a core",
         *(f"ratio {name:<44}{value:>8.2f}" for name, value in report["summary"].get("http", {}).items()),
     ]
 
@@ -211,10 +213,11 @@ def _rows(h: Figures) -> list[tuple[str, Figures]]:
 
 
 def _row(label: str, f: Figures) -> str:
-    cpu_ms = f.get("cpu_ms_per_request")
+    cpu_ms, wait_ms = f.get("cpu_ms_per_request"), f.get("run_queue_wait_ms_per_request")
     return (
         f"{label:<30}{f['achieved_per_s']:>8,.0f}{f['p50']:>8.1f}{f['p90']:>8.1f}{f['p99']:>8.1f}"
         f"{f['p99.9']:>8.1f}{f['errors']:>8}{'' if cpu_ms is None else f'{cpu_ms:>12.2f}'}"
+        f"{'' if wait_ms is None else f'{wait_ms:>13.2f}'}"
     )
 
 

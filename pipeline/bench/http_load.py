@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.bench.cpu import CpuMeter
+from pipeline.bench.cpu import CpuMeter, WaitMeter
 from pipeline.bench.http_client import Connections
 from pipeline.bench.rounds import quiet_collector
 from pipeline.bench.stats import percentiles_ms
@@ -137,13 +137,17 @@ def measured(load: Coroutine[Any, Any, LoadResult]) -> dict[str, Any]:
 
 
 def metered(load: Coroutine[Any, Any, LoadResult], pids: dict[str, int]) -> dict[str, Any]:
-    """One load run's figures, with the CPU every process on its path spent per request answered."""
-    meter = CpuMeter(pids).start()
+    """One load run's figures, with the CPU every process on its path spent per request answered, and
+    the time its threads waited for a core meanwhile."""
+    meter, waits = CpuMeter(pids).start(), WaitMeter(pids).start()
     figures = measured(load)
-    spent = meter.stop()
+    spent, waited = meter.stop(), waits.stop()
     answered = figures["statuses"].get("200", 0)
-    figures["cpu_ms_per_request"] = round(sum(spent.values()) * 1000 / answered, 3) if answered else float("nan")
-    figures["cpu_ms_per_request_by_process"] = {
-        n: round(s * 1000 / answered, 3) if answered else float("nan") for n, s in spent.items()
-    }
+    for name, seconds in (("cpu", spent), ("run_queue_wait", waited)):
+        figures[f"{name}_ms_per_request"] = _per_request(sum(seconds.values()), answered)
+        figures[f"{name}_ms_per_request_by_process"] = {n: _per_request(s, answered) for n, s in seconds.items()}
     return figures
+
+
+def _per_request(seconds: float, answered: int) -> float:
+    return round(seconds * 1000 / answered, 3) if answered else float("nan")

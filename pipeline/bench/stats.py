@@ -25,7 +25,10 @@ def median(values: Sequence[float]) -> float:
 
 
 _SUMMED = ("requests", "errors", "server_errors_5xx")
-_PER_RUN = ("achieved_per_s", "p50", "p90", "p99", "p99.9", "errors", "cpu_ms_per_request")
+_PER_RUN = (
+    *("achieved_per_s", "p50", "p90", "p99", "p99.9", "errors"),
+    *("cpu_ms_per_request", "run_queue_wait_ms_per_request"),
+)
 
 
 def median_figures(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:

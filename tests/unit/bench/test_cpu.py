@@ -44,3 +44,48 @@ def test_a_busy_child_counts_towards_its_parent_unless_asked_not_to_and_a_gone_p
 
 def test_per_million_events():
     assert cpu.per_million({"worker": 2.5, "kafka": 1.0}, 500_000) == {"worker": 5.0, "kafka": 2.0}
+
+
+def test_a_schedstat_line_gives_the_run_queue_wait():
+    assert cpu.parse_schedstat("5000000 1234567 42\n") == 1_234_567
+
+
+def test_waits_count_threads_started_since_in_full_and_leave_out_those_ended():
+    before = {1: 1_000_000_000, 2: 500_000_000}
+    after = {1: 1_250_000_000, 3: 100_000_000}  # thread 2 ended, 3 began
+    assert cpu.waited(before, after) == 0.35
+
+
+def test_three_processes_spinning_on_one_core_each_wait_for_it_two_thirds_of_the_time():
+    """The meter against the scheduler: three busy processes pinned to one core for 0.6 s of wall time
+    each run ~0.2 s and wait ~0.4 s, so together ~1.2 s of waiting against ~0.6 s on the core (more
+    waiting, less running, if other work shares the core): a meter that read CPU time would say 0.6."""
+    core = min(os.sched_getaffinity(0))
+    spin = (
+        "import os, time\n"
+        f"os.sched_setaffinity(0, {{{core}}})\n"
+        "input()\n"
+        "end = time.monotonic() + 0.6\n"
+        "while time.monotonic() < end: pass\n"
+        "print('spun', flush=True)\n"
+        "input()\n"
+    )
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    try:
+        meter = cpu.WaitMeter({str(i): p.pid for i, p in enumerate(spinners)}).start()
+        for spinner in spinners:
+            assert spinner.stdin is not None
+            spinner.stdin.write("go\n")
+            spinner.stdin.flush()
+        for spinner in spinners:
+            assert spinner.stdout is not None and spinner.stdout.readline() == "spun\n"
+        waited = meter.stop()  # each is still alive, waiting for its next line
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait(10)
+    assert sum(waited.values()) >= 0.9, waited
+    assert cpu.WaitMeter({"gone": spinners[0].pid}).start().stop() == {}, "a process gone is not measured"
