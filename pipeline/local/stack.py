@@ -453,6 +453,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a listener could bind `port` on 127.0.0.1 now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """`PIPELINE_*` variables that make a child process read back exactly `settings`: a secret as
     itself (JSON shows it masked), a field left unset (None) not at all (its default is None)."""

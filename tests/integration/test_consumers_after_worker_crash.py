@@ -329,7 +329,7 @@ def _kill_inside_an_open_transaction(
                 return open_records
             os.kill(worker.pid, signal.SIGCONT)
             # Soon after: the worker is then catching up on what arrived while it was paused, in a
-            # transaction of many readings (spaced 0.05-0.4 s, ~35 tries missed now and then in CI).
+            # transaction of many readings, far likelier to hold an anomalous one than a random moment's.
             time.sleep(rng.uniform(0.01, 0.1))
         raise AssertionError(
             f"the stream ended before the worker was caught inside an open transaction ({tries} tries)"

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.local.stack import METRICS_OFFSETS, settings_env
+from pipeline.local.stack import METRICS_OFFSETS, port_is_free, settings_env
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _consumers_base_port() -> int:
@@ -29,7 +19,7 @@ def _consumers_base_port() -> int:
     port past a free one may be another process's (an outgoing connection's, say)."""
     while True:
         base = free_port()
-        if all(_free(base + offset) for offset in METRICS_OFFSETS.values()):
+        if all(port_is_free(base + offset) for offset in METRICS_OFFSETS.values()):
             return base
 
 
