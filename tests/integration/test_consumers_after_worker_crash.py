@@ -43,7 +43,7 @@ import numpy as np
 import orjson
 import pytest
 from aiokafka.partitioner import murmur2
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 
 from pipeline import topics
 from pipeline.consumers.anomaly_rules import Suppression, decide, parse_reading
@@ -300,22 +300,45 @@ def _undecided(committed_view: Consumer, everything: Consumer, tp: TopicPartitio
 
 
 def _is_anomalous(settings: Settings, record: Record) -> bool:
-    result = record.json
+    return _anomalous_result(settings, record.value)
+
+
+def _anomalous_result(settings: Settings, value: bytes) -> bool:
+    result = orjson.loads(value)
     return result["model"] == ANOMALY and result["score"] >= settings.consumers.anomaly.threshold
+
+
+def _until_an_anomalous_result(settings: Settings, follower: Consumer, seconds: float) -> bool:
+    """Whether `follower` (read_uncommitted, at the end of the machines' results) saw an anomalous
+    reading written within `seconds`: return as soon as it does."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        message = follower.poll(left)
+        if message is None or message.error() is not None or (value := message.value()) is None:
+            continue
+        if _anomalous_result(settings, value):
+            return True
+    return False
 
 
 def _kill_inside_an_open_transaction(
     settings: Settings, worker: subprocess.Popen[bytes], publisher: _Publisher
 ) -> list[Record]:
-    """Pause the worker (SIGSTOP) at random moments until the machines' results partition shows a
-    transaction of its open, with an anomalous reading in it, and still undecided a moment later (a
-    commit the broker had already begun would have its markers written by then); SIGKILL it there.
-    The records of that transaction."""
+    """Pause the worker (SIGSTOP) until the machines' results partition shows a transaction of its
+    open, with an anomalous reading in it, and still undecided a moment later (a commit the broker
+    had already begun would have its markers written by then); SIGKILL it there. The records of that
+    transaction.
+
+    A transaction's results are written only when it commits, a few milliseconds before its markers,
+    so the worker is paused the moment a reader of everything written sees an anomalous reading
+    arrive, or at a random moment soon after it resumed, whichever comes first."""
     rng = random.Random(7)
-    killed, tries = False, 0
-    # The two views are opened once: a try is then a pause and three offset queries.
+    killed, tries, sightings = False, 0, 0
+    # The views are opened once: a try is then a pause and three offset queries.
     committed_view, everything = _reader(settings), _reader(settings, "read_uncommitted")
     machines = TopicPartition(settings.topics.results, MACHINES)
+    follower = _reader(settings, "read_uncommitted")
+    follower.assign([TopicPartition(machines.topic, MACHINES, OFFSET_END)])
     try:
         while publisher.publishing:
             tries += 1
@@ -330,15 +353,16 @@ def _kill_inside_an_open_transaction(
             os.kill(worker.pid, signal.SIGCONT)
             # Soon after: the worker is then catching up on what arrived while it was paused, in a
             # transaction of many readings, far likelier to hold an anomalous one than a random moment's.
-            time.sleep(rng.uniform(0.01, 0.1))
+            sightings += _until_an_anomalous_result(settings, follower, rng.uniform(0.01, 0.1))
         raise AssertionError(
-            f"the stream ended before the worker was caught inside an open transaction ({tries} tries)"
+            f"the stream ended before the worker was caught inside an open transaction ({tries} tries, "
+            f"{sightings} of them paused as an anomalous reading was written)"
         )
     finally:
         if not killed and worker.poll() is None:
             os.kill(worker.pid, signal.SIGCONT)
-        committed_view.close()
-        everything.close()
+        for reader in (committed_view, everything, follower):
+            reader.close()
 
 
 # -- the consumers -------------------------------------------------------------------------------------
