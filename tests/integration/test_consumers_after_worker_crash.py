@@ -299,11 +299,8 @@ def _undecided(committed_view: Consumer, everything: Consumer, tp: TopicPartitio
 # -- the crash -----------------------------------------------------------------------------------------
 
 
-def _is_anomalous(settings: Settings, record: Record) -> bool:
-    return _anomalous_result(settings, record.value)
-
-
-def _anomalous_result(settings: Settings, value: bytes) -> bool:
+def _is_anomalous(settings: Settings, value: bytes) -> bool:
+    """Whether a result's value is an anomalous reading."""
     result = orjson.loads(value)
     return result["model"] == ANOMALY and result["score"] >= settings.consumers.anomaly.threshold
 
@@ -316,7 +313,7 @@ def _until_an_anomalous_result(settings: Settings, follower: Consumer, seconds: 
         message = follower.poll(left)
         if message is None or message.error() is not None or (value := message.value()) is None:
             continue
-        if _anomalous_result(settings, value):
+        if _is_anomalous(settings, value):
             return True
     return False
 
@@ -345,7 +342,7 @@ def _kill_inside_an_open_transaction(
             os.kill(worker.pid, signal.SIGSTOP)
             time.sleep(0.3)
             open_records = _undecided(committed_view, everything, machines)
-            if any(_is_anomalous(settings, r) for r in open_records):
+            if any(_is_anomalous(settings, r.value) for r in open_records):
                 worker.send_signal(signal.SIGKILL)
                 worker.wait(timeout=30)
                 killed = True

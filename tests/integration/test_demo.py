@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from pipeline.local.stack import METRICS_OFFSETS, port_is_free, settings_env
-from tests.conftest import free_port
+from pipeline.local.stack import METRICS_OFFSETS, free_port, port_is_free, settings_env
 
 pytestmark = pytest.mark.integration
 
