@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import murmur2
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from pipeline import topics
 from pipeline.contract import REPLY_TO
@@ -205,11 +205,11 @@ class _OpenTransactions:
         self._stable = Consumer(config)
         self._high = Consumer({**config, "isolation.level": "read_uncommitted"})
         results = settings.topics.results
-        self._partitions = [TopicPartition(results, p) for p in range(topics.partition_count(settings, results))]
+        self.partitions = [TopicPartition(results, p) for p in range(topics.partition_count(settings, results))]
 
     def __call__(self) -> list[TopicPartition]:
         open_now = []
-        for tp in self._partitions:
+        for tp in self.partitions:
             high = self._high.get_watermark_offsets(tp, timeout=10, cached=False)[1]
             stable = self._stable.get_watermark_offsets(tp, timeout=10, cached=False)[1]
             if stable < high:
@@ -219,6 +219,20 @@ class _OpenTransactions:
     def close(self) -> None:
         self._stable.close()
         self._high.close()
+
+
+def _results_written(follower: Consumer, seconds: float, stop_at_first: bool = False) -> bool:
+    """Read what `follower` (read_uncommitted, assigned from the end of the results) is sent for `seconds`,
+    or until its first record when `stop_at_first`: whether a record came."""
+    seen = False
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        message = follower.poll(left)
+        if message is not None and message.error() is None:
+            seen = True
+            if stop_at_first:
+                break
+    return seen
 
 
 def _stall_past_session(
@@ -305,18 +319,21 @@ def test_a_transaction_the_broker_aborted_is_rewound_and_reloaded_by_the_same_wo
     assigned = _rebalanced(port, "assigned")
 
     open_transactions = _OpenTransactions(settings)
+    follower = Consumer({**probe.consumer_config(settings), "isolation.level": "read_uncommitted"})
+    follower.assign([TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in open_transactions.partitions])
     caught: list[TopicPartition] = []
     aborted = False
-    tries = 0
+    tries, found_open, sightings = 0, 0, 0
     try:
         while not aborted and tries < 50:
             tries += 1
             aborts_before = sum(_aborts(port).values())
             worker.send_signal(signal.SIGSTOP)
             try:
-                time.sleep(0.3)  # what it had sent reaches the broker
+                _results_written(follower, 0.3)  # what it had sent reaches the broker; the follower catches up
                 caught = open_transactions()
                 if caught:
+                    found_open += 1
                     _wait_until(
                         lambda: not open_transactions(), 60, "the broker aborting the stopped worker's transaction"
                     )
@@ -324,10 +341,17 @@ def test_a_transaction_the_broker_aborted_is_rewound_and_reloaded_by_the_same_wo
                 worker.send_signal(signal.SIGCONT)
             # A stop that met a commit already on its way finds it open, then committed: no abort; go on.
             aborted = bool(caught) and _eventually(lambda n=aborts_before: sum(_aborts(port).values()) > n, 30)
-            time.sleep(random.uniform(0.1, 0.6))
+            if not aborted:
+                # The next stop: as a result is written (its transaction's markers follow within
+                # milliseconds), or at a random moment, whichever comes first.
+                sightings += _results_written(follower, random.uniform(0.1, 0.6), stop_at_first=True)
     finally:
         open_transactions.close()
-    assert aborted, f"no stop in {tries} landed while a transaction was open, to be aborted by the broker"
+        follower.close()
+    assert aborted, (
+        f"no stop in {tries} landed while a transaction was open, to be aborted by the broker ({sightings} came "
+        f"as a result was written; {found_open} found a transaction open)"
+    )
 
     publisher.join()
     collected = _collect_all(settings, start, mix)
