@@ -43,7 +43,7 @@ import numpy as np
 import orjson
 import pytest
 from aiokafka.partitioner import murmur2
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from pipeline import topics
 from pipeline.consumers.anomaly_rules import Suppression, decide, parse_reading
@@ -60,6 +60,7 @@ from pipeline.settings import Settings
 from pipeline.synthetic import telemetry
 from pipeline.topics import TopicSpec
 from tests.conftest import metric
+from tests.integration.results_follower import ResultsFollower
 
 pytestmark = pytest.mark.integration
 
@@ -305,19 +306,6 @@ def _is_anomalous(settings: Settings, value: bytes) -> bool:
     return result["model"] == ANOMALY and result["score"] >= settings.consumers.anomaly.threshold
 
 
-def _until_an_anomalous_result(settings: Settings, follower: Consumer, seconds: float) -> bool:
-    """Whether `follower` (read_uncommitted, at the end of the machines' results) saw an anomalous
-    reading written within `seconds`: return as soon as it does."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        message = follower.poll(left)
-        if message is None or message.error() is not None or (value := message.value()) is None:
-            continue
-        if _is_anomalous(settings, value):
-            return True
-    return False
-
-
 def _kill_inside_an_open_transaction(
     settings: Settings, worker: subprocess.Popen[bytes], publisher: _Publisher
 ) -> list[Record]:
@@ -334,13 +322,12 @@ def _kill_inside_an_open_transaction(
     # The views are opened once: a try is then a pause and three offset queries.
     committed_view, everything = _reader(settings), _reader(settings, "read_uncommitted")
     machines = TopicPartition(settings.topics.results, MACHINES)
-    follower = _reader(settings, "read_uncommitted")
-    follower.assign([TopicPartition(machines.topic, MACHINES, OFFSET_END)])
+    follower = ResultsFollower(settings, [MACHINES])
     try:
         while publisher.publishing:
             tries += 1
             os.kill(worker.pid, signal.SIGSTOP)
-            time.sleep(0.3)
+            follower.skip(0.3)
             open_records = _undecided(committed_view, everything, machines)
             if any(_is_anomalous(settings, r.value) for r in open_records):
                 worker.send_signal(signal.SIGKILL)
@@ -350,7 +337,7 @@ def _kill_inside_an_open_transaction(
             os.kill(worker.pid, signal.SIGCONT)
             # Soon after: the worker is then catching up on what arrived while it was paused, in a
             # transaction of many readings, far likelier to hold an anomalous one than a random moment's.
-            sightings += _until_an_anomalous_result(settings, follower, rng.uniform(0.01, 0.1))
+            sightings += follower.until_written(rng.uniform(0.01, 0.1), lambda v: _is_anomalous(settings, v))
         raise AssertionError(
             f"the stream ended before the worker was caught inside an open transaction ({tries} tries, "
             f"{sightings} of them paused as an anomalous reading was written)"

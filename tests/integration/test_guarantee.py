@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import murmur2
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from pipeline import topics
 from pipeline.contract import REPLY_TO
@@ -37,6 +37,7 @@ from pipeline.local.probe import Collected
 from pipeline.local.stack import LocalStack, free_port
 from pipeline.settings import Settings
 from tests.conftest import metric
+from tests.integration.results_follower import ResultsFollower
 
 pytestmark = pytest.mark.integration
 
@@ -205,11 +206,11 @@ class _OpenTransactions:
         self._stable = Consumer(config)
         self._high = Consumer({**config, "isolation.level": "read_uncommitted"})
         results = settings.topics.results
-        self.partitions = [TopicPartition(results, p) for p in range(topics.partition_count(settings, results))]
+        self._partitions = [TopicPartition(results, p) for p in range(topics.partition_count(settings, results))]
 
     def __call__(self) -> list[TopicPartition]:
         open_now = []
-        for tp in self.partitions:
+        for tp in self._partitions:
             high = self._high.get_watermark_offsets(tp, timeout=10, cached=False)[1]
             stable = self._stable.get_watermark_offsets(tp, timeout=10, cached=False)[1]
             if stable < high:
@@ -219,20 +220,6 @@ class _OpenTransactions:
     def close(self) -> None:
         self._stable.close()
         self._high.close()
-
-
-def _results_written(follower: Consumer, seconds: float, stop_at_first: bool = False) -> bool:
-    """Read what `follower` (read_uncommitted, assigned from the end of the results) is sent for `seconds`,
-    or until its first record when `stop_at_first`: whether a record came."""
-    seen = False
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        message = follower.poll(left)
-        if message is not None and message.error() is None:
-            seen = True
-            if stop_at_first:
-                break
-    return seen
 
 
 def _stall_past_session(
@@ -304,9 +291,10 @@ def test_a_transaction_the_broker_aborted_is_rewound_and_reloaded_by_the_same_wo
     transaction. On SIGCONT the same process must count the abort, rewind to its first uncommitted
     records, reload its dedup state from the results and carry on: no rebalance takes part.
 
-    The stop must land while a transaction is open: each try stops the worker, and continues it at
-    once unless some results partition has a transaction open (its last stable offset behind its high
-    watermark); then it waits, stopped, until the broker has aborted it. The aborted results' events
+    The stop must land while a transaction is open: each try stops the worker as a result is written
+    or at a random moment, whichever comes first, and continues it at once unless some results
+    partition has a transaction open (its last stable offset behind its high watermark); then it
+    waits, stopped, until the broker has aborted it. The aborted results' events
     were already in the dedup state (put when scored): had it not been reloaded, their requests,
     fetched again after the rewind, would pass for repeats and never get a result."""
     settings = pipeline_settings(transaction_timeout_ms=2000, session_timeout_ms=45_000, **_metrics_port())
@@ -319,8 +307,7 @@ def test_a_transaction_the_broker_aborted_is_rewound_and_reloaded_by_the_same_wo
     assigned = _rebalanced(port, "assigned")
 
     open_transactions = _OpenTransactions(settings)
-    follower = Consumer({**probe.consumer_config(settings), "isolation.level": "read_uncommitted"})
-    follower.assign([TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in open_transactions.partitions])
+    follower = ResultsFollower(settings, range(topics.partition_count(settings, settings.topics.results)))
     caught: list[TopicPartition] = []
     aborted = False
     tries, found_open, sightings = 0, 0, 0
@@ -330,7 +317,7 @@ def test_a_transaction_the_broker_aborted_is_rewound_and_reloaded_by_the_same_wo
             aborts_before = sum(_aborts(port).values())
             worker.send_signal(signal.SIGSTOP)
             try:
-                _results_written(follower, 0.3)  # what it had sent reaches the broker; the follower catches up
+                follower.skip(0.3)  # what it had sent reaches the broker
                 caught = open_transactions()
                 if caught:
                     found_open += 1
@@ -342,9 +329,7 @@ def test_a_transaction_the_broker_aborted_is_rewound_and_reloaded_by_the_same_wo
             # A stop that met a commit already on its way finds it open, then committed: no abort; go on.
             aborted = bool(caught) and _eventually(lambda n=aborts_before: sum(_aborts(port).values()) > n, 30)
             if not aborted:
-                # The next stop: as a result is written (its transaction's markers follow within
-                # milliseconds), or at a random moment, whichever comes first.
-                sightings += _results_written(follower, random.uniform(0.1, 0.6), stop_at_first=True)
+                sightings += follower.until_written(random.uniform(0.1, 0.6))
     finally:
         open_transactions.close()
         follower.close()
